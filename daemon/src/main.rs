@@ -1,1 +1,115 @@
-fn main() {}
+//! `rewindd`: serves rewind volumes over NBD.
+//!
+//! Start-up: read flags and the optional config file, open (or create) the
+//! data dir, create volume `default` (1 GiB) if there is none, bind the NBD
+//! port, serve. SIGTERM/SIGINT: stop accepting, finish in-flight requests,
+//! flush every volume, exit 0.
+
+mod catalog;
+mod config;
+mod file_volume;
+mod sys;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio::sync::watch;
+
+use crate::catalog::VolumeCatalog;
+use crate::config::{Args, Config};
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = match Config::load(&args) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("rewindd: {error:#}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.print_config {
+        print!("{}", config.to_toml());
+        return ExitCode::SUCCESS;
+    }
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("rewindd: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // One line a user can act on; details are in the chain.
+            eprintln!("rewindd: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("REWIND_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let catalog = Arc::new(
+        VolumeCatalog::open(&config)
+            .with_context(|| format!("cannot open data dir {}", config.data_dir.display()))?,
+    );
+    let listener = tokio::net::TcpListener::bind(config.nbd_listen)
+        .await
+        .map_err(|error| {
+            let hint = if error.kind() == std::io::ErrorKind::AddrInUse {
+                " (another rewindd or NBD server is using it; stop it or pass --nbd-listen ADDR)"
+            } else {
+                ""
+            };
+            anyhow::anyhow!(
+                "cannot listen for NBD on {}: {error}{hint}",
+                config.nbd_listen
+            )
+        })?;
+    tracing::info!(
+        data_dir = %config.data_dir.display(),
+        nbd = %config.nbd_listen,
+        "rewindd serving; try: nbdinfo nbd://{}/default",
+        config.nbd_listen
+    );
+    let (stop, stopped) = watch::channel(false);
+    let server = nbd_server::Server::new(catalog.clone(), config.nbd.clone());
+    let serving = tokio::spawn(server.serve(listener, stopped));
+    wait_for_signal().await?;
+    tracing::info!("shutting down: finishing in-flight requests");
+    let _ = stop.send(true);
+    serving.await.context("NBD server task failed")?;
+    catalog
+        .flush_all()
+        .await
+        .context("final flush failed; acknowledged writes may not be durable")?;
+    tracing::info!("all volumes flushed; bye");
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate =
+        signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,11 @@
+//! What `rewindd` and `rewind` agree on: the syntax of points in time,
+//! volume names and sizes (this module), and the control API messages.
+//!
+//! Parsing here is pure: no clock (relative points stay relative until the
+//! daemon resolves them against its own `now`), no IO.
+
+pub mod point;
+pub mod size;
+
+pub use point::{ExportName, Point, PointError, parse_export_name, validate_volume_name};
+pub use size::{SizeError, format_size, parse_size};

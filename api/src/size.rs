@@ -1,0 +1,167 @@
+//! Sizes with units: `20GiB`, `1G`, `512M`, `4096`, `1.5TiB`.
+//!
+//! `K`, `M`, `G`, `T`, `P` and their `iB` forms are powers of 1024 (as in
+//! qemu-img); `KB`, `MB`, `GB`, `TB` are powers of 1000. Volume sizes must be
+//! a multiple of 512 bytes.
+
+/// Why a size does not parse.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SizeError {
+    /// Not a number with an optional unit.
+    #[error("`{0}` is not a size: write e.g. 20GiB, 512M, 1T or a byte count")]
+    Syntax(String),
+    /// Larger than 2^63 bytes.
+    #[error("`{0}` is too large")]
+    TooLarge(String),
+    /// Zero bytes.
+    #[error("size must be greater than zero")]
+    Zero,
+    /// Not a whole number of 512-byte sectors.
+    #[error("`{0}` is {1} bytes, not a multiple of 512")]
+    Unaligned(String, u64),
+}
+
+/// Parses a size with an optional unit into bytes.
+pub fn parse_size(text: &str) -> Result<u64, SizeError> {
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "p" | "pib" => 1 << 50,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        _ => return Err(SizeError::Syntax(text.to_owned())),
+    };
+    if number.is_empty() || number.matches('.').count() > 1 || number == "." {
+        return Err(SizeError::Syntax(text.to_owned()));
+    }
+    let bytes = match number.split_once('.') {
+        None => number
+            .parse::<u64>()
+            .ok()
+            .and_then(|n| n.checked_mul(multiplier))
+            .ok_or_else(|| SizeError::TooLarge(text.to_owned()))?,
+        Some((whole, fraction)) => {
+            // Exact decimal arithmetic: whole * m + fraction * m / 10^digits.
+            if fraction.len() > 9 {
+                return Err(SizeError::Syntax(text.to_owned()));
+            }
+            let whole: u64 = if whole.is_empty() {
+                0
+            } else {
+                whole
+                    .parse()
+                    .map_err(|_| SizeError::TooLarge(text.to_owned()))?
+            };
+            let scale = 10u128.pow(fraction.len() as u32);
+            let fraction: u128 = if fraction.is_empty() {
+                0
+            } else {
+                fraction.parse().unwrap_or(0)
+            };
+            let total = u128::from(whole) * u128::from(multiplier)
+                + fraction * u128::from(multiplier) / scale;
+            u64::try_from(total).map_err(|_| SizeError::TooLarge(text.to_owned()))?
+        }
+    };
+    if bytes > 1 << 63 {
+        return Err(SizeError::TooLarge(text.to_owned()));
+    }
+    if bytes == 0 {
+        return Err(SizeError::Zero);
+    }
+    if bytes % 512 != 0 {
+        return Err(SizeError::Unaligned(text.to_owned(), bytes));
+    }
+    Ok(bytes)
+}
+
+/// Formats bytes for people: `1 GiB`, `512 MiB`, `1.5 GiB`, `4096 B`.
+pub fn format_size(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else if bytes % (1u64 << (10 * unit)) == 0 {
+        format!("{} {}", bytes >> (10 * unit), UNITS[unit])
+    } else {
+        format!("{value:.2} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn units_mean_what_users_expect() {
+        // Binary for K/M/G/T and their iB forms, decimal for KB/MB/GB/TB.
+        assert_eq!(parse_size("20GiB"), Ok(20 << 30));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("512m"), Ok(512 << 20));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("1.5GiB"), Ok(3 << 29));
+        assert_eq!(parse_size("1GB"), Ok(1_000_000_000));
+        assert_eq!(parse_size("2 TiB"), Ok(2 << 40));
+    }
+
+    #[test]
+    fn bad_sizes_are_refused_with_a_reason() {
+        // Each malformed size fails with the variant that explains it.
+        assert!(matches!(parse_size("lots"), Err(SizeError::Syntax(_))));
+        assert!(matches!(parse_size("12XB"), Err(SizeError::Syntax(_))));
+        assert!(matches!(parse_size(""), Err(SizeError::Syntax(_))));
+        assert!(matches!(parse_size("0"), Err(SizeError::Zero)));
+        assert!(matches!(
+            parse_size("1000"),
+            Err(SizeError::Unaligned(_, 1000))
+        ));
+        assert!(matches!(
+            parse_size("99999999999P"),
+            Err(SizeError::TooLarge(_))
+        ));
+        assert!(parse_size("-1G").is_err());
+    }
+
+    #[test]
+    fn formats_round_and_fractional_sizes() {
+        // Whole units print without decimals; others with two.
+        assert_eq!(format_size(1 << 30), "1 GiB");
+        assert_eq!(format_size(3 << 29), "1.50 GiB");
+        assert_eq!(format_size(100), "100 B");
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics(text in ".{0,40}") {
+            // Any CLI argument parses or fails cleanly.
+            let _ = parse_size(&text);
+        }
+
+        #[test]
+        fn formatted_whole_units_parse_back(n in 1u64..1_000_000) {
+            // What we print for whole MiB counts is valid input.
+            let bytes = n << 20;
+            let text = format_size(bytes).replace(' ', "");
+            if !text.contains('.') {
+                prop_assert_eq!(parse_size(&text), Ok(bytes));
+            }
+        }
+    }
+}

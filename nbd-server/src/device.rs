@@ -1,0 +1,299 @@
+//! What the server serves: the block-device trait and the export catalog.
+//!
+//! The server knows nothing of journals or files. A [`Catalog`] turns an export
+//! name into an [`Export`] (its description plus a [`BlockDevice`]); the
+//! device does the IO. Both are async so a device may wait on a disk queue or
+//! a group commit without holding a runtime thread.
+
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+
+/// The error numbers the NBD specification allows on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum Errno {
+    /// Operation not permitted (a write to a read-only export).
+    Perm = 1,
+    /// Input/output error.
+    Io = 5,
+    /// Cannot allocate memory.
+    NoMem = 12,
+    /// Invalid argument (bad flags, out of range, unknown command).
+    Inval = 22,
+    /// No space left on device (also EDQUOT and EFBIG, as the spec asks).
+    NoSpc = 28,
+    /// Value too large (a DF read we cannot send in one chunk).
+    Overflow = 75,
+    /// Operation not supported (FAST_ZERO that would be slow).
+    NotSup = 95,
+    /// Server is shutting down.
+    Shutdown = 108,
+}
+
+impl Errno {
+    /// The value that goes on the wire.
+    pub fn code(self) -> u32 {
+        self as u32
+    }
+
+    /// Maps an OS error to the closest errno the protocol allows.
+    pub fn from_io(error: &io::Error) -> Errno {
+        match error.raw_os_error() {
+            Some(libc::ENOSPC | libc::EDQUOT | libc::EFBIG) => Errno::NoSpc,
+            Some(libc::EPERM | libc::EACCES | libc::EROFS) => Errno::Perm,
+            Some(libc::ENOMEM) => Errno::NoMem,
+            Some(libc::EINVAL) => Errno::Inval,
+            Some(libc::EOVERFLOW) => Errno::Overflow,
+            Some(libc::EOPNOTSUPP) => Errno::NotSup,
+            Some(libc::ESHUTDOWN) => Errno::Shutdown,
+            Some(_) => Errno::Io,
+            None => match error.kind() {
+                io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => Errno::Perm,
+                io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => Errno::NoSpc,
+                io::ErrorKind::OutOfMemory => Errno::NoMem,
+                io::ErrorKind::InvalidInput => Errno::Inval,
+                io::ErrorKind::Unsupported => Errno::NotSup,
+                _ => Errno::Io,
+            },
+        }
+    }
+}
+
+/// A failed device operation: the errno for the client and a message for
+/// structured error chunks and the log.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message} ({errno:?})")]
+pub struct DeviceError {
+    /// What the client is told.
+    pub errno: Errno,
+    /// Human-readable detail, sent in structured error chunks.
+    pub message: String,
+}
+
+impl DeviceError {
+    /// An error with an explicit errno and message.
+    pub fn new(errno: Errno, message: impl Into<String>) -> DeviceError {
+        DeviceError {
+            errno,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<io::Error> for DeviceError {
+    fn from(error: io::Error) -> DeviceError {
+        DeviceError {
+            errno: Errno::from_io(&error),
+            message: error.to_string(),
+        }
+    }
+}
+
+/// One run of blocks with the same `base:allocation` status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Extent {
+    /// Length in bytes; never zero.
+    pub length: u64,
+    /// Not allocated in the backing store.
+    pub hole: bool,
+    /// Reads as zeros.
+    pub zero: bool,
+}
+
+impl Extent {
+    /// `base:allocation` status flags of this extent.
+    pub fn flags(&self) -> u32 {
+        let mut flags = 0;
+        if self.hole {
+            flags |= crate::protocol::state::HOLE;
+        }
+        if self.zero {
+            flags |= crate::protocol::state::ZERO;
+        }
+        flags
+    }
+}
+
+/// Flags of a write-zeroes request, decoded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ZeroFlags {
+    /// Durable before the reply.
+    pub fua: bool,
+    /// The client wants the range allocated, not punched.
+    pub no_hole: bool,
+    /// Fail with `ENOTSUP` rather than zero slowly; write nothing then.
+    pub fast: bool,
+}
+
+/// A block device the server can serve. Offsets and lengths handed to these
+/// methods are already checked against the export size: `offset + length`
+/// never exceeds [`ExportInfo::size`] and never overflows.
+///
+/// Durability contract: `flush` returns only when every write that completed
+/// before it was called (on any connection to the same device) is durable;
+/// an operation with `fua` returns only when its own effect is durable.
+pub trait BlockDevice: Send + Sync + 'static {
+    /// Fills `buf` with the bytes at `offset`. Returns the sub-ranges of `buf`
+    /// (start, length, relative to `buf`) that the device knows read as zeros
+    /// without having stored them; they are zero-filled in `buf` as well.
+    /// The server may send them as holes. An empty vector is always correct.
+    fn read(
+        &self,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> impl Future<Output = Result<Vec<(usize, usize)>, DeviceError>> + Send;
+
+    /// Writes `data` at `offset`.
+    fn write(
+        &self,
+        offset: u64,
+        data: &[u8],
+        fua: bool,
+    ) -> impl Future<Output = Result<(), DeviceError>> + Send;
+
+    /// Makes every completed write durable.
+    fn flush(&self) -> impl Future<Output = Result<(), DeviceError>> + Send;
+
+    /// Discards a range; later reads of it return zeros.
+    fn trim(
+        &self,
+        offset: u64,
+        length: u64,
+        fua: bool,
+    ) -> impl Future<Output = Result<(), DeviceError>> + Send;
+
+    /// Writes zeros over a range.
+    fn write_zeroes(
+        &self,
+        offset: u64,
+        length: u64,
+        flags: ZeroFlags,
+    ) -> impl Future<Output = Result<(), DeviceError>> + Send;
+
+    /// Allocation status of `[offset, offset + length)`. The extents must be
+    /// contiguous from `offset`, non-empty, and may cover less than `length`.
+    fn block_status(
+        &self,
+        offset: u64,
+        length: u64,
+    ) -> impl Future<Output = Result<Vec<Extent>, DeviceError>> + Send;
+
+    /// A hint to prefetch a range. The default does nothing.
+    fn cache(
+        &self,
+        _offset: u64,
+        _length: u64,
+    ) -> impl Future<Output = Result<(), DeviceError>> + Send {
+        async { Ok(()) }
+    }
+}
+
+impl<D: BlockDevice> BlockDevice for Arc<D> {
+    fn read(
+        &self,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> impl Future<Output = Result<Vec<(usize, usize)>, DeviceError>> + Send {
+        (**self).read(offset, buf)
+    }
+    fn write(
+        &self,
+        offset: u64,
+        data: &[u8],
+        fua: bool,
+    ) -> impl Future<Output = Result<(), DeviceError>> + Send {
+        (**self).write(offset, data, fua)
+    }
+    fn flush(&self) -> impl Future<Output = Result<(), DeviceError>> + Send {
+        (**self).flush()
+    }
+    fn trim(
+        &self,
+        offset: u64,
+        length: u64,
+        fua: bool,
+    ) -> impl Future<Output = Result<(), DeviceError>> + Send {
+        (**self).trim(offset, length, fua)
+    }
+    fn write_zeroes(
+        &self,
+        offset: u64,
+        length: u64,
+        flags: ZeroFlags,
+    ) -> impl Future<Output = Result<(), DeviceError>> + Send {
+        (**self).write_zeroes(offset, length, flags)
+    }
+    fn block_status(
+        &self,
+        offset: u64,
+        length: u64,
+    ) -> impl Future<Output = Result<Vec<Extent>, DeviceError>> + Send {
+        (**self).block_status(offset, length)
+    }
+    fn cache(
+        &self,
+        offset: u64,
+        length: u64,
+    ) -> impl Future<Output = Result<(), DeviceError>> + Send {
+        (**self).cache(offset, length)
+    }
+}
+
+/// What the handshake tells a client about an export.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExportInfo {
+    /// The canonical name (sent as `NBD_INFO_NAME`).
+    pub name: String,
+    /// Free text for `NBD_INFO_DESCRIPTION` and `NBD_OPT_LIST`.
+    pub description: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Writes, trims and write-zeroes get `EPERM`.
+    pub read_only: bool,
+    /// FLUSH and FUA on one connection cover writes completed on any other.
+    pub multi_conn: bool,
+    /// Preferred IO size, a power of two (block-size info).
+    pub preferred_block: u32,
+    /// The device answers FAST_ZERO without writing when zeroing is slow.
+    pub fast_zero: bool,
+}
+
+/// An opened export: its description and the device that serves it.
+#[derive(Debug)]
+pub struct Export<D> {
+    pub info: ExportInfo,
+    pub device: D,
+}
+
+/// An entry of `NBD_OPT_LIST`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listing {
+    pub name: String,
+    pub description: String,
+}
+
+/// Why an export name did not resolve; the message goes to the client in
+/// `NBD_REP_ERR_UNKNOWN` (or is logged when the client used EXPORT_NAME).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct LookupError {
+    /// Shown to the user by clients such as `nbdinfo` and qemu.
+    pub message: String,
+}
+
+/// The set of exports a server offers.
+pub trait Catalog: Send + Sync + 'static {
+    /// The device type of an opened export.
+    type Device: BlockDevice;
+
+    /// Exports listed by `NBD_OPT_LIST`.
+    fn list(&self) -> Vec<Listing>;
+
+    /// Resolves an export name. Called for INFO, GO, EXPORT_NAME and the
+    /// meta-context options; the name is untrusted (up to 4096 bytes).
+    fn open(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Export<Self::Device>, LookupError>> + Send;
+}

@@ -1,0 +1,662 @@
+//! The fixed-newstyle handshake as a sans-IO state machine.
+//!
+//! Bytes from the client go in through [`Handshake::receive`]; bytes for the
+//! client accumulate in [`Handshake::transmit`]; whenever the machine needs
+//! something only the driver can do (resolve an export name, list exports)
+//! or the negotiation ends, [`Handshake::poll_action`] says so. No clock, no
+//! socket: the driver enforces the handshake deadline.
+//!
+//! Every length the client sends is checked before use: option data is
+//! bounded by [`HandshakeConfig::max_option_length`] (bigger options are
+//! skipped without buffering, up to [`HandshakeConfig::max_discard_length`],
+//! then the connection is dropped), strings by [`MAX_STRING`], and the
+//! number of options per connection by [`HandshakeConfig::max_options`].
+
+use crate::device::{ExportInfo, Listing, LookupError};
+use crate::protocol::{
+    BASE_ALLOCATION, INIT_PASSWD, MAX_STRING, OPTION_HEADER_LEN, OPTION_MAGIC, OPTION_REPLY_MAGIC,
+    client_flags, handshake_flags, info, option, reply, transmission_flags,
+};
+
+/// Context id we hand out for `base:allocation` in SET_META_CONTEXT.
+pub const BASE_ALLOCATION_ID: u32 = 1;
+
+/// Largest request the server accepts, in bytes (advertised as the maximum
+/// block size). Bigger requests get `EINVAL` (reads, block status) or a
+/// disconnect (writes, whose payload cannot be trusted).
+pub const MAX_REQUEST_LENGTH: u32 = 32 << 20;
+
+/// Limits of one handshake.
+#[derive(Clone, Debug)]
+pub struct HandshakeConfig {
+    /// Option data longer than this is skipped unread (reply `ERR_TOO_BIG`
+    /// or `ERR_UNSUP`).
+    pub max_option_length: u32,
+    /// Option data longer than this drops the connection.
+    pub max_discard_length: u32,
+    /// Options after this many drop the connection.
+    pub max_options: u32,
+}
+
+impl Default for HandshakeConfig {
+    fn default() -> Self {
+        HandshakeConfig {
+            max_option_length: 64 << 10,
+            max_discard_length: 16 << 20,
+            max_options: 4096,
+        }
+    }
+}
+
+/// What the driver must do next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Resolve this export name and call [`Handshake::export_resolved`].
+    Lookup(String),
+    /// Call [`Handshake::list_ready`] with the exports to list.
+    List,
+    /// Write out [`Handshake::transmit`], then start the transmission phase.
+    /// The export is the one resolved by the last lookup.
+    Transmission(Negotiated),
+    /// Write out [`Handshake::transmit`] (it may be empty), then close.
+    Close(CloseReason),
+}
+
+/// Why the handshake ends the connection.
+#[derive(Debug, PartialEq, Eq, Clone)]
+pub enum CloseReason {
+    /// The client sent NBD_OPT_ABORT.
+    Aborted,
+    /// EXPORT_NAME named an export that does not exist (the protocol has no
+    /// way to say so but to hang up).
+    UnknownExport(String),
+    /// The client broke the protocol; the text says how.
+    Protocol(&'static str),
+}
+
+/// The outcome of a successful negotiation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Negotiated {
+    pub export: ExportInfo,
+    /// Transmission flags sent to the client.
+    pub flags: u16,
+    /// Structured replies were negotiated.
+    pub structured: bool,
+    /// `base:allocation` was selected for this export, under this id.
+    pub base_allocation: Option<u32>,
+}
+
+#[derive(Debug)]
+enum State {
+    ClientFlags,
+    OptionHeader,
+    OptionData {
+        option: u32,
+        length: u32,
+    },
+    Discard {
+        option: u32,
+        remaining: u64,
+        too_big: bool,
+    },
+    Awaiting(Pending),
+    Finished,
+}
+
+/// An option waiting for the driver.
+#[derive(Debug)]
+enum Pending {
+    Info {
+        option: u32,
+        name: String,
+        requests: Vec<u16>,
+    },
+    ExportName {
+        name: String,
+    },
+    MetaContext {
+        option: u32,
+        name: String,
+        queries: Vec<String>,
+    },
+    List,
+}
+
+/// The server side of one handshake.
+#[derive(Debug)]
+pub struct Handshake {
+    config: HandshakeConfig,
+    state: State,
+    transmit: Vec<u8>,
+    actions: Option<Action>,
+    fixed_newstyle: bool,
+    no_zeroes: bool,
+    structured: bool,
+    /// Export name and whether `base:allocation` was selected for it.
+    meta: Option<(String, bool)>,
+    options_seen: u32,
+}
+
+impl Handshake {
+    /// Starts a handshake; the server greeting is already in `transmit`.
+    pub fn new(config: HandshakeConfig) -> Handshake {
+        let mut transmit = Vec::with_capacity(256);
+        transmit.extend_from_slice(&INIT_PASSWD.to_be_bytes());
+        transmit.extend_from_slice(&OPTION_MAGIC.to_be_bytes());
+        transmit.extend_from_slice(
+            &(handshake_flags::FIXED_NEWSTYLE | handshake_flags::NO_ZEROES).to_be_bytes(),
+        );
+        Handshake {
+            config,
+            state: State::ClientFlags,
+            transmit,
+            actions: None,
+            fixed_newstyle: false,
+            no_zeroes: false,
+            structured: false,
+            meta: None,
+            options_seen: 0,
+        }
+    }
+
+    /// Bytes to send to the client. The driver drains it.
+    pub fn transmit(&mut self) -> &mut Vec<u8> {
+        &mut self.transmit
+    }
+
+    /// The next thing the driver must do, if any. When this returns `None`
+    /// the machine wants more input.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.take()
+    }
+
+    /// Whether the machine is waiting for the driver (lookup or list) or has
+    /// finished; input given now would not be consumed.
+    pub fn is_blocked(&self) -> bool {
+        self.actions.is_some() || matches!(self.state, State::Awaiting(_) | State::Finished)
+    }
+
+    /// Consumes as much of `input` as forms complete messages and returns how
+    /// many bytes were used. Stops early when an action is pending.
+    pub fn receive(&mut self, input: &[u8]) -> usize {
+        let mut used = 0;
+        while !self.is_blocked() {
+            let rest = &input[used..];
+            let step = match self.state {
+                State::ClientFlags => self.on_client_flags(rest),
+                State::OptionHeader => self.on_option_header(rest),
+                State::OptionData { option, length } => self.on_option_data(option, length, rest),
+                State::Discard {
+                    option,
+                    remaining,
+                    too_big,
+                } => self.on_discard(option, remaining, too_big, rest),
+                State::Awaiting(_) | State::Finished => None,
+            };
+            match step {
+                Some(count) => used += count,
+                None => break,
+            }
+        }
+        used
+    }
+
+    /// How many more input bytes the machine needs before it can make
+    /// progress (a hint for the driver's buffer; at least 1).
+    pub fn wanted(&self) -> usize {
+        match self.state {
+            State::ClientFlags => 4,
+            State::OptionHeader => OPTION_HEADER_LEN,
+            State::OptionData { length, .. } => length as usize,
+            _ => 1,
+        }
+    }
+
+    /// Answer to [`Action::Lookup`].
+    pub fn export_resolved(&mut self, result: Result<ExportInfo, LookupError>) {
+        let State::Awaiting(pending) = std::mem::replace(&mut self.state, State::OptionHeader)
+        else {
+            return;
+        };
+        match pending {
+            Pending::ExportName { name } => match result {
+                Ok(export) => {
+                    let negotiated = self.negotiated(&name, export);
+                    self.transmit
+                        .extend_from_slice(&negotiated.export.size.to_be_bytes());
+                    self.transmit
+                        .extend_from_slice(&negotiated.flags.to_be_bytes());
+                    if !self.no_zeroes {
+                        self.transmit.extend_from_slice(&[0u8; 124]);
+                    }
+                    self.finish(Action::Transmission(negotiated));
+                }
+                Err(_) => self.finish(Action::Close(CloseReason::UnknownExport(name))),
+            },
+            Pending::Info {
+                option,
+                name,
+                requests,
+            } => match result {
+                Ok(export) => {
+                    self.send_info(option, &name, &requests, &export);
+                    self.reply(option, reply::ACK, &[]);
+                    if option == option::GO {
+                        let negotiated = self.negotiated(&name, export);
+                        self.finish(Action::Transmission(negotiated));
+                    }
+                }
+                Err(error) => self.reply(option, reply::ERR_UNKNOWN, error.message.as_bytes()),
+            },
+            Pending::MetaContext {
+                option,
+                name,
+                queries,
+            } => match result {
+                Ok(_) => self.send_meta_contexts(option, name, &queries),
+                Err(error) => {
+                    if option == option::SET_META_CONTEXT {
+                        self.meta = None;
+                    }
+                    self.reply(option, reply::ERR_UNKNOWN, error.message.as_bytes());
+                }
+            },
+            Pending::List => self.state = State::Awaiting(Pending::List),
+        }
+    }
+
+    /// Answer to [`Action::List`].
+    pub fn list_ready(&mut self, exports: &[Listing]) {
+        if !matches!(self.state, State::Awaiting(Pending::List)) {
+            return;
+        }
+        self.state = State::OptionHeader;
+        for export in exports {
+            let name = truncate(&export.name);
+            let description = truncate(&export.description);
+            let mut data = Vec::with_capacity(4 + name.len() + description.len());
+            data.extend_from_slice(&(name.len() as u32).to_be_bytes());
+            data.extend_from_slice(name.as_bytes());
+            data.extend_from_slice(description.as_bytes());
+            self.reply(option::LIST, reply::SERVER, &data);
+        }
+        self.reply(option::LIST, reply::ACK, &[]);
+    }
+
+    fn finish(&mut self, action: Action) {
+        self.state = State::Finished;
+        self.actions = Some(action);
+    }
+
+    fn negotiated(&self, name: &str, export: ExportInfo) -> Negotiated {
+        use transmission_flags as f;
+        let mut flags = f::HAS_FLAGS | f::SEND_FLUSH | f::SEND_FUA | f::SEND_CACHE;
+        if export.read_only {
+            flags |= f::READ_ONLY;
+        } else {
+            flags |= f::SEND_TRIM | f::SEND_WRITE_ZEROES;
+            if export.fast_zero {
+                flags |= f::SEND_FAST_ZERO;
+            }
+        }
+        if export.multi_conn {
+            flags |= f::CAN_MULTI_CONN;
+        }
+        if self.structured {
+            flags |= f::SEND_DF;
+        }
+        // A selection made for another export name does not carry over.
+        let base_allocation = match &self.meta {
+            Some((meta_name, true)) if meta_name == name => Some(BASE_ALLOCATION_ID),
+            _ => None,
+        };
+        Negotiated {
+            export,
+            flags,
+            structured: self.structured,
+            base_allocation,
+        }
+    }
+
+    fn on_client_flags(&mut self, input: &[u8]) -> Option<usize> {
+        let bytes = input.get(..4)?;
+        let flags = u32::from_be_bytes(bytes.try_into().expect("4 bytes"));
+        if flags & !(client_flags::FIXED_NEWSTYLE | client_flags::NO_ZEROES) != 0 {
+            // The spec: the server MUST drop the connection on unknown flags.
+            self.finish(Action::Close(CloseReason::Protocol("unknown client flags")));
+            return Some(4);
+        }
+        self.fixed_newstyle = flags & client_flags::FIXED_NEWSTYLE != 0;
+        self.no_zeroes = flags & client_flags::NO_ZEROES != 0;
+        self.state = State::OptionHeader;
+        Some(4)
+    }
+
+    fn on_option_header(&mut self, input: &[u8]) -> Option<usize> {
+        let header = input.get(..OPTION_HEADER_LEN)?;
+        let magic = u64::from_be_bytes(header[0..8].try_into().expect("8 bytes"));
+        let option = u32::from_be_bytes(header[8..12].try_into().expect("4 bytes"));
+        let length = u32::from_be_bytes(header[12..16].try_into().expect("4 bytes"));
+        if magic != OPTION_MAGIC {
+            self.finish(Action::Close(CloseReason::Protocol("bad option magic")));
+            return Some(OPTION_HEADER_LEN);
+        }
+        self.options_seen += 1;
+        if self.options_seen > self.config.max_options {
+            self.finish(Action::Close(CloseReason::Protocol("too many options")));
+            return Some(OPTION_HEADER_LEN);
+        }
+        if !self.fixed_newstyle && option != option::EXPORT_NAME {
+            // Plain newstyle allows nothing else and has no way to reply.
+            self.finish(Action::Close(CloseReason::Protocol(
+                "option needs fixed newstyle",
+            )));
+            return Some(OPTION_HEADER_LEN);
+        }
+        if length > self.config.max_option_length {
+            if option == option::EXPORT_NAME || length > self.config.max_discard_length {
+                self.finish(Action::Close(CloseReason::Protocol("option data too long")));
+            } else {
+                let too_big = is_known(option);
+                self.state = State::Discard {
+                    option,
+                    remaining: u64::from(length),
+                    too_big,
+                };
+            }
+            return Some(OPTION_HEADER_LEN);
+        }
+        self.state = State::OptionData { option, length };
+        Some(OPTION_HEADER_LEN)
+    }
+
+    fn on_discard(
+        &mut self,
+        option: u32,
+        remaining: u64,
+        too_big: bool,
+        input: &[u8],
+    ) -> Option<usize> {
+        if input.is_empty() {
+            return None;
+        }
+        let take = remaining.min(input.len() as u64);
+        let remaining = remaining - take;
+        if remaining == 0 {
+            self.state = State::OptionHeader;
+            if too_big {
+                self.reply(option, reply::ERR_TOO_BIG, b"option data too long");
+            } else {
+                self.reply(option, reply::ERR_UNSUP, b"option not supported");
+            }
+        } else {
+            self.state = State::Discard {
+                option,
+                remaining,
+                too_big,
+            };
+        }
+        Some(take as usize)
+    }
+
+    fn on_option_data(&mut self, option: u32, length: u32, input: &[u8]) -> Option<usize> {
+        let length = length as usize;
+        let data = input.get(..length)?;
+        self.state = State::OptionHeader;
+        match option {
+            option::EXPORT_NAME => match std::str::from_utf8(data) {
+                Ok(name) => {
+                    let name = name.to_owned();
+                    self.state = State::Awaiting(Pending::ExportName { name: name.clone() });
+                    self.actions = Some(Action::Lookup(name));
+                }
+                Err(_) => self.finish(Action::Close(CloseReason::Protocol(
+                    "export name is not UTF-8",
+                ))),
+            },
+            option::ABORT => {
+                // The spec asks for an ACK; clients may already be gone.
+                self.reply(option, reply::ACK, &[]);
+                self.finish(Action::Close(CloseReason::Aborted));
+            }
+            option::LIST => {
+                if length != 0 {
+                    self.reply(option, reply::ERR_INVALID, b"NBD_OPT_LIST takes no data");
+                } else {
+                    self.state = State::Awaiting(Pending::List);
+                    self.actions = Some(Action::List);
+                }
+            }
+            option::STRUCTURED_REPLY => {
+                if length != 0 {
+                    self.reply(
+                        option,
+                        reply::ERR_INVALID,
+                        b"NBD_OPT_STRUCTURED_REPLY takes no data",
+                    );
+                } else {
+                    self.structured = true;
+                    self.reply(option, reply::ACK, &[]);
+                }
+            }
+            option::INFO | option::GO => match parse_info(data) {
+                Ok((name, requests)) => {
+                    self.state = State::Awaiting(Pending::Info {
+                        option,
+                        name: name.clone(),
+                        requests,
+                    });
+                    self.actions = Some(Action::Lookup(name));
+                }
+                Err(message) => self.reply(option, reply::ERR_INVALID, message.as_bytes()),
+            },
+            option::LIST_META_CONTEXT | option::SET_META_CONTEXT => {
+                if !self.structured {
+                    self.reply(
+                        option,
+                        reply::ERR_INVALID,
+                        b"negotiate structured replies first",
+                    );
+                    if option == option::SET_META_CONTEXT {
+                        self.meta = None;
+                    }
+                    return Some(length);
+                }
+                match parse_meta_context(data) {
+                    Ok((name, queries)) => {
+                        self.state = State::Awaiting(Pending::MetaContext {
+                            option,
+                            name: name.clone(),
+                            queries,
+                        });
+                        self.actions = Some(Action::Lookup(name));
+                    }
+                    Err(message) => {
+                        if option == option::SET_META_CONTEXT {
+                            self.meta = None;
+                        }
+                        self.reply(option, reply::ERR_INVALID, message.as_bytes());
+                    }
+                }
+            }
+            // STARTTLS: we run in NOTLS mode (spec: reply ERR_UNSUP or POLICY).
+            // EXTENDED_HEADERS and anything unknown: ERR_UNSUP, keep going.
+            _ => self.reply(option, reply::ERR_UNSUP, b"option not supported"),
+        }
+        Some(length)
+    }
+
+    fn send_info(&mut self, option: u32, name: &str, requests: &[u16], export: &ExportInfo) {
+        let negotiated = self.negotiated(name, export.clone());
+        let mut data = Vec::with_capacity(12);
+        data.extend_from_slice(&info::EXPORT.to_be_bytes());
+        data.extend_from_slice(&export.size.to_be_bytes());
+        data.extend_from_slice(&negotiated.flags.to_be_bytes());
+        self.reply(option, reply::INFO, &data);
+        if requests.contains(&info::NAME) {
+            let canonical = truncate(&export.name);
+            let mut data = Vec::with_capacity(2 + canonical.len());
+            data.extend_from_slice(&info::NAME.to_be_bytes());
+            data.extend_from_slice(canonical.as_bytes());
+            self.reply(option, reply::INFO, &data);
+        }
+        if requests.contains(&info::DESCRIPTION) && !export.description.is_empty() {
+            let description = truncate(&export.description);
+            let mut data = Vec::with_capacity(2 + description.len());
+            data.extend_from_slice(&info::DESCRIPTION.to_be_bytes());
+            data.extend_from_slice(description.as_bytes());
+            self.reply(option, reply::INFO, &data);
+        }
+        // Block sizes are advertised whether asked or not (the spec allows
+        // it) and never required: minimum 1 byte.
+        let mut data = Vec::with_capacity(14);
+        data.extend_from_slice(&info::BLOCK_SIZE.to_be_bytes());
+        data.extend_from_slice(&1u32.to_be_bytes());
+        data.extend_from_slice(
+            &export
+                .preferred_block
+                .clamp(512, MAX_REQUEST_LENGTH)
+                .to_be_bytes(),
+        );
+        data.extend_from_slice(&MAX_REQUEST_LENGTH.to_be_bytes());
+        self.reply(option, reply::INFO, &data);
+    }
+
+    fn send_meta_contexts(&mut self, option: u32, name: String, queries: &[String]) {
+        let selected = if option == option::LIST_META_CONTEXT {
+            queries.is_empty()
+                || queries
+                    .iter()
+                    .any(|query| query == "base:" || query == BASE_ALLOCATION)
+        } else {
+            queries.iter().any(|query| query == BASE_ALLOCATION)
+        };
+        if selected {
+            // LIST replies carry id 0 (reserved); SET hands out a real id.
+            let id = if option == option::SET_META_CONTEXT {
+                BASE_ALLOCATION_ID
+            } else {
+                0
+            };
+            let mut data = Vec::with_capacity(4 + BASE_ALLOCATION.len());
+            data.extend_from_slice(&id.to_be_bytes());
+            data.extend_from_slice(BASE_ALLOCATION.as_bytes());
+            self.reply(option, reply::META_CONTEXT, &data);
+        }
+        if option == option::SET_META_CONTEXT {
+            self.meta = Some((name, selected));
+        }
+        self.reply(option, reply::ACK, &[]);
+    }
+
+    fn reply(&mut self, option: u32, kind: u32, data: &[u8]) {
+        self.transmit
+            .extend_from_slice(&OPTION_REPLY_MAGIC.to_be_bytes());
+        self.transmit.extend_from_slice(&option.to_be_bytes());
+        self.transmit.extend_from_slice(&kind.to_be_bytes());
+        self.transmit
+            .extend_from_slice(&(data.len() as u32).to_be_bytes());
+        self.transmit.extend_from_slice(data);
+    }
+}
+
+fn is_known(option: u32) -> bool {
+    matches!(
+        option,
+        option::EXPORT_NAME
+            | option::ABORT
+            | option::LIST
+            | option::INFO
+            | option::GO
+            | option::STRUCTURED_REPLY
+            | option::LIST_META_CONTEXT
+            | option::SET_META_CONTEXT
+    )
+}
+
+/// Strings we send are cut to the protocol maximum on a char boundary.
+fn truncate(text: &str) -> &str {
+    if text.len() <= MAX_STRING {
+        return text;
+    }
+    let mut end = MAX_STRING;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// A cursor over option data that refuses to read past the end.
+struct Reader<'a> {
+    data: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, count: usize) -> Result<&'a [u8], &'static str> {
+        if count > self.data.len() {
+            return Err("option data shorter than its fields");
+        }
+        let (head, tail) = self.data.split_at(count);
+        self.data = tail;
+        Ok(head)
+    }
+
+    fn u16(&mut self) -> Result<u16, &'static str> {
+        Ok(u16::from_be_bytes(
+            self.take(2)?.try_into().expect("2 bytes"),
+        ))
+    }
+
+    fn u32(&mut self) -> Result<u32, &'static str> {
+        Ok(u32::from_be_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
+    }
+
+    fn string(&mut self) -> Result<String, &'static str> {
+        let length = self.u32()? as usize;
+        if length > MAX_STRING {
+            return Err("string longer than 4096 bytes");
+        }
+        let bytes = self.take(length)?;
+        let text = std::str::from_utf8(bytes).map_err(|_| "string is not UTF-8")?;
+        if text.contains('\0') {
+            return Err("string contains NUL");
+        }
+        Ok(text.to_owned())
+    }
+}
+
+/// INFO/GO data: u32 name length, name, u16 count, count × u16.
+fn parse_info(data: &[u8]) -> Result<(String, Vec<u16>), &'static str> {
+    let mut reader = Reader { data };
+    let name = reader.string()?;
+    let count = reader.u16()? as usize;
+    if reader.data.len() != count * 2 {
+        return Err("information request count does not match option length");
+    }
+    let mut requests = Vec::with_capacity(count);
+    for _ in 0..count {
+        requests.push(reader.u16()?);
+    }
+    Ok((name, requests))
+}
+
+/// LIST/SET_META_CONTEXT data: u32 name length, name, u32 count, count × string.
+fn parse_meta_context(data: &[u8]) -> Result<(String, Vec<String>), &'static str> {
+    let mut reader = Reader { data };
+    let name = reader.string()?;
+    let count = reader.u32()? as usize;
+    // Each query takes at least its 4-byte length: bound before allocating.
+    if count > reader.data.len() / 4 {
+        return Err("query count does not match option length");
+    }
+    let mut queries = Vec::with_capacity(count);
+    for _ in 0..count {
+        queries.push(reader.string()?);
+    }
+    if !reader.data.is_empty() {
+        return Err("trailing bytes after the queries");
+    }
+    Ok((name, queries))
+}

@@ -1,0 +1,792 @@
+//! The async driver: accepts TCP connections and runs the handshake and
+//! transmission machines over them on tokio.
+//!
+//! One task per connection. Within a connection, requests run concurrently
+//! (bounded by [`ServerConfig::max_inflight_requests`] and
+//! [`ServerConfig::max_inflight_bytes`]) and replies go out in completion
+//! order, coalesced into as few `writev` calls as the socket allows.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::device::{BlockDevice, Catalog, DeviceError, Errno};
+use crate::handshake::{Action, CloseReason, Handshake, HandshakeConfig, Negotiated};
+use crate::protocol::REQUEST_HEADER_LEN;
+use crate::transmission::{
+    Command, ProtocolError, Rejection, check_request, decode_request, encode_block_status,
+    encode_error, encode_ok, encode_sparse_read, fill_read_header, read_reply_header_len,
+};
+
+/// Limits of a server. Every queue and buffer a client can grow is bounded
+/// by one of these.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Connections served at once; more are accepted and closed at once.
+    pub max_connections: usize,
+    /// A client must finish the handshake within this time (qemu
+    /// CVE-2024-7409: idle clients must not hold the server).
+    pub handshake_timeout: Duration,
+    /// Requests executing at once on one connection.
+    pub max_inflight_requests: usize,
+    /// Payload bytes (write data in, read data out) held for one connection.
+    pub max_inflight_bytes: usize,
+    /// Limits of the option haggling.
+    pub handshake: HandshakeConfig,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            max_connections: 256,
+            handshake_timeout: Duration::from_secs(10),
+            max_inflight_requests: 128,
+            max_inflight_bytes: 96 << 20,
+            handshake: HandshakeConfig::default(),
+        }
+    }
+}
+
+/// Which kind of request a completed operation was, for metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RequestKind {
+    Read,
+    Write,
+    Flush,
+    Trim,
+    WriteZeroes,
+    BlockStatus,
+    Cache,
+}
+
+impl RequestKind {
+    /// Every kind, for exporting metrics.
+    pub const ALL: [RequestKind; 7] = [
+        RequestKind::Read,
+        RequestKind::Write,
+        RequestKind::Flush,
+        RequestKind::Trim,
+        RequestKind::WriteZeroes,
+        RequestKind::BlockStatus,
+        RequestKind::Cache,
+    ];
+
+    /// Lower-case name used in logs and metric labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            RequestKind::Read => "read",
+            RequestKind::Write => "write",
+            RequestKind::Flush => "flush",
+            RequestKind::Trim => "trim",
+            RequestKind::WriteZeroes => "write_zeroes",
+            RequestKind::BlockStatus => "block_status",
+            RequestKind::Cache => "cache",
+        }
+    }
+}
+
+/// Receives one call per completed request (metrics). Must be cheap.
+pub trait Observer: Send + Sync + 'static {
+    /// `bytes` is the payload moved (read or written), `ok` whether the
+    /// reply was a success.
+    fn request_done(&self, kind: RequestKind, bytes: u64, latency: Duration, ok: bool);
+    /// A connection reached the transmission phase (`true`) or closed after
+    /// it (`false`).
+    fn connection(&self, _opened: bool) {}
+}
+
+/// An observer that records nothing.
+#[derive(Debug, Default)]
+pub struct NoObserver;
+
+impl Observer for NoObserver {
+    fn request_done(&self, _: RequestKind, _: u64, _: Duration, _: bool) {}
+}
+
+/// An NBD server over a catalog of exports.
+pub struct Server<C: Catalog> {
+    catalog: Arc<C>,
+    config: Arc<ServerConfig>,
+    observer: Arc<dyn Observer>,
+}
+
+impl<C: Catalog> std::fmt::Debug for Server<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C: Catalog> Server<C> {
+    /// A server with the given limits.
+    pub fn new(catalog: Arc<C>, config: ServerConfig) -> Server<C> {
+        Server {
+            catalog,
+            config: Arc::new(config),
+            observer: Arc::new(NoObserver),
+        }
+    }
+
+    /// Reports completed requests to `observer`.
+    pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Server<C> {
+        self.observer = observer;
+        self
+    }
+
+    /// Accepts connections until `shutdown` turns true, then stops accepting,
+    /// lets every connection finish its in-flight requests, and returns.
+    pub async fn serve(self, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+        let mut connections = JoinSet::new();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        if connections.len() >= self.config.max_connections {
+                            tracing::warn!(%peer, limit = self.config.max_connections,
+                                "connection limit reached; closing new connection");
+                            drop(stream);
+                            continue;
+                        }
+                        let catalog = self.catalog.clone();
+                        let config = self.config.clone();
+                        let observer = self.observer.clone();
+                        let shutdown = shutdown.clone();
+                        connections.spawn(async move {
+                            tracing::debug!(%peer, "connection opened");
+                            match serve_connection(stream, catalog, config, observer, shutdown).await {
+                                Ok(()) => tracing::debug!(%peer, "connection closed"),
+                                Err(error) => tracing::info!(%peer, %error, "connection ended"),
+                            }
+                        });
+                    }
+                    Err(error) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                changed = shutdown.changed() => {
+                    if changed.is_err() || *shutdown.borrow() {
+                        break;
+                    }
+                }
+            }
+        }
+        drop(listener);
+        while connections.join_next().await.is_some() {}
+    }
+}
+
+/// Why a connection ended other than by the client's choice.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    /// The socket failed.
+    #[error("socket error")]
+    Io(#[from] io::Error),
+    /// The client did not finish the handshake in time.
+    #[error("handshake not finished within {0:?}")]
+    HandshakeTimeout(Duration),
+    /// The client broke the handshake protocol.
+    #[error("handshake: {0:?}")]
+    Handshake(CloseReason),
+    /// The client broke the transmission protocol.
+    #[error("transmission")]
+    Protocol(#[from] ProtocolError),
+}
+
+/// Serves one connection: handshake, then transmission until the client
+/// disconnects or the server shuts down.
+pub async fn serve_connection<C: Catalog>(
+    stream: TcpStream,
+    catalog: Arc<C>,
+    config: Arc<ServerConfig>,
+    observer: Arc<dyn Observer>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), ConnectionError> {
+    stream.set_nodelay(true)?;
+    let (mut reader, mut writer) = stream.into_split();
+    let mut input = InputBuffer::new(64 << 10);
+    let negotiated = tokio::time::timeout(
+        config.handshake_timeout,
+        handshake(&mut reader, &mut writer, &mut input, &*catalog, &config),
+    )
+    .await
+    .map_err(|_| ConnectionError::HandshakeTimeout(config.handshake_timeout))??;
+    let Some((session, device)) = negotiated else {
+        return Ok(());
+    };
+    observer.connection(true);
+    let result = Transmission {
+        reader,
+        writer,
+        input,
+        session,
+        device: &device,
+        config: &config,
+        observer: &*observer,
+        shutdown,
+    }
+    .run()
+    .await;
+    observer.connection(false);
+    result
+}
+
+async fn handshake<C: Catalog>(
+    reader: &mut OwnedReadHalf,
+    writer: &mut OwnedWriteHalf,
+    input: &mut InputBuffer,
+    catalog: &C,
+    config: &ServerConfig,
+) -> Result<Option<(Negotiated, C::Device)>, ConnectionError> {
+    let mut machine = Handshake::new(config.handshake.clone());
+    let mut device: Option<C::Device> = None;
+    loop {
+        if !machine.transmit().is_empty() {
+            writer.write_all(machine.transmit()).await?;
+            machine.transmit().clear();
+        }
+        match machine.poll_action() {
+            Some(Action::Lookup(name)) => {
+                match catalog.open(&name).await {
+                    Ok(export) => {
+                        device = Some(export.device);
+                        machine.export_resolved(Ok(export.info));
+                    }
+                    Err(error) => {
+                        tracing::debug!(name = %name.escape_debug(), %error, "export lookup failed");
+                        device = None;
+                        machine.export_resolved(Err(error));
+                    }
+                }
+                continue;
+            }
+            Some(Action::List) => {
+                machine.list_ready(&catalog.list());
+                continue;
+            }
+            Some(Action::Transmission(negotiated)) => {
+                writer.write_all(machine.transmit()).await?;
+                machine.transmit().clear();
+                let device = device
+                    .take()
+                    .expect("a successful lookup precedes transmission");
+                return Ok(Some((negotiated, device)));
+            }
+            Some(Action::Close(reason)) => {
+                writer.write_all(machine.transmit()).await?;
+                return match reason {
+                    CloseReason::Aborted => Ok(None),
+                    reason => Err(ConnectionError::Handshake(reason)),
+                };
+            }
+            None => {}
+        }
+        let used = machine.receive(input.filled());
+        input.consume(used);
+        if used > 0 || machine.is_blocked() {
+            continue;
+        }
+        input.reserve(machine.wanted());
+        if input.read_from(reader).await? == 0 {
+            return Ok(None);
+        }
+    }
+}
+
+/// Bytes read from the socket but not yet parsed.
+struct InputBuffer {
+    data: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl InputBuffer {
+    fn new(capacity: usize) -> InputBuffer {
+        InputBuffer {
+            data: vec![0; capacity],
+            start: 0,
+            end: 0,
+        }
+    }
+
+    fn filled(&self) -> &[u8] {
+        &self.data[self.start..self.end]
+    }
+
+    fn consume(&mut self, count: usize) {
+        self.start += count;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Makes room for at least `wanted` unparsed bytes in total.
+    fn reserve(&mut self, wanted: usize) {
+        if self.start > 0 && self.data.len() - self.start < wanted.max(REQUEST_HEADER_LEN * 2) {
+            self.data.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.data.len() < wanted {
+            self.data.resize(wanted, 0);
+        }
+    }
+
+    async fn read_from(&mut self, reader: &mut OwnedReadHalf) -> io::Result<usize> {
+        if self.end == self.data.len() {
+            self.reserve(self.data.len() - self.start + 1);
+            if self.end == self.data.len() {
+                self.data.resize(self.data.len() * 2, 0);
+            }
+        }
+        let count = reader.read(&mut self.data[self.end..]).await?;
+        self.end += count;
+        Ok(count)
+    }
+}
+
+/// Replies waiting for the socket. Small replies share a buffer; read data
+/// travels in its own buffer, never copied again.
+struct Outgoing {
+    queue: VecDeque<Vec<u8>>,
+    /// Bytes of the front buffer already written.
+    front_written: usize,
+    /// Payload bytes queued (counted against the in-flight budget).
+    bytes: usize,
+}
+
+const COALESCE_LIMIT: usize = 64 << 10;
+
+impl Outgoing {
+    fn new() -> Outgoing {
+        Outgoing {
+            queue: VecDeque::new(),
+            front_written: 0,
+            bytes: 0,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// A buffer to append a small reply to.
+    fn small(&mut self) -> &mut Vec<u8> {
+        let reuse = matches!(self.queue.back(), Some(last) if last.len() < COALESCE_LIMIT)
+            && !(self.queue.len() == 1 && self.front_written > 0);
+        if !reuse {
+            self.queue.push_back(Vec::with_capacity(4096));
+        }
+        self.queue.back_mut().expect("just ensured")
+    }
+
+    fn push(&mut self, buffer: Vec<u8>) {
+        self.bytes += buffer.len();
+        self.queue.push_back(buffer);
+    }
+
+    /// One vectored write; cancel-safe (state changes only after it returns).
+    async fn write_to(&mut self, writer: &mut OwnedWriteHalf) -> io::Result<()> {
+        let mut slices: [IoSlice<'_>; 64] = [IoSlice::new(&[]); 64];
+        let mut count = 0;
+        for (index, buffer) in self.queue.iter().enumerate().take(slices.len()) {
+            let skip = if index == 0 { self.front_written } else { 0 };
+            slices[count] = IoSlice::new(&buffer[skip..]);
+            count += 1;
+        }
+        let mut written = writer.write_vectored(&slices[..count]).await?;
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        while written > 0 {
+            let front = self
+                .queue
+                .front()
+                .expect("written bytes came from the queue");
+            let left = front.len() - self.front_written;
+            if written >= left {
+                written -= left;
+                self.bytes = self.bytes.saturating_sub(front.len());
+                self.queue.pop_front();
+                self.front_written = 0;
+            } else {
+                self.front_written += written;
+                written = 0;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How a finished request is answered.
+enum Reply {
+    Ok,
+    Error(DeviceError),
+    /// A read reply with its header filled in.
+    Buffer(Vec<u8>),
+}
+
+struct Completion {
+    cookie: u64,
+    kind: RequestKind,
+    bytes: usize,
+    started: Instant,
+    reply: Reply,
+}
+
+type Pending<'a> = Pin<Box<dyn Future<Output = Completion> + Send + 'a>>;
+
+/// What the parser expects next from the stream.
+enum Parse {
+    Header,
+    /// Write payload being collected. `data` is `None` for a refused write,
+    /// whose payload is read and dropped before the error reply.
+    Payload {
+        cookie: u64,
+        command: Result<Command, Rejection>,
+        data: Option<Vec<u8>>,
+        total: usize,
+        filled: usize,
+    },
+}
+
+/// The outcome of one parsing step.
+enum Step {
+    NeedInput,
+    Disconnect,
+    Handled,
+    Start(u64, Command, Vec<u8>),
+}
+
+/// Reads more bytes: straight into a write payload when the input buffer is
+/// drained (no second copy of bulk data), else into the input buffer.
+async fn read_more(
+    reader: &mut OwnedReadHalf,
+    input: &mut InputBuffer,
+    parse: &mut Parse,
+) -> io::Result<usize> {
+    if let Parse::Payload {
+        data: Some(data),
+        filled,
+        ..
+    } = parse
+        && input.filled().is_empty()
+        && data.len() - *filled >= 16 << 10
+    {
+        let count = reader.read(&mut data[*filled..]).await?;
+        *filled += count;
+        return Ok(count);
+    }
+    input.read_from(reader).await
+}
+
+struct Transmission<'a, D: BlockDevice> {
+    reader: OwnedReadHalf,
+    writer: OwnedWriteHalf,
+    input: InputBuffer,
+    session: Negotiated,
+    device: &'a D,
+    config: &'a ServerConfig,
+    observer: &'a dyn Observer,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl<'a, D: BlockDevice> Transmission<'a, D> {
+    async fn run(mut self) -> Result<(), ConnectionError> {
+        let mut inflight: FuturesUnordered<Pending<'a>> = FuturesUnordered::new();
+        let mut out = Outgoing::new();
+        let mut parse = Parse::Header;
+        let mut inflight_bytes = 0usize;
+        // No new requests once the client said DISC, hung up, or we shut down.
+        let mut closing = *self.shutdown.borrow();
+        loop {
+            // Parse and start every complete request the budget allows.
+            while !closing
+                && inflight.len() < self.config.max_inflight_requests
+                && inflight_bytes + out.bytes < self.config.max_inflight_bytes
+            {
+                match self.parse_one(&mut parse, &mut out)? {
+                    Step::NeedInput => break,
+                    Step::Disconnect => closing = true,
+                    Step::Handled => {}
+                    Step::Start(cookie, command, payload) => {
+                        let (future, bytes) = self.start(cookie, command, payload);
+                        inflight_bytes += bytes;
+                        inflight.push(future);
+                    }
+                }
+            }
+            // Collect whatever finished without waiting.
+            while let Some(Some(done)) = inflight.next().now_or_never() {
+                inflight_bytes -= done.bytes.min(inflight_bytes);
+                self.finish(done, &mut out);
+            }
+            if closing && inflight.is_empty() && out.is_empty() {
+                let _ = self.writer.shutdown().await;
+                return Ok(());
+            }
+            let want_input = !closing
+                && inflight.len() < self.config.max_inflight_requests
+                && inflight_bytes + out.bytes < self.config.max_inflight_bytes;
+            tokio::select! {
+                biased;
+                Some(done) = inflight.next(), if !inflight.is_empty() => {
+                    inflight_bytes -= done.bytes.min(inflight_bytes);
+                    self.finish(done, &mut out);
+                }
+                written = out.write_to(&mut self.writer), if !out.is_empty() => written?,
+                count = read_more(&mut self.reader, &mut self.input, &mut parse), if want_input => {
+                    if count? == 0 {
+                        // EOF: the client hung up. Requests already running
+                        // finish (their effects stand); nobody reads replies.
+                        closing = true;
+                        out.queue.clear();
+                        out.bytes = 0;
+                        while let Some(done) = inflight.next().await {
+                            self.observe(&done);
+                        }
+                    }
+                }
+                changed = self.shutdown.changed(), if !closing => {
+                    if changed.is_err() || *self.shutdown.borrow() {
+                        closing = true;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Parses at most one request (or advances one payload) from the buffer.
+    fn parse_one(&mut self, parse: &mut Parse, out: &mut Outgoing) -> Result<Step, ProtocolError> {
+        if let Parse::Payload {
+            data,
+            total,
+            filled,
+            ..
+        } = parse
+        {
+            let available = self.input.filled();
+            let take = (*total - *filled).min(available.len());
+            if let Some(data) = data {
+                data[*filled..*filled + take].copy_from_slice(&available[..take]);
+            }
+            self.input.consume(take);
+            *filled += take;
+            if *filled < *total {
+                return Ok(Step::NeedInput);
+            }
+            let Parse::Payload {
+                cookie,
+                command,
+                data,
+                ..
+            } = std::mem::replace(parse, Parse::Header)
+            else {
+                unreachable!("matched above")
+            };
+            return Ok(match (command, data) {
+                (Ok(command), Some(data)) => Step::Start(cookie, command, data),
+                (Err(rejection), _) => {
+                    self.reject(cookie, rejection, out);
+                    Step::Handled
+                }
+                (Ok(_), None) => unreachable!("accepted writes always get a buffer"),
+            });
+        }
+        let Some(header) = decode_request(self.input.filled())? else {
+            self.input.reserve(REQUEST_HEADER_LEN);
+            return Ok(Step::NeedInput);
+        };
+        self.input.consume(REQUEST_HEADER_LEN);
+        let checked = check_request(&self.session, &header);
+        let total = header.payload_length() as usize;
+        if total > 0 {
+            let data = checked.is_ok().then(|| vec![0; total]);
+            *parse = Parse::Payload {
+                cookie: header.cookie,
+                command: checked,
+                data,
+                total,
+                filled: 0,
+            };
+            return Ok(Step::Handled);
+        }
+        Ok(match checked {
+            Ok(Command::Disconnect) => Step::Disconnect,
+            Ok(command) => Step::Start(header.cookie, command, Vec::new()),
+            Err(rejection) => {
+                self.reject(header.cookie, rejection, out);
+                Step::Handled
+            }
+        })
+    }
+
+    fn reject(&self, cookie: u64, rejection: Rejection, out: &mut Outgoing) {
+        tracing::debug!(cookie, errno = ?rejection.errno, reason = rejection.message, "request refused");
+        encode_error(
+            out.small(),
+            self.session.structured,
+            cookie,
+            rejection.errno,
+            rejection.message,
+        );
+    }
+
+    /// Starts a checked request on the device; returns its future and the
+    /// payload bytes it holds.
+    fn start(&self, cookie: u64, command: Command, payload: Vec<u8>) -> (Pending<'a>, usize) {
+        let device = self.device;
+        let structured = self.session.structured;
+        let context = self.session.base_allocation.unwrap_or(0);
+        let started = Instant::now();
+        let done = move |kind, bytes, reply| Completion {
+            cookie,
+            kind,
+            bytes,
+            started,
+            reply,
+        };
+        let unit = |result: Result<(), DeviceError>| match result {
+            Ok(()) => Reply::Ok,
+            Err(error) => Reply::Error(error),
+        };
+        match command {
+            Command::Read { offset, length, df } => {
+                let length = length as usize;
+                let future = async move {
+                    let header = read_reply_header_len(structured);
+                    let mut buffer = vec![0u8; header + length];
+                    let reply = match device.read(offset, &mut buffer[header..]).await {
+                        Ok(holes) if structured && !df && !holes.is_empty() => {
+                            let mut sparse = Vec::with_capacity(header + length);
+                            encode_sparse_read(
+                                &mut sparse,
+                                cookie,
+                                offset,
+                                &buffer[header..],
+                                &holes,
+                            );
+                            Reply::Buffer(sparse)
+                        }
+                        Ok(_) => {
+                            fill_read_header(&mut buffer, structured, cookie, offset);
+                            Reply::Buffer(buffer)
+                        }
+                        Err(error) => Reply::Error(error),
+                    };
+                    done(RequestKind::Read, length, reply)
+                };
+                (Box::pin(future), length)
+            }
+            Command::Write { offset, fua, .. } => {
+                let bytes = payload.len();
+                let future = async move {
+                    let result = device.write(offset, &payload, fua).await;
+                    done(RequestKind::Write, bytes, unit(result))
+                };
+                (Box::pin(future), bytes)
+            }
+            Command::Flush => {
+                let future = async move { done(RequestKind::Flush, 0, unit(device.flush().await)) };
+                (Box::pin(future), 0)
+            }
+            Command::Trim {
+                offset,
+                length,
+                fua,
+            } => {
+                let future = async move {
+                    let result = device.trim(offset, u64::from(length), fua).await;
+                    done(RequestKind::Trim, 0, unit(result))
+                };
+                (Box::pin(future), 0)
+            }
+            Command::Cache { offset, length } => {
+                let future = async move {
+                    let result = device.cache(offset, u64::from(length)).await;
+                    done(RequestKind::Cache, 0, unit(result))
+                };
+                (Box::pin(future), 0)
+            }
+            Command::WriteZeroes {
+                offset,
+                length,
+                flags,
+            } => {
+                let future = async move {
+                    let result = device.write_zeroes(offset, u64::from(length), flags).await;
+                    done(RequestKind::WriteZeroes, 0, unit(result))
+                };
+                (Box::pin(future), 0)
+            }
+            Command::BlockStatus {
+                offset,
+                length,
+                req_one,
+            } => {
+                let future = async move {
+                    let reply = match device.block_status(offset, u64::from(length)).await {
+                        Ok(extents) => {
+                            let mut buffer = Vec::with_capacity(64);
+                            encode_block_status(
+                                &mut buffer,
+                                cookie,
+                                context,
+                                length,
+                                req_one,
+                                &extents,
+                            );
+                            Reply::Buffer(buffer)
+                        }
+                        Err(error) => Reply::Error(error),
+                    };
+                    done(RequestKind::BlockStatus, 0, reply)
+                };
+                (Box::pin(future), 0)
+            }
+            Command::Disconnect => unreachable!("handled by the parser"),
+        }
+    }
+
+    fn observe(&self, done: &Completion) {
+        let ok = !matches!(done.reply, Reply::Error(_));
+        self.observer
+            .request_done(done.kind, done.bytes as u64, done.started.elapsed(), ok);
+    }
+
+    fn finish(&self, done: Completion, out: &mut Outgoing) {
+        self.observe(&done);
+        match done.reply {
+            Reply::Ok => encode_ok(out.small(), done.cookie),
+            Reply::Buffer(buffer) if buffer.len() <= 1024 => out.small().extend_from_slice(&buffer),
+            Reply::Buffer(buffer) => out.push(buffer),
+            Reply::Error(error) => {
+                if error.errno == Errno::Io {
+                    tracing::warn!(kind = done.kind.name(), %error, "request failed");
+                }
+                encode_error(
+                    out.small(),
+                    self.session.structured,
+                    done.cookie,
+                    error.errno,
+                    &error.message,
+                );
+            }
+        }
+    }
+}
