@@ -1,0 +1,135 @@
+//! `rewindd` as a process: first start, restart, signals, and the one-line
+//! errors a user gets for a taken port or an unwritable data dir.
+
+use std::process::Command;
+use std::time::Duration;
+
+use rewind_tests::{Daemon, binary, nbd_python, run};
+
+#[test]
+fn restart_serves_the_same_data() {
+    // Data written and flushed before a SIGTERM is served after a restart on
+    // the same data dir, and SIGTERM exits 0.
+    let mut daemon = Daemon::start();
+    let uri = daemon.uri("default");
+    nbd_python(
+        "import sys, nbd\nh = nbd.NBD(); h.connect_uri(sys.argv[1])\nh.pwrite(b'rewind' * 1000, 12345)\nh.flush(); h.shutdown()",
+        &uri,
+    );
+    let status = daemon.stop();
+    assert!(status.success(), "SIGTERM exit status {status}");
+    daemon.restart();
+    let out = nbd_python(
+        "import sys, nbd\nh = nbd.NBD(); h.connect_uri(sys.argv[1])\nprint(h.pread(6000, 12345) == b'rewind' * 1000)",
+        &daemon.uri("default"),
+    );
+    assert_eq!(out.trim(), "True");
+}
+
+#[test]
+fn sigterm_under_load_finishes_in_flight_requests_and_exits_zero() {
+    // A client streams writes; SIGTERM arrives mid-stream. Every write the
+    // client saw acknowledged is on disk after the daemon exits 0 and
+    // restarts; the client sees a clean end, not garbage.
+    let mut daemon = Daemon::start();
+    let uri = daemon.uri("default");
+    let script = r#"
+import sys, nbd, time
+h = nbd.NBD(); h.connect_uri(sys.argv[1])
+acked = 0
+try:
+    for i in range(200000):
+        h.pwrite(i.to_bytes(4, "little") * 1024, (i % 4096) * 4096)
+        acked = i + 1
+        if i == 200:
+            print("started", flush=True)
+except nbd.Error as e:
+    pass
+print(acked, flush=True)
+"#;
+    let mut child = Command::new(rewind_tests::SYSTEM_PYTHON)
+        .arg("-c")
+        .arg(script)
+        .arg(&uri)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    let status = daemon.stop();
+    assert!(status.success(), "SIGTERM under load: exit status {status}");
+    let output = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    let acked: u64 = text.lines().last().unwrap().trim().parse().unwrap();
+    assert!(acked > 200 && acked < 200000, "load did not overlap the signal: {text}");
+    daemon.restart();
+    // The last acknowledged write to each of the first blocks is there.
+    let check = format!(
+        "import sys, nbd\nh = nbd.NBD(); h.connect_uri(sys.argv[1])\nacked = {acked}\nbad = 0\nfor block in range(min(acked, 4096)):\n    last = max(i for i in range(block, acked, 4096))\n    if h.pread(4096, block * 4096) != last.to_bytes(4, 'little') * 1024: bad += 1\nprint(bad)"
+    );
+    assert_eq!(nbd_python(&check, &daemon.uri("default")).trim(), "0");
+}
+
+#[test]
+fn a_taken_port_is_one_clear_line_and_exit_1() {
+    // Starting a second daemon on a busy port fails fast with a message
+    // that names the address and what to do.
+    let daemon = Daemon::start();
+    let dir = tempfile::tempdir().unwrap();
+    let output = run(
+        Command::new(binary("rewindd"))
+            .arg("--data-dir")
+            .arg(dir.path())
+            .arg("--nbd-listen")
+            .arg(daemon.nbd.to_string()),
+        Duration::from_secs(20),
+    );
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let line = stderr.lines().last().unwrap();
+    assert!(line.contains(&daemon.nbd.to_string()) && line.contains("--nbd-listen"), "{stderr}");
+}
+
+#[test]
+fn an_unwritable_data_dir_is_one_clear_line_and_exit_1() {
+    // A data dir under a regular file cannot be created: say which and stop.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, b"x").unwrap();
+    let output = run(
+        Command::new(binary("rewindd"))
+            .arg("--data-dir")
+            .arg(file.join("data"))
+            .arg("--nbd-listen")
+            .arg(format!("127.0.0.1:{}", rewind_tests::free_port())),
+        Duration::from_secs(20),
+    );
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("data dir") && stderr.contains("not-a-dir"), "{stderr}");
+}
+
+#[test]
+fn print_config_shows_defaults_file_values_and_flag_overrides() {
+    // Defaults, then the TOML file, then flags: --print-config shows the
+    // effective result and a bad file is a usage error (exit 2).
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.toml");
+    std::fs::write(&config, "data_dir = \"/srv/rewind\"\nnbd_listen = \"127.0.0.1:11000\"\n").unwrap();
+    let output = run(
+        Command::new(binary("rewindd")).arg("--config").arg(&config).args(["--nbd-listen", "127.0.0.1:12000", "--print-config"]),
+        Duration::from_secs(20),
+    );
+    assert!(output.status.success());
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("data_dir = \"/srv/rewind\""), "{text}");
+    assert!(text.contains("nbd_listen = \"127.0.0.1:12000\""), "{text}");
+    assert!(text.contains("control = \"/srv/rewind/control.sock\""), "{text}");
+    assert!(text.contains("replication_listen = \"127.0.0.1:10810\""), "{text}");
+
+    std::fs::write(&config, "nbd_listen = 5\n").unwrap();
+    let output = run(
+        Command::new(binary("rewindd")).arg("--config").arg(&config).arg("--print-config"),
+        Duration::from_secs(20),
+    );
+    assert_eq!(output.status.code(), Some(2));
+}
