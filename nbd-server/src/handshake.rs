@@ -660,3 +660,347 @@ fn parse_meta_context(data: &[u8]) -> Result<(String, Vec<String>), &'static str
     }
     Ok((name, queries))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{OPTION_MAGIC, info, option, reply};
+    use proptest::prelude::*;
+
+    fn export(name: &str) -> ExportInfo {
+        ExportInfo {
+            name: name.into(),
+            description: "a test export".into(),
+            size: 1 << 20,
+            read_only: false,
+            multi_conn: true,
+            preferred_block: 4096,
+            fast_zero: true,
+        }
+    }
+
+    fn option_bytes(option: u32, data: &[u8]) -> Vec<u8> {
+        let mut bytes = OPTION_MAGIC.to_be_bytes().to_vec();
+        bytes.extend_from_slice(&option.to_be_bytes());
+        bytes.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        bytes.extend_from_slice(data);
+        bytes
+    }
+
+    fn info_request(name: &str, requests: &[u16]) -> Vec<u8> {
+        let mut data = (name.len() as u32).to_be_bytes().to_vec();
+        data.extend_from_slice(name.as_bytes());
+        data.extend_from_slice(&(requests.len() as u16).to_be_bytes());
+        for r in requests {
+            data.extend_from_slice(&r.to_be_bytes());
+        }
+        data
+    }
+
+    /// Parses option replies out of the transmit buffer: (option, type, data).
+    fn replies(bytes: &[u8]) -> Vec<(u32, u32, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < bytes.len() {
+            assert_eq!(
+                u64::from_be_bytes(bytes[at..at + 8].try_into().unwrap()),
+                OPTION_REPLY_MAGIC
+            );
+            let option = u32::from_be_bytes(bytes[at + 8..at + 12].try_into().unwrap());
+            let kind = u32::from_be_bytes(bytes[at + 12..at + 16].try_into().unwrap());
+            let length = u32::from_be_bytes(bytes[at + 16..at + 20].try_into().unwrap()) as usize;
+            out.push((option, kind, bytes[at + 20..at + 20 + length].to_vec()));
+            at += 20 + length;
+        }
+        out
+    }
+
+    /// A handshake past the greeting and client flags, transmit drained.
+    fn started() -> Handshake {
+        let mut machine = Handshake::new(HandshakeConfig::default());
+        assert_eq!(machine.transmit().len(), 18);
+        machine.transmit().clear();
+        assert_eq!(machine.receive(&3u32.to_be_bytes()), 4);
+        machine
+    }
+
+    /// Feeds input byte by byte, answering lookups from `exports`: proves the
+    /// machine never needs a message to arrive in one piece.
+    fn drive(machine: &mut Handshake, input: &[u8], exports: &[&str]) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let mut pending: Vec<u8> = Vec::new();
+        for &byte in input {
+            pending.push(byte);
+            loop {
+                let used = machine.receive(&pending);
+                pending.drain(..used);
+                match machine.poll_action() {
+                    Some(Action::Lookup(name)) => {
+                        let result = if exports.contains(&name.as_str()) {
+                            Ok(export(&name))
+                        } else {
+                            Err(LookupError {
+                                message: format!("no export {name}"),
+                            })
+                        };
+                        machine.export_resolved(result);
+                        actions.push(Action::Lookup(name));
+                    }
+                    Some(Action::List) => {
+                        let listings: Vec<_> = exports
+                            .iter()
+                            .map(|n| Listing {
+                                name: n.to_string(),
+                                description: String::new(),
+                            })
+                            .collect();
+                        machine.list_ready(&listings);
+                        actions.push(Action::List);
+                    }
+                    Some(action) => {
+                        actions.push(action);
+                        return actions;
+                    }
+                    None if used == 0 => break,
+                    None => {}
+                }
+            }
+        }
+        actions
+    }
+
+    #[test]
+    fn greeting_is_nbdmagic_ihaveopt_and_fixed_newstyle_flags() {
+        // The first 18 bytes a client sees are the fixed-newstyle greeting.
+        let mut machine = Handshake::new(HandshakeConfig::default());
+        let greeting = machine.transmit().clone();
+        assert_eq!(&greeting[..8], b"NBDMAGIC");
+        assert_eq!(&greeting[8..16], b"IHAVEOPT");
+        assert_eq!(u16::from_be_bytes([greeting[16], greeting[17]]), 3);
+    }
+
+    #[test]
+    fn go_replies_info_then_ack_and_enters_transmission() {
+        // GO for a known export: INFO_EXPORT, the requested NAME and
+        // DESCRIPTION, BLOCK_SIZE unasked, ACK, then the transmission action.
+        let mut machine = started();
+        let mut input = option_bytes(option::STRUCTURED_REPLY, &[]);
+        input.extend(option_bytes(
+            option::GO,
+            &info_request("disk", &[info::NAME, info::DESCRIPTION]),
+        ));
+        let actions = drive(&mut machine, &input, &["disk"]);
+        let Some(Action::Transmission(negotiated)) = actions.last() else {
+            panic!("{actions:?}")
+        };
+        assert!(negotiated.structured);
+        assert_eq!(negotiated.base_allocation, None);
+        let sent = replies(machine.transmit());
+        let kinds: Vec<u32> = sent.iter().map(|r| r.1).collect();
+        assert_eq!(
+            kinds,
+            [
+                reply::ACK,
+                reply::INFO,
+                reply::INFO,
+                reply::INFO,
+                reply::INFO,
+                reply::ACK
+            ]
+        );
+        let info_types: Vec<u16> = sent[1..5]
+            .iter()
+            .map(|r| u16::from_be_bytes([r.2[0], r.2[1]]))
+            .collect();
+        assert_eq!(
+            info_types,
+            [
+                info::EXPORT,
+                info::NAME,
+                info::DESCRIPTION,
+                info::BLOCK_SIZE
+            ]
+        );
+        let flags = u16::from_be_bytes([sent[1].2[10], sent[1].2[11]]);
+        assert_eq!(flags, negotiated.flags);
+        assert!(
+            flags & transmission_flags::SEND_DF != 0,
+            "DF needs structured replies"
+        );
+        assert!(flags & transmission_flags::CAN_MULTI_CONN != 0);
+    }
+
+    #[test]
+    fn unknown_export_in_go_is_err_unknown_and_haggling_continues() {
+        // GO on a missing export answers ERR_UNKNOWN with the catalog's
+        // message; the client may then pick another export.
+        let mut machine = started();
+        let mut input = option_bytes(option::GO, &info_request("nope", &[]));
+        input.extend(option_bytes(option::GO, &info_request("disk", &[])));
+        let actions = drive(&mut machine, &input, &["disk"]);
+        assert!(matches!(actions.last(), Some(Action::Transmission(_))));
+        let sent = replies(machine.transmit());
+        assert_eq!(sent[0].1, reply::ERR_UNKNOWN);
+        assert_eq!(sent[0].2, b"no export nope");
+    }
+
+    #[test]
+    fn export_name_sends_size_flags_and_no_zero_padding_when_asked() {
+        // EXPORT_NAME ends haggling with size, flags and (without NO_ZEROES)
+        // 124 zero bytes; an unknown name can only hang up.
+        for (client_flags, padding) in [(1u32, 124usize), (3, 0)] {
+            let mut machine = Handshake::new(HandshakeConfig::default());
+            machine.transmit().clear();
+            machine.receive(&client_flags.to_be_bytes());
+            let actions = drive(
+                &mut machine,
+                &option_bytes(option::EXPORT_NAME, b"disk"),
+                &["disk"],
+            );
+            assert!(matches!(actions.last(), Some(Action::Transmission(_))));
+            assert_eq!(machine.transmit().len(), 8 + 2 + padding);
+            assert_eq!(&machine.transmit()[..8], &(1u64 << 20).to_be_bytes());
+        }
+        let mut machine = started();
+        let actions = drive(
+            &mut machine,
+            &option_bytes(option::EXPORT_NAME, b"nope"),
+            &["disk"],
+        );
+        assert_eq!(
+            actions.last(),
+            Some(&Action::Close(CloseReason::UnknownExport("nope".into())))
+        );
+    }
+
+    #[test]
+    fn meta_context_needs_structured_replies_and_selects_base_allocation() {
+        // SET_META_CONTEXT before STRUCTURED_REPLY is ERR_INVALID; after it,
+        // base:allocation gets an id that GO on the same export keeps and GO
+        // on another export drops.
+        let mut meta = (4u32).to_be_bytes().to_vec();
+        meta.extend_from_slice(b"disk");
+        meta.extend_from_slice(&1u32.to_be_bytes());
+        meta.extend_from_slice(&(BASE_ALLOCATION.len() as u32).to_be_bytes());
+        meta.extend_from_slice(BASE_ALLOCATION.as_bytes());
+
+        let mut machine = started();
+        drive(
+            &mut machine,
+            &option_bytes(option::SET_META_CONTEXT, &meta),
+            &["disk"],
+        );
+        assert_eq!(replies(machine.transmit())[0].1, reply::ERR_INVALID);
+
+        for (go_name, expect) in [("disk", Some(BASE_ALLOCATION_ID)), ("other", None)] {
+            let mut machine = started();
+            let mut input = option_bytes(option::STRUCTURED_REPLY, &[]);
+            input.extend(option_bytes(option::SET_META_CONTEXT, &meta));
+            input.extend(option_bytes(option::GO, &info_request(go_name, &[])));
+            let actions = drive(&mut machine, &input, &["disk", "other"]);
+            let Some(Action::Transmission(negotiated)) = actions.last() else {
+                panic!()
+            };
+            assert_eq!(negotiated.base_allocation, expect);
+            let sent = replies(machine.transmit());
+            assert_eq!(sent[1].1, reply::META_CONTEXT);
+            assert_eq!(&sent[1].2[..4], &BASE_ALLOCATION_ID.to_be_bytes());
+        }
+    }
+
+    #[test]
+    fn list_sends_one_server_reply_per_export_then_ack() {
+        // LIST answers every export by name, then ACK.
+        let mut machine = started();
+        drive(&mut machine, &option_bytes(option::LIST, &[]), &["a", "bb"]);
+        let sent = replies(machine.transmit());
+        assert_eq!(sent.len(), 3);
+        assert_eq!(sent[0].2, [0, 0, 0, 1, b'a']);
+        assert_eq!(sent[1].2, [0, 0, 0, 2, b'b', b'b']);
+        assert_eq!(sent[2].1, reply::ACK);
+    }
+
+    #[test]
+    fn unknown_and_unsupported_options_get_err_unsup() {
+        // STARTTLS, EXTENDED_HEADERS and made-up options are declined and
+        // the machine keeps parsing.
+        let mut machine = started();
+        let mut input = option_bytes(option::STARTTLS, &[]);
+        input.extend(option_bytes(option::EXTENDED_HEADERS, &[]));
+        input.extend(option_bytes(0xdead, b"junk"));
+        input.extend(option_bytes(option::ABORT, &[]));
+        let actions = drive(&mut machine, &input, &[]);
+        assert_eq!(actions.last(), Some(&Action::Close(CloseReason::Aborted)));
+        let kinds: Vec<u32> = replies(machine.transmit()).iter().map(|r| r.1).collect();
+        assert_eq!(
+            kinds,
+            [
+                reply::ERR_UNSUP,
+                reply::ERR_UNSUP,
+                reply::ERR_UNSUP,
+                reply::ACK
+            ]
+        );
+    }
+
+    #[test]
+    fn plain_newstyle_clients_may_only_send_export_name() {
+        // Without the fixed-newstyle client flag there is no way to reply to
+        // an option, so anything but EXPORT_NAME hangs up.
+        let mut machine = Handshake::new(HandshakeConfig::default());
+        machine.receive(&0u32.to_be_bytes());
+        let actions = drive(&mut machine, &option_bytes(option::LIST, &[]), &[]);
+        assert!(matches!(
+            actions.last(),
+            Some(Action::Close(CloseReason::Protocol(_)))
+        ));
+    }
+
+    #[test]
+    fn option_count_is_bounded() {
+        // A client cannot keep a handshake alive forever with cheap options.
+        let mut machine = Handshake::new(HandshakeConfig {
+            max_options: 3,
+            ..HandshakeConfig::default()
+        });
+        machine.receive(&3u32.to_be_bytes());
+        let input: Vec<u8> = (0..5)
+            .flat_map(|_| option_bytes(option::STRUCTURED_REPLY, &[]))
+            .collect();
+        let actions = drive(&mut machine, &input, &[]);
+        assert_eq!(
+            actions.last(),
+            Some(&Action::Close(CloseReason::Protocol("too many options")))
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_input_never_panics_and_stays_bounded(
+            chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 0..32),
+            prefix in any::<bool>(),
+        ) {
+            // Hostile bytes, optionally after a valid option header prefix:
+            // the machine consumes or refuses them without panicking and its
+            // transmit buffer stays bounded.
+            let mut machine = started();
+            let mut input = Vec::new();
+            if prefix {
+                input.extend_from_slice(&OPTION_MAGIC.to_be_bytes());
+            }
+            for chunk in chunks {
+                input.extend(chunk);
+            }
+            drive(&mut machine, &input, &["disk"]);
+            prop_assert!(machine.transmit().len() < 1 << 20);
+        }
+
+        #[test]
+        fn well_formed_info_requests_round_trip(name in "[a-z]{0,40}", requests in proptest::collection::vec(0u16..8, 0..10)) {
+            // Whatever valid INFO a client builds is parsed back exactly.
+            let (parsed_name, parsed) = parse_info(&info_request(&name, &requests)).unwrap();
+            prop_assert_eq!(parsed_name, name);
+            prop_assert_eq!(parsed, requests);
+        }
+    }
+}

@@ -404,3 +404,253 @@ pub fn encode_block_status(
         out.extend_from_slice(&flags.to_be_bytes());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::ExportInfo;
+    use proptest::prelude::*;
+
+    fn session(read_only: bool, structured: bool, meta: bool) -> Negotiated {
+        let flags = transmission_flags::HAS_FLAGS | transmission_flags::SEND_FAST_ZERO;
+        Negotiated {
+            export: ExportInfo {
+                name: "disk".into(),
+                description: String::new(),
+                size: 1 << 20,
+                read_only,
+                multi_conn: true,
+                preferred_block: 4096,
+                fast_zero: true,
+            },
+            flags,
+            structured,
+            base_allocation: meta.then_some(1),
+        }
+    }
+
+    fn header(kind: u16, flags: u16, offset: u64, length: u32) -> RequestHeader {
+        RequestHeader {
+            flags,
+            kind,
+            cookie: 7,
+            offset,
+            length,
+        }
+    }
+
+    #[test]
+    fn decodes_what_encode_wrote_and_rejects_bad_magic() {
+        // A header round-trips; a wrong magic is a protocol error; a short
+        // buffer asks for more.
+        let request = header(command::WRITE, command_flags::FUA, 4096, 512);
+        let mut bytes = Vec::new();
+        request.encode(&mut bytes);
+        assert_eq!(decode_request(&bytes), Ok(Some(request)));
+        assert_eq!(decode_request(&bytes[..27]), Ok(None));
+        bytes[0] ^= 1;
+        assert!(matches!(
+            decode_request(&bytes),
+            Err(ProtocolError::BadMagic(_))
+        ));
+    }
+
+    #[test]
+    fn oversized_write_payload_is_a_protocol_error() {
+        // Write payloads over 32 MiB cannot be skipped safely.
+        let mut bytes = Vec::new();
+        header(command::WRITE, 0, 0, MAX_REQUEST_LENGTH + 1).encode(&mut bytes);
+        assert_eq!(
+            decode_request(&bytes),
+            Err(ProtocolError::PayloadTooLarge(MAX_REQUEST_LENGTH + 1))
+        );
+        let mut bytes = Vec::new();
+        header(command::READ, 0, 0, MAX_REQUEST_LENGTH + 1).encode(&mut bytes);
+        assert!(
+            decode_request(&bytes).unwrap().is_some(),
+            "reads carry no payload"
+        );
+    }
+
+    #[test]
+    fn range_checks_use_the_right_errno() {
+        // Past the end: EINVAL for reads, ENOSPC for writes; overflow: EINVAL.
+        let s = session(false, true, true);
+        let errno = |h| check_request(&s, &h).unwrap_err().errno;
+        assert_eq!(
+            errno(header(command::READ, 0, (1 << 20) - 1, 2)),
+            Errno::Inval
+        );
+        assert_eq!(
+            errno(header(command::WRITE, 0, (1 << 20) - 1, 2)),
+            Errno::NoSpc
+        );
+        assert_eq!(errno(header(command::TRIM, 0, 1 << 20, 1)), Errno::NoSpc);
+        assert_eq!(errno(header(command::READ, 0, u64::MAX, 1)), Errno::Inval);
+        assert_eq!(
+            errno(header(command::WRITE, 0, u64::MAX - 10, 512)),
+            Errno::Inval
+        );
+        assert_eq!(
+            errno(header(command::BLOCK_STATUS, 0, 1 << 19, 1 << 20)),
+            Errno::Inval
+        );
+        assert_eq!(errno(header(command::READ, 0, 0, 0)), Errno::Inval);
+        assert!(check_request(&s, &header(command::READ, 0, (1 << 20) - 1, 1)).is_ok());
+    }
+
+    #[test]
+    fn flags_and_modes_are_enforced() {
+        // Read-only exports refuse writes with EPERM; flags outside a
+        // command's set, DF without structured replies, and block status
+        // without a context are EINVAL.
+        let ro = session(true, true, true);
+        for kind in [command::WRITE, command::TRIM, command::WRITE_ZEROES] {
+            assert_eq!(
+                check_request(&ro, &header(kind, 0, 0, 512))
+                    .unwrap_err()
+                    .errno,
+                Errno::Perm
+            );
+        }
+        assert!(check_request(&ro, &header(command::READ, command_flags::FUA, 0, 512)).is_ok());
+        let simple = session(false, false, false);
+        let df = header(command::READ, command_flags::DF, 0, 512);
+        assert_eq!(check_request(&simple, &df).unwrap_err().errno, Errno::Inval);
+        assert!(check_request(&session(false, true, false), &df).is_ok());
+        let status = header(command::BLOCK_STATUS, 0, 0, 512);
+        assert_eq!(
+            check_request(&session(false, true, false), &status)
+                .unwrap_err()
+                .errno,
+            Errno::Inval
+        );
+        let req_one_on_read = header(command::READ, command_flags::REQ_ONE, 0, 512);
+        assert_eq!(
+            check_request(&ro, &req_one_on_read).unwrap_err().errno,
+            Errno::Inval
+        );
+        let zero = header(
+            command::WRITE_ZEROES,
+            command_flags::FAST_ZERO | command_flags::NO_HOLE,
+            0,
+            512,
+        );
+        let Ok(Command::WriteZeroes { flags, .. }) = check_request(&simple, &zero) else {
+            panic!()
+        };
+        assert!(flags.fast && flags.no_hole && !flags.fua);
+    }
+
+    #[test]
+    fn sparse_read_covers_the_request_with_data_and_hole_chunks() {
+        // Holes become OFFSET_HOLE chunks, the rest OFFSET_DATA, only the
+        // last chunk has DONE, and together they cover the request exactly.
+        let data: Vec<u8> = (0..16384u32)
+            .map(|i| if (4096..12288).contains(&i) { 0 } else { 1 })
+            .collect();
+        let mut out = Vec::new();
+        encode_sparse_read(&mut out, 9, 1 << 16, &data, &[(4096, 8192)]);
+        let mut at = 0;
+        let mut covered = 0u64;
+        let mut chunks = Vec::new();
+        while at < out.len() {
+            let flags = u16::from_be_bytes([out[at + 4], out[at + 5]]);
+            let kind = u16::from_be_bytes([out[at + 6], out[at + 7]]);
+            let length = u32::from_be_bytes(out[at + 16..at + 20].try_into().unwrap()) as usize;
+            let offset = u64::from_be_bytes(out[at + 20..at + 28].try_into().unwrap());
+            let size = if kind == chunk::OFFSET_HOLE {
+                u32::from_be_bytes(out[at + 28..at + 32].try_into().unwrap()) as u64
+            } else {
+                (length - 8) as u64
+            };
+            assert_eq!(offset, (1 << 16) + covered);
+            covered += size;
+            chunks.push((kind, flags));
+            at += 20 + length;
+        }
+        assert_eq!(covered, 16384);
+        assert_eq!(
+            chunks,
+            [
+                (chunk::OFFSET_DATA, 0),
+                (chunk::OFFSET_HOLE, 0),
+                (chunk::OFFSET_DATA, chunk_flags::DONE)
+            ]
+        );
+    }
+
+    #[test]
+    fn block_status_merges_clips_and_honours_req_one() {
+        // Equal neighbours merge, extents are clipped to the request, REQ_ONE
+        // sends exactly one descriptor, and an empty answer is "status 0".
+        let extents = [
+            Extent {
+                length: 4096,
+                hole: true,
+                zero: true,
+            },
+            Extent {
+                length: 4096,
+                hole: true,
+                zero: true,
+            },
+            Extent {
+                length: 1 << 20,
+                hole: false,
+                zero: false,
+            },
+        ];
+        let descriptors = |req_one, length, extents: &[Extent]| {
+            let mut out = Vec::new();
+            encode_block_status(&mut out, 1, 1, length, req_one, extents);
+            out[24..]
+                .chunks(8)
+                .map(|d| {
+                    (
+                        u32::from_be_bytes(d[..4].try_into().unwrap()),
+                        u32::from_be_bytes(d[4..].try_into().unwrap()),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(descriptors(false, 10000, &extents), [(8192, 3), (1808, 0)]);
+        assert_eq!(descriptors(true, 10000, &extents), [(4096, 3)]);
+        assert_eq!(descriptors(false, 512, &[]), [(512, 0)]);
+    }
+
+    proptest! {
+        #[test]
+        fn checked_requests_stay_inside_the_export(
+            kind in 0u16..10, flags in any::<u16>(), offset in any::<u64>(), length in any::<u32>(),
+            read_only in any::<bool>(), structured in any::<bool>(),
+        ) {
+            // Whatever the header, an accepted request lies within the export
+            // and never overflows.
+            let s = session(read_only, structured, true);
+            if let Ok(command) = check_request(&s, &header(kind, flags, offset, length)) {
+                let range = match command {
+                    Command::Read { offset, length, .. } | Command::Write { offset, length, .. }
+                    | Command::Trim { offset, length, .. } | Command::Cache { offset, length }
+                    | Command::WriteZeroes { offset, length, .. }
+                    | Command::BlockStatus { offset, length, .. } => Some((offset, length)),
+                    Command::Flush | Command::Disconnect => None,
+                };
+                if let Some((offset, length)) = range {
+                    prop_assert!(offset.checked_add(u64::from(length)).is_some_and(|end| end <= 1 << 20));
+                    prop_assert!(length > 0);
+                }
+                if read_only {
+                    let is_write = matches!(command, Command::Write { .. } | Command::Trim { .. } | Command::WriteZeroes { .. });
+                    prop_assert!(!is_write);
+                }
+            }
+        }
+
+        #[test]
+        fn decoder_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            // Any byte string decodes, asks for more, or is a protocol error.
+            let _ = decode_request(&bytes);
+        }
+    }
+}
