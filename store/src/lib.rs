@@ -1,1 +1,42 @@
-//! placeholder
+//! rewind's volume engine: every write to a volume is appended to a journal,
+//! so the volume can be read as it was at any point of its history.
+//!
+//! A [`Store`] holds the volumes of a data dir. A [`Volume`] is a base image
+//! (zeros, or a clone's parent at a point) plus an append-only journal of
+//! records, each with a seq; every seq is a point that [`Volume::open_point`]
+//! opens read-only. Rollback and clones are metadata records, whatever the
+//! size. The on-disk format and the commit protocol are in docs/journal.md.
+//!
+//! What this crate does not do: networking (the NBD server calls it),
+//! retention and compaction (all history is kept for now; the format allows
+//! folding a prefix into a base image later), replication.
+//!
+//! Threading: everything is synchronous and thread-safe; calls are short
+//! except [`Volume::flush`] (and FUA writes), which wait for one fdatasync
+//! shared by all concurrent flushers.
+
+pub mod backend;
+pub mod clock;
+pub mod error;
+pub mod index;
+pub mod journal;
+pub mod layout;
+pub mod memory;
+pub mod store;
+pub mod uring;
+pub mod volume;
+
+pub use backend::{
+    Engine, EngineChoice, FileBackend, Filesystem, RealFs, StorageBackend, pick_engine,
+};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::{
+    CloneError, CreateError, DeleteError, FlushError, History, OpenError, PointError, Poison,
+    ReadError, ResizeError, RollbackError, SnapshotError, VerifyError, WriteError,
+};
+pub use memory::MemoryFs;
+pub use store::{Store, StoreOptions, valid_volume_name};
+pub use uring::UringBackend;
+pub use volume::{
+    Bucket, Extent, JournalRecord, PointView, RollbackOutcome, Snapshot, VerifyReport, Volume,
+};

@@ -1,0 +1,272 @@
+//! How the engine reaches a disk: a per-file [`StorageBackend`] and a
+//! [`Filesystem`] that names, creates and removes those files.
+//!
+//! Three engines implement them: [`FileBackend`] (`pread`/`pwrite`), the
+//! io_uring engine in [`crate::uring`], and [`crate::memory`] for tests. The
+//! engine knows nothing of what the bytes mean; the journal does.
+
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// One file of the store, addressed by byte offset.
+///
+/// Reads are exact: a read that reaches past the end of the file fails with
+/// [`io::ErrorKind::UnexpectedEof`] (the journal never reads what it did not
+/// write, so a short read means damage, not a hole).
+pub trait StorageBackend: Send + Sync + fmt::Debug {
+    /// Fills `buf` from `offset`; `UnexpectedEof` if the file is shorter.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Writes all of `data` at `offset`, extending the file if needed.
+    fn write_at(&self, data: &[u8], offset: u64) -> io::Result<()>;
+    /// Writes the slices back to back from `offset`; one syscall where the
+    /// engine can.
+    fn write_vectored_at(&self, parts: &[&[u8]], offset: u64) -> io::Result<()> {
+        let mut at = offset;
+        for part in parts {
+            self.write_at(part, at)?;
+            at += part.len() as u64;
+        }
+        Ok(())
+    }
+    /// Makes every completed write durable (`fdatasync` semantics).
+    fn sync(&self) -> io::Result<()>;
+    /// Truncates or extends (with zeros) the file to `len` bytes.
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Current length of the file in bytes.
+    fn len(&self) -> io::Result<u64>;
+    /// Whether the file is empty.
+    fn is_empty(&self) -> io::Result<bool> {
+        Ok(self.len()? == 0)
+    }
+}
+
+/// The directory tree under a store's data dir. Paths are relative, with `/`.
+///
+/// Assumed of every implementation (docs/journal.md, "What we assume of the
+/// disk"): creating, renaming and removing entries is durable once
+/// [`Filesystem::sync_dir`] of the parent returns.
+pub trait Filesystem: Send + Sync + fmt::Debug {
+    /// Creates a directory and its parents.
+    fn create_dir_all(&self, path: &str) -> io::Result<()>;
+    /// Names of the entries in a directory, sorted.
+    fn list_dir(&self, path: &str) -> io::Result<Vec<String>>;
+    /// Opens a file for reading and writing; creates it (empty) if `create`.
+    fn open_file(&self, path: &str, create: bool) -> io::Result<Arc<dyn StorageBackend>>;
+    /// Whether a file or directory exists.
+    fn exists(&self, path: &str) -> bool;
+    /// Removes a file.
+    fn remove_file(&self, path: &str) -> io::Result<()>;
+    /// Removes a directory and everything under it.
+    fn remove_dir_all(&self, path: &str) -> io::Result<()>;
+    /// Renames a file or directory.
+    fn rename(&self, from: &str, to: &str) -> io::Result<()>;
+    /// Makes the directory's entries durable.
+    fn sync_dir(&self, path: &str) -> io::Result<()>;
+}
+
+/// The IO engine to use for files on a real disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EngineChoice {
+    /// The measured default for the journal's access pattern: `pread`/`pwrite`
+    /// (docs/journal.md, "IO engine" has the figures).
+    #[default]
+    Auto,
+    /// `pread`/`pwrite` on the calling thread.
+    File,
+    /// io_uring on a dedicated ring thread; falls back to [`Engine::File`]
+    /// with a warning if the kernel refuses io_uring.
+    Uring,
+    /// io_uring if the kernel allows it, else `pread`/`pwrite`.
+    UringIfAvailable,
+}
+
+/// The engine actually in use, after probing the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// `pread`/`pwrite`.
+    File,
+    /// io_uring.
+    Uring,
+}
+
+impl fmt::Display for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::File => "pread/pwrite",
+            Self::Uring => "io_uring",
+        })
+    }
+}
+
+/// Picks the engine for a choice: call once at start.
+pub fn pick_engine(choice: EngineChoice) -> Engine {
+    match choice {
+        EngineChoice::Auto | EngineChoice::File => Engine::File,
+        EngineChoice::Uring | EngineChoice::UringIfAvailable => {
+            if crate::uring::available() {
+                Engine::Uring
+            } else {
+                if choice == EngineChoice::Uring {
+                    tracing::warn!("io_uring is not available here; using pread/pwrite");
+                }
+                Engine::File
+            }
+        }
+    }
+}
+
+/// `pread`/`pwrite` on a [`File`].
+#[derive(Debug)]
+pub struct FileBackend {
+    file: File,
+}
+
+impl FileBackend {
+    /// Wraps an open file (read and write access).
+    pub fn new(file: File) -> Self {
+        Self { file }
+    }
+
+    /// The file, for engines that share its descriptor.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+}
+
+impl StorageBackend for FileBackend {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+
+    fn write_at(&self, data: &[u8], offset: u64) -> io::Result<()> {
+        self.file.write_all_at(data, offset)
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+}
+
+/// A [`Filesystem`] rooted at a directory of the real disk.
+#[derive(Debug)]
+pub struct RealFs {
+    root: PathBuf,
+    engine: Engine,
+    ring: Option<Arc<crate::uring::Ring>>,
+}
+
+impl RealFs {
+    /// Uses `root` (created if missing) with the given engine.
+    pub fn new(root: &Path, engine: Engine) -> io::Result<Self> {
+        fs::create_dir_all(root)?;
+        let ring = match engine {
+            Engine::File => None,
+            Engine::Uring => Some(Arc::new(crate::uring::Ring::start(
+                crate::uring::RING_DEPTH,
+            )?)),
+        };
+        Ok(Self {
+            root: root.to_owned(),
+            engine,
+            ring,
+        })
+    }
+
+    /// The engine files are opened with.
+    pub fn engine(&self) -> Engine {
+        self.engine
+    }
+
+    fn path(&self, relative: &str) -> PathBuf {
+        if relative.is_empty() {
+            self.root.clone()
+        } else {
+            self.root.join(relative)
+        }
+    }
+}
+
+impl Filesystem for RealFs {
+    fn create_dir_all(&self, path: &str) -> io::Result<()> {
+        fs::create_dir_all(self.path(path))
+    }
+
+    fn list_dir(&self, path: &str) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in fs::read_dir(self.path(path))? {
+            if let Ok(name) = entry?.file_name().into_string() {
+                names.push(name);
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn open_file(&self, path: &str, create: bool) -> io::Result<Arc<dyn StorageBackend>> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .truncate(false)
+            .open(self.path(path))?;
+        Ok(match &self.ring {
+            None => Arc::new(FileBackend::new(file)),
+            Some(ring) => Arc::new(crate::uring::UringBackend::new(file, ring.clone())),
+        })
+    }
+
+    fn exists(&self, path: &str) -> bool {
+        self.path(path).exists()
+    }
+
+    fn remove_file(&self, path: &str) -> io::Result<()> {
+        fs::remove_file(self.path(path))
+    }
+
+    fn remove_dir_all(&self, path: &str) -> io::Result<()> {
+        fs::remove_dir_all(self.path(path))
+    }
+
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        fs::rename(self.path(from), self.path(to))
+    }
+
+    fn sync_dir(&self, path: &str) -> io::Result<()> {
+        File::open(self.path(path))?.sync_all()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The file engine reads back what it wrote and reports a read past the
+    /// end as UnexpectedEof.
+    #[test]
+    fn file_backend_round_trips_and_short_reads_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = RealFs::new(dir.path(), Engine::File).unwrap();
+        let file = fs.open_file("a", true).unwrap();
+        file.write_vectored_at(&[b"hello", b" world"], 3).unwrap();
+        file.sync().unwrap();
+        let mut buf = [0; 11];
+        file.read_at(&mut buf, 3).unwrap();
+        assert_eq!(&buf, b"hello world");
+        assert_eq!(file.len().unwrap(), 14);
+        let error = file.read_at(&mut buf, 10).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof);
+        assert_eq!(fs.list_dir("").unwrap(), vec!["a".to_owned()]);
+    }
+}

@@ -1,0 +1,776 @@
+//! The in-memory index: which record holds each byte of the image at any seq.
+//!
+//! Two structures, both append-only so that history never changes:
+//!
+//! - the **record table**: one 24-byte [`Entry`] per seq (offset, length,
+//!   journal location, time), in chunks so it grows without big copies;
+//! - the **spatial index**: for each chunk of the volume's address space, the
+//!   seqs of the records that touch it, in seq order. Chunks come in
+//!   [`LEVEL_SHIFTS`] sizes (64 KiB up to 2^58 bytes); a record is filed at the
+//!   smallest level where it touches at most [`MAX_CHUNKS_PER_RECORD`]
+//!   chunks, so a 4 KiB write costs one 8-byte list entry and a whole-disk
+//!   trim costs a handful. Each list entry packs the seq with the coarse
+//!   sub-range of the chunk the record covers, so most misses never touch
+//!   the table.
+//!
+//! The image at seq S: for each byte, the newest record with seq ≤ S along
+//! S's *lineage* covers it. A rollback record at seq R to target T makes the
+//! image at R equal the image at T, so when a lookup walks down past R it
+//! continues from T: records in (T, R) belong to the abandoned branch. Bytes no
+//! record covers come from the base (zeros, or a clone's parent).
+//!
+//! Memory grows with records, not with the volume size: the table is 24 bytes
+//! per record, a list entry 8 bytes per chunk a record touches, and each
+//! touched chunk costs one hash-map slot plus its list's spare capacity.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
+
+use crate::layout::{IndexEntry, RECORD_HEADER_LEN, RecordKind};
+
+/// Chunk size (log2 bytes) of each level of the spatial index.
+pub const LEVEL_SHIFTS: [u32; 8] = [16, 22, 28, 34, 40, 46, 52, 58];
+/// A record goes to the smallest level where it touches at most this many chunks.
+pub const MAX_CHUNKS_PER_RECORD: u64 = 16;
+/// Largest volume size (and end offset) the index can address.
+pub const MAX_VOLUME_SIZE: u64 = 1 << 60;
+/// Largest seq a list entry can hold.
+pub const MAX_SEQ: u64 = (1 << 40) - 1;
+const SUB_BITS: u32 = 12;
+const SUB_MASK: u64 = (1 << SUB_BITS) - 1;
+const TABLE_CHUNK: usize = 1 << 16;
+const KIND_SHIFT: u32 = 60;
+const OFFSET_MASK: u64 = (1 << KIND_SHIFT) - 1;
+
+/// What the index keeps of one record (24 bytes).
+///
+/// `offset_kind`: kind in the top 4 bits, the record's `offset` field below.
+/// `location`: for Write and snapshot records, the journal location of the
+/// header; for Zeroes/Trim the extent length; for Resize the old size; for
+/// Rollback the journal location. `length`: payload length. `time_delta`:
+/// microseconds since the start of the entry's time block.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    offset_kind: u64,
+    location: u64,
+    length: u32,
+    time_delta: u32,
+}
+
+impl Entry {
+    fn kind(&self) -> RecordKind {
+        RecordKind::from_u8((self.offset_kind >> KIND_SHIFT) as u8).unwrap_or(RecordKind::Write)
+    }
+    fn offset(&self) -> u64 {
+        self.offset_kind & OFFSET_MASK
+    }
+    /// The byte range this record defines at its seq, if any.
+    fn extent(&self) -> Option<(u64, u64)> {
+        match self.kind() {
+            RecordKind::Write => Some((self.offset(), self.offset() + u64::from(self.length))),
+            RecordKind::Zeroes | RecordKind::Trim => {
+                Some((self.offset(), self.offset() + self.location))
+            }
+            RecordKind::Resize if self.location > self.offset() => {
+                Some((self.offset(), self.location))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A new record to index.
+#[derive(Debug, Clone, Copy)]
+pub struct NewRecord {
+    pub kind: RecordKind,
+    /// The header's offset field.
+    pub offset: u64,
+    /// The header's length field.
+    pub length: u64,
+    /// Journal location of the record header.
+    pub location: u64,
+    pub payload_length: u32,
+    /// Unix nanoseconds.
+    pub time: i64,
+}
+
+/// Where the bytes of one piece of a read come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Zeros without IO; `hole` when nothing is allocated (never written,
+    /// trimmed, cut by a shrink) rather than written zeros.
+    Zero { hole: bool },
+    /// Journal bytes starting at this location.
+    Data { location: u64 },
+    /// The base image (zeros, or the clone's parent at its seq).
+    Base,
+}
+
+/// A contiguous piece of a read plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Piece {
+    pub offset: u64,
+    pub length: u64,
+    pub source: Source,
+}
+
+#[derive(Default)]
+struct ChunkHasher(u64);
+
+impl Hasher for ChunkHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 =
+                (self.0.rotate_left(5) ^ u64::from(byte)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+    fn write_u64(&mut self, value: u64) {
+        // Fibonacci hashing: chunk numbers are dense, keep the high bits mixed.
+        self.0 = (value ^ (value >> 29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+type ChunkMap = HashMap<u64, Vec<u64>, BuildHasherDefault<ChunkHasher>>;
+
+/// The index of one volume. Not synchronized: the volume wraps it in a lock.
+#[derive(Debug)]
+pub struct Index {
+    table: Vec<Vec<Entry>>,
+    head: u64,
+    /// (first seq of the block, base time in microseconds).
+    time_blocks: Vec<(u64, i64)>,
+    levels: Vec<ChunkMapDebug>,
+    used_levels: u8,
+    rollbacks: Vec<(u64, u64)>,
+    resizes: Vec<(u64, u64)>,
+    snapshots: BTreeMap<String, u64>,
+    initial_size: u64,
+    created: i64,
+    last_time_us: i64,
+}
+
+/// A chunk map with a Debug that does not print millions of entries.
+#[derive(Default)]
+struct ChunkMapDebug(ChunkMap);
+
+impl std::fmt::Debug for ChunkMapDebug {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} chunks", self.0.len())
+    }
+}
+
+struct Cursor<'a> {
+    list: &'a [u64],
+    pos: usize,
+    chunk_start: u64,
+    unit_shift: u32,
+}
+
+impl Index {
+    /// An empty index: seq 0 is the base image, of `initial_size` bytes,
+    /// at time `created` (unix nanoseconds).
+    pub fn new(initial_size: u64, created: i64) -> Self {
+        Self {
+            table: Vec::new(),
+            head: 0,
+            time_blocks: Vec::new(),
+            levels: (0..LEVEL_SHIFTS.len())
+                .map(|_| ChunkMapDebug::default())
+                .collect(),
+            used_levels: 0,
+            rollbacks: Vec::new(),
+            resizes: Vec::new(),
+            snapshots: BTreeMap::new(),
+            initial_size,
+            created,
+            last_time_us: created.div_euclid(1000),
+        }
+    }
+
+    /// The newest seq indexed (0 = none).
+    pub fn head(&self) -> u64 {
+        self.head
+    }
+
+    /// Time of seq 0.
+    pub fn created(&self) -> i64 {
+        self.created
+    }
+
+    fn entry(&self, seq: u64) -> &Entry {
+        let index = (seq - 1) as usize;
+        &self.table[index / TABLE_CHUNK][index % TABLE_CHUNK]
+    }
+
+    /// Adds the record with seq `head() + 1`. `name` is the snapshot name of
+    /// snapshot records. The caller has checked every bound.
+    pub fn insert(&mut self, record: &NewRecord, name: Option<&str>) -> u64 {
+        let seq = self.head + 1;
+        assert!(seq <= MAX_SEQ, "seq space exhausted");
+        let time_us = record.time.div_euclid(1000).max(self.last_time_us);
+        self.last_time_us = time_us;
+        let block_base = match self.time_blocks.last() {
+            Some(&(_, base)) if time_us - base <= i64::from(u32::MAX) => base,
+            _ => {
+                self.time_blocks.push((seq, time_us));
+                time_us
+            }
+        };
+        let location = match record.kind {
+            RecordKind::Zeroes | RecordKind::Trim | RecordKind::Resize => record.length,
+            _ => record.location,
+        };
+        let entry = Entry {
+            offset_kind: (record.offset & OFFSET_MASK) | ((record.kind as u64) << KIND_SHIFT),
+            location,
+            length: record.payload_length,
+            time_delta: (time_us - block_base) as u32,
+        };
+        if self
+            .table
+            .last()
+            .is_none_or(|chunk| chunk.len() == TABLE_CHUNK)
+        {
+            self.table.push(Vec::new());
+        }
+        self.table.last_mut().expect("just pushed").push(entry);
+        self.head = seq;
+        match record.kind {
+            RecordKind::Rollback => self.rollbacks.push((seq, record.offset)),
+            RecordKind::Resize => self.resizes.push((seq, record.offset)),
+            RecordKind::Snapshot => {
+                if let Some(name) = name {
+                    self.snapshots.insert(name.to_owned(), seq);
+                }
+            }
+            RecordKind::SnapshotDelete => {
+                if let Some(name) = name {
+                    self.snapshots.remove(name);
+                }
+            }
+            _ => {}
+        }
+        if let Some((start, end)) = entry.extent()
+            && start < end
+        {
+            self.file_spatially(seq, start, end);
+        }
+        seq
+    }
+
+    fn file_spatially(&mut self, seq: u64, start: u64, end: u64) {
+        let last_level = LEVEL_SHIFTS.len() - 1;
+        for (level, &shift) in LEVEL_SHIFTS.iter().enumerate() {
+            let first = start >> shift;
+            let last = (end - 1) >> shift;
+            if last - first >= MAX_CHUNKS_PER_RECORD && level < last_level {
+                continue;
+            }
+            let unit_shift = shift - SUB_BITS;
+            let map = &mut self.levels[level].0;
+            for chunk in first..=last {
+                let chunk_start = chunk << shift;
+                let chunk_end = chunk_start + (1 << shift);
+                let sub_start = (start.max(chunk_start) - chunk_start) >> unit_shift;
+                let sub_end = (end.min(chunk_end) - 1 - chunk_start) >> unit_shift;
+                map.entry(chunk)
+                    .or_default()
+                    .push((seq << (2 * SUB_BITS)) | (sub_start << SUB_BITS) | sub_end);
+            }
+            self.used_levels |= 1 << level;
+            return;
+        }
+    }
+
+    /// Time of `seq` in unix nanoseconds (microsecond resolution).
+    pub fn time(&self, seq: u64) -> i64 {
+        if seq == 0 {
+            return self.created;
+        }
+        let block = self.time_blocks.partition_point(|&(first, _)| first <= seq) - 1;
+        (self.time_blocks[block].1 + i64::from(self.entry(seq).time_delta)) * 1000
+    }
+
+    /// The last seq whose time is at or before `time` (nanoseconds); 0 when
+    /// only the creation is. The caller checks `time >= created()`.
+    pub fn resolve_time(&self, time: i64) -> u64 {
+        let time_us = time.div_euclid(1000);
+        // Binary search over seqs 1..=head for the last with time_us ≤ time_us.
+        let (mut low, mut high) = (1u64, self.head + 1);
+        while low < high {
+            let middle = low + (high - low) / 2;
+            if self.time(middle) / 1000 <= time_us {
+                low = middle + 1;
+            } else {
+                high = middle;
+            }
+        }
+        low - 1
+    }
+
+    /// Size of the image at `seq`.
+    pub fn size_at(&self, seq: u64) -> u64 {
+        let mut limit = seq;
+        loop {
+            let resize = self.resizes.partition_point(|&(at, _)| at <= limit);
+            let rollback = self.rollbacks.partition_point(|&(at, _)| at <= limit);
+            let resize = resize.checked_sub(1).map(|i| self.resizes[i]);
+            let rollback = rollback.checked_sub(1).map(|i| self.rollbacks[i]);
+            match (resize, rollback) {
+                (Some((at, size)), Some((back, _))) if at > back => return size,
+                (_, Some((_, target))) => limit = target,
+                (Some((_, size)), None) => return size,
+                (None, None) => return self.initial_size,
+            }
+        }
+    }
+
+    /// Lowers `limit` past every rollback between `candidate` and `limit`.
+    /// Returns whether it moved.
+    fn descend(&self, candidate: u64, limit: &mut u64) -> bool {
+        let mut moved = false;
+        loop {
+            let below = self.rollbacks.partition_point(|&(at, _)| at <= *limit);
+            let Some(&(at, target)) = below.checked_sub(1).map(|i| &self.rollbacks[i]) else {
+                return moved;
+            };
+            if at <= candidate {
+                return moved;
+            }
+            *limit = target;
+            moved = true;
+        }
+    }
+
+    /// Appends to `out` the pieces of the image at `seq` over `start..end`,
+    /// in offset order, adjacent journal pieces merged.
+    pub fn plan(&self, seq: u64, start: u64, end: u64, out: &mut Vec<Piece>) {
+        let first_out = out.len();
+        let level0 = LEVEL_SHIFTS[0];
+        let mut at = start;
+        while at < end {
+            let chunk_end = ((at >> level0) + 1) << level0;
+            let piece_end = end.min(chunk_end);
+            self.plan_within_chunk(seq, at, piece_end, out);
+            at = piece_end;
+        }
+        // The per-chunk plans come out sorted; merge neighbours.
+        let mut write = first_out;
+        for read in first_out..out.len() {
+            let piece = out[read];
+            if write > first_out {
+                let previous = &mut out[write - 1];
+                let contiguous = previous.offset + previous.length == piece.offset;
+                let merge = contiguous
+                    && match (previous.source, piece.source) {
+                        (Source::Data { location: a }, Source::Data { location: b }) => {
+                            a + previous.length == b
+                        }
+                        (a, b) => a == b,
+                    };
+                if merge {
+                    previous.length += piece.length;
+                    continue;
+                }
+            }
+            out[write] = piece;
+            write += 1;
+        }
+        out.truncate(write);
+    }
+
+    fn plan_within_chunk(&self, seq: u64, start: u64, end: u64, out: &mut Vec<Piece>) {
+        let first_out = out.len();
+        let mut limit = seq;
+        let mut cursors: [Option<Cursor<'_>>; 8] = Default::default();
+        if seq > 0 {
+            for (level, &shift) in LEVEL_SHIFTS.iter().enumerate() {
+                if self.used_levels & (1 << level) == 0 {
+                    continue;
+                }
+                let chunk = start >> shift;
+                if let Some(list) = self.levels[level].0.get(&chunk) {
+                    let pos = list.partition_point(|&e| e >> (2 * SUB_BITS) <= limit);
+                    if pos > 0 {
+                        cursors[level] = Some(Cursor {
+                            list,
+                            pos,
+                            chunk_start: chunk << shift,
+                            unit_shift: shift - SUB_BITS,
+                        });
+                    }
+                }
+            }
+        }
+        // Uncovered ranges, sorted; at most a few in practice.
+        let mut uncovered: Vec<(u64, u64)> = vec![(start, end)];
+        loop {
+            let mut best: Option<(usize, u64)> = None;
+            for (slot, cursor) in cursors.iter().enumerate() {
+                if let Some(cursor) = cursor
+                    && cursor.pos > 0
+                {
+                    let candidate = cursor.list[cursor.pos - 1] >> (2 * SUB_BITS);
+                    if best.is_none_or(|(_, b)| candidate > b) {
+                        best = Some((slot, candidate));
+                    }
+                }
+            }
+            let Some((slot, candidate)) = best else { break };
+            if self.descend(candidate, &mut limit) {
+                for cursor in cursors.iter_mut().flatten() {
+                    cursor.pos = cursor.list[..cursor.pos]
+                        .partition_point(|&e| e >> (2 * SUB_BITS) <= limit);
+                }
+                continue;
+            }
+            let cursor = cursors[slot].as_mut().expect("best is a live cursor");
+            cursor.pos -= 1;
+            let packed = cursor.list[cursor.pos];
+            let sub_start = (packed >> SUB_BITS) & SUB_MASK;
+            let sub_end = packed & SUB_MASK;
+            let query_start = (start - cursor.chunk_start) >> cursor.unit_shift;
+            let query_end = (end - 1 - cursor.chunk_start) >> cursor.unit_shift;
+            if sub_end < query_start || sub_start > query_end {
+                continue;
+            }
+            let entry = self.entry(candidate);
+            let Some((record_start, record_end)) = entry.extent() else {
+                continue;
+            };
+            let kind = entry.kind();
+            let mut i = 0;
+            while i < uncovered.len() {
+                let (hole_start, hole_end) = uncovered[i];
+                let cover_start = hole_start.max(record_start);
+                let cover_end = hole_end.min(record_end);
+                if cover_start >= cover_end {
+                    i += 1;
+                    continue;
+                }
+                let source = match kind {
+                    RecordKind::Write => Source::Data {
+                        location: entry.location
+                            + RECORD_HEADER_LEN as u64
+                            + (cover_start - record_start),
+                    },
+                    RecordKind::Zeroes => Source::Zero { hole: false },
+                    _ => Source::Zero { hole: true },
+                };
+                out.push(Piece {
+                    offset: cover_start,
+                    length: cover_end - cover_start,
+                    source,
+                });
+                // Replace the hole by what the record leaves uncovered.
+                let left = (hole_start < cover_start).then_some((hole_start, cover_start));
+                let right = (cover_end < hole_end).then_some((cover_end, hole_end));
+                match (left, right) {
+                    (Some(l), Some(r)) => {
+                        uncovered[i] = l;
+                        uncovered.insert(i + 1, r);
+                        i += 2;
+                    }
+                    (Some(one), None) | (None, Some(one)) => {
+                        uncovered[i] = one;
+                        i += 1;
+                    }
+                    (None, None) => {
+                        uncovered.remove(i);
+                    }
+                }
+            }
+            if uncovered.is_empty() {
+                break;
+            }
+        }
+        for (hole_start, hole_end) in uncovered {
+            out.push(Piece {
+                offset: hole_start,
+                length: hole_end - hole_start,
+                source: Source::Base,
+            });
+        }
+        out[first_out..].sort_unstable_by_key(|piece| piece.offset);
+    }
+
+    /// Current snapshots: name → seq.
+    pub fn snapshots(&self) -> &BTreeMap<String, u64> {
+        &self.snapshots
+    }
+
+    /// The record at `seq` as an index checkpoint entry (`location` 0 for
+    /// records without a journal location in memory).
+    pub fn checkpoint_entry(&self, seq: u64) -> IndexEntry {
+        let entry = self.entry(seq);
+        let kind = entry.kind();
+        let (length, location) = match kind {
+            RecordKind::Write => (u64::from(entry.length), entry.location),
+            RecordKind::Zeroes | RecordKind::Trim | RecordKind::Resize => (entry.location, 0),
+            RecordKind::Rollback => (seq - 1, entry.location),
+            RecordKind::Snapshot | RecordKind::SnapshotDelete => (0, entry.location),
+        };
+        IndexEntry {
+            offset: entry.offset(),
+            length,
+            location,
+            time: self.time(seq),
+            payload_length: entry.length,
+            kind,
+        }
+    }
+
+    /// Kind, offset and extent length (or payload length) of `seq`'s record.
+    pub fn record_summary(&self, seq: u64) -> (RecordKind, u64, u64) {
+        let entry = self.checkpoint_entry(seq);
+        (entry.kind, entry.offset, entry.length)
+    }
+
+    /// Approximate heap bytes held by the index.
+    pub fn memory_bytes(&self) -> usize {
+        let table: usize = self
+            .table
+            .iter()
+            .map(|chunk| chunk.capacity() * size_of::<Entry>())
+            .sum();
+        let slot = size_of::<(u64, Vec<u64>)>() + 1;
+        let levels: usize = self
+            .levels
+            .iter()
+            .map(|level| {
+                level.0.capacity() * slot
+                    + level
+                        .0
+                        .values()
+                        .map(|list| list.capacity() * 8)
+                        .sum::<usize>()
+            })
+            .sum();
+        table
+            + levels
+            + self.time_blocks.capacity() * 16
+            + (self.rollbacks.capacity() + self.resizes.capacity()) * 16
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(index: &mut Index, offset: u64, length: u64, location: u64) -> u64 {
+        index.insert(
+            &NewRecord {
+                kind: RecordKind::Write,
+                offset,
+                length,
+                location,
+                payload_length: length as u32,
+                time: 1_000_000 * (index.head() as i64 + 1),
+            },
+            None,
+        )
+    }
+
+    fn plan(index: &Index, seq: u64, start: u64, end: u64) -> Vec<Piece> {
+        let mut out = Vec::new();
+        index.plan(seq, start, end, &mut out);
+        out
+    }
+
+    const H: u64 = RECORD_HEADER_LEN as u64;
+
+    /// Overlapping writes: the newest covers, older ones show around it, and
+    /// each older seq still sees its own image.
+    #[test]
+    fn newest_record_wins_and_old_points_keep_their_image() {
+        let mut index = Index::new(1 << 20, 0);
+        write(&mut index, 0, 100, 1000);
+        write(&mut index, 50, 10, 5000);
+        assert_eq!(
+            plan(&index, 2, 0, 200),
+            vec![
+                Piece {
+                    offset: 0,
+                    length: 50,
+                    source: Source::Data { location: 1000 + H }
+                },
+                Piece {
+                    offset: 50,
+                    length: 10,
+                    source: Source::Data { location: 5000 + H }
+                },
+                Piece {
+                    offset: 60,
+                    length: 40,
+                    source: Source::Data {
+                        location: 1000 + H + 60
+                    }
+                },
+                Piece {
+                    offset: 100,
+                    length: 100,
+                    source: Source::Base
+                },
+            ]
+        );
+        assert_eq!(
+            plan(&index, 1, 40, 70),
+            vec![Piece {
+                offset: 40,
+                length: 30,
+                source: Source::Data {
+                    location: 1000 + H + 40
+                }
+            }]
+        );
+        assert_eq!(
+            plan(&index, 0, 0, 10),
+            vec![Piece {
+                offset: 0,
+                length: 10,
+                source: Source::Base
+            }]
+        );
+    }
+
+    /// A rollback hides the abandoned branch from later seqs but not from
+    /// the branch's own points.
+    #[test]
+    fn rollback_skips_the_abandoned_branch() {
+        let mut index = Index::new(1 << 20, 0);
+        write(&mut index, 0, 10, 1000); // 1
+        write(&mut index, 0, 10, 2000); // 2
+        index.insert(
+            &NewRecord {
+                kind: RecordKind::Rollback,
+                offset: 1,
+                length: 2,
+                location: 3000,
+                payload_length: 0,
+                time: 0,
+            },
+            None,
+        ); // 3
+        write(&mut index, 5, 1, 4000); // 4
+        let at = |seq| plan(&index, seq, 0, 10);
+        assert_eq!(at(2)[0].source, Source::Data { location: 2000 + H });
+        assert_eq!(at(3)[0].source, Source::Data { location: 1000 + H });
+        assert_eq!(at(4)[1].source, Source::Data { location: 4000 + H });
+        assert_eq!(
+            at(4)[2].source,
+            Source::Data {
+                location: 1000 + H + 6
+            }
+        );
+    }
+
+    /// Large records land on coarse levels, chunk boundaries split nothing
+    /// visible, and shrinking then growing reads zeros in the regrown tail.
+    #[test]
+    fn large_records_and_resize() {
+        let mut index = Index::new(1 << 30, 0);
+        index.insert(
+            &NewRecord {
+                kind: RecordKind::Trim,
+                offset: 0,
+                length: 1 << 30,
+                location: 0,
+                payload_length: 0,
+                time: 0,
+            },
+            None,
+        );
+        write(&mut index, 65_530, 20, 100);
+        assert_eq!(
+            plan(&index, 2, 65_520, 65_560),
+            vec![
+                Piece {
+                    offset: 65_520,
+                    length: 10,
+                    source: Source::Zero { hole: true }
+                },
+                Piece {
+                    offset: 65_530,
+                    length: 20,
+                    source: Source::Data { location: 100 + H }
+                },
+                Piece {
+                    offset: 65_550,
+                    length: 10,
+                    source: Source::Zero { hole: true }
+                },
+            ]
+        );
+        write(&mut index, 1000, 10, 200); // 3
+        index.insert(
+            &NewRecord {
+                kind: RecordKind::Resize,
+                offset: 1004,
+                length: 1 << 30,
+                location: 0,
+                payload_length: 0,
+                time: 0,
+            },
+            None,
+        ); // 4
+        index.insert(
+            &NewRecord {
+                kind: RecordKind::Resize,
+                offset: 4096,
+                length: 1004,
+                location: 0,
+                payload_length: 0,
+                time: 0,
+            },
+            None,
+        ); // 5
+        assert_eq!(index.size_at(3), 1 << 30);
+        assert_eq!(index.size_at(4), 1004);
+        assert_eq!(index.size_at(5), 4096);
+        assert_eq!(
+            plan(&index, 5, 1000, 1010),
+            vec![
+                Piece {
+                    offset: 1000,
+                    length: 4,
+                    source: Source::Data { location: 200 + H }
+                },
+                Piece {
+                    offset: 1004,
+                    length: 6,
+                    source: Source::Zero { hole: true }
+                },
+            ]
+        );
+    }
+
+    /// Times resolve to the last seq at or before, across time blocks.
+    #[test]
+    fn resolve_time_finds_last_seq_at_or_before() {
+        let mut index = Index::new(4096, 0);
+        for (i, time) in [10_000i64, 20_000, 20_000, 4_000_000_000_000_000]
+            .iter()
+            .enumerate()
+        {
+            index.insert(
+                &NewRecord {
+                    kind: RecordKind::Write,
+                    offset: 0,
+                    length: 1,
+                    location: i as u64,
+                    payload_length: 1,
+                    time: *time,
+                },
+                None,
+            );
+        }
+        assert_eq!(index.resolve_time(9_999), 0);
+        assert_eq!(index.resolve_time(10_000), 1);
+        assert_eq!(index.resolve_time(25_000), 3);
+        assert_eq!(index.resolve_time(4_000_000_000_000_000), 4);
+        assert_eq!(index.time(4), 4_000_000_000_000_000);
+    }
+}

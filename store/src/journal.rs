@@ -1,0 +1,701 @@
+//! The append-only journal of one volume: segment files, the write buffer,
+//! the index checkpoint, and recovery. The commit protocol is described step
+//! by step in docs/journal.md; the comments here name the crash each step
+//! guards against.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::backend::{Filesystem, StorageBackend};
+use crate::index::{Index, NewRecord};
+use crate::layout::{
+    self, FLAG_BLAKE3, INDEX_CHUNK_HEADER_LEN, INDEX_CHUNK_MAX_ENTRIES, INDEX_ENTRY_LEN,
+    IndexChunkHeader, IndexEntry, RECORD_HEADER_LEN, RecordHeader, RecordKind, SEGMENT_HEADER_LEN,
+    SegmentHeader,
+};
+
+/// File name of segment `number`.
+pub fn segment_name(number: u64) -> String {
+    format!("seg-{number:010}.log")
+}
+
+fn parse_segment_name(name: &str) -> Option<u64> {
+    name.strip_prefix("seg-")?
+        .strip_suffix(".log")?
+        .parse()
+        .ok()
+}
+
+/// Name of the index checkpoint file in a volume directory.
+pub const INDEX_FILE: &str = "index";
+
+/// Tunables of a journal.
+#[derive(Debug, Clone, Copy)]
+pub struct JournalOptions {
+    /// A new segment starts once the current one would grow past this.
+    pub segment_bytes: u64,
+    /// Records below a quarter of this are gathered in memory and written
+    /// in one call; larger ones are written directly.
+    pub buffer_bytes: usize,
+    /// Hash each payload with blake3 on the write path.
+    pub inline_blake3: bool,
+}
+
+/// The segment files of a volume and the bytes not yet handed to them.
+#[derive(Debug)]
+pub struct Journal {
+    fs: Arc<dyn Filesystem>,
+    dir: String,
+    volume_id: u128,
+    options: JournalOptions,
+    segments: RwLock<BTreeMap<u64, Arc<dyn StorageBackend>>>,
+    /// Everything before this location has been handed to a segment file;
+    /// reads below it need no lock.
+    written_below: AtomicU64,
+    pub(crate) writer: Mutex<Writer>,
+}
+
+/// The append side, behind the volume's writer lock.
+#[derive(Debug)]
+pub struct Writer {
+    segment_number: u64,
+    segment: Option<Arc<dyn StorageBackend>>,
+    /// End of the records in the current segment, buffered ones included.
+    position: u64,
+    buffer: Vec<u8>,
+    /// Segment position of `buffer[0]`.
+    buffer_start: u64,
+    /// Header crc of the last record: the next record's chain.
+    chain: u32,
+    last_location: u64,
+    /// Segments (current included) written since the last sync.
+    unsynced: Vec<Arc<dyn StorageBackend>>,
+    current_dirty: bool,
+}
+
+/// What a flush captured under the writer lock and must now make durable.
+#[derive(Debug)]
+pub struct SyncTicket {
+    files: Vec<Arc<dyn StorageBackend>>,
+    /// Chain (header crc) and location of the last record covered.
+    pub chain: u32,
+    pub last_location: u64,
+    /// Journal location just after the last record covered.
+    pub end_location: u64,
+}
+
+impl SyncTicket {
+    /// fdatasync of every file the ticket covers. Call without the writer lock.
+    pub fn sync(&self) -> io::Result<()> {
+        for file in &self.files {
+            file.sync()?;
+        }
+        Ok(())
+    }
+}
+
+impl Journal {
+    fn segment(&self, number: u64) -> io::Result<Arc<dyn StorageBackend>> {
+        self.segments
+            .read()
+            .get(&number)
+            .cloned()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "segment missing"))
+    }
+
+    /// Reads journal bytes at `location` (they must lie within one record).
+    pub fn read(&self, location: u64, buf: &mut [u8]) -> io::Result<()> {
+        if location + buf.len() as u64 <= self.written_below.load(Ordering::Acquire) {
+            let (number, position) = layout::split_location(location);
+            return self.segment(number)?.read_at(buf, position);
+        }
+        let writer = self.writer.lock();
+        let (number, position) = layout::split_location(location);
+        if number == writer.segment_number && position >= writer.buffer_start {
+            let at = (position - writer.buffer_start) as usize;
+            let source = writer.buffer.get(at..at + buf.len()).ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidData, "read past the journal's end")
+            })?;
+            buf.copy_from_slice(source);
+            return Ok(());
+        }
+        drop(writer);
+        self.segment(number)?.read_at(buf, position)
+    }
+
+    /// Appends one record; returns the location of its header. The caller
+    /// holds the writer lock (`writer`) and assigns seqs in order.
+    pub fn append(
+        &self,
+        writer: &mut Writer,
+        header: &mut RecordHeader,
+        payload: &[u8],
+    ) -> io::Result<u64> {
+        let span = layout::record_span(payload.len());
+        if writer.segment.is_none()
+            || (writer.position > SEGMENT_HEADER_LEN as u64
+                && writer.position + span > self.options.segment_bytes)
+        {
+            self.roll(writer, header.seq)?;
+        }
+        header.payload_length = payload.len() as u32;
+        header.payload_crc = crc32c::crc32c(payload);
+        header.chain = writer.chain;
+        if self.options.inline_blake3 {
+            header.flags |= FLAG_BLAKE3;
+            header.blake3 = *blake3::hash(payload).as_bytes();
+        }
+        let location = layout::location(writer.segment_number, writer.position);
+        let padding = (span as usize) - RECORD_HEADER_LEN - payload.len();
+        let crc;
+        if span as usize <= self.options.buffer_bytes / 4 {
+            if writer.buffer.len() + span as usize > self.options.buffer_bytes {
+                self.write_out(writer)?;
+            }
+            let at = writer.buffer.len();
+            writer.buffer.resize(at + RECORD_HEADER_LEN, 0);
+            crc = header.encode(&mut writer.buffer[at..]);
+            writer.buffer.extend_from_slice(payload);
+            writer.buffer.extend_from_slice(&[0; 8][..padding]);
+        } else {
+            self.write_out(writer)?;
+            let mut head = [0; RECORD_HEADER_LEN];
+            crc = header.encode(&mut head);
+            let segment = writer.segment.clone().expect("rolled above");
+            writer.current_dirty = true;
+            segment.write_vectored_at(&[&head, payload, &[0; 8][..padding]], writer.position)?;
+            writer.buffer_start = writer.position + span;
+            self.written_below.store(
+                layout::location(writer.segment_number, writer.buffer_start),
+                Ordering::Release,
+            );
+        }
+        writer.chain = crc;
+        writer.last_location = location;
+        writer.position += span;
+        Ok(location)
+    }
+
+    /// Hands the buffered records to the segment file. On failure the buffer
+    /// is kept, so reads of those records still work until the volume is
+    /// reopened (they were never acknowledged durable).
+    fn write_out(&self, writer: &mut Writer) -> io::Result<()> {
+        if writer.buffer.is_empty() {
+            return Ok(());
+        }
+        let segment = writer.segment.clone().expect("buffer implies a segment");
+        writer.current_dirty = true;
+        segment.write_at(&writer.buffer, writer.buffer_start)?;
+        writer.buffer_start += writer.buffer.len() as u64;
+        writer.buffer.clear();
+        self.written_below.store(
+            layout::location(writer.segment_number, writer.buffer_start),
+            Ordering::Release,
+        );
+        Ok(())
+    }
+
+    /// Starts a new segment whose first record will be `first_seq`.
+    ///
+    /// Crash cases: the file may exist with a torn or missing header; then
+    /// recovery finds no record in it, keeps the previous segment's tail and
+    /// removes this file.
+    fn roll(&self, writer: &mut Writer, first_seq: u64) -> io::Result<()> {
+        self.write_out(writer)?;
+        if let Some(segment) = writer.segment.take()
+            && writer.current_dirty
+        {
+            writer.unsynced.push(segment);
+        }
+        let number = if self.segments.read().is_empty() && writer.segment_number == 0 {
+            0
+        } else {
+            writer.segment_number + 1
+        };
+        let path = format!("{}/{}", self.dir, segment_name(number));
+        let file = self.fs.open_file(&path, true)?;
+        file.set_len(0)?;
+        // The segment's directory entry must be durable before any record in
+        // it is acknowledged durable: sync the directory now, once per segment.
+        self.fs.sync_dir(&self.dir)?;
+        self.segments.write().insert(number, file.clone());
+        let header = SegmentHeader {
+            volume_id: self.volume_id,
+            number,
+            first_seq,
+            chain: writer.chain,
+        };
+        writer.segment_number = number;
+        writer.segment = Some(file);
+        writer.current_dirty = true;
+        writer.buffer.clear();
+        writer.buffer.extend_from_slice(&header.encode());
+        writer.buffer_start = 0;
+        writer.position = SEGMENT_HEADER_LEN as u64;
+        self.written_below
+            .store(layout::location(number, 0), Ordering::Release);
+        Ok(())
+    }
+
+    /// Writes out the buffer and captures what a sync must cover. Call with
+    /// the writer lock; then call [`SyncTicket::sync`] without it.
+    pub fn prepare_sync(&self, writer: &mut Writer) -> io::Result<SyncTicket> {
+        self.write_out(writer)?;
+        let mut files = std::mem::take(&mut writer.unsynced);
+        if writer.current_dirty
+            && let Some(segment) = &writer.segment
+        {
+            files.push(segment.clone());
+        }
+        writer.current_dirty = false;
+        Ok(SyncTicket {
+            files,
+            chain: writer.chain,
+            last_location: writer.last_location,
+            end_location: layout::location(writer.segment_number, writer.position),
+        })
+    }
+
+    /// Reads and checks the whole record at `location` (header at the start).
+    pub fn read_record(&self, location: u64) -> io::Result<(RecordHeader, Vec<u8>)> {
+        let mut head = [0; RECORD_HEADER_LEN];
+        self.read(location, &mut head)?;
+        let (header, _) = RecordHeader::decode(&head).map_err(|fault| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("bad record header: {fault:?}"),
+            )
+        })?;
+        let mut payload = vec![0; header.payload_length as usize];
+        self.read(location + RECORD_HEADER_LEN as u64, &mut payload)?;
+        if crc32c::crc32c(&payload) != header.payload_crc {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "payload checksum mismatch",
+            ));
+        }
+        Ok((header, payload))
+    }
+}
+
+/// The index checkpoint file and how far it reaches.
+#[derive(Debug)]
+pub struct Checkpoint {
+    file: Option<Arc<dyn StorageBackend>>,
+    position: u64,
+    /// First seq not yet in the file.
+    pub next_seq: u64,
+}
+
+impl Checkpoint {
+    /// Appends entries for seqs `next_seq..=last_seq` (all durable) as one
+    /// chunk. No sync: the file is a cache, every chunk has a crc, and
+    /// recovery replays the journal past the last valid chunk.
+    pub fn append(&mut self, index: &Index, last_seq: u64, ticket: &SyncTicket) -> io::Result<()> {
+        let Some(file) = self.file.clone() else {
+            return Ok(());
+        };
+        if last_seq < self.next_seq {
+            return Ok(());
+        }
+        let count = (last_seq - self.next_seq + 1) as usize;
+        if count > INDEX_CHUNK_MAX_ENTRIES {
+            // Only if checkpoints were skipped for very long; recovery just
+            // replays more of the journal.
+            self.file = None;
+            return Ok(());
+        }
+        let mut chunk = vec![0; INDEX_CHUNK_HEADER_LEN + count * INDEX_ENTRY_LEN];
+        for (i, seq) in (self.next_seq..=last_seq).enumerate() {
+            let at = INDEX_CHUNK_HEADER_LEN + i * INDEX_ENTRY_LEN;
+            index.checkpoint_entry(seq).encode(&mut chunk[at..]);
+        }
+        IndexChunkHeader {
+            first_seq: self.next_seq,
+            count: count as u32,
+            chain: ticket.chain,
+            end_location: ticket.end_location,
+            last_location: ticket.last_location,
+        }
+        .seal(&mut chunk);
+        if let Err(error) = file.write_at(&chunk, self.position) {
+            // Never append after a chunk that may be half written.
+            self.file = None;
+            return Err(error);
+        }
+        self.position += chunk.len() as u64;
+        self.next_seq = last_seq + 1;
+        Ok(())
+    }
+
+    /// Makes the checkpoint durable (on clean close, to skip replay).
+    pub fn sync(&self) -> io::Result<()> {
+        match &self.file {
+            Some(file) => file.sync(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// What recovery found.
+#[derive(Debug)]
+pub struct Recovery {
+    pub journal: Journal,
+    pub checkpoint: Checkpoint,
+    /// Records found in the index checkpoint.
+    pub checkpointed: u64,
+    /// Records replayed from the journal tail.
+    pub replayed: u64,
+    /// Bytes of the journal tail scanned.
+    pub replayed_bytes: u64,
+    /// Bytes cut off the tail (torn or stale records).
+    pub cut_bytes: u64,
+}
+
+fn invalid(reason: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, reason.to_owned())
+}
+
+/// Sequential reader over one segment with a large buffer.
+struct SegmentReader {
+    file: Arc<dyn StorageBackend>,
+    file_len: u64,
+    buffer: Vec<u8>,
+    buffer_start: u64,
+}
+
+const REPLAY_READ_BYTES: usize = 8 << 20;
+
+impl SegmentReader {
+    fn new(file: Arc<dyn StorageBackend>) -> io::Result<Self> {
+        let file_len = file.len()?;
+        Ok(Self {
+            file,
+            file_len,
+            buffer: Vec::new(),
+            buffer_start: 0,
+        })
+    }
+
+    /// `length` bytes at `position`, or None past the end of the file.
+    fn get(&mut self, position: u64, length: usize) -> io::Result<Option<&[u8]>> {
+        let end = position + length as u64;
+        if end > self.file_len {
+            return Ok(None);
+        }
+        let buffered_end = self.buffer_start + self.buffer.len() as u64;
+        if position < self.buffer_start || end > buffered_end {
+            let want = (self.file_len - position).min(REPLAY_READ_BYTES.max(length) as u64);
+            self.buffer.resize(want as usize, 0);
+            self.file.read_at(&mut self.buffer, position)?;
+            self.buffer_start = position;
+        }
+        let at = (position - self.buffer_start) as usize;
+        Ok(Some(&self.buffer[at..at + length]))
+    }
+}
+
+fn snapshot_name(payload: &[u8]) -> Option<String> {
+    std::str::from_utf8(payload).ok().map(str::to_owned)
+}
+
+/// Opens the journal of the volume in `dir`: loads the index checkpoint,
+/// replays the tail into `index`, cuts off torn or stale bytes, and makes the
+/// recovered tail durable. After it returns, every record in `index` is on
+/// disk and synced.
+pub fn recover(
+    fs: Arc<dyn Filesystem>,
+    dir: &str,
+    volume_id: u128,
+    options: JournalOptions,
+    index: &mut Index,
+) -> io::Result<Recovery> {
+    let mut segment_numbers: Vec<u64> = fs
+        .list_dir(dir)?
+        .iter()
+        .filter_map(|name| parse_segment_name(name))
+        .collect();
+    segment_numbers.sort_unstable();
+    let mut segments = BTreeMap::new();
+    for &number in &segment_numbers {
+        segments.insert(
+            number,
+            fs.open_file(&format!("{dir}/{}", segment_name(number)), false)?,
+        );
+    }
+
+    // 1. The index checkpoint: valid chunks, in seq order, from the start.
+    let index_path = format!("{dir}/{INDEX_FILE}");
+    let index_file = fs.open_file(&index_path, true)?;
+    let index_bytes = {
+        let len = index_file.len()? as usize;
+        let mut bytes = vec![0; len];
+        index_file.read_at(&mut bytes, 0)?;
+        bytes
+    };
+    let mut entries: Vec<IndexEntry> = Vec::new();
+    let mut valid_len = 0usize;
+    let mut last_chunk: Option<IndexChunkHeader> = None;
+    while let Some(chunk) = IndexChunkHeader::decode(&index_bytes[valid_len..]) {
+        let len = chunk.chunk_len();
+        let Some(bytes) = index_bytes.get(valid_len..valid_len + len) else {
+            break;
+        };
+        if chunk.first_seq != entries.len() as u64 + 1 || !IndexChunkHeader::check(bytes) {
+            break;
+        }
+        let decoded: Option<Vec<IndexEntry>> = bytes[INDEX_CHUNK_HEADER_LEN..]
+            .chunks_exact(INDEX_ENTRY_LEN)
+            .map(IndexEntry::decode)
+            .collect();
+        let Some(decoded) = decoded else { break };
+        entries.extend(decoded);
+        valid_len += len;
+        last_chunk = Some(chunk);
+    }
+    // The checkpoint must agree with the journal: the last entry's record is
+    // there with the crc the chunk names. Otherwise replay everything.
+    let mut trusted = None;
+    if let Some(chunk) = last_chunk {
+        let last_seq = entries.len() as u64;
+        let (number, position) = layout::split_location(chunk.last_location);
+        let mut head = [0; RECORD_HEADER_LEN];
+        let agrees = segments
+            .get(&number)
+            .is_some_and(|file| file.read_at(&mut head, position).is_ok())
+            && RecordHeader::decode(&head)
+                .is_ok_and(|(header, crc)| header.seq == last_seq && crc == chunk.chain);
+        if agrees {
+            trusted = Some(chunk);
+        } else {
+            tracing::warn!(
+                dir,
+                "index checkpoint disagrees with the journal; replaying all of it"
+            );
+        }
+    }
+    let journal = Journal {
+        fs: fs.clone(),
+        dir: dir.to_owned(),
+        volume_id,
+        options,
+        segments: RwLock::new(segments),
+        written_below: AtomicU64::new(0),
+        writer: Mutex::new(Writer {
+            segment_number: 0,
+            segment: None,
+            position: 0,
+            buffer: Vec::with_capacity(options.buffer_bytes),
+            buffer_start: 0,
+            chain: 0,
+            last_location: 0,
+            unsynced: Vec::new(),
+            current_dirty: false,
+        }),
+    };
+    let (mut chain, mut next_seq, mut replay_from, checkpointed) = match trusted {
+        Some(chunk) => {
+            for entry in &entries {
+                let name = match entry.kind {
+                    RecordKind::Snapshot | RecordKind::SnapshotDelete => {
+                        let mut payload = vec![0; entry.payload_length as usize];
+                        let (number, position) = layout::split_location(entry.location);
+                        journal
+                            .segment(number)?
+                            .read_at(&mut payload, position + RECORD_HEADER_LEN as u64)?;
+                        snapshot_name(&payload)
+                    }
+                    _ => None,
+                };
+                index.insert(
+                    &NewRecord {
+                        kind: entry.kind,
+                        offset: entry.offset,
+                        length: entry.length,
+                        location: entry.location,
+                        payload_length: entry.payload_length,
+                        time: entry.time,
+                    },
+                    name.as_deref(),
+                );
+            }
+            (
+                chunk.chain,
+                entries.len() as u64 + 1,
+                Some(layout::split_location(chunk.end_location)),
+                entries.len() as u64,
+            )
+        }
+        None => {
+            valid_len = 0;
+            (0, 1, None, 0)
+        }
+    };
+    drop(entries);
+
+    // 2. Replay the tail, segment by segment, while records chain.
+    let mut replayed = 0u64;
+    let mut replayed_bytes = 0u64;
+    let mut cut_bytes = 0u64;
+    // The segment that ends the journal and where its records end.
+    let mut end: Option<(u64, u64)> = None;
+    let mut touched: Vec<u64> = Vec::new();
+    let numbers: Vec<u64> = journal.segments.read().keys().copied().collect();
+    let start_index = match replay_from {
+        Some((number, _)) => numbers.iter().position(|&n| n == number),
+        None => Some(0),
+    };
+    let mut cursor = start_index.unwrap_or(numbers.len());
+    if replay_from.is_some() && start_index.is_none() {
+        return Err(invalid("index checkpoint names a missing segment"));
+    }
+    while cursor < numbers.len() {
+        let number = numbers[cursor];
+        let file = journal.segment(number)?;
+        let mut reader = SegmentReader::new(file)?;
+        let mut position = match replay_from.take() {
+            Some((_, position)) => position,
+            None => {
+                // A segment continues the journal only if its header says so.
+                let expected = SegmentHeader {
+                    volume_id,
+                    number,
+                    first_seq: next_seq,
+                    chain,
+                };
+                let fits = reader
+                    .get(0, SEGMENT_HEADER_LEN)?
+                    .and_then(SegmentHeader::decode)
+                    .is_some_and(|header| header == expected);
+                if !fits {
+                    break;
+                }
+                SEGMENT_HEADER_LEN as u64
+            }
+        };
+        touched.push(number);
+        while let Some(head) = reader.get(position, RECORD_HEADER_LEN)? {
+            let Ok((header, crc)) = RecordHeader::decode(head) else {
+                break;
+            };
+            if header.seq != next_seq || header.chain != chain {
+                break;
+            }
+            let payload_at = position + RECORD_HEADER_LEN as u64;
+            let Some(payload) = reader.get(payload_at, header.payload_length as usize)? else {
+                break;
+            };
+            if crc32c::crc32c(payload) != header.payload_crc {
+                break;
+            }
+            let name = match header.kind {
+                RecordKind::Snapshot | RecordKind::SnapshotDelete => snapshot_name(payload),
+                _ => None,
+            };
+            let span = layout::record_span(header.payload_length as usize);
+            index.insert(
+                &NewRecord {
+                    kind: header.kind,
+                    offset: header.offset,
+                    length: header.length,
+                    location: layout::location(number, position),
+                    payload_length: header.payload_length,
+                    time: header.time,
+                },
+                name.as_deref(),
+            );
+            position += span;
+            replayed_bytes += span;
+            replayed += 1;
+            chain = crc;
+            next_seq += 1;
+        }
+        end = Some((number, position));
+        cursor += 1;
+        // Continue into the next segment only if this one ended cleanly at
+        // its file end; a torn record in the middle ends the journal.
+        if position != reader.file_len {
+            break;
+        }
+    }
+
+    // 3. Cut: truncate the last segment after its last good record, remove
+    // every later segment (they hold only unacknowledged records).
+    let mut writer = journal.writer.lock();
+    if let Some((number, position)) = end {
+        let file = journal.segment(number)?;
+        let len = file.len()?;
+        if len > position {
+            cut_bytes += len - position;
+            file.set_len(position)?;
+        }
+        writer.segment_number = number;
+        writer.segment = Some(file);
+        writer.position = position;
+        writer.buffer_start = position;
+    } else if let Some(&last) = numbers.first() {
+        // No segment continues the journal (e.g. the first segment's header
+        // was torn before anything was synced).
+        writer.segment_number = last;
+    }
+    let keep_through = end.map(|(number, _)| number);
+    for &number in &numbers {
+        if keep_through.is_none_or(|kept| number > kept) {
+            if let Ok(file) = journal.segment(number) {
+                cut_bytes += file.len().unwrap_or(0);
+            }
+            journal.segments.write().remove(&number);
+            fs.remove_file(&format!("{dir}/{}", segment_name(number)))?;
+        }
+    }
+    if keep_through.is_none() {
+        writer.segment_number = 0;
+    }
+    writer.chain = chain;
+    writer.last_location = 0;
+    journal.written_below.store(
+        layout::location(writer.segment_number, writer.position),
+        Ordering::Release,
+    );
+    // 4. Make the recovered tail durable: after a kill -9 it may be only in
+    // the page cache, and we are about to call it durable.
+    for number in touched {
+        if let Ok(file) = journal.segment(number) {
+            file.sync()?;
+        }
+    }
+    fs.sync_dir(dir)?;
+    drop(writer);
+
+    if (index_file.len()? as usize) > valid_len {
+        index_file.set_len(valid_len as u64)?;
+        index_file.sync()?;
+    }
+    let checkpoint = Checkpoint {
+        file: Some(index_file),
+        position: valid_len as u64,
+        next_seq: checkpointed + 1,
+    };
+    if replayed > 0 || cut_bytes > 0 {
+        tracing::info!(
+            dir,
+            checkpointed,
+            replayed,
+            replayed_bytes,
+            cut_bytes,
+            "journal recovered"
+        );
+    }
+    Ok(Recovery {
+        journal,
+        checkpoint,
+        checkpointed,
+        replayed,
+        replayed_bytes,
+        cut_bytes,
+    })
+}

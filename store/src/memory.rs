@@ -1,0 +1,562 @@
+//! An in-memory [`Filesystem`] for tests that models which bytes are durable
+//! and injects faults: crash at the Nth sync, fail the Nth write or sync with
+//! an errno (EIO, ENOSPC), tear or lose whatever was not synced.
+//!
+//! Each file keeps what the process sees (`current`), what survived the last
+//! sync (`durable`) and the writes in between (`pending`). A crash is modelled
+//! by [`MemoryFs::crash_image`], which builds the filesystem a reboot would
+//! find: the durable bytes plus a seeded choice of the pending writes, each
+//! kept, lost, or torn. Directory entries are durable at once (we assume the
+//! journal syncs directories where it matters; docs/journal.md).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::backend::{Filesystem, StorageBackend};
+
+/// A small, fast, seeded random generator (splitmix64), so that a test
+/// failure replays exactly from its seed.
+#[derive(Debug, Clone)]
+pub struct SimRng(u64);
+
+impl SimRng {
+    /// A generator for `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self(seed ^ 0x853c_49e6_748f_ea9b)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..bound` (`bound` > 0).
+    pub fn below(&mut self, bound: u64) -> u64 {
+        ((u128::from(self.next_u64()) * u128::from(bound)) >> 64) as u64
+    }
+
+    /// Uniform in `low..=high`.
+    pub fn range(&mut self, low: u64, high: u64) -> u64 {
+        low + self.below(high - low + 1)
+    }
+
+    /// True with probability `numerator / denominator`.
+    pub fn chance(&mut self, numerator: u64, denominator: u64) -> bool {
+        self.below(denominator) < numerator
+    }
+
+    /// Fills `buf` with random bytes.
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            let bytes = self.next_u64().to_le_bytes();
+            chunk.copy_from_slice(&bytes[..chunk.len()]);
+        }
+    }
+}
+
+/// Faults to inject, counted from when they are set. Counts are 1-based.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Faults {
+    /// The Nth sync does not happen: it fails with EIO and every later call
+    /// on any file fails too, as if the machine lost power at that moment.
+    pub crash_at_sync: Option<u64>,
+    /// The Nth write fails with this errno; a prefix of it (chosen by the
+    /// seed) may have reached the file, as a short write before ENOSPC does.
+    pub fail_write_at: Option<(u64, i32)>,
+    /// The Nth sync fails with this errno; the writes it covered stay
+    /// pending: a crash may keep or lose each of them.
+    pub fail_sync_at: Option<(u64, i32)>,
+    /// The Nth read fails with this errno.
+    pub fail_read_at: Option<(u64, i32)>,
+}
+
+/// What a crash does to the writes that were not synced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Loss {
+    /// kill -9: the page cache survives; everything written is kept.
+    KeepAll,
+    /// Power loss before any of it reached the disk.
+    LoseAll,
+    /// Every pending write kept, except the last one of each file, torn.
+    TearLast,
+    /// Each pending write kept, lost or torn at random, in any order.
+    Random,
+}
+
+#[derive(Debug, Clone)]
+enum Pending {
+    Write { offset: u64, data: Vec<u8> },
+    SetLen(u64),
+}
+
+#[derive(Debug, Clone, Default)]
+struct FileData {
+    current: Vec<u8>,
+    durable: Vec<u8>,
+    pending: Vec<Pending>,
+}
+
+#[derive(Debug, Default)]
+struct FsState {
+    paths: BTreeMap<String, u64>,
+    dirs: BTreeSet<String>,
+    files: HashMap<u64, FileData>,
+    next_id: u64,
+    faults: Faults,
+    syncs: u64,
+    writes: u64,
+    reads: u64,
+    crashed: bool,
+    rng: Option<SimRng>,
+}
+
+/// The in-memory filesystem. Cheap to clone: clones share state.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryFs {
+    state: Arc<Mutex<FsState>>,
+}
+
+fn apply(data: &mut Vec<u8>, op: &Pending) {
+    match op {
+        Pending::Write {
+            offset,
+            data: bytes,
+        } => {
+            let end = *offset as usize + bytes.len();
+            if data.len() < end {
+                data.resize(end, 0);
+            }
+            data[*offset as usize..end].copy_from_slice(bytes);
+        }
+        Pending::SetLen(len) => data.resize(*len as usize, 0),
+    }
+}
+
+fn errno(code: i32) -> io::Error {
+    io::Error::from_raw_os_error(code)
+}
+
+impl MemoryFs {
+    /// An empty filesystem without faults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Replaces the faults to inject and restarts their counters; `seed`
+    /// drives the random parts (how much of a failed write lands).
+    pub fn set_faults(&self, faults: Faults, seed: u64) {
+        let mut state = self.state.lock();
+        state.faults = faults;
+        state.syncs = 0;
+        state.writes = 0;
+        state.reads = 0;
+        state.rng = Some(SimRng::new(seed));
+    }
+
+    /// Whether an injected crash happened.
+    pub fn crashed(&self) -> bool {
+        self.state.lock().crashed
+    }
+
+    /// Syncs and writes counted since the faults were last set.
+    pub fn counts(&self) -> (u64, u64) {
+        let state = self.state.lock();
+        (state.syncs, state.writes)
+    }
+
+    /// The filesystem a reboot would find now: durable bytes plus the
+    /// pending writes that `loss` (driven by `seed`) lets through.
+    pub fn crash_image(&self, loss: Loss, seed: u64) -> MemoryFs {
+        let state = self.state.lock();
+        let mut rng = SimRng::new(seed);
+        let mut files = HashMap::new();
+        for (&id, file) in &state.files {
+            let mut data = file.durable.clone();
+            let last = file.pending.len().checked_sub(1);
+            for (index, op) in file.pending.iter().enumerate() {
+                match loss {
+                    Loss::KeepAll => apply(&mut data, op),
+                    Loss::LoseAll => {}
+                    Loss::TearLast => {
+                        if Some(index) == last {
+                            tear(&mut data, op, &mut rng);
+                        } else {
+                            apply(&mut data, op);
+                        }
+                    }
+                    Loss::Random => match rng.below(4) {
+                        0 => {}
+                        1 => tear(&mut data, op, &mut rng),
+                        _ => apply(&mut data, op),
+                    },
+                }
+            }
+            files.insert(
+                id,
+                FileData {
+                    current: data.clone(),
+                    durable: data,
+                    pending: Vec::new(),
+                },
+            );
+        }
+        MemoryFs {
+            state: Arc::new(Mutex::new(FsState {
+                paths: state.paths.clone(),
+                dirs: state.dirs.clone(),
+                files,
+                next_id: state.next_id,
+                ..FsState::default()
+            })),
+        }
+    }
+
+    /// Total bytes currently held by files (for tests that bound space).
+    pub fn total_bytes(&self) -> u64 {
+        let state = self.state.lock();
+        state.files.values().map(|f| f.current.len() as u64).sum()
+    }
+}
+
+/// Applies part of `op`: a prefix, or a random subset of its 512-byte sectors.
+fn tear(data: &mut Vec<u8>, op: &Pending, rng: &mut SimRng) {
+    match op {
+        Pending::Write {
+            offset,
+            data: bytes,
+        } => {
+            if rng.chance(1, 2) {
+                let keep = rng.below(bytes.len() as u64 + 1) as usize;
+                apply(
+                    data,
+                    &Pending::Write {
+                        offset: *offset,
+                        data: bytes[..keep].to_vec(),
+                    },
+                );
+            } else {
+                for (index, sector) in bytes.chunks(512).enumerate() {
+                    if rng.chance(1, 2) {
+                        apply(
+                            data,
+                            &Pending::Write {
+                                offset: offset + index as u64 * 512,
+                                data: sector.to_vec(),
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        Pending::SetLen(_) => {
+            if rng.chance(1, 2) {
+                apply(data, op);
+            }
+        }
+    }
+}
+
+fn parent_of(path: &str) -> &str {
+    path.rsplit_once('/').map_or("", |(parent, _)| parent)
+}
+
+impl Filesystem for MemoryFs {
+    fn create_dir_all(&self, path: &str) -> io::Result<()> {
+        let mut state = self.state.lock();
+        let mut at = String::new();
+        for part in path.split('/').filter(|p| !p.is_empty()) {
+            if !at.is_empty() {
+                at.push('/');
+            }
+            at.push_str(part);
+            state.dirs.insert(at.clone());
+        }
+        Ok(())
+    }
+
+    fn list_dir(&self, path: &str) -> io::Result<Vec<String>> {
+        let state = self.state.lock();
+        if !path.is_empty() && !state.dirs.contains(path) {
+            return Err(io::ErrorKind::NotFound.into());
+        }
+        let mut names = BTreeSet::new();
+        for entry in state.paths.keys().chain(state.dirs.iter()) {
+            if parent_of(entry) == path && entry != path {
+                names.insert(entry.rsplit('/').next().unwrap_or(entry).to_owned());
+            }
+        }
+        Ok(names.into_iter().collect())
+    }
+
+    fn open_file(&self, path: &str, create: bool) -> io::Result<Arc<dyn StorageBackend>> {
+        let mut state = self.state.lock();
+        if state.crashed {
+            return Err(errno(libc::EIO));
+        }
+        let id = match state.paths.get(path) {
+            Some(&id) => id,
+            None if create => {
+                let parent = parent_of(path);
+                if !parent.is_empty() && !state.dirs.contains(parent) {
+                    return Err(io::ErrorKind::NotFound.into());
+                }
+                let id = state.next_id;
+                state.next_id += 1;
+                state.paths.insert(path.to_owned(), id);
+                state.files.insert(id, FileData::default());
+                id
+            }
+            None => return Err(io::ErrorKind::NotFound.into()),
+        };
+        Ok(Arc::new(MemoryFile {
+            state: self.state.clone(),
+            id,
+        }))
+    }
+
+    fn exists(&self, path: &str) -> bool {
+        let state = self.state.lock();
+        state.paths.contains_key(path) || state.dirs.contains(path)
+    }
+
+    fn remove_file(&self, path: &str) -> io::Result<()> {
+        let mut state = self.state.lock();
+        let id = state.paths.remove(path).ok_or(io::ErrorKind::NotFound)?;
+        state.files.remove(&id);
+        Ok(())
+    }
+
+    fn remove_dir_all(&self, path: &str) -> io::Result<()> {
+        let mut state = self.state.lock();
+        let prefix = format!("{path}/");
+        let doomed: Vec<String> = state
+            .paths
+            .keys()
+            .filter(|p| p.starts_with(&prefix))
+            .cloned()
+            .collect();
+        for p in doomed {
+            if let Some(id) = state.paths.remove(&p) {
+                state.files.remove(&id);
+            }
+        }
+        state.dirs.retain(|d| d != path && !d.starts_with(&prefix));
+        Ok(())
+    }
+
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        let mut state = self.state.lock();
+        if let Some(id) = state.paths.remove(from) {
+            state.paths.insert(to.to_owned(), id);
+            return Ok(());
+        }
+        if !state.dirs.contains(from) {
+            return Err(io::ErrorKind::NotFound.into());
+        }
+        let prefix = format!("{from}/");
+        let moved: Vec<(String, u64)> = state
+            .paths
+            .iter()
+            .filter(|(p, _)| p.starts_with(&prefix))
+            .map(|(p, id)| (p.clone(), *id))
+            .collect();
+        for (p, id) in moved {
+            state.paths.remove(&p);
+            state
+                .paths
+                .insert(format!("{to}/{}", &p[prefix.len()..]), id);
+        }
+        let dirs: Vec<String> = state
+            .dirs
+            .iter()
+            .filter(|d| *d == from || d.starts_with(&prefix))
+            .cloned()
+            .collect();
+        for d in dirs {
+            state.dirs.remove(&d);
+            state.dirs.insert(format!("{to}{}", &d[from.len()..]));
+        }
+        Ok(())
+    }
+
+    fn sync_dir(&self, _path: &str) -> io::Result<()> {
+        if self.state.lock().crashed {
+            return Err(errno(libc::EIO));
+        }
+        Ok(())
+    }
+}
+
+/// A handle to one file of a [`MemoryFs`].
+#[derive(Debug)]
+pub struct MemoryFile {
+    state: Arc<Mutex<FsState>>,
+    id: u64,
+}
+
+impl StorageBackend for MemoryFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let mut state = self.state.lock();
+        if state.crashed {
+            return Err(errno(libc::EIO));
+        }
+        state.reads += 1;
+        if let Some((n, code)) = state.faults.fail_read_at
+            && state.reads == n
+        {
+            return Err(errno(code));
+        }
+        let file = state.files.get(&self.id).ok_or(io::ErrorKind::NotFound)?;
+        let end = offset
+            .checked_add(buf.len() as u64)
+            .ok_or(io::ErrorKind::InvalidInput)?;
+        if end > file.current.len() as u64 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.copy_from_slice(&file.current[offset as usize..end as usize]);
+        Ok(())
+    }
+
+    fn write_at(&self, data: &[u8], offset: u64) -> io::Result<()> {
+        let mut state = self.state.lock();
+        if state.crashed {
+            return Err(errno(libc::EIO));
+        }
+        state.writes += 1;
+        let mut op = Pending::Write {
+            offset,
+            data: data.to_vec(),
+        };
+        let mut failure = None;
+        if let Some((n, code)) = state.faults.fail_write_at
+            && state.writes == n
+        {
+            let keep = state
+                .rng
+                .as_mut()
+                .map_or(0, |rng| rng.below(data.len() as u64 + 1)) as usize;
+            op = Pending::Write {
+                offset,
+                data: data[..keep].to_vec(),
+            };
+            failure = Some(errno(code));
+        }
+        let file = state
+            .files
+            .get_mut(&self.id)
+            .ok_or(io::ErrorKind::NotFound)?;
+        apply(&mut file.current, &op);
+        file.pending.push(op);
+        failure.map_or(Ok(()), Err)
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        let mut state = self.state.lock();
+        if state.crashed {
+            return Err(errno(libc::EIO));
+        }
+        state.syncs += 1;
+        if state.faults.crash_at_sync == Some(state.syncs) {
+            state.crashed = true;
+            return Err(errno(libc::EIO));
+        }
+        if let Some((n, code)) = state.faults.fail_sync_at
+            && state.syncs == n
+        {
+            return Err(errno(code));
+        }
+        let file = state
+            .files
+            .get_mut(&self.id)
+            .ok_or(io::ErrorKind::NotFound)?;
+        file.durable = file.current.clone();
+        file.pending.clear();
+        Ok(())
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        let mut state = self.state.lock();
+        if state.crashed {
+            return Err(errno(libc::EIO));
+        }
+        state.writes += 1;
+        if let Some((n, code)) = state.faults.fail_write_at
+            && state.writes == n
+        {
+            return Err(errno(code));
+        }
+        let file = state
+            .files
+            .get_mut(&self.id)
+            .ok_or(io::ErrorKind::NotFound)?;
+        let op = Pending::SetLen(len);
+        apply(&mut file.current, &op);
+        file.pending.push(op);
+        Ok(())
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        let state = self.state.lock();
+        if state.crashed {
+            return Err(errno(libc::EIO));
+        }
+        let file = state.files.get(&self.id).ok_or(io::ErrorKind::NotFound)?;
+        Ok(file.current.len() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Synced bytes survive every kind of crash; unsynced ones survive only
+    /// a kill -9.
+    #[test]
+    fn crash_keeps_synced_bytes_and_drops_unsynced_ones() {
+        let fs = MemoryFs::new();
+        fs.create_dir_all("v").unwrap();
+        let file = fs.open_file("v/a", true).unwrap();
+        file.write_at(b"durable", 0).unwrap();
+        file.sync().unwrap();
+        file.write_at(b"lost", 7).unwrap();
+        let lost = fs.crash_image(Loss::LoseAll, 1);
+        let mut buf = vec![0; 7];
+        let file = lost.open_file("v/a", false).unwrap();
+        assert_eq!(file.len().unwrap(), 7);
+        file.read_at(&mut buf, 0).unwrap();
+        assert_eq!(&buf, b"durable");
+        let kept = fs.crash_image(Loss::KeepAll, 1);
+        assert_eq!(kept.open_file("v/a", false).unwrap().len().unwrap(), 11);
+        assert_eq!(fs.list_dir("v").unwrap(), vec!["a".to_owned()]);
+    }
+
+    /// The Nth sync crashes the filesystem and the failed write's errno
+    /// comes back unchanged.
+    #[test]
+    fn faults_fire_at_their_count() {
+        let fs = MemoryFs::new();
+        let file = fs.open_file("a", true).unwrap();
+        fs.set_faults(
+            Faults {
+                crash_at_sync: Some(2),
+                fail_write_at: Some((2, libc::ENOSPC)),
+                ..Faults::default()
+            },
+            7,
+        );
+        file.write_at(b"x", 0).unwrap();
+        let error = file.write_at(b"y", 1).unwrap_err();
+        assert_eq!(error.raw_os_error(), Some(libc::ENOSPC));
+        file.sync().unwrap();
+        assert!(file.sync().is_err());
+        assert!(fs.crashed());
+        assert!(file.write_at(b"z", 0).is_err());
+    }
+}

@@ -1,0 +1,530 @@
+//! The registry of volumes under a data dir: `DIR/volumes/NAME/`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::backend::{EngineChoice, Filesystem, RealFs, pick_engine};
+use crate::clock::{Clock, SystemClock};
+use crate::error::{CloneError, CreateError, DeleteError, FlushError, OpenError};
+use crate::index::{Index, MAX_VOLUME_SIZE};
+use crate::journal::{JournalOptions, recover};
+use crate::layout::Superblock;
+use crate::volume::{Volume, VolumeTuning};
+
+/// Directory (under the data dir) that holds one directory per volume.
+pub const VOLUMES_DIR: &str = "volumes";
+/// File name of a volume's superblock.
+pub const SUPERBLOCK_FILE: &str = "volume";
+const HIDDEN_PREFIX: &str = ".deleted-";
+
+/// How to open a store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Where "now" comes from (STYLE #3).
+    pub clock: Arc<dyn Clock>,
+    /// IO engine for the real disk; ignored with `filesystem`.
+    pub engine: EngineChoice,
+    /// Use this filesystem instead of the data dir (tests: [`crate::memory::MemoryFs`]).
+    pub filesystem: Option<Arc<dyn Filesystem>>,
+    /// Target size of a journal segment.
+    pub segment_bytes: u64,
+    /// Size of the in-memory write buffer of each volume.
+    pub buffer_bytes: usize,
+    /// Records between index checkpoints (bounds replay after a crash).
+    pub checkpoint_records: u64,
+    /// blake3 each payload on the write path (default: off; computed when
+    /// read back by verify and replication; docs/journal.md says why).
+    pub inline_blake3: bool,
+    /// A background thread flushes every volume this often, bounding what a
+    /// power loss can take from clients that never flush. None: no thread.
+    pub commit_interval: Option<Duration>,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            clock: Arc::new(SystemClock),
+            engine: EngineChoice::Auto,
+            filesystem: None,
+            segment_bytes: 1 << 30,
+            buffer_bytes: 1 << 20,
+            checkpoint_records: 1 << 16,
+            inline_blake3: false,
+            commit_interval: Some(Duration::from_secs(1)),
+        }
+    }
+}
+
+/// What a [`Store`] shares with its commit thread.
+#[derive(Debug)]
+struct Shared {
+    fs: Arc<dyn Filesystem>,
+    options: StoreOptions,
+    volumes: RwLock<BTreeMap<String, Arc<Volume>>>,
+    /// Force-deleted volumes that clones still read through, by id.
+    hidden: Mutex<HashMap<u128, Arc<Volume>>>,
+    /// Serializes create, clone and delete.
+    registry: Mutex<()>,
+    counter: std::sync::atomic::AtomicU64,
+    _lock: Option<std::fs::File>,
+}
+
+/// The volumes of one data dir. Open once per process.
+#[derive(Debug)]
+pub struct Store {
+    shared: Arc<Shared>,
+    commit_thread: Option<std::thread::JoinHandle<()>>,
+    stop: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+}
+
+/// Whether `name` is a valid volume name: 1-64 of `A-Z a-z 0-9 . _ -`, not
+/// starting with `.` (so it can never clash with hidden directories).
+pub fn valid_volume_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn io_error(path: &str) -> impl FnOnce(std::io::Error) -> OpenError + '_ {
+    move |source| OpenError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `dir` and recovers every
+    /// volume: checkpointed index, journal tail replay, torn tail cut off.
+    pub fn open(dir: &Path, options: StoreOptions) -> Result<Store, OpenError> {
+        let display = dir.display().to_string();
+        let (fs, lock): (Arc<dyn Filesystem>, _) = match &options.filesystem {
+            Some(fs) => (fs.clone(), None),
+            None => {
+                std::fs::create_dir_all(dir).map_err(io_error(&display))?;
+                let lock = std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(dir.join("LOCK"))
+                    .map_err(io_error(&display))?;
+                // The toolchain is 1.95 (workspace rust-version lags behind).
+                #[allow(clippy::incompatible_msrv)]
+                let locked = lock.try_lock();
+                if locked.is_err() {
+                    return Err(OpenError::Locked { path: display });
+                }
+                let engine = pick_engine(options.engine);
+                tracing::info!(%engine, "store IO engine");
+                let fs = RealFs::new(dir, engine).map_err(io_error(&display))?;
+                (Arc::new(fs) as Arc<dyn Filesystem>, Some(lock))
+            }
+        };
+        fs.create_dir_all(VOLUMES_DIR)
+            .map_err(io_error(VOLUMES_DIR))?;
+        let shared = Arc::new(Shared {
+            fs,
+            options,
+            volumes: RwLock::new(BTreeMap::new()),
+            hidden: Mutex::new(HashMap::new()),
+            registry: Mutex::new(()),
+            counter: std::sync::atomic::AtomicU64::new(0),
+            _lock: lock,
+        });
+        shared.load_all()?;
+        let stop = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+        let commit_thread = match shared.options.commit_interval {
+            Some(interval) => {
+                let weak = Arc::downgrade(&shared);
+                let stop = stop.clone();
+                Some(
+                    std::thread::Builder::new()
+                        .name("rewind-commit".into())
+                        .spawn(move || commit_loop(weak, interval, stop))
+                        .map_err(io_error("commit thread"))?,
+                )
+            }
+            None => None,
+        };
+        Ok(Store {
+            shared,
+            commit_thread,
+            stop,
+        })
+    }
+
+    /// Every live volume, by name.
+    pub fn volumes(&self) -> Vec<Arc<Volume>> {
+        self.shared.volumes.read().values().cloned().collect()
+    }
+
+    /// The volume with this name.
+    pub fn volume(&self, name: &str) -> Option<Arc<Volume>> {
+        self.shared.volumes.read().get(name).cloned()
+    }
+
+    /// Creates an empty volume (reads as zeros) of `size_bytes`.
+    pub fn create_volume(&self, name: &str, size_bytes: u64) -> Result<Arc<Volume>, CreateError> {
+        let _registry = self.shared.registry.lock();
+        self.shared.create(name, size_bytes, None)
+    }
+
+    /// Creates `new_name` whose base is `source`'s image at `seq`: metadata
+    /// only, whatever the size. The clone is writable; `source` is unchanged.
+    pub fn clone_volume(
+        &self,
+        source: &str,
+        seq: u64,
+        new_name: &str,
+    ) -> Result<Arc<Volume>, CloneError> {
+        let _registry = self.shared.registry.lock();
+        let parent = self
+            .volume(source)
+            .ok_or_else(|| CloneError::SourceNotFound(source.to_owned()))?;
+        let point = parent.open_point(seq).map_err(CloneError::Point)?;
+        // The clone's base must survive a crash: make the parent durable
+        // through `seq` before the clone's superblock names it.
+        parent.flush().map_err(|error| {
+            CloneError::Create(CreateError::Io(std::io::Error::from(error.kind())))
+        })?;
+        self.shared
+            .create(new_name, point.size(), Some((parent, seq)))
+            .map_err(CloneError::Create)
+    }
+
+    /// Deletes a volume and its history. A volume that clones read through
+    /// is refused unless `force`; forced, it disappears from the registry
+    /// and refuses writes, but its files are kept (hidden) until its last
+    /// clone is deleted.
+    pub fn delete_volume(&self, name: &str, force: bool) -> Result<(), DeleteError> {
+        let _registry = self.shared.registry.lock();
+        let volume = self
+            .volume(name)
+            .ok_or_else(|| DeleteError::NotFound(name.to_owned()))?;
+        let clones = self.shared.dependents(volume.id());
+        if !clones.is_empty() && !force {
+            return Err(DeleteError::HasClones {
+                volume: name.to_owned(),
+                clones,
+            });
+        }
+        if !clones.is_empty() {
+            // Clones keep reading it: its history must be durable.
+            volume
+                .close()
+                .map_err(|error| DeleteError::Io(std::io::Error::from(error.kind())))?;
+        }
+        volume.mark_deleted();
+        self.shared.volumes.write().remove(name);
+        let fs = &self.shared.fs;
+        if clones.is_empty() {
+            fs.remove_dir_all(volume.dir()).map_err(DeleteError::Io)?;
+        } else {
+            let hidden = format!("{VOLUMES_DIR}/{HIDDEN_PREFIX}{:032x}", volume.id());
+            fs.rename(volume.dir(), &hidden).map_err(DeleteError::Io)?;
+            self.shared
+                .hidden
+                .lock()
+                .insert(volume.id(), volume.clone());
+        }
+        fs.sync_dir(VOLUMES_DIR).map_err(DeleteError::Io)?;
+        self.shared.reap_hidden();
+        Ok(())
+    }
+
+    /// Flushes every volume and checkpoints its index, so the next open
+    /// replays nothing. Call on clean shutdown (not called on drop: a crash
+    /// test drops a store to simulate a crash).
+    pub fn close(&self) -> Result<(), FlushError> {
+        let mut result = Ok(());
+        let hidden: Vec<Arc<Volume>> = self.shared.hidden.lock().values().cloned().collect();
+        for volume in self.volumes().into_iter().chain(hidden) {
+            if let Err(error) = volume.close() {
+                tracing::error!(volume = volume.name(), %error, "close failed");
+                result = Err(error);
+            }
+        }
+        result
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        let (stopped, wake) = &*self.stop;
+        if let Ok(mut stopped) = stopped.lock() {
+            *stopped = true;
+        }
+        wake.notify_all();
+        if let Some(thread) = self.commit_thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn commit_loop(
+    shared: Weak<Shared>,
+    interval: Duration,
+    stop: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+) {
+    let (stopped, wake) = &*stop;
+    loop {
+        {
+            let Ok(guard) = stopped.lock() else { return };
+            let Ok((guard, _)) = wake.wait_timeout_while(guard, interval, |stopped| !*stopped)
+            else {
+                return;
+            };
+            if *guard {
+                return;
+            }
+        }
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let volumes: Vec<Arc<Volume>> = shared.volumes.read().values().cloned().collect();
+        for volume in volumes {
+            if volume.durable_seq() < volume.head_seq() && volume.poison().is_none() {
+                let _ = volume.flush();
+            }
+        }
+    }
+}
+
+impl Shared {
+    fn journal_options(&self) -> JournalOptions {
+        JournalOptions {
+            segment_bytes: self.options.segment_bytes,
+            buffer_bytes: self.options.buffer_bytes,
+            inline_blake3: self.options.inline_blake3,
+        }
+    }
+
+    fn new_id(&self, name: &str) -> u128 {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(name.as_bytes());
+        hasher.update(&self.options.clock.now_nanos().to_le_bytes());
+        hasher.update(
+            &self
+                .counter
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                .to_le_bytes(),
+        );
+        hasher.update(&std::process::id().to_le_bytes());
+        let hash = hasher.finalize();
+        let mut id = [0; 16];
+        id.copy_from_slice(&hash.as_bytes()[..16]);
+        u128::from_le_bytes(id).max(1)
+    }
+
+    /// Names of the live volumes that are clones of `id`, plus a marker for
+    /// hidden ones.
+    fn dependents(&self, id: u128) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .volumes
+            .read()
+            .values()
+            .filter(|v| v.parent_id() == Some(id))
+            .map(|v| v.name().to_owned())
+            .collect();
+        let hidden = self
+            .hidden
+            .lock()
+            .values()
+            .filter(|v| v.parent_id() == Some(id))
+            .count();
+        if hidden > 0 {
+            names.push(format!("{hidden} deleted clone(s) with clones"));
+        }
+        names
+    }
+
+    /// Removes hidden volumes nothing reads through any more.
+    fn reap_hidden(&self) {
+        loop {
+            let doomed: Vec<Arc<Volume>> = {
+                let hidden = self.hidden.lock();
+                hidden
+                    .values()
+                    .filter(|v| {
+                        let id = v.id();
+                        !self
+                            .volumes
+                            .read()
+                            .values()
+                            .any(|c| c.parent_id() == Some(id))
+                            && !hidden.values().any(|c| c.parent_id() == Some(id))
+                    })
+                    .cloned()
+                    .collect()
+            };
+            if doomed.is_empty() {
+                return;
+            }
+            for volume in doomed {
+                self.hidden.lock().remove(&volume.id());
+                let dir = format!("{VOLUMES_DIR}/{HIDDEN_PREFIX}{:032x}", volume.id());
+                if let Err(error) = self.fs.remove_dir_all(&dir) {
+                    tracing::warn!(%error, dir, "cannot remove deleted volume");
+                }
+            }
+        }
+    }
+
+    fn create(
+        &self,
+        name: &str,
+        size: u64,
+        parent: Option<(Arc<Volume>, u64)>,
+    ) -> Result<Arc<Volume>, CreateError> {
+        if !valid_volume_name(name) {
+            return Err(CreateError::InvalidName(name.to_owned()));
+        }
+        if size == 0 || size > MAX_VOLUME_SIZE {
+            return Err(CreateError::InvalidSize {
+                size,
+                max: MAX_VOLUME_SIZE,
+            });
+        }
+        if self.volumes.read().contains_key(name) {
+            return Err(CreateError::Exists(name.to_owned()));
+        }
+        let dir = format!("{VOLUMES_DIR}/{name}");
+        let fs = &self.fs;
+        if fs.exists(&dir) {
+            // A half-created volume from a crash (its superblock never
+            // became valid, or load_all would have registered it).
+            fs.remove_dir_all(&dir).map_err(CreateError::Io)?;
+        }
+        let superblock = Superblock {
+            volume_id: self.new_id(name),
+            created: self.options.clock.now_nanos(),
+            initial_size: size,
+            parent_id: parent.as_ref().map_or(0, |(p, _)| p.id()),
+            parent_seq: parent.as_ref().map_or(0, |(_, seq)| *seq),
+            name: name.to_owned(),
+            parent_name: parent
+                .as_ref()
+                .map_or(String::new(), |(p, _)| p.name().to_owned()),
+        };
+        // Crash cases: before the superblock is synced the directory is
+        // ignored (and removed) at the next open; after it, the volume exists.
+        fs.create_dir_all(&dir).map_err(CreateError::Io)?;
+        let file = fs
+            .open_file(&format!("{dir}/{SUPERBLOCK_FILE}"), true)
+            .map_err(CreateError::Io)?;
+        file.write_at(&superblock.encode(), 0)
+            .and_then(|()| file.sync())
+            .and_then(|()| fs.sync_dir(&dir))
+            .and_then(|()| fs.sync_dir(VOLUMES_DIR))
+            .map_err(CreateError::Io)?;
+        let volume = self
+            .open_volume(&dir, &superblock, parent)
+            .map_err(CreateError::Io)?;
+        self.volumes.write().insert(name.to_owned(), volume.clone());
+        Ok(volume)
+    }
+
+    fn open_volume(
+        &self,
+        dir: &str,
+        superblock: &Superblock,
+        parent: Option<(Arc<Volume>, u64)>,
+    ) -> std::io::Result<Arc<Volume>> {
+        let mut index = Index::new(superblock.initial_size, superblock.created);
+        let recovery = recover(
+            self.fs.clone(),
+            dir,
+            superblock.volume_id,
+            self.journal_options(),
+            &mut index,
+        )?;
+        Ok(Arc::new(Volume::new(
+            superblock.name.clone(),
+            superblock.volume_id,
+            dir.to_owned(),
+            parent,
+            self.options.clock.clone(),
+            recovery.journal,
+            index,
+            recovery.checkpoint,
+            VolumeTuning {
+                checkpoint_records: self.options.checkpoint_records.max(1),
+            },
+        )))
+    }
+
+    fn load_all(&self) -> Result<(), OpenError> {
+        let names = self
+            .fs
+            .list_dir(VOLUMES_DIR)
+            .map_err(io_error(VOLUMES_DIR))?;
+        let mut pending: Vec<(String, Superblock)> = Vec::new();
+        for name in names {
+            let dir = format!("{VOLUMES_DIR}/{name}");
+            let path = format!("{dir}/{SUPERBLOCK_FILE}");
+            let superblock = self.fs.open_file(&path, false).ok().and_then(|file| {
+                let mut bytes = vec![0; file.len().ok()? as usize];
+                file.read_at(&mut bytes, 0).ok()?;
+                Superblock::decode(&bytes)
+            });
+            match superblock {
+                Some(superblock) => pending.push((dir, superblock)),
+                None => {
+                    tracing::warn!(dir, "removing a volume whose creation never completed");
+                    self.fs.remove_dir_all(&dir).map_err(io_error(&dir))?;
+                }
+            }
+        }
+        // Parents before clones.
+        let mut loaded: HashMap<u128, Arc<Volume>> = HashMap::new();
+        loop {
+            let before = pending.len();
+            let mut waiting = Vec::new();
+            for (dir, superblock) in pending {
+                let parent = match superblock.parent_id {
+                    0 => None,
+                    id => match loaded.get(&id) {
+                        Some(parent) => Some((parent.clone(), superblock.parent_seq)),
+                        None => {
+                            waiting.push((dir, superblock));
+                            continue;
+                        }
+                    },
+                };
+                let volume = self
+                    .open_volume(&dir, &superblock, parent)
+                    .map_err(io_error(&dir))?;
+                loaded.insert(superblock.volume_id, volume);
+            }
+            pending = waiting;
+            if pending.is_empty() || pending.len() == before {
+                break;
+            }
+        }
+        for (dir, superblock) in pending {
+            tracing::error!(
+                dir,
+                parent = superblock.parent_name,
+                "clone's parent volume is missing; not serving it"
+            );
+        }
+        for volume in loaded.values() {
+            let dir_name = volume.dir().rsplit('/').next().unwrap_or_default();
+            if dir_name.starts_with(HIDDEN_PREFIX) {
+                volume.mark_deleted();
+                self.hidden.lock().insert(volume.id(), volume.clone());
+            } else {
+                self.volumes
+                    .write()
+                    .insert(volume.name().to_owned(), volume.clone());
+            }
+        }
+        self.reap_hidden();
+        Ok(())
+    }
+}

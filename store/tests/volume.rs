@@ -1,0 +1,231 @@
+//! Functional tests of the public API on a real directory and on MemoryFs.
+
+use std::sync::Arc;
+
+use store::memory::{Faults, MemoryFs};
+use store::{
+    CreateError, DeleteError, Extent, ManualClock, PointError, Store, StoreOptions, WriteError,
+};
+
+const T0: i64 = 1_800_000_000_000_000_000;
+
+fn memory_options(fs: &MemoryFs, clock: &Arc<ManualClock>) -> StoreOptions {
+    StoreOptions {
+        clock: clock.clone(),
+        filesystem: Some(Arc::new(fs.clone())),
+        segment_bytes: 64 << 10,
+        buffer_bytes: 16 << 10,
+        checkpoint_records: 8,
+        commit_interval: None,
+        ..StoreOptions::default()
+    }
+}
+
+fn read(volume: &store::Volume, offset: u64, length: usize) -> Vec<u8> {
+    let mut buf = vec![0xAA; length];
+    volume.read(offset, &mut buf).unwrap();
+    buf
+}
+
+/// Writes survive a clean close and a reopen of a real data dir, and a
+/// second store cannot open the same dir meanwhile.
+#[test]
+fn real_dir_round_trip_and_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = StoreOptions {
+        commit_interval: None,
+        ..StoreOptions::default()
+    };
+    let store = Store::open(dir.path(), options.clone()).unwrap();
+    let volume = store.create_volume("default", 1 << 30).unwrap();
+    volume.write(4096, b"hello", false).unwrap();
+    volume.write(1 << 29, &vec![7; 3 << 20], true).unwrap();
+    assert!(matches!(
+        Store::open(dir.path(), options.clone()),
+        Err(store::OpenError::Locked { .. })
+    ));
+    store.close().unwrap();
+    drop(store);
+    let store = Store::open(dir.path(), options).unwrap();
+    let volume = store.volume("default").unwrap();
+    assert_eq!(volume.head_seq(), 2);
+    assert_eq!(read(&volume, 4094, 9), b"\0\0hello\0\0");
+    assert_eq!(read(&volume, (1 << 29) + (3 << 20) - 2, 4), [7, 7, 0, 0]);
+}
+
+/// Snapshots, rollback and its undo, resize and points all read the images
+/// the operations promise, and history stays readable.
+#[test]
+fn points_snapshots_rollback_resize() {
+    let fs = MemoryFs::new();
+    let clock = Arc::new(ManualClock::new(T0));
+    let store = Store::open("/unused".as_ref(), memory_options(&fs, &clock)).unwrap();
+    let volume = store.create_volume("vm", 1 << 20).unwrap();
+    clock.advance(1_000_000_000);
+    let a = volume.write(0, b"AAAA", false).unwrap();
+    let snap = volume.create_snapshot("clean").unwrap();
+    assert_eq!(snap.seq, a + 1);
+    clock.advance(1_000_000_000);
+    let b = volume.write(0, b"BB", false).unwrap();
+    assert_eq!(read(&volume, 0, 4), b"BBAA");
+    assert_eq!(volume.resolve_time(T0 + 1_500_000_000).unwrap(), snap.seq);
+    assert!(matches!(
+        volume.resolve_time(T0 - 1),
+        Err(PointError::OutsideHistory { .. })
+    ));
+    let outcome = volume.rollback(snap.seq).unwrap();
+    assert_eq!(outcome.previous_head_seq, b);
+    assert_eq!(read(&volume, 0, 4), b"AAAA");
+    let mut buf = [0; 4];
+    volume.open_point(b).unwrap().read(0, &mut buf).unwrap();
+    assert_eq!(&buf, b"BBAA");
+    volume.write(2, b"C", false).unwrap();
+    assert_eq!(read(&volume, 0, 4), b"AACA");
+    volume.rollback(outcome.previous_head_seq).unwrap();
+    assert_eq!(read(&volume, 0, 4), b"BBAA");
+    let shrink = volume.resize(2).unwrap();
+    assert_eq!(volume.size(), 2);
+    assert!(matches!(
+        volume.write(1, b"xx", false),
+        Err(WriteError::OutOfBounds { .. })
+    ));
+    volume.resize(8).unwrap();
+    assert_eq!(read(&volume, 0, 8), b"BB\0\0\0\0\0\0");
+    assert_eq!(volume.open_point(shrink - 1).unwrap().size(), 1 << 20);
+    assert_eq!(volume.snapshot("clean").unwrap().seq, snap.seq);
+    volume.delete_snapshot("clean").unwrap();
+    assert!(volume.snapshots().is_empty());
+    // Everything above survives a crash (all of it was flushed by the
+    // metadata operations).
+    let reopened = Store::open(
+        "/unused".as_ref(),
+        memory_options(&fs.crash_image(store::memory::Loss::LoseAll, 1), &clock),
+    )
+    .unwrap();
+    let again = reopened.volume("vm").unwrap();
+    assert_eq!(again.head_seq(), volume.head_seq());
+    for seq in 0..=volume.head_seq() {
+        let (before, after) = (
+            volume.open_point(seq).unwrap(),
+            again.open_point(seq).unwrap(),
+        );
+        let mut x = vec![0; before.size().min(64) as usize];
+        let mut y = x.clone();
+        before.read(0, &mut x).unwrap();
+        after.read(0, &mut y).unwrap();
+        assert_eq!(x, y, "seq {seq}");
+        assert_eq!(before.time(), after.time());
+    }
+}
+
+/// Clones read their parent's point, diverge on write, and keep the parent
+/// from being deleted unless forced; a forced delete keeps the clone readable.
+#[test]
+fn clones_and_delete() {
+    let fs = MemoryFs::new();
+    let clock = Arc::new(ManualClock::new(T0));
+    let options = memory_options(&fs, &clock);
+    let store = Store::open("/unused".as_ref(), options.clone()).unwrap();
+    let parent = store.create_volume("base", 1 << 20).unwrap();
+    let seq = parent.write(100, b"parent", false).unwrap();
+    parent.write(100, b"PARENT", false).unwrap();
+    let clone = store.clone_volume("base", seq, "child").unwrap();
+    assert_eq!(clone.clone_parent(), Some(("base".into(), seq)));
+    assert_eq!(read(&clone, 100, 6), b"parent");
+    clone.write(101, b"X", false).unwrap();
+    assert_eq!(read(&clone, 100, 6), b"pXrent");
+    assert_eq!(read(&parent, 100, 6), b"PARENT");
+    assert_eq!(
+        clone.extents(0, 1 << 20).unwrap(),
+        vec![
+            Extent {
+                length: 100,
+                hole: true,
+                zero: true
+            },
+            Extent {
+                length: 6,
+                hole: false,
+                zero: false
+            },
+            Extent {
+                length: (1 << 20) - 106,
+                hole: true,
+                zero: true
+            },
+        ]
+    );
+    assert!(matches!(
+        store.delete_volume("base", false),
+        Err(DeleteError::HasClones { .. })
+    ));
+    assert!(matches!(
+        store.create_volume("bad@name", 1),
+        Err(CreateError::InvalidName(_))
+    ));
+    store.delete_volume("base", true).unwrap();
+    assert!(store.volume("base").is_none());
+    assert_eq!(read(&clone, 100, 6), b"pXrent");
+    store.close().unwrap();
+    drop((store, clone, parent));
+    let store = Store::open("/unused".as_ref(), options.clone()).unwrap();
+    let clone = store.volume("child").unwrap();
+    assert_eq!(read(&clone, 100, 6), b"pXrent");
+    store.delete_volume("child", false).unwrap();
+    drop(store);
+    assert_eq!(
+        fs.total_bytes(),
+        0,
+        "hidden parent reclaimed with its last clone"
+    );
+}
+
+/// ENOSPC on a journal write comes back with its errno, poisons the volume
+/// (later writes and flushes refuse with the same errno), and a reopen
+/// finds every flushed write.
+#[test]
+fn enospc_poisons_and_keeps_flushed_writes() {
+    let fs = MemoryFs::new();
+    let clock = Arc::new(ManualClock::new(T0));
+    let options = memory_options(&fs, &clock);
+    let store = Store::open("/unused".as_ref(), options.clone()).unwrap();
+    let volume = store.create_volume("v", 1 << 20).unwrap();
+    volume.write(0, b"kept", true).unwrap();
+    fs.set_faults(
+        Faults {
+            fail_write_at: Some((1, libc::ENOSPC)),
+            ..Faults::default()
+        },
+        3,
+    );
+    let error = volume.write(10, &vec![1; 8000], true).unwrap_err();
+    assert_eq!(error.raw_os_error(), Some(libc::ENOSPC));
+    let again = volume.write(0, b"no", false).unwrap_err();
+    assert!(matches!(again, WriteError::Poisoned(_)));
+    assert_eq!(again.raw_os_error(), Some(libc::ENOSPC));
+    // Every acknowledged write is durable (the failed one was never
+    // acknowledged), so a flush has nothing to refuse.
+    volume.flush().unwrap();
+    drop(store);
+    fs.set_faults(Faults::default(), 0);
+    let store = Store::open("/unused".as_ref(), options).unwrap();
+    let volume = store.volume("v").unwrap();
+    assert_eq!(read(&volume, 0, 4), b"kept");
+    volume.write(0, b"ok", true).unwrap();
+}
+
+/// Timeline buckets count writes and bytes per interval.
+#[test]
+fn timeline_counts_writes() {
+    let fs = MemoryFs::new();
+    let clock = Arc::new(ManualClock::new(T0));
+    let store = Store::open("/unused".as_ref(), memory_options(&fs, &clock)).unwrap();
+    let volume = store.create_volume("v", 1 << 20).unwrap();
+    volume.write(0, &[1; 10], false).unwrap();
+    clock.advance(2_000_000_000);
+    volume.write(0, &[1; 20], false).unwrap();
+    volume.trim(0, 100, false).unwrap();
+    let buckets = volume.timeline(T0, 1_000_000_000);
+    let counts: Vec<(u64, u64)> = buckets.iter().map(|b| (b.writes, b.bytes)).collect();
+    assert_eq!(counts, vec![(1, 10), (0, 0), (2, 120)]);
+}
