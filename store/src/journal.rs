@@ -617,8 +617,10 @@ pub fn recover(
         end = Some((number, position));
         cursor += 1;
         // Continue into the next segment only if this one ended cleanly at
-        // its file end; a torn record in the middle ends the journal.
-        if position != reader.file_len {
+        // its file end (the last record's zero padding may be missing: a
+        // torn write can stop right after the payload); a torn record in
+        // the middle ends the journal.
+        if position < reader.file_len {
             break;
         }
     }
@@ -629,8 +631,10 @@ pub fn recover(
     if let Some((number, position)) = end {
         let file = journal.segment(number)?;
         let len = file.len()?;
-        if len > position {
-            cut_bytes += len - position;
+        if len != position {
+            // Cut a torn tail, or restore the missing padding of the last
+            // record, so the next record starts exactly at `position`.
+            cut_bytes += len.saturating_sub(position);
             file.set_len(position)?;
         }
         writer.segment_number = number;

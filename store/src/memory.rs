@@ -9,7 +9,7 @@
 //! kept, lost, or torn. Directory entries are durable at once (we assume the
 //! journal syncs directories where it matters; docs/journal.md).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::sync::Arc;
 
@@ -107,7 +107,7 @@ struct FileData {
 struct FsState {
     paths: BTreeMap<String, u64>,
     dirs: BTreeSet<String>,
-    files: HashMap<u64, FileData>,
+    files: BTreeMap<u64, FileData>,
     next_id: u64,
     faults: Faults,
     syncs: u64,
@@ -176,7 +176,7 @@ impl MemoryFs {
     pub fn crash_image(&self, loss: Loss, seed: u64) -> MemoryFs {
         let state = self.state.lock();
         let mut rng = SimRng::new(seed);
-        let mut files = HashMap::new();
+        let mut files = BTreeMap::new();
         for (&id, file) in &state.files {
             let mut data = file.durable.clone();
             let last = file.pending.len().checked_sub(1);
