@@ -2,11 +2,13 @@
 //!
 //! Two structures, both append-only so that history never changes:
 //!
-//! - the **record table**: one 24-byte [`Entry`] per seq (offset, length,
-//!   journal location, time), in chunks so it grows without big copies;
+//! - the **record table**: one 20-byte [`Entry`] per seq (offset, kind,
+//!   length, journal location), in chunks so it grows without big copies;
+//!   times are kept as runs (first seq, millisecond), one per distinct
+//!   millisecond, so a busy volume pays almost nothing for them;
 //! - the **spatial index**: for each chunk of the volume's address space, the
 //!   seqs of the records that touch it, in seq order. Chunks come in
-//!   [`LEVEL_SHIFTS`] sizes (64 KiB up to 2^58 bytes); a record is filed at the
+//!   [`LEVEL_SHIFTS`] sizes (256 KiB up to 2^60 bytes); a record is filed at the
 //!   smallest level where it touches at most [`MAX_CHUNKS_PER_RECORD`]
 //!   chunks, so a 4 KiB write costs one 8-byte list entry and a whole-disk
 //!   trim costs a handful. Each list entry packs the seq with the coarse
@@ -19,9 +21,10 @@
 //! continues from T: records in (T, R) belong to the abandoned branch. Bytes no
 //! record covers come from the base (zeros, or a clone's parent).
 //!
-//! Memory grows with records, not with the volume size: the table is 24 bytes
+//! Memory grows with records, not with the volume size: the table is 20 bytes
 //! per record, a list entry 8 bytes per chunk a record touches, and each
 //! touched chunk costs one hash-map slot plus its list's spare capacity.
+//! Times have millisecond resolution here (the journal keeps nanoseconds).
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -29,7 +32,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use crate::layout::{IndexEntry, RECORD_HEADER_LEN, RecordKind};
 
 /// Chunk size (log2 bytes) of each level of the spatial index.
-pub const LEVEL_SHIFTS: [u32; 8] = [16, 22, 28, 34, 40, 46, 52, 58];
+pub const LEVEL_SHIFTS: [u32; 8] = [18, 24, 30, 36, 42, 48, 54, 60];
 /// A record goes to the smallest level where it touches at most this many chunks.
 pub const MAX_CHUNKS_PER_RECORD: u64 = 16;
 /// Largest volume size (and end offset) the index can address.
@@ -42,38 +45,44 @@ const TABLE_CHUNK: usize = 1 << 16;
 const KIND_SHIFT: u32 = 60;
 const OFFSET_MASK: u64 = (1 << KIND_SHIFT) - 1;
 
-/// What the index keeps of one record (24 bytes).
+/// What the index keeps of one record (20 bytes: packed to 4-byte alignment).
 ///
 /// `offset_kind`: kind in the top 4 bits, the record's `offset` field below.
 /// `location`: for Write and snapshot records, the journal location of the
 /// header; for Zeroes/Trim the extent length; for Resize the old size; for
-/// Rollback the journal location. `length`: payload length. `time_delta`:
-/// microseconds since the start of the entry's time block.
+/// Rollback the journal location. `length`: payload length.
 #[derive(Debug, Clone, Copy)]
+#[repr(C, packed(4))]
 struct Entry {
     offset_kind: u64,
     location: u64,
     length: u32,
-    time_delta: u32,
 }
+
+const _: () = assert!(size_of::<Entry>() == 20);
 
 impl Entry {
     fn kind(&self) -> RecordKind {
-        RecordKind::from_u8((self.offset_kind >> KIND_SHIFT) as u8).unwrap_or(RecordKind::Write)
+        let offset_kind = self.offset_kind;
+        RecordKind::from_u8((offset_kind >> KIND_SHIFT) as u8).unwrap_or(RecordKind::Write)
     }
     fn offset(&self) -> u64 {
-        self.offset_kind & OFFSET_MASK
+        let offset_kind = self.offset_kind;
+        offset_kind & OFFSET_MASK
+    }
+    fn location(&self) -> u64 {
+        self.location
+    }
+    fn length(&self) -> u32 {
+        self.length
     }
     /// The byte range this record defines at its seq, if any.
     fn extent(&self) -> Option<(u64, u64)> {
+        let (offset, location) = (self.offset(), self.location());
         match self.kind() {
-            RecordKind::Write => Some((self.offset(), self.offset() + u64::from(self.length))),
-            RecordKind::Zeroes | RecordKind::Trim => {
-                Some((self.offset(), self.offset() + self.location))
-            }
-            RecordKind::Resize if self.location > self.offset() => {
-                Some((self.offset(), self.location))
-            }
+            RecordKind::Write => Some((offset, offset + u64::from(self.length()))),
+            RecordKind::Zeroes | RecordKind::Trim => Some((offset, offset + location)),
+            RecordKind::Resize if location > offset => Some((offset, location)),
             _ => None,
         }
     }
@@ -140,8 +149,8 @@ type ChunkMap = HashMap<u64, Vec<u64>, BuildHasherDefault<ChunkHasher>>;
 pub struct Index {
     table: Vec<Vec<Entry>>,
     head: u64,
-    /// (first seq of the block, base time in microseconds).
-    time_blocks: Vec<(u64, i64)>,
+    /// (first seq, unix milliseconds) for each distinct millisecond.
+    time_runs: Vec<(u64, i64)>,
     levels: Vec<ChunkMapDebug>,
     used_levels: u8,
     rollbacks: Vec<(u64, u64)>,
@@ -149,7 +158,6 @@ pub struct Index {
     snapshots: BTreeMap<String, u64>,
     initial_size: u64,
     created: i64,
-    last_time_us: i64,
 }
 
 /// A chunk map with a Debug that does not print millions of entries.
@@ -176,7 +184,7 @@ impl Index {
         Self {
             table: Vec::new(),
             head: 0,
-            time_blocks: Vec::new(),
+            time_runs: Vec::new(),
             levels: (0..LEVEL_SHIFTS.len())
                 .map(|_| ChunkMapDebug::default())
                 .collect(),
@@ -186,7 +194,6 @@ impl Index {
             snapshots: BTreeMap::new(),
             initial_size,
             created,
-            last_time_us: created.div_euclid(1000),
         }
     }
 
@@ -210,15 +217,14 @@ impl Index {
     pub fn insert(&mut self, record: &NewRecord, name: Option<&str>) -> u64 {
         let seq = self.head + 1;
         assert!(seq <= MAX_SEQ, "seq space exhausted");
-        let time_us = record.time.div_euclid(1000).max(self.last_time_us);
-        self.last_time_us = time_us;
-        let block_base = match self.time_blocks.last() {
-            Some(&(_, base)) if time_us - base <= i64::from(u32::MAX) => base,
-            _ => {
-                self.time_blocks.push((seq, time_us));
-                time_us
-            }
-        };
+        let last_ms = self
+            .time_runs
+            .last()
+            .map_or(self.created.div_euclid(1_000_000), |&(_, ms)| ms);
+        let time_ms = record.time.div_euclid(1_000_000).max(last_ms);
+        if self.time_runs.is_empty() || time_ms != last_ms {
+            self.time_runs.push((seq, time_ms));
+        }
         let location = match record.kind {
             RecordKind::Zeroes | RecordKind::Trim | RecordKind::Resize => record.length,
             _ => record.location,
@@ -227,7 +233,6 @@ impl Index {
             offset_kind: (record.offset & OFFSET_MASK) | ((record.kind as u64) << KIND_SHIFT),
             location,
             length: record.payload_length,
-            time_delta: (time_us - block_base) as u32,
         };
         if self
             .table
@@ -276,39 +281,45 @@ impl Index {
                 let chunk_end = chunk_start + (1 << shift);
                 let sub_start = (start.max(chunk_start) - chunk_start) >> unit_shift;
                 let sub_end = (end.min(chunk_end) - 1 - chunk_start) >> unit_shift;
-                map.entry(chunk)
-                    .or_default()
-                    .push((seq << (2 * SUB_BITS)) | (sub_start << SUB_BITS) | sub_end);
+                let list = map.entry(chunk).or_default();
+                if list.len() == list.capacity() {
+                    // Double up to a full chunk of 4 KiB blocks, then grow
+                    // by half: lists are most of the index's memory.
+                    let grow = if list.len() < 64 {
+                        list.len()
+                    } else {
+                        list.len() / 2
+                    };
+                    list.reserve_exact(grow.max(2));
+                }
+                list.push((seq << (2 * SUB_BITS)) | (sub_start << SUB_BITS) | sub_end);
             }
             self.used_levels |= 1 << level;
             return;
         }
     }
 
-    /// Time of `seq` in unix nanoseconds (microsecond resolution).
+    /// Time of `seq` in unix nanoseconds (millisecond resolution; seq 0 is
+    /// the creation time, exact).
     pub fn time(&self, seq: u64) -> i64 {
-        if seq == 0 {
+        if seq == 0 || seq > self.head {
             return self.created;
         }
-        let block = self.time_blocks.partition_point(|&(first, _)| first <= seq) - 1;
-        (self.time_blocks[block].1 + i64::from(self.entry(seq).time_delta)) * 1000
+        let run = self.time_runs.partition_point(|&(first, _)| first <= seq) - 1;
+        self.time_runs[run].1 * 1_000_000
     }
 
-    /// The last seq whose time is at or before `time` (nanoseconds); 0 when
-    /// only the creation is. The caller checks `time >= created()`.
+    /// The last seq whose time is at or before `time` (nanoseconds, compared
+    /// at millisecond resolution); 0 when only the creation is. The caller
+    /// checks `time >= created()`.
     pub fn resolve_time(&self, time: i64) -> u64 {
-        let time_us = time.div_euclid(1000);
-        // Binary search over seqs 1..=head for the last with time_us ≤ time_us.
-        let (mut low, mut high) = (1u64, self.head + 1);
-        while low < high {
-            let middle = low + (high - low) / 2;
-            if self.time(middle) / 1000 <= time_us {
-                low = middle + 1;
-            } else {
-                high = middle;
-            }
+        let time_ms = time.div_euclid(1_000_000);
+        let after = self.time_runs.partition_point(|&(_, ms)| ms <= time_ms);
+        match self.time_runs.get(after) {
+            _ if after == 0 => 0,
+            Some(&(first, _)) => first - 1,
+            None => self.head,
         }
-        low - 1
     }
 
     /// Size of the image at `seq`.
@@ -453,7 +464,7 @@ impl Index {
                 }
                 let source = match kind {
                     RecordKind::Write => Source::Data {
-                        location: entry.location
+                        location: entry.location()
                             + RECORD_HEADER_LEN as u64
                             + (cover_start - record_start),
                     },
@@ -508,17 +519,17 @@ impl Index {
         let entry = self.entry(seq);
         let kind = entry.kind();
         let (length, location) = match kind {
-            RecordKind::Write => (u64::from(entry.length), entry.location),
-            RecordKind::Zeroes | RecordKind::Trim | RecordKind::Resize => (entry.location, 0),
-            RecordKind::Rollback => (seq - 1, entry.location),
-            RecordKind::Snapshot | RecordKind::SnapshotDelete => (0, entry.location),
+            RecordKind::Write => (u64::from(entry.length()), entry.location()),
+            RecordKind::Zeroes | RecordKind::Trim | RecordKind::Resize => (entry.location(), 0),
+            RecordKind::Rollback => (seq - 1, entry.location()),
+            RecordKind::Snapshot | RecordKind::SnapshotDelete => (0, entry.location()),
         };
         IndexEntry {
             offset: entry.offset(),
             length,
             location,
             time: self.time(seq),
-            payload_length: entry.length,
+            payload_length: entry.length(),
             kind,
         }
     }
@@ -551,7 +562,7 @@ impl Index {
             .sum();
         table
             + levels
-            + self.time_blocks.capacity() * 16
+            + self.time_runs.capacity() * 16
             + (self.rollbacks.capacity() + self.resizes.capacity()) * 16
     }
 }
@@ -751,7 +762,7 @@ mod tests {
     #[test]
     fn resolve_time_finds_last_seq_at_or_before() {
         let mut index = Index::new(4096, 0);
-        for (i, time) in [10_000i64, 20_000, 20_000, 4_000_000_000_000_000]
+        for (i, time) in [10_000_000i64, 20_000_000, 20_000_000, 4_000_000_000_000_000]
             .iter()
             .enumerate()
         {
@@ -767,9 +778,9 @@ mod tests {
                 None,
             );
         }
-        assert_eq!(index.resolve_time(9_999), 0);
-        assert_eq!(index.resolve_time(10_000), 1);
-        assert_eq!(index.resolve_time(25_000), 3);
+        assert_eq!(index.resolve_time(9_999_999), 0);
+        assert_eq!(index.resolve_time(10_000_000), 1);
+        assert_eq!(index.resolve_time(25_000_000), 3);
         assert_eq!(index.resolve_time(4_000_000_000_000_000), 4);
         assert_eq!(index.time(4), 4_000_000_000_000_000);
     }
