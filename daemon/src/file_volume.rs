@@ -5,6 +5,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::Arc;
 
 use nbd_server::{BlockDevice, DeviceError, Errno, Extent, ZeroFlags};
 
@@ -13,9 +14,14 @@ use crate::sys;
 /// A sparse file served as a block device.
 #[derive(Debug)]
 pub struct FileVolume {
-    file: File,
+    file: Arc<File>,
     size: u64,
 }
+
+/// Requests at least this long run on the blocking pool, so the connection
+/// keeps receiving the next request while the copy happens; shorter ones
+/// run inline, where a thread hand-off would cost more than the copy.
+const OFFLOAD_BYTES: usize = 128 << 10;
 
 impl FileVolume {
     /// Opens (creating if needed) a sparse file of `size` bytes.
@@ -29,7 +35,10 @@ impl FileVolume {
         if file.metadata()?.len() != size {
             file.set_len(size)?;
         }
-        Ok(FileVolume { file, size })
+        Ok(FileVolume {
+            file: Arc::new(file),
+            size,
+        })
     }
 
     pub fn size(&self) -> u64 {
@@ -43,13 +52,35 @@ impl FileVolume {
 }
 
 impl BlockDevice for FileVolume {
-    async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<Vec<(usize, usize)>, DeviceError> {
-        self.file.read_exact_at(buf, offset)?;
-        Ok(Vec::new())
+    async fn read(
+        &self,
+        offset: u64,
+        mut buffer: Vec<u8>,
+        start: usize,
+    ) -> Result<(Vec<u8>, Vec<(usize, usize)>), DeviceError> {
+        if buffer.len() - start >= OFFLOAD_BYTES {
+            let file = self.file.clone();
+            buffer = tokio::task::spawn_blocking(move || {
+                file.read_exact_at(&mut buffer[start..], offset)
+                    .map(|()| buffer)
+            })
+            .await
+            .map_err(|error| DeviceError::new(Errno::Io, error.to_string()))??;
+        } else {
+            self.file.read_exact_at(&mut buffer[start..], offset)?;
+        }
+        Ok((buffer, Vec::new()))
     }
 
-    async fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), DeviceError> {
-        self.file.write_all_at(data, offset)?;
+    async fn write(&self, offset: u64, data: Vec<u8>, fua: bool) -> Result<(), DeviceError> {
+        if data.len() >= OFFLOAD_BYTES {
+            let file = self.file.clone();
+            tokio::task::spawn_blocking(move || file.write_all_at(&data, offset))
+                .await
+                .map_err(|error| DeviceError::new(Errno::Io, error.to_string()))??;
+        } else {
+            self.file.write_all_at(&data, offset)?;
+        }
         if fua {
             self.sync()?;
         }

@@ -134,21 +134,27 @@ pub struct ZeroFlags {
 /// before it was called (on any connection to the same device) is durable;
 /// an operation with `fua` returns only when its own effect is durable.
 pub trait BlockDevice: Send + Sync + 'static {
-    /// Fills `buf` with the bytes at `offset`. Returns the sub-ranges of `buf`
-    /// (start, length, relative to `buf`) that the device knows read as zeros
-    /// without having stored them; they are zero-filled in `buf` as well.
-    /// The server may send them as holes. An empty vector is always correct.
+    /// Reads `buffer.len() - start` bytes at `offset` into `buffer[start..]`
+    /// and hands the buffer back. Buffers are owned so a device can pass them
+    /// to another thread or an io_uring ring; the bytes before `start` are
+    /// the server's (reply header room) and must be left alone.
+    ///
+    /// Also returns the sub-ranges (start, length, relative to the data) that
+    /// the device knows read as zeros without having stored them; they are
+    /// zero-filled in the buffer as well, and the server may send them as
+    /// holes. An empty vector is always correct.
     fn read(
         &self,
         offset: u64,
-        buf: &mut [u8],
-    ) -> impl Future<Output = Result<Vec<(usize, usize)>, DeviceError>> + Send;
+        buffer: Vec<u8>,
+        start: usize,
+    ) -> impl Future<Output = Result<(Vec<u8>, Vec<(usize, usize)>), DeviceError>> + Send;
 
     /// Writes `data` at `offset`.
     fn write(
         &self,
         offset: u64,
-        data: &[u8],
+        data: Vec<u8>,
         fua: bool,
     ) -> impl Future<Output = Result<(), DeviceError>> + Send;
 
@@ -193,14 +199,15 @@ impl<D: BlockDevice> BlockDevice for Arc<D> {
     fn read(
         &self,
         offset: u64,
-        buf: &mut [u8],
-    ) -> impl Future<Output = Result<Vec<(usize, usize)>, DeviceError>> + Send {
-        (**self).read(offset, buf)
+        buffer: Vec<u8>,
+        start: usize,
+    ) -> impl Future<Output = Result<(Vec<u8>, Vec<(usize, usize)>), DeviceError>> + Send {
+        (**self).read(offset, buffer, start)
     }
     fn write(
         &self,
         offset: u64,
-        data: &[u8],
+        data: Vec<u8>,
         fua: bool,
     ) -> impl Future<Output = Result<(), DeviceError>> + Send {
         (**self).write(offset, data, fua)

@@ -370,6 +370,11 @@ struct Outgoing {
     bytes: usize,
 }
 
+/// Queued reply bytes above which the parser stops to push them out before
+/// starting more requests: the client can consume replies (and send new
+/// requests) while we work on the rest of a batch, so both sides stay busy.
+const EAGER_FLUSH: usize = 32 << 10;
+
 const COALESCE_LIMIT: usize = 64 << 10;
 
 impl Outgoing {
@@ -400,8 +405,12 @@ impl Outgoing {
         self.queue.push_back(buffer);
     }
 
-    /// One vectored write; cancel-safe (state changes only after it returns).
-    async fn write_to(&mut self, writer: &mut OwnedWriteHalf) -> io::Result<()> {
+    /// Bytes waiting to be written.
+    fn queued(&self) -> usize {
+        self.queue.iter().map(Vec::len).sum::<usize>() - self.front_written
+    }
+
+    fn slices(&self) -> ([IoSlice<'_>; 64], usize) {
         let mut slices: [IoSlice<'_>; 64] = [IoSlice::new(&[]); 64];
         let mut count = 0;
         for (index, buffer) in self.queue.iter().enumerate().take(slices.len()) {
@@ -409,7 +418,27 @@ impl Outgoing {
             slices[count] = IoSlice::new(&buffer[skip..]);
             count += 1;
         }
-        let mut written = writer.write_vectored(&slices[..count]).await?;
+        (slices, count)
+    }
+
+    /// One vectored write; cancel-safe (state changes only after it returns).
+    async fn write_to(&mut self, writer: &mut OwnedWriteHalf) -> io::Result<()> {
+        let (slices, count) = self.slices();
+        let written = writer.write_vectored(&slices[..count]).await?;
+        self.advance(written)
+    }
+
+    /// Writes what the socket takes right now, without waiting.
+    fn try_write(&mut self, writer: &OwnedWriteHalf) -> io::Result<()> {
+        let (slices, count) = self.slices();
+        match writer.try_write_vectored(&slices[..count]) {
+            Ok(written) => self.advance(written),
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+
+    fn advance(&mut self, mut written: usize) -> io::Result<()> {
         if written == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
@@ -529,6 +558,13 @@ impl<'a, D: BlockDevice> Transmission<'a, D> {
                         inflight_bytes += bytes;
                         inflight.push(future);
                     }
+                }
+                while let Some(Some(done)) = inflight.next().now_or_never() {
+                    inflight_bytes -= done.bytes.min(inflight_bytes);
+                    self.finish(done, &mut out);
+                }
+                if out.queued() >= EAGER_FLUSH {
+                    out.try_write(&self.writer)?;
                 }
             }
             // Collect whatever finished without waiting.
@@ -670,9 +706,9 @@ impl<'a, D: BlockDevice> Transmission<'a, D> {
                 let length = length as usize;
                 let future = async move {
                     let header = read_reply_header_len(structured);
-                    let mut buffer = vec![0u8; header + length];
-                    let reply = match device.read(offset, &mut buffer[header..]).await {
-                        Ok(holes) if structured && !df && !holes.is_empty() => {
+                    let buffer = vec![0u8; header + length];
+                    let reply = match device.read(offset, buffer, header).await {
+                        Ok((buffer, holes)) if structured && !df && !holes.is_empty() => {
                             let mut sparse = Vec::with_capacity(header + length);
                             encode_sparse_read(
                                 &mut sparse,
@@ -683,7 +719,7 @@ impl<'a, D: BlockDevice> Transmission<'a, D> {
                             );
                             Reply::Buffer(sparse)
                         }
-                        Ok(_) => {
+                        Ok((mut buffer, _)) => {
                             fill_read_header(&mut buffer, structured, cookie, offset);
                             Reply::Buffer(buffer)
                         }
@@ -696,7 +732,7 @@ impl<'a, D: BlockDevice> Transmission<'a, D> {
             Command::Write { offset, fua, .. } => {
                 let bytes = payload.len();
                 let future = async move {
-                    let result = device.write(offset, &payload, fua).await;
+                    let result = device.write(offset, payload, fua).await;
                     done(RequestKind::Write, bytes, unit(result))
                 };
                 (Box::pin(future), bytes)
