@@ -81,11 +81,8 @@ pub struct Writer {
 #[derive(Debug)]
 pub struct SyncTicket {
     files: Vec<Arc<dyn StorageBackend>>,
-    /// Chain (header crc) and location of the last record covered.
-    pub chain: u32,
-    pub last_location: u64,
-    /// Journal location just after the last record covered.
-    pub end_location: u64,
+    /// The last record covered (its seq filled in by the caller).
+    pub mark: DurableMark,
 }
 
 impl SyncTicket {
@@ -127,8 +124,19 @@ impl Journal {
         self.segment(number)?.read_at(buf, position)
     }
 
-    /// Appends one record; returns the location of its header. The caller
-    /// holds the writer lock (`writer`) and assigns seqs in order.
+    /// Fills the payload's crc32c (and blake3 when hashed inline) into
+    /// `header`. Call before taking the writer lock: it is the costly part.
+    pub fn seal_payload(&self, header: &mut RecordHeader, payload: &[u8]) {
+        header.payload_crc = crc32c::crc32c(payload);
+        if self.options.inline_blake3 {
+            header.flags |= FLAG_BLAKE3;
+            header.blake3 = *blake3::hash(payload).as_bytes();
+        }
+    }
+
+    /// Appends one record whose payload is sealed ([`Self::seal_payload`]);
+    /// returns the location of its header. The caller holds the writer lock
+    /// (`writer`) and assigns seqs in order.
     pub fn append(
         &self,
         writer: &mut Writer,
@@ -143,12 +151,8 @@ impl Journal {
             self.roll(writer, header.seq)?;
         }
         header.payload_length = payload.len() as u32;
-        header.payload_crc = crc32c::crc32c(payload);
         header.chain = writer.chain;
-        if self.options.inline_blake3 {
-            header.flags |= FLAG_BLAKE3;
-            header.blake3 = *blake3::hash(payload).as_bytes();
-        }
+        debug_assert_eq!(header.payload_crc, crc32c::crc32c(payload));
         let location = layout::location(writer.segment_number, writer.position);
         let padding = (span as usize) - RECORD_HEADER_LEN - payload.len();
         let crc;
@@ -254,9 +258,12 @@ impl Journal {
         writer.current_dirty = false;
         Ok(SyncTicket {
             files,
-            chain: writer.chain,
-            last_location: writer.last_location,
-            end_location: layout::location(writer.segment_number, writer.position),
+            mark: DurableMark {
+                seq: 0,
+                chain: writer.chain,
+                last_location: writer.last_location,
+                end_location: layout::location(writer.segment_number, writer.position),
+            },
         })
     }
 
@@ -282,6 +289,18 @@ impl Journal {
     }
 }
 
+/// The newest durable record, as a checkpoint chunk must name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurableMark {
+    pub seq: u64,
+    /// Header crc of record `seq`.
+    pub chain: u32,
+    /// Journal location of record `seq`'s header.
+    pub last_location: u64,
+    /// Journal location just after record `seq`.
+    pub end_location: u64,
+}
+
 /// The index checkpoint file and how far it reaches.
 #[derive(Debug)]
 pub struct Checkpoint {
@@ -289,16 +308,19 @@ pub struct Checkpoint {
     position: u64,
     /// First seq not yet in the file.
     pub next_seq: u64,
+    /// The newest durable record: a chunk may cover up to it.
+    pub mark: Option<DurableMark>,
 }
 
 impl Checkpoint {
-    /// Appends entries for seqs `next_seq..=last_seq` (all durable) as one
+    /// Appends entries for seqs `next_seq..=mark.seq` (all durable) as one
     /// chunk. No sync: the file is a cache, every chunk has a crc, and
     /// recovery replays the journal past the last valid chunk.
-    pub fn append(&mut self, index: &Index, last_seq: u64, ticket: &SyncTicket) -> io::Result<()> {
-        let Some(file) = self.file.clone() else {
+    pub fn append(&mut self, index: &Index) -> io::Result<()> {
+        let (Some(file), Some(mark)) = (self.file.clone(), self.mark) else {
             return Ok(());
         };
+        let last_seq = mark.seq;
         if last_seq < self.next_seq {
             return Ok(());
         }
@@ -317,9 +339,9 @@ impl Checkpoint {
         IndexChunkHeader {
             first_seq: self.next_seq,
             count: count as u32,
-            chain: ticket.chain,
-            end_location: ticket.end_location,
-            last_location: ticket.last_location,
+            chain: mark.chain,
+            end_location: mark.end_location,
+            last_location: mark.last_location,
         }
         .seal(&mut chunk);
         if let Err(error) = file.write_at(&chunk, self.position) {
@@ -497,6 +519,7 @@ pub fn recover(
             current_dirty: false,
         }),
     };
+    let mut last_location = trusted.map_or(0, |chunk| chunk.last_location);
     let (mut chain, mut next_seq, mut replay_from, checkpointed) = match trusted {
         Some(chunk) => {
             for entry in &entries {
@@ -608,6 +631,7 @@ pub fn recover(
                 },
                 name.as_deref(),
             );
+            last_location = layout::location(number, position);
             position += span;
             replayed_bytes += span;
             replayed += 1;
@@ -660,7 +684,13 @@ pub fn recover(
         writer.segment_number = 0;
     }
     writer.chain = chain;
-    writer.last_location = 0;
+    writer.last_location = last_location;
+    let mark = (next_seq > 1).then(|| DurableMark {
+        seq: next_seq - 1,
+        chain,
+        last_location,
+        end_location: layout::location(writer.segment_number, writer.position),
+    });
     journal.written_below.store(
         layout::location(writer.segment_number, writer.position),
         Ordering::Release,
@@ -683,6 +713,7 @@ pub fn recover(
         file: Some(index_file),
         position: valid_len as u64,
         next_seq: checkpointed + 1,
+        mark,
     };
     if replayed > 0 || cut_bytes > 0 {
         tracing::info!(

@@ -272,6 +272,23 @@ fn put(bytes: &mut [u8], at: usize, value: &[u8]) {
 }
 
 impl RecordHeader {
+    /// A header of `kind` with zero seq, time, checksums and chain, to be
+    /// filled by the journal.
+    pub fn new(kind: RecordKind, offset: u64, length: u64) -> Self {
+        Self {
+            seq: 0,
+            time: 0,
+            offset,
+            length,
+            payload_length: 0,
+            kind,
+            flags: 0,
+            payload_crc: 0,
+            chain: 0,
+            blake3: [0; 32],
+        }
+    }
+
     /// Encodes the header into `out` (exactly RECORD_HEADER_LEN bytes) and
     /// returns its crc, which the next record carries as its chain.
     pub fn encode(&self, out: &mut [u8]) -> u32 {

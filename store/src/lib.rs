@@ -38,5 +38,6 @@ pub use memory::MemoryFs;
 pub use store::{Store, StoreOptions, valid_volume_name};
 pub use uring::UringBackend;
 pub use volume::{
-    Bucket, Extent, JournalRecord, PointView, RollbackOutcome, Snapshot, VerifyReport, Volume,
+    Bucket, Extent, JournalRecord, PointView, RecoveryStats, RollbackOutcome, Snapshot,
+    VerifyReport, Volume,
 };

@@ -115,6 +115,7 @@ struct FsState {
     reads: u64,
     crashed: bool,
     rng: Option<SimRng>,
+    sync_delay: std::time::Duration,
 }
 
 /// The in-memory filesystem. Cheap to clone: clones share state.
@@ -158,6 +159,11 @@ impl MemoryFs {
         state.writes = 0;
         state.reads = 0;
         state.rng = Some(SimRng::new(seed));
+    }
+
+    /// Makes every sync take this long (to test group commit).
+    pub fn set_sync_delay(&self, delay: std::time::Duration) {
+        self.state.lock().sync_delay = delay;
     }
 
     /// Whether an injected crash happened.
@@ -458,6 +464,10 @@ impl StorageBackend for MemoryFile {
     }
 
     fn sync(&self) -> io::Result<()> {
+        let delay = self.state.lock().sync_delay;
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
         let mut state = self.state.lock();
         if state.crashed {
             return Err(errno(libc::EIO));

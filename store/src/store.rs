@@ -13,7 +13,7 @@ use crate::error::{CloneError, CreateError, DeleteError, FlushError, OpenError};
 use crate::index::{Index, MAX_VOLUME_SIZE};
 use crate::journal::{JournalOptions, recover};
 use crate::layout::Superblock;
-use crate::volume::{Volume, VolumeTuning};
+use crate::volume::{RecoveryStats, Volume, VolumeTuning};
 
 /// Directory (under the data dir) that holds one directory per volume.
 pub const VOLUMES_DIR: &str = "volumes";
@@ -237,6 +237,42 @@ impl Store {
         Ok(())
     }
 
+    /// Reopens a volume from its files, as a restart would: the way a
+    /// volume poisoned by an IO error takes writes again. Whatever reached
+    /// the disk is what the reopened volume holds (every acknowledged-durable
+    /// write did). The old `Arc<Volume>` and its points keep serving reads
+    /// but refuse writes; fetch the new one with [`Store::volume`].
+    pub fn reopen_volume(&self, name: &str) -> Result<Arc<Volume>, OpenError> {
+        let _registry = self.shared.registry.lock();
+        let old = self.volume(name).ok_or_else(|| OpenError::Corrupt {
+            volume: name.to_owned(),
+            reason: "no such volume".into(),
+        })?;
+        if old.poison().is_none() {
+            // Best effort: a healthy volume loses nothing by reopening.
+            let _ = old.close();
+        }
+        old.mark_deleted();
+        let dir = old.dir().to_owned();
+        let path = format!("{dir}/{SUPERBLOCK_FILE}");
+        let superblock = self
+            .shared
+            .read_superblock(&path)
+            .ok_or_else(|| OpenError::Corrupt {
+                volume: name.to_owned(),
+                reason: "superblock unreadable".into(),
+            })?;
+        let volume = self
+            .shared
+            .open_volume(&dir, &superblock, old.parent())
+            .map_err(io_error(&dir))?;
+        self.shared
+            .volumes
+            .write()
+            .insert(name.to_owned(), volume.clone());
+        Ok(volume)
+    }
+
     /// Flushes every volume and checkpoints its index, so the next open
     /// replays nothing. Call on clean shutdown (not called on drop: a crash
     /// test drops a store to simulate a crash).
@@ -455,7 +491,20 @@ impl Shared {
             VolumeTuning {
                 checkpoint_records: self.options.checkpoint_records.max(1),
             },
+            RecoveryStats {
+                checkpointed: recovery.checkpointed,
+                replayed: recovery.replayed,
+                replayed_bytes: recovery.replayed_bytes,
+                cut_bytes: recovery.cut_bytes,
+            },
         )))
+    }
+
+    fn read_superblock(&self, path: &str) -> Option<Superblock> {
+        let file = self.fs.open_file(path, false).ok()?;
+        let mut bytes = vec![0; file.len().ok()? as usize];
+        file.read_at(&mut bytes, 0).ok()?;
+        Superblock::decode(&bytes)
     }
 
     fn load_all(&self) -> Result<(), OpenError> {
@@ -467,11 +516,7 @@ impl Shared {
         for name in names {
             let dir = format!("{VOLUMES_DIR}/{name}");
             let path = format!("{dir}/{SUPERBLOCK_FILE}");
-            let superblock = self.fs.open_file(&path, false).ok().and_then(|file| {
-                let mut bytes = vec![0; file.len().ok()? as usize];
-                file.read_at(&mut bytes, 0).ok()?;
-                Superblock::decode(&bytes)
-            });
+            let superblock = self.read_superblock(&path);
             match superblock {
                 Some(superblock) => pending.push((dir, superblock)),
                 None => {

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
-use parking_lot::{Mutex, MutexGuard, RwLock};
+use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 
 use crate::clock::Clock;
 use crate::error::{
@@ -11,7 +11,7 @@ use crate::error::{
     VerifyError, WriteError,
 };
 use crate::index::{Index, MAX_VOLUME_SIZE, NewRecord, Piece, Source};
-use crate::journal::{Checkpoint, Journal, Writer};
+use crate::journal::{Checkpoint, DurableMark, Journal, Writer};
 use crate::layout::{FLAG_BLAKE3, MAX_RECORD_PAYLOAD, MAX_SNAPSHOT_NAME, RecordHeader, RecordKind};
 
 /// One run of a block-status answer.
@@ -81,6 +81,19 @@ pub struct VerifyReport {
     pub corrupt: Vec<u64>,
 }
 
+/// What the last open of a volume found (for logs and metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RecoveryStats {
+    /// Records loaded from the index checkpoint.
+    pub checkpointed: u64,
+    /// Records replayed from the journal tail.
+    pub replayed: u64,
+    /// Bytes of journal tail scanned.
+    pub replayed_bytes: u64,
+    /// Bytes cut off the tail (torn or unacknowledged records).
+    pub cut_bytes: u64,
+}
+
 /// Volume-level tunables, from the store's options.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct VolumeTuning {
@@ -105,11 +118,25 @@ pub struct Volume {
     last_time: AtomicI64,
     poisoned: AtomicBool,
     poison: Mutex<Option<Poison>>,
-    /// Group commit: one flusher syncs, the others wait here and find their
-    /// writes already durable. Also guards the index checkpoint.
-    sync_lock: Mutex<Checkpoint>,
+    /// Group commit: whether a flusher (the leader) is syncing now. The
+    /// others wait on `synced` and usually find their writes covered.
+    syncing: Mutex<bool>,
+    synced: Condvar,
+    /// The index checkpoint; only the current leader (or close) touches it.
+    checkpoint: Mutex<Checkpoint>,
     deleted: AtomicBool,
     tuning: VolumeTuning,
+    recovery: RecoveryStats,
+}
+
+/// Ends a flush leader's turn, even if it panics, and wakes the waiters.
+struct Leader<'a>(&'a Volume);
+
+impl Drop for Leader<'_> {
+    fn drop(&mut self) {
+        *self.0.syncing.lock() = false;
+        self.0.synced.notify_all();
+    }
 }
 
 /// The writer lock, held while records are appended and indexed in order.
@@ -131,24 +158,28 @@ impl Appender<'_> {
         payload: &[u8],
         name: Option<&str>,
     ) -> Result<u64, WriteError> {
+        let mut header = RecordHeader::new(kind, offset, length);
+        self.volume.journal.seal_payload(&mut header, payload);
+        self.append_sealed(header, payload, name)
+    }
+
+    /// Appends a record whose payload crc (and blake3) the caller computed
+    /// before taking the lock.
+    fn append_sealed(
+        &mut self,
+        mut header: RecordHeader,
+        payload: &[u8],
+        name: Option<&str>,
+    ) -> Result<u64, WriteError> {
         let volume = self.volume;
+        let (kind, offset, length) = (header.kind, header.offset, header.length);
         let seq = self.head() + 1;
         let time = volume
             .clock
             .now_nanos()
             .max(volume.last_time.load(Ordering::Relaxed));
-        let mut header = RecordHeader {
-            seq,
-            time,
-            offset,
-            length,
-            payload_length: 0,
-            kind,
-            flags: 0,
-            payload_crc: 0,
-            chain: 0,
-            blake3: [0; 32],
-        };
+        header.seq = seq;
+        header.time = time;
         let location = match volume
             .journal
             .append(&mut self.writer, &mut header, payload)
@@ -195,6 +226,7 @@ impl Volume {
         index: Index,
         checkpoint: Checkpoint,
         tuning: VolumeTuning,
+        recovery: RecoveryStats,
     ) -> Self {
         let head = index.head();
         let size = index.size_at(head);
@@ -214,10 +246,18 @@ impl Volume {
             last_time: AtomicI64::new(last_time),
             poisoned: AtomicBool::new(false),
             poison: Mutex::new(None),
-            sync_lock: Mutex::new(checkpoint),
+            syncing: Mutex::new(false),
+            synced: Condvar::new(),
+            checkpoint: Mutex::new(checkpoint),
             deleted: AtomicBool::new(false),
             tuning,
+            recovery,
         }
+    }
+
+    /// What recovery found when this volume was opened.
+    pub fn recovery_stats(&self) -> RecoveryStats {
+        self.recovery
     }
 
     /// The volume's name.
@@ -254,6 +294,10 @@ impl Volume {
         self.parent
             .as_ref()
             .map(|(parent, seq)| (parent.name.clone(), *seq))
+    }
+
+    pub(crate) fn parent(&self) -> Option<(Arc<Volume>, u64)> {
+        self.parent.clone()
     }
 
     pub(crate) fn parent_id(&self) -> Option<u128> {
@@ -309,15 +353,35 @@ impl Volume {
     /// Writes `data` at `offset`; returns its seq. With `fua` it returns
     /// only once the write (and everything before it) is durable.
     pub fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<u64, WriteError> {
-        let mut appender = self.appender()?;
-        self.check_range(offset, data.len() as u64)?;
-        let mut seq = appender.head();
-        let mut at = offset;
-        for part in data.chunks(MAX_RECORD_PAYLOAD) {
-            seq = appender.append(RecordKind::Write, at, part.len() as u64, part, None)?;
-            at += part.len() as u64;
-        }
-        drop(appender);
+        let seal = |at: u64, part: &[u8]| {
+            let mut header = RecordHeader::new(RecordKind::Write, at, part.len() as u64);
+            self.journal.seal_payload(&mut header, part);
+            header
+        };
+        let seq = if data.len() <= MAX_RECORD_PAYLOAD {
+            // The common case: checksum before taking the lock, no allocation.
+            let header = seal(offset, data);
+            let mut appender = self.appender()?;
+            self.check_range(offset, data.len() as u64)?;
+            if data.is_empty() {
+                appender.head()
+            } else {
+                appender.append_sealed(header, data, None)?
+            }
+        } else {
+            let headers: Vec<RecordHeader> = data
+                .chunks(MAX_RECORD_PAYLOAD)
+                .enumerate()
+                .map(|(i, part)| seal(offset + (i * MAX_RECORD_PAYLOAD) as u64, part))
+                .collect();
+            let mut appender = self.appender()?;
+            self.check_range(offset, data.len() as u64)?;
+            let mut seq = appender.head();
+            for (header, part) in headers.into_iter().zip(data.chunks(MAX_RECORD_PAYLOAD)) {
+                seq = appender.append_sealed(header, part, None)?;
+            }
+            seq
+        };
         if fua {
             self.flush()?;
         }
@@ -356,21 +420,35 @@ impl Volume {
     }
 
     /// Makes every write that returned before this call durable. Concurrent
-    /// callers share one fdatasync.
+    /// callers share one fdatasync: one of them (the leader) syncs whatever
+    /// was written when it started; the others wait for it and return at
+    /// once if it covered them, else one of them leads the next sync.
     pub fn flush(&self) -> Result<(), FlushError> {
         let target = self.head_seq();
-        if self.durable_seq() >= target {
-            return Ok(());
+        {
+            let mut syncing = self.syncing.lock();
+            loop {
+                if self.durable_seq() >= target {
+                    return Ok(());
+                }
+                if self.poisoned.load(Ordering::Acquire) {
+                    return Err(FlushError::Poisoned(
+                        self.poison().expect("poisoned has a cause"),
+                    ));
+                }
+                if !*syncing {
+                    *syncing = true;
+                    break;
+                }
+                self.synced.wait(&mut syncing);
+            }
         }
-        let mut checkpoint = self.sync_lock.lock();
-        if self.durable_seq() >= target {
-            return Ok(());
-        }
-        if self.poisoned.load(Ordering::Acquire) {
-            return Err(FlushError::Poisoned(
-                self.poison().expect("poisoned has a cause"),
-            ));
-        }
+        let _leader = Leader(self);
+        self.lead_sync()
+    }
+
+    /// The leader's part of a flush: capture, sync, publish, checkpoint.
+    fn lead_sync(&self) -> Result<(), FlushError> {
         let (ticket, seq) = {
             let mut writer = self.journal.writer.lock();
             let seq = self.head_seq();
@@ -389,9 +467,13 @@ impl Volume {
             return Err(FlushError::Io(error));
         }
         self.durable.store(seq, Ordering::Release);
+        let mut checkpoint = self.checkpoint.lock();
+        if seq > 0 {
+            checkpoint.mark = Some(DurableMark { seq, ..ticket.mark });
+        }
         if seq + 1 - checkpoint.next_seq >= self.tuning.checkpoint_records {
             let index = self.index.read();
-            if let Err(error) = checkpoint.append(&index, seq, &ticket) {
+            if let Err(error) = checkpoint.append(&index) {
                 tracing::warn!(volume = %self.name, %error, "index checkpoint failed; recovery will replay more");
             }
         }
@@ -402,22 +484,22 @@ impl Volume {
     /// open replays nothing. Call on clean shutdown.
     pub fn close(&self) -> Result<(), FlushError> {
         self.flush()?;
-        let mut checkpoint = self.sync_lock.lock();
-        let ticket = {
-            let mut writer = self.journal.writer.lock();
-            match self.journal.prepare_sync(&mut writer) {
-                Ok(ticket) => ticket,
-                Err(error) => {
-                    self.set_poison(&error);
-                    return Err(FlushError::Io(error));
-                }
+        // Become the leader so no flush runs meanwhile.
+        {
+            let mut syncing = self.syncing.lock();
+            while *syncing {
+                self.synced.wait(&mut syncing);
             }
-        };
-        let seq = self.durable_seq();
+            *syncing = true;
+        }
+        let _leader = Leader(self);
+        self.checkpoint_all()
+    }
+
+    fn checkpoint_all(&self) -> Result<(), FlushError> {
+        let mut checkpoint = self.checkpoint.lock();
         let index = self.index.read();
-        let appended = checkpoint
-            .append(&index, seq, &ticket)
-            .and_then(|()| checkpoint.sync());
+        let appended = checkpoint.append(&index).and_then(|()| checkpoint.sync());
         if let Err(error) = appended {
             tracing::warn!(volume = %self.name, %error, "index checkpoint failed; recovery will replay more");
         }
