@@ -33,21 +33,14 @@ fn engines() -> Vec<(&'static str, EngineChoice)> {
 }
 
 fn options(engine: EngineChoice) -> StoreOptions {
-    StoreOptions {
-        engine,
-        commit_interval: None,
-        ..StoreOptions::default()
-    }
+    StoreOptions { engine, commit_interval: None, ..StoreOptions::default() }
 }
 
 const VOLUME: u64 = 4 << 30;
 
 fn append(c: &mut Criterion) {
     let mut group = c.benchmark_group("append");
-    group
-        .sample_size(20)
-        .measurement_time(Duration::from_secs(3))
-        .warm_up_time(Duration::from_millis(500));
+    group.sample_size(20).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_millis(500));
     for base in dirs() {
         for (engine_name, engine) in engines() {
             let dir = tempfile::tempdir_in(&base).unwrap();
@@ -119,10 +112,7 @@ fn index(c: &mut Criterion) {
         sequential.memory_bytes() as f64 / RECORDS as f64
     );
     let mut group = c.benchmark_group("index");
-    group
-        .sample_size(30)
-        .measurement_time(Duration::from_secs(2))
-        .warm_up_time(Duration::from_millis(300));
+    group.sample_size(30).measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(300));
     let mut out: Vec<Piece> = Vec::with_capacity(16);
     group.bench_function("lookup-4KiB-head", |b| {
         b.iter(|| {
@@ -169,32 +159,25 @@ fn point_open(c: &mut Criterion) {
     let mut rng = SimRng::new(3);
     let block = [7u8; 512];
     for _ in 0..RECORDS {
-        volume
-            .write(rng.below((1 << 30) / 512) * 512, &block, false)
-            .unwrap();
+        volume.write(rng.below((1 << 30) / 512) * 512, &block, false).unwrap();
     }
     volume.flush().unwrap();
     let mut group = c.benchmark_group("point");
-    group
-        .sample_size(30)
-        .measurement_time(Duration::from_secs(2))
-        .warm_up_time(Duration::from_millis(300));
+    group.sample_size(30).measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(300));
     group.bench_function("open-1e6-records", |b| {
         b.iter(|| {
             let seq = rng.range(1, RECORDS);
             let point = volume.open_point(seq).unwrap();
             let mut buf = [0u8; 4096];
-            point
-                .read(rng.below((1 << 30) / 4096) * 4096, &mut buf)
-                .unwrap();
+            point.read(rng.below((1 << 30) / 4096) * 4096, &mut buf).unwrap();
             black_box(buf[0])
         })
     });
     group.bench_function("resolve-time-1e6-records", |b| {
         let history = volume.history();
         b.iter(|| {
-            let at = history.first_time
-                + rng.below((history.head_time - history.first_time) as u64 + 1) as i64;
+            let at =
+                history.first_time + rng.below((history.head_time - history.first_time) as u64 + 1) as i64;
             black_box(volume.resolve_time(at).unwrap())
         })
     });
@@ -205,28 +188,20 @@ fn point_open(c: &mut Criterion) {
 fn recovery(c: &mut Criterion) {
     let base = dirs()[0].clone();
     let dir = tempfile::tempdir_in(&base).unwrap();
-    let options = StoreOptions {
-        checkpoint_records: u64::MAX,
-        ..options(EngineChoice::File)
-    };
+    let options = StoreOptions { checkpoint_records: u64::MAX, ..options(EngineChoice::File) };
     {
         let store = Store::open(dir.path(), options.clone()).unwrap();
         let volume = store.create_volume("bench", 4 << 30).unwrap();
         let block = vec![9u8; 4096];
         let mut rng = SimRng::new(4);
         for _ in 0..(1u64 << 30) / 4096 {
-            volume
-                .write(rng.below((4 << 30) / 4096) * 4096, &block, false)
-                .unwrap();
+            volume.write(rng.below((4 << 30) / 4096) * 4096, &block, false).unwrap();
         }
         volume.flush().unwrap();
         // Dropped without close(): no checkpoint, as after kill -9.
     }
     let mut group = c.benchmark_group("recovery");
-    group
-        .sample_size(10)
-        .measurement_time(Duration::from_secs(10))
-        .warm_up_time(Duration::from_millis(100));
+    group.sample_size(10).measurement_time(Duration::from_secs(10)).warm_up_time(Duration::from_millis(100));
     group.throughput(Throughput::Bytes(1 << 30));
     group.bench_function("reopen-1GiB-tail-4KiB-records", |b| {
         b.iter_custom(|iterations| {

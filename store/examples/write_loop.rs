@@ -11,20 +11,11 @@ fn main() {
     let dir = tempfile::tempdir_in(args.get(1).map_or("/dev/shm", String::as_str)).unwrap();
     let count: u64 = args.get(2).map_or(200_000, |n| n.parse().unwrap());
     let block: usize = args.get(3).map_or(4096, |n| n.parse().unwrap());
-    let engine = if args.get(4).is_some_and(|e| e == "uring") {
-        EngineChoice::Uring
-    } else {
-        EngineChoice::File
-    };
-    let store = Store::open(
-        dir.path(),
-        StoreOptions {
-            engine,
-            commit_interval: None,
-            ..StoreOptions::default()
-        },
-    )
-    .unwrap();
+    let engine =
+        if args.get(4).is_some_and(|e| e == "uring") { EngineChoice::Uring } else { EngineChoice::File };
+    let store =
+        Store::open(dir.path(), StoreOptions { engine, commit_interval: None, ..StoreOptions::default() })
+            .unwrap();
     let size = 4u64 << 30;
     let volume = store.create_volume("v", size).unwrap();
     let data = vec![0x5Au8; block];
@@ -48,8 +39,5 @@ fn main() {
         volume.read(offset, &mut buf).unwrap();
     }
     let elapsed = started.elapsed();
-    println!(
-        "{count} random reads of {block} B: {:.2} µs/read",
-        elapsed.as_secs_f64() * 1e6 / count as f64
-    );
+    println!("{count} random reads of {block} B: {:.2} µs/read", elapsed.as_secs_f64() * 1e6 / count as f64);
 }

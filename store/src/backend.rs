@@ -173,15 +173,9 @@ impl RealFs {
         fs::create_dir_all(root)?;
         let ring = match engine {
             Engine::File => None,
-            Engine::Uring => Some(Arc::new(crate::uring::Ring::start(
-                crate::uring::RING_DEPTH,
-            )?)),
+            Engine::Uring => Some(Arc::new(crate::uring::Ring::start(crate::uring::RING_DEPTH)?)),
         };
-        Ok(Self {
-            root: root.to_owned(),
-            engine,
-            ring,
-        })
+        Ok(Self { root: root.to_owned(), engine, ring })
     }
 
     /// The engine files are opened with.
@@ -190,11 +184,7 @@ impl RealFs {
     }
 
     fn path(&self, relative: &str) -> PathBuf {
-        if relative.is_empty() {
-            self.root.clone()
-        } else {
-            self.root.join(relative)
-        }
+        if relative.is_empty() { self.root.clone() } else { self.root.join(relative) }
     }
 }
 
@@ -215,12 +205,8 @@ impl Filesystem for RealFs {
     }
 
     fn open_file(&self, path: &str, create: bool) -> io::Result<Arc<dyn StorageBackend>> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(create)
-            .truncate(false)
-            .open(self.path(path))?;
+        let file =
+            OpenOptions::new().read(true).write(true).create(create).truncate(false).open(self.path(path))?;
         Ok(match &self.ring {
             None => Arc::new(FileBackend::new(file)),
             Some(ring) => Arc::new(crate::uring::UringBackend::new(file, ring.clone())),

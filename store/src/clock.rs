@@ -33,9 +33,7 @@ pub struct ManualClock {
 impl ManualClock {
     /// A clock reading `now_nanos`.
     pub fn new(now_nanos: i64) -> Self {
-        Self {
-            now: AtomicI64::new(now_nanos),
-        }
+        Self { now: AtomicI64::new(now_nanos) }
     }
 
     /// Sets the time.

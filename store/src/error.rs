@@ -30,10 +30,7 @@ pub struct Poison {
 
 impl Poison {
     pub(crate) fn from_error(error: &io::Error) -> Self {
-        Self {
-            kind: error.kind(),
-            raw_os_error: error.raw_os_error(),
-        }
+        Self { kind: error.kind(), raw_os_error: error.raw_os_error() }
     }
 
     /// A fresh `io::Error` carrying the original errno.

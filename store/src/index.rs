@@ -39,6 +39,12 @@ pub const MAX_CHUNKS_PER_RECORD: u64 = 16;
 pub const MAX_VOLUME_SIZE: u64 = 1 << 60;
 /// Largest seq a list entry can hold.
 pub const MAX_SEQ: u64 = (1 << 40) - 1;
+/// Regions of this size (log2 bytes) are marked when a record filed below
+/// [`REGION_LEVEL`] touches them.
+const REGION_SHIFT: u32 = 30;
+/// The first level whose chunks are at least a region.
+const REGION_LEVEL: usize = 2;
+const _: () = assert!(LEVEL_SHIFTS[REGION_LEVEL] == REGION_SHIFT);
 const SUB_BITS: u32 = 12;
 const SUB_MASK: u64 = (1 << SUB_BITS) - 1;
 const TABLE_CHUNK: usize = 1 << 16;
@@ -132,8 +138,7 @@ impl Hasher for ChunkHasher {
     }
     fn write(&mut self, bytes: &[u8]) {
         for &byte in bytes {
-            self.0 =
-                (self.0.rotate_left(5) ^ u64::from(byte)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+            self.0 = (self.0.rotate_left(5) ^ u64::from(byte)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
         }
     }
     fn write_u64(&mut self, value: u64) {
@@ -153,6 +158,8 @@ pub struct Index {
     time_runs: Vec<(u64, i64)>,
     levels: Vec<ChunkMapDebug>,
     used_levels: u8,
+    /// 1 GiB regions that records filed at levels below REGION_LEVEL touch.
+    occupied_regions: std::collections::HashSet<u64, BuildHasherDefault<ChunkHasher>>,
     rollbacks: Vec<(u64, u64)>,
     resizes: Vec<(u64, u64)>,
     snapshots: BTreeMap<String, u64>,
@@ -185,10 +192,9 @@ impl Index {
             table: Vec::new(),
             head: 0,
             time_runs: Vec::new(),
-            levels: (0..LEVEL_SHIFTS.len())
-                .map(|_| ChunkMapDebug::default())
-                .collect(),
+            levels: (0..LEVEL_SHIFTS.len()).map(|_| ChunkMapDebug::default()).collect(),
             used_levels: 0,
+            occupied_regions: Default::default(),
             rollbacks: Vec::new(),
             resizes: Vec::new(),
             snapshots: BTreeMap::new(),
@@ -217,10 +223,7 @@ impl Index {
     pub fn insert(&mut self, record: &NewRecord, name: Option<&str>) -> u64 {
         let seq = self.head + 1;
         assert!(seq <= MAX_SEQ, "seq space exhausted");
-        let last_ms = self
-            .time_runs
-            .last()
-            .map_or(self.created.div_euclid(1_000_000), |&(_, ms)| ms);
+        let last_ms = self.time_runs.last().map_or(self.created.div_euclid(1_000_000), |&(_, ms)| ms);
         let time_ms = record.time.div_euclid(1_000_000).max(last_ms);
         if self.time_runs.is_empty() || time_ms != last_ms {
             self.time_runs.push((seq, time_ms));
@@ -234,11 +237,7 @@ impl Index {
             location,
             length: record.payload_length,
         };
-        if self
-            .table
-            .last()
-            .is_none_or(|chunk| chunk.len() == TABLE_CHUNK)
-        {
+        if self.table.last().is_none_or(|chunk| chunk.len() == TABLE_CHUNK) {
             self.table.push(Vec::new());
         }
         self.table.last_mut().expect("just pushed").push(entry);
@@ -285,16 +284,17 @@ impl Index {
                 if list.len() == list.capacity() {
                     // Double up to a full chunk of 4 KiB blocks, then grow
                     // by half: lists are most of the index's memory.
-                    let grow = if list.len() < 64 {
-                        list.len()
-                    } else {
-                        list.len() / 2
-                    };
+                    let grow = if list.len() < 64 { list.len() } else { list.len() / 2 };
                     list.reserve_exact(grow.max(2));
                 }
                 list.push((seq << (2 * SUB_BITS)) | (sub_start << SUB_BITS) | sub_end);
             }
             self.used_levels |= 1 << level;
+            if level < REGION_LEVEL {
+                for region in (start >> REGION_SHIFT)..=((end - 1) >> REGION_SHIFT) {
+                    self.occupied_regions.insert(region);
+                }
+            }
             return;
         }
     }
@@ -363,9 +363,16 @@ impl Index {
         let level0 = LEVEL_SHIFTS[0];
         let mut at = start;
         while at < end {
-            let chunk_end = ((at >> level0) + 1) << level0;
-            let piece_end = end.min(chunk_end);
-            self.plan_within_chunk(seq, at, piece_end, out);
+            // Regions no small record touches are planned in one step, from
+            // the coarse levels only: a sparse terabyte costs a few lookups
+            // per GiB, not one per 256 KiB.
+            let (step, first_level) = if self.occupied_regions.contains(&(at >> REGION_SHIFT)) {
+                (level0, 0)
+            } else {
+                (REGION_SHIFT, REGION_LEVEL)
+            };
+            let piece_end = end.min(((at >> step) + 1) << step);
+            self.plan_within_chunk(seq, at, piece_end, first_level, out);
             at = piece_end;
         }
         // The per-chunk plans come out sorted; merge neighbours.
@@ -393,12 +400,14 @@ impl Index {
         out.truncate(write);
     }
 
-    fn plan_within_chunk(&self, seq: u64, start: u64, end: u64, out: &mut Vec<Piece>) {
+    /// Plans `start..end`, which lies within one chunk of every level from
+    /// `first_level` up; lower levels are known to hold nothing here.
+    fn plan_within_chunk(&self, seq: u64, start: u64, end: u64, first_level: usize, out: &mut Vec<Piece>) {
         let first_out = out.len();
         let mut limit = seq;
         let mut cursors: [Option<Cursor<'_>>; 8] = Default::default();
         if seq > 0 {
-            for (level, &shift) in LEVEL_SHIFTS.iter().enumerate() {
+            for (level, &shift) in LEVEL_SHIFTS.iter().enumerate().skip(first_level) {
                 if self.used_levels & (1 << level) == 0 {
                     continue;
                 }
@@ -433,8 +442,7 @@ impl Index {
             let Some((slot, candidate)) = best else { break };
             if self.descend(candidate, &mut limit) {
                 for cursor in cursors.iter_mut().flatten() {
-                    cursor.pos = cursor.list[..cursor.pos]
-                        .partition_point(|&e| e >> (2 * SUB_BITS) <= limit);
+                    cursor.pos = cursor.list[..cursor.pos].partition_point(|&e| e >> (2 * SUB_BITS) <= limit);
                 }
                 continue;
             }
@@ -464,18 +472,12 @@ impl Index {
                 }
                 let source = match kind {
                     RecordKind::Write => Source::Data {
-                        location: entry.location()
-                            + RECORD_HEADER_LEN as u64
-                            + (cover_start - record_start),
+                        location: entry.location() + RECORD_HEADER_LEN as u64 + (cover_start - record_start),
                     },
                     RecordKind::Zeroes => Source::Zero { hole: false },
                     _ => Source::Zero { hole: true },
                 };
-                out.push(Piece {
-                    offset: cover_start,
-                    length: cover_end - cover_start,
-                    source,
-                });
+                out.push(Piece { offset: cover_start, length: cover_end - cover_start, source });
                 // Replace the hole by what the record leaves uncovered.
                 let left = (hole_start < cover_start).then_some((hole_start, cover_start));
                 let right = (cover_end < hole_end).then_some((cover_end, hole_end));
@@ -499,11 +501,7 @@ impl Index {
             }
         }
         for (hole_start, hole_end) in uncovered {
-            out.push(Piece {
-                offset: hole_start,
-                length: hole_end - hole_start,
-                source: Source::Base,
-            });
+            out.push(Piece { offset: hole_start, length: hole_end - hole_start, source: Source::Base });
         }
         out[first_out..].sort_unstable_by_key(|piece| piece.offset);
     }
@@ -542,28 +540,20 @@ impl Index {
 
     /// Approximate heap bytes held by the index.
     pub fn memory_bytes(&self) -> usize {
-        let table: usize = self
-            .table
-            .iter()
-            .map(|chunk| chunk.capacity() * size_of::<Entry>())
-            .sum();
+        let table: usize = self.table.iter().map(|chunk| chunk.capacity() * size_of::<Entry>()).sum();
         let slot = size_of::<(u64, Vec<u64>)>() + 1;
         let levels: usize = self
             .levels
             .iter()
             .map(|level| {
-                level.0.capacity() * slot
-                    + level
-                        .0
-                        .values()
-                        .map(|list| list.capacity() * 8)
-                        .sum::<usize>()
+                level.0.capacity() * slot + level.0.values().map(|list| list.capacity() * 8).sum::<usize>()
             })
             .sum();
         table
             + levels
             + self.time_runs.capacity() * 16
             + (self.rollbacks.capacity() + self.resizes.capacity()) * 16
+            + self.occupied_regions.capacity() * 9
     }
 }
 
@@ -603,48 +593,17 @@ mod tests {
         assert_eq!(
             plan(&index, 2, 0, 200),
             vec![
-                Piece {
-                    offset: 0,
-                    length: 50,
-                    source: Source::Data { location: 1000 + H }
-                },
-                Piece {
-                    offset: 50,
-                    length: 10,
-                    source: Source::Data { location: 5000 + H }
-                },
-                Piece {
-                    offset: 60,
-                    length: 40,
-                    source: Source::Data {
-                        location: 1000 + H + 60
-                    }
-                },
-                Piece {
-                    offset: 100,
-                    length: 100,
-                    source: Source::Base
-                },
+                Piece { offset: 0, length: 50, source: Source::Data { location: 1000 + H } },
+                Piece { offset: 50, length: 10, source: Source::Data { location: 5000 + H } },
+                Piece { offset: 60, length: 40, source: Source::Data { location: 1000 + H + 60 } },
+                Piece { offset: 100, length: 100, source: Source::Base },
             ]
         );
         assert_eq!(
             plan(&index, 1, 40, 70),
-            vec![Piece {
-                offset: 40,
-                length: 30,
-                source: Source::Data {
-                    location: 1000 + H + 40
-                }
-            }]
+            vec![Piece { offset: 40, length: 30, source: Source::Data { location: 1000 + H + 40 } }]
         );
-        assert_eq!(
-            plan(&index, 0, 0, 10),
-            vec![Piece {
-                offset: 0,
-                length: 10,
-                source: Source::Base
-            }]
-        );
+        assert_eq!(plan(&index, 0, 0, 10), vec![Piece { offset: 0, length: 10, source: Source::Base }]);
     }
 
     /// A rollback hides the abandoned branch from later seqs but not from
@@ -670,12 +629,7 @@ mod tests {
         assert_eq!(at(2)[0].source, Source::Data { location: 2000 + H });
         assert_eq!(at(3)[0].source, Source::Data { location: 1000 + H });
         assert_eq!(at(4)[1].source, Source::Data { location: 4000 + H });
-        assert_eq!(
-            at(4)[2].source,
-            Source::Data {
-                location: 1000 + H + 6
-            }
-        );
+        assert_eq!(at(4)[2].source, Source::Data { location: 1000 + H + 6 });
     }
 
     /// Large records land on coarse levels, chunk boundaries split nothing
@@ -698,21 +652,9 @@ mod tests {
         assert_eq!(
             plan(&index, 2, 65_520, 65_560),
             vec![
-                Piece {
-                    offset: 65_520,
-                    length: 10,
-                    source: Source::Zero { hole: true }
-                },
-                Piece {
-                    offset: 65_530,
-                    length: 20,
-                    source: Source::Data { location: 100 + H }
-                },
-                Piece {
-                    offset: 65_550,
-                    length: 10,
-                    source: Source::Zero { hole: true }
-                },
+                Piece { offset: 65_520, length: 10, source: Source::Zero { hole: true } },
+                Piece { offset: 65_530, length: 20, source: Source::Data { location: 100 + H } },
+                Piece { offset: 65_550, length: 10, source: Source::Zero { hole: true } },
             ]
         );
         write(&mut index, 1000, 10, 200); // 3
@@ -744,16 +686,26 @@ mod tests {
         assert_eq!(
             plan(&index, 5, 1000, 1010),
             vec![
-                Piece {
-                    offset: 1000,
-                    length: 4,
-                    source: Source::Data { location: 200 + H }
-                },
-                Piece {
-                    offset: 1004,
-                    length: 6,
-                    source: Source::Zero { hole: true }
-                },
+                Piece { offset: 1000, length: 4, source: Source::Data { location: 200 + H } },
+                Piece { offset: 1004, length: 6, source: Source::Zero { hole: true } },
+            ]
+        );
+    }
+
+    /// A plan over a sparse terabyte is a handful of pieces and fast.
+    #[test]
+    fn sparse_terabyte_plans_quickly() {
+        let mut index = Index::new(1 << 40, 0);
+        write(&mut index, (1 << 39) + 5, 10, 100);
+        let started = std::time::Instant::now();
+        let pieces = plan(&index, 1, 0, 1 << 40);
+        assert!(started.elapsed() < std::time::Duration::from_millis(200));
+        assert_eq!(
+            pieces,
+            vec![
+                Piece { offset: 0, length: (1 << 39) + 5, source: Source::Base },
+                Piece { offset: (1 << 39) + 5, length: 10, source: Source::Data { location: 100 + H } },
+                Piece { offset: (1 << 39) + 15, length: (1 << 39) - 15, source: Source::Base },
             ]
         );
     }
@@ -762,10 +714,7 @@ mod tests {
     #[test]
     fn resolve_time_finds_last_seq_at_or_before() {
         let mut index = Index::new(4096, 0);
-        for (i, time) in [10_000_000i64, 20_000_000, 20_000_000, 4_000_000_000_000_000]
-            .iter()
-            .enumerate()
-        {
+        for (i, time) in [10_000_000i64, 20_000_000, 20_000_000, 4_000_000_000_000_000].iter().enumerate() {
             index.insert(
                 &NewRecord {
                     kind: RecordKind::Write,

@@ -13,9 +13,8 @@ use parking_lot::{Mutex, RwLock};
 use crate::backend::{Filesystem, StorageBackend};
 use crate::index::{Index, NewRecord};
 use crate::layout::{
-    self, FLAG_BLAKE3, INDEX_CHUNK_HEADER_LEN, INDEX_CHUNK_MAX_ENTRIES, INDEX_ENTRY_LEN,
-    IndexChunkHeader, IndexEntry, RECORD_HEADER_LEN, RecordHeader, RecordKind, SEGMENT_HEADER_LEN,
-    SegmentHeader,
+    self, FLAG_BLAKE3, INDEX_CHUNK_HEADER_LEN, INDEX_CHUNK_MAX_ENTRIES, INDEX_ENTRY_LEN, IndexChunkHeader,
+    IndexEntry, RECORD_HEADER_LEN, RecordHeader, RecordKind, SEGMENT_HEADER_LEN, SegmentHeader,
 };
 
 /// File name of segment `number`.
@@ -24,10 +23,7 @@ pub fn segment_name(number: u64) -> String {
 }
 
 fn parse_segment_name(name: &str) -> Option<u64> {
-    name.strip_prefix("seg-")?
-        .strip_suffix(".log")?
-        .parse()
-        .ok()
+    name.strip_prefix("seg-")?.strip_suffix(".log")?.parse().ok()
 }
 
 /// Name of the index checkpoint file in a volume directory.
@@ -114,9 +110,10 @@ impl Journal {
         let (number, position) = layout::split_location(location);
         if number == writer.segment_number && position >= writer.buffer_start {
             let at = (position - writer.buffer_start) as usize;
-            let source = writer.buffer.get(at..at + buf.len()).ok_or_else(|| {
-                io::Error::new(io::ErrorKind::InvalidData, "read past the journal's end")
-            })?;
+            let source = writer
+                .buffer
+                .get(at..at + buf.len())
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "read past the journal's end"))?;
             buf.copy_from_slice(source);
             return Ok(());
         }
@@ -137,12 +134,7 @@ impl Journal {
     /// Appends one record whose payload is sealed ([`Self::seal_payload`]);
     /// returns the location of its header. The caller holds the writer lock
     /// (`writer`) and assigns seqs in order.
-    pub fn append(
-        &self,
-        writer: &mut Writer,
-        header: &mut RecordHeader,
-        payload: &[u8],
-    ) -> io::Result<u64> {
+    pub fn append(&self, writer: &mut Writer, header: &mut RecordHeader, payload: &[u8]) -> io::Result<u64> {
         let span = layout::record_span(payload.len());
         if writer.segment.is_none()
             || (writer.position > SEGMENT_HEADER_LEN as u64
@@ -173,10 +165,8 @@ impl Journal {
             writer.current_dirty = true;
             segment.write_vectored_at(&[&head, payload, &[0; 8][..padding]], writer.position)?;
             writer.buffer_start = writer.position + span;
-            self.written_below.store(
-                layout::location(writer.segment_number, writer.buffer_start),
-                Ordering::Release,
-            );
+            self.written_below
+                .store(layout::location(writer.segment_number, writer.buffer_start), Ordering::Release);
         }
         writer.chain = crc;
         writer.last_location = location;
@@ -196,10 +186,8 @@ impl Journal {
         segment.write_at(&writer.buffer, writer.buffer_start)?;
         writer.buffer_start += writer.buffer.len() as u64;
         writer.buffer.clear();
-        self.written_below.store(
-            layout::location(writer.segment_number, writer.buffer_start),
-            Ordering::Release,
-        );
+        self.written_below
+            .store(layout::location(writer.segment_number, writer.buffer_start), Ordering::Release);
         Ok(())
     }
 
@@ -227,12 +215,7 @@ impl Journal {
         // it is acknowledged durable: sync the directory now, once per segment.
         self.fs.sync_dir(&self.dir)?;
         self.segments.write().insert(number, file.clone());
-        let header = SegmentHeader {
-            volume_id: self.volume_id,
-            number,
-            first_seq,
-            chain: writer.chain,
-        };
+        let header = SegmentHeader { volume_id: self.volume_id, number, first_seq, chain: writer.chain };
         writer.segment_number = number;
         writer.segment = Some(file);
         writer.current_dirty = true;
@@ -240,8 +223,7 @@ impl Journal {
         writer.buffer.extend_from_slice(&header.encode());
         writer.buffer_start = 0;
         writer.position = SEGMENT_HEADER_LEN as u64;
-        self.written_below
-            .store(layout::location(number, 0), Ordering::Release);
+        self.written_below.store(layout::location(number, 0), Ordering::Release);
         Ok(())
     }
 
@@ -272,18 +254,12 @@ impl Journal {
         let mut head = [0; RECORD_HEADER_LEN];
         self.read(location, &mut head)?;
         let (header, _) = RecordHeader::decode(&head).map_err(|fault| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("bad record header: {fault:?}"),
-            )
+            io::Error::new(io::ErrorKind::InvalidData, format!("bad record header: {fault:?}"))
         })?;
         let mut payload = vec![0; header.payload_length as usize];
         self.read(location + RECORD_HEADER_LEN as u64, &mut payload)?;
         if crc32c::crc32c(&payload) != header.payload_crc {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "payload checksum mismatch",
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "payload checksum mismatch"));
         }
         Ok((header, payload))
     }
@@ -395,12 +371,7 @@ const REPLAY_READ_BYTES: usize = 8 << 20;
 impl SegmentReader {
     fn new(file: Arc<dyn StorageBackend>) -> io::Result<Self> {
         let file_len = file.len()?;
-        Ok(Self {
-            file,
-            file_len,
-            buffer: Vec::new(),
-            buffer_start: 0,
-        })
+        Ok(Self { file, file_len, buffer: Vec::new(), buffer_start: 0 })
     }
 
     /// `length` bytes at `position`, or None past the end of the file.
@@ -436,18 +407,12 @@ pub fn recover(
     options: JournalOptions,
     index: &mut Index,
 ) -> io::Result<Recovery> {
-    let mut segment_numbers: Vec<u64> = fs
-        .list_dir(dir)?
-        .iter()
-        .filter_map(|name| parse_segment_name(name))
-        .collect();
+    let mut segment_numbers: Vec<u64> =
+        fs.list_dir(dir)?.iter().filter_map(|name| parse_segment_name(name)).collect();
     segment_numbers.sort_unstable();
     let mut segments = BTreeMap::new();
     for &number in &segment_numbers {
-        segments.insert(
-            number,
-            fs.open_file(&format!("{dir}/{}", segment_name(number)), false)?,
-        );
+        segments.insert(number, fs.open_file(&format!("{dir}/{}", segment_name(number)), false)?);
     }
 
     // 1. The index checkpoint: valid chunks, in seq order, from the start.
@@ -470,10 +435,8 @@ pub fn recover(
         if chunk.first_seq != entries.len() as u64 + 1 || !IndexChunkHeader::check(bytes) {
             break;
         }
-        let decoded: Option<Vec<IndexEntry>> = bytes[INDEX_CHUNK_HEADER_LEN..]
-            .chunks_exact(INDEX_ENTRY_LEN)
-            .map(IndexEntry::decode)
-            .collect();
+        let decoded: Option<Vec<IndexEntry>> =
+            bytes[INDEX_CHUNK_HEADER_LEN..].chunks_exact(INDEX_ENTRY_LEN).map(IndexEntry::decode).collect();
         let Some(decoded) = decoded else { break };
         entries.extend(decoded);
         valid_len += len;
@@ -486,18 +449,13 @@ pub fn recover(
         let last_seq = entries.len() as u64;
         let (number, position) = layout::split_location(chunk.last_location);
         let mut head = [0; RECORD_HEADER_LEN];
-        let agrees = segments
-            .get(&number)
-            .is_some_and(|file| file.read_at(&mut head, position).is_ok())
+        let agrees = segments.get(&number).is_some_and(|file| file.read_at(&mut head, position).is_ok())
             && RecordHeader::decode(&head)
                 .is_ok_and(|(header, crc)| header.seq == last_seq && crc == chunk.chain);
         if agrees {
             trusted = Some(chunk);
         } else {
-            tracing::warn!(
-                dir,
-                "index checkpoint disagrees with the journal; replaying all of it"
-            );
+            tracing::warn!(dir, "index checkpoint disagrees with the journal; replaying all of it");
         }
     }
     let journal = Journal {
@@ -584,12 +542,7 @@ pub fn recover(
             Some((_, position)) => position,
             None => {
                 // A segment continues the journal only if its header says so.
-                let expected = SegmentHeader {
-                    volume_id,
-                    number,
-                    first_seq: next_seq,
-                    chain,
-                };
+                let expected = SegmentHeader { volume_id, number, first_seq: next_seq, chain };
                 let fits = reader
                     .get(0, SEGMENT_HEADER_LEN)?
                     .and_then(SegmentHeader::decode)
@@ -691,10 +644,7 @@ pub fn recover(
         last_location,
         end_location: layout::location(writer.segment_number, writer.position),
     });
-    journal.written_below.store(
-        layout::location(writer.segment_number, writer.position),
-        Ordering::Release,
-    );
+    journal.written_below.store(layout::location(writer.segment_number, writer.position), Ordering::Release);
     // 4. Make the recovered tail durable: after a kill -9 it may be only in
     // the page cache, and we are about to call it durable.
     for number in touched {
@@ -709,28 +659,10 @@ pub fn recover(
         index_file.set_len(valid_len as u64)?;
         index_file.sync()?;
     }
-    let checkpoint = Checkpoint {
-        file: Some(index_file),
-        position: valid_len as u64,
-        next_seq: checkpointed + 1,
-        mark,
-    };
+    let checkpoint =
+        Checkpoint { file: Some(index_file), position: valid_len as u64, next_seq: checkpointed + 1, mark };
     if replayed > 0 || cut_bytes > 0 {
-        tracing::info!(
-            dir,
-            checkpointed,
-            replayed,
-            replayed_bytes,
-            cut_bytes,
-            "journal recovered"
-        );
+        tracing::info!(dir, checkpointed, replayed, replayed_bytes, cut_bytes, "journal recovered");
     }
-    Ok(Recovery {
-        journal,
-        checkpoint,
-        checkpointed,
-        replayed,
-        replayed_bytes,
-        cut_bytes,
-    })
+    Ok(Recovery { journal, checkpoint, checkpointed, replayed, replayed_bytes, cut_bytes })
 }

@@ -172,10 +172,7 @@ pub fn location(segment: u64, position: u64) -> u64 {
 
 /// Splits a journal location into (segment number, byte position).
 pub fn split_location(location: u64) -> (u64, u64) {
-    (
-        location >> LOCATION_SEGMENT_SHIFT,
-        location & LOCATION_POSITION_MASK,
-    )
+    (location >> LOCATION_SEGMENT_SHIFT, location & LOCATION_POSITION_MASK)
 }
 
 /// Bytes a record with this payload occupies in a segment, padding included.
@@ -298,19 +295,11 @@ impl RecordHeader {
         put(out, RECORD_TIME_OFFSET, &self.time.to_le_bytes());
         put(out, RECORD_OFFSET_OFFSET, &self.offset.to_le_bytes());
         put(out, RECORD_LENGTH_OFFSET, &self.length.to_le_bytes());
-        put(
-            out,
-            RECORD_PAYLOAD_LENGTH_OFFSET,
-            &self.payload_length.to_le_bytes(),
-        );
+        put(out, RECORD_PAYLOAD_LENGTH_OFFSET, &self.payload_length.to_le_bytes());
         out[RECORD_KIND_OFFSET] = self.kind as u8;
         out[RECORD_FLAGS_OFFSET] = self.flags;
         put(out, RECORD_RESERVED_OFFSET, &[0; 2]);
-        put(
-            out,
-            RECORD_PAYLOAD_CRC_OFFSET,
-            &self.payload_crc.to_le_bytes(),
-        );
+        put(out, RECORD_PAYLOAD_CRC_OFFSET, &self.payload_crc.to_le_bytes());
         put(out, RECORD_CHAIN_OFFSET, &self.chain.to_le_bytes());
         put(out, RECORD_BLAKE3_OFFSET, &self.blake3);
         put(out, RECORD_RESERVED2_OFFSET, &[0; 8]);
@@ -371,22 +360,10 @@ impl SegmentHeader {
     pub fn encode(&self) -> [u8; SEGMENT_HEADER_LEN] {
         let mut out = [0; SEGMENT_HEADER_LEN];
         put(&mut out, SEGMENT_MAGIC_OFFSET, &SEGMENT_MAGIC);
-        put(
-            &mut out,
-            SEGMENT_VERSION_OFFSET,
-            &FORMAT_VERSION.to_le_bytes(),
-        );
-        put(
-            &mut out,
-            SEGMENT_VOLUME_ID_OFFSET,
-            &self.volume_id.to_le_bytes(),
-        );
+        put(&mut out, SEGMENT_VERSION_OFFSET, &FORMAT_VERSION.to_le_bytes());
+        put(&mut out, SEGMENT_VOLUME_ID_OFFSET, &self.volume_id.to_le_bytes());
         put(&mut out, SEGMENT_NUMBER_OFFSET, &self.number.to_le_bytes());
-        put(
-            &mut out,
-            SEGMENT_FIRST_SEQ_OFFSET,
-            &self.first_seq.to_le_bytes(),
-        );
+        put(&mut out, SEGMENT_FIRST_SEQ_OFFSET, &self.first_seq.to_le_bytes());
         put(&mut out, SEGMENT_CHAIN_OFFSET, &self.chain.to_le_bytes());
         let crc = crc32c::crc32c(&out);
         put(&mut out, SEGMENT_CRC_OFFSET, &crc.to_le_bytes());
@@ -432,44 +409,16 @@ impl Superblock {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = vec![0; VOLUME_FIXED_LEN + self.name.len() + self.parent_name.len()];
         put(&mut out, VOLUME_MAGIC_OFFSET, &VOLUME_MAGIC);
-        put(
-            &mut out,
-            VOLUME_VERSION_OFFSET,
-            &FORMAT_VERSION.to_le_bytes(),
-        );
+        put(&mut out, VOLUME_VERSION_OFFSET, &FORMAT_VERSION.to_le_bytes());
         put(&mut out, VOLUME_ID_OFFSET, &self.volume_id.to_le_bytes());
         put(&mut out, VOLUME_CREATED_OFFSET, &self.created.to_le_bytes());
-        put(
-            &mut out,
-            VOLUME_SIZE_OFFSET,
-            &self.initial_size.to_le_bytes(),
-        );
-        put(
-            &mut out,
-            VOLUME_PARENT_ID_OFFSET,
-            &self.parent_id.to_le_bytes(),
-        );
-        put(
-            &mut out,
-            VOLUME_PARENT_SEQ_OFFSET,
-            &self.parent_seq.to_le_bytes(),
-        );
-        put(
-            &mut out,
-            VOLUME_NAME_LENGTH_OFFSET,
-            &(self.name.len() as u16).to_le_bytes(),
-        );
-        put(
-            &mut out,
-            VOLUME_PARENT_NAME_LENGTH_OFFSET,
-            &(self.parent_name.len() as u16).to_le_bytes(),
-        );
+        put(&mut out, VOLUME_SIZE_OFFSET, &self.initial_size.to_le_bytes());
+        put(&mut out, VOLUME_PARENT_ID_OFFSET, &self.parent_id.to_le_bytes());
+        put(&mut out, VOLUME_PARENT_SEQ_OFFSET, &self.parent_seq.to_le_bytes());
+        put(&mut out, VOLUME_NAME_LENGTH_OFFSET, &(self.name.len() as u16).to_le_bytes());
+        put(&mut out, VOLUME_PARENT_NAME_LENGTH_OFFSET, &(self.parent_name.len() as u16).to_le_bytes());
         put(&mut out, VOLUME_FIXED_LEN, self.name.as_bytes());
-        put(
-            &mut out,
-            VOLUME_FIXED_LEN + self.name.len(),
-            self.parent_name.as_bytes(),
-        );
+        put(&mut out, VOLUME_FIXED_LEN + self.name.len(), self.parent_name.as_bytes());
         let crc = crc32c::crc32c(&out);
         put(&mut out, VOLUME_CRC_OFFSET, &crc.to_le_bytes());
         out
@@ -494,12 +443,9 @@ impl Superblock {
         {
             return None;
         }
-        let name = std::str::from_utf8(&copy[VOLUME_FIXED_LEN..VOLUME_FIXED_LEN + name_length])
-            .ok()?
-            .to_owned();
-        let parent_name = std::str::from_utf8(&copy[VOLUME_FIXED_LEN + name_length..total])
-            .ok()?
-            .to_owned();
+        let name =
+            std::str::from_utf8(&copy[VOLUME_FIXED_LEN..VOLUME_FIXED_LEN + name_length]).ok()?.to_owned();
+        let parent_name = std::str::from_utf8(&copy[VOLUME_FIXED_LEN + name_length..total]).ok()?.to_owned();
         Some(Self {
             volume_id: u128_at(&copy, VOLUME_ID_OFFSET),
             created: u64_at(&copy, VOLUME_CREATED_OFFSET) as i64,
@@ -529,17 +475,9 @@ impl IndexEntry {
         let out = &mut out[..INDEX_ENTRY_LEN];
         put(out, INDEX_ENTRY_OFFSET_OFFSET, &self.offset.to_le_bytes());
         put(out, INDEX_ENTRY_LENGTH_OFFSET, &self.length.to_le_bytes());
-        put(
-            out,
-            INDEX_ENTRY_LOCATION_OFFSET,
-            &self.location.to_le_bytes(),
-        );
+        put(out, INDEX_ENTRY_LOCATION_OFFSET, &self.location.to_le_bytes());
         put(out, INDEX_ENTRY_TIME_OFFSET, &self.time.to_le_bytes());
-        put(
-            out,
-            INDEX_ENTRY_PAYLOAD_LENGTH_OFFSET,
-            &self.payload_length.to_le_bytes(),
-        );
+        put(out, INDEX_ENTRY_PAYLOAD_LENGTH_OFFSET, &self.payload_length.to_le_bytes());
         out[INDEX_ENTRY_KIND_OFFSET] = self.kind as u8;
         put(out, INDEX_ENTRY_KIND_OFFSET + 1, &[0; 3]);
     }
@@ -577,24 +515,15 @@ impl IndexChunkHeader {
         put(chunk, INDEX_FIRST_SEQ_OFFSET, &self.first_seq.to_le_bytes());
         put(chunk, INDEX_COUNT_OFFSET, &self.count.to_le_bytes());
         put(chunk, INDEX_CHAIN_OFFSET, &self.chain.to_le_bytes());
-        put(
-            chunk,
-            INDEX_END_LOCATION_OFFSET,
-            &self.end_location.to_le_bytes(),
-        );
-        put(
-            chunk,
-            INDEX_LAST_LOCATION_OFFSET,
-            &self.last_location.to_le_bytes(),
-        );
+        put(chunk, INDEX_END_LOCATION_OFFSET, &self.end_location.to_le_bytes());
+        put(chunk, INDEX_LAST_LOCATION_OFFSET, &self.last_location.to_le_bytes());
         let crc = crc32c::crc32c(&chunk[INDEX_FIRST_SEQ_OFFSET..]);
         put(chunk, INDEX_CRC_OFFSET, &crc.to_le_bytes());
     }
 
     /// Decodes a header; the crc is checked separately by [`Self::check`].
     pub fn decode(bytes: &[u8]) -> Option<Self> {
-        if bytes.len() < INDEX_CHUNK_HEADER_LEN || u32_at(bytes, INDEX_MAGIC_OFFSET) != INDEX_MAGIC
-        {
+        if bytes.len() < INDEX_CHUNK_HEADER_LEN || u32_at(bytes, INDEX_MAGIC_OFFSET) != INDEX_MAGIC {
             return None;
         }
         let count = u32_at(bytes, INDEX_COUNT_OFFSET);
@@ -665,12 +594,7 @@ mod tests {
     /// Segment headers and superblocks round-trip and reject a torn copy.
     #[test]
     fn segment_header_and_superblock_round_trip() {
-        let segment = SegmentHeader {
-            volume_id: 99,
-            number: 3,
-            first_seq: 1000,
-            chain: 5,
-        };
+        let segment = SegmentHeader { volume_id: 99, number: 3, first_seq: 1000, chain: 5 };
         let bytes = segment.encode();
         assert_eq!(SegmentHeader::decode(&bytes), Some(segment));
         let mut torn = bytes;

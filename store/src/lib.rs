@@ -26,18 +26,15 @@ pub mod store;
 pub mod uring;
 pub mod volume;
 
-pub use backend::{
-    Engine, EngineChoice, FileBackend, Filesystem, RealFs, StorageBackend, pick_engine,
-};
+pub use backend::{Engine, EngineChoice, FileBackend, Filesystem, RealFs, StorageBackend, pick_engine};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{
-    CloneError, CreateError, DeleteError, FlushError, History, OpenError, PointError, Poison,
-    ReadError, ResizeError, RollbackError, SnapshotError, VerifyError, WriteError,
+    CloneError, CreateError, DeleteError, FlushError, History, OpenError, PointError, Poison, ReadError,
+    ResizeError, RollbackError, SnapshotError, VerifyError, WriteError,
 };
 pub use memory::MemoryFs;
 pub use store::{Store, StoreOptions, valid_volume_name};
 pub use uring::UringBackend;
 pub use volume::{
-    Bucket, Extent, JournalRecord, PointView, RecoveryStats, RollbackOutcome, Snapshot,
-    VerifyReport, Volume,
+    Bucket, Extent, JournalRecord, PointView, RecoveryStats, RollbackOutcome, Snapshot, VerifyReport, Volume,
 };

@@ -126,10 +126,7 @@ pub struct MemoryFs {
 
 fn apply(data: &mut Vec<u8>, op: &Pending) {
     match op {
-        Pending::Write {
-            offset,
-            data: bytes,
-        } => {
+        Pending::Write { offset, data: bytes } => {
             let end = *offset as usize + bytes.len();
             if data.len() < end {
                 data.resize(end, 0);
@@ -204,14 +201,7 @@ impl MemoryFs {
                     },
                 }
             }
-            files.insert(
-                id,
-                FileData {
-                    current: data.clone(),
-                    durable: data,
-                    pending: Vec::new(),
-                },
-            );
+            files.insert(id, FileData { current: data.clone(), durable: data, pending: Vec::new() });
         }
         MemoryFs {
             state: Arc::new(Mutex::new(FsState {
@@ -234,28 +224,16 @@ impl MemoryFs {
 /// Applies part of `op`: a prefix, or a random subset of its 512-byte sectors.
 fn tear(data: &mut Vec<u8>, op: &Pending, rng: &mut SimRng) {
     match op {
-        Pending::Write {
-            offset,
-            data: bytes,
-        } => {
+        Pending::Write { offset, data: bytes } => {
             if rng.chance(1, 2) {
                 let keep = rng.below(bytes.len() as u64 + 1) as usize;
-                apply(
-                    data,
-                    &Pending::Write {
-                        offset: *offset,
-                        data: bytes[..keep].to_vec(),
-                    },
-                );
+                apply(data, &Pending::Write { offset: *offset, data: bytes[..keep].to_vec() });
             } else {
                 for (index, sector) in bytes.chunks(512).enumerate() {
                     if rng.chance(1, 2) {
                         apply(
                             data,
-                            &Pending::Write {
-                                offset: offset + index as u64 * 512,
-                                data: sector.to_vec(),
-                            },
+                            &Pending::Write { offset: offset + index as u64 * 512, data: sector.to_vec() },
                         );
                     }
                 }
@@ -321,10 +299,7 @@ impl Filesystem for MemoryFs {
             }
             None => return Err(io::ErrorKind::NotFound.into()),
         };
-        Ok(Arc::new(MemoryFile {
-            state: self.state.clone(),
-            id,
-        }))
+        Ok(Arc::new(MemoryFile { state: self.state.clone(), id }))
     }
 
     fn exists(&self, path: &str) -> bool {
@@ -342,12 +317,7 @@ impl Filesystem for MemoryFs {
     fn remove_dir_all(&self, path: &str) -> io::Result<()> {
         let mut state = self.state.lock();
         let prefix = format!("{path}/");
-        let doomed: Vec<String> = state
-            .paths
-            .keys()
-            .filter(|p| p.starts_with(&prefix))
-            .cloned()
-            .collect();
+        let doomed: Vec<String> = state.paths.keys().filter(|p| p.starts_with(&prefix)).cloned().collect();
         for p in doomed {
             if let Some(id) = state.paths.remove(&p) {
                 state.files.remove(&id);
@@ -375,16 +345,10 @@ impl Filesystem for MemoryFs {
             .collect();
         for (p, id) in moved {
             state.paths.remove(&p);
-            state
-                .paths
-                .insert(format!("{to}/{}", &p[prefix.len()..]), id);
+            state.paths.insert(format!("{to}/{}", &p[prefix.len()..]), id);
         }
-        let dirs: Vec<String> = state
-            .dirs
-            .iter()
-            .filter(|d| *d == from || d.starts_with(&prefix))
-            .cloned()
-            .collect();
+        let dirs: Vec<String> =
+            state.dirs.iter().filter(|d| *d == from || d.starts_with(&prefix)).cloned().collect();
         for d in dirs {
             state.dirs.remove(&d);
             state.dirs.insert(format!("{to}{}", &d[from.len()..]));
@@ -420,9 +384,7 @@ impl StorageBackend for MemoryFile {
             return Err(errno(code));
         }
         let file = state.files.get(&self.id).ok_or(io::ErrorKind::NotFound)?;
-        let end = offset
-            .checked_add(buf.len() as u64)
-            .ok_or(io::ErrorKind::InvalidInput)?;
+        let end = offset.checked_add(buf.len() as u64).ok_or(io::ErrorKind::InvalidInput)?;
         if end > file.current.len() as u64 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
@@ -436,28 +398,16 @@ impl StorageBackend for MemoryFile {
             return Err(errno(libc::EIO));
         }
         state.writes += 1;
-        let mut op = Pending::Write {
-            offset,
-            data: data.to_vec(),
-        };
+        let mut op = Pending::Write { offset, data: data.to_vec() };
         let mut failure = None;
         if let Some((n, code)) = state.faults.fail_write_at
             && state.writes == n
         {
-            let keep = state
-                .rng
-                .as_mut()
-                .map_or(0, |rng| rng.below(data.len() as u64 + 1)) as usize;
-            op = Pending::Write {
-                offset,
-                data: data[..keep].to_vec(),
-            };
+            let keep = state.rng.as_mut().map_or(0, |rng| rng.below(data.len() as u64 + 1)) as usize;
+            op = Pending::Write { offset, data: data[..keep].to_vec() };
             failure = Some(errno(code));
         }
-        let file = state
-            .files
-            .get_mut(&self.id)
-            .ok_or(io::ErrorKind::NotFound)?;
+        let file = state.files.get_mut(&self.id).ok_or(io::ErrorKind::NotFound)?;
         apply(&mut file.current, &op);
         file.pending.push(op);
         failure.map_or(Ok(()), Err)
@@ -482,10 +432,7 @@ impl StorageBackend for MemoryFile {
         {
             return Err(errno(code));
         }
-        let file = state
-            .files
-            .get_mut(&self.id)
-            .ok_or(io::ErrorKind::NotFound)?;
+        let file = state.files.get_mut(&self.id).ok_or(io::ErrorKind::NotFound)?;
         file.durable = file.current.clone();
         file.pending.clear();
         Ok(())
@@ -502,10 +449,7 @@ impl StorageBackend for MemoryFile {
         {
             return Err(errno(code));
         }
-        let file = state
-            .files
-            .get_mut(&self.id)
-            .ok_or(io::ErrorKind::NotFound)?;
+        let file = state.files.get_mut(&self.id).ok_or(io::ErrorKind::NotFound)?;
         let op = Pending::SetLen(len);
         apply(&mut file.current, &op);
         file.pending.push(op);
@@ -554,11 +498,7 @@ mod tests {
         let fs = MemoryFs::new();
         let file = fs.open_file("a", true).unwrap();
         fs.set_faults(
-            Faults {
-                crash_at_sync: Some(2),
-                fail_write_at: Some((2, libc::ENOSPC)),
-                ..Faults::default()
-            },
+            Faults { crash_at_sync: Some(2), fail_write_at: Some((2, libc::ENOSPC)), ..Faults::default() },
             7,
         );
         file.write_at(b"x", 0).unwrap();

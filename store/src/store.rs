@@ -86,16 +86,11 @@ pub struct Store {
 pub fn valid_volume_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && !name.starts_with('.')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 fn io_error(path: &str) -> impl FnOnce(std::io::Error) -> OpenError + '_ {
-    move |source| OpenError::Io {
-        path: path.to_owned(),
-        source,
-    }
+    move |source| OpenError::Io { path: path.to_owned(), source }
 }
 
 impl Store {
@@ -125,8 +120,7 @@ impl Store {
                 (Arc::new(fs) as Arc<dyn Filesystem>, Some(lock))
             }
         };
-        fs.create_dir_all(VOLUMES_DIR)
-            .map_err(io_error(VOLUMES_DIR))?;
+        fs.create_dir_all(VOLUMES_DIR).map_err(io_error(VOLUMES_DIR))?;
         let shared = Arc::new(Shared {
             fs,
             options,
@@ -151,11 +145,7 @@ impl Store {
             }
             None => None,
         };
-        Ok(Store {
-            shared,
-            commit_thread,
-            stop,
-        })
+        Ok(Store { shared, commit_thread, stop })
     }
 
     /// Every live volume, by name.
@@ -176,25 +166,16 @@ impl Store {
 
     /// Creates `new_name` whose base is `source`'s image at `seq`: metadata
     /// only, whatever the size. The clone is writable; `source` is unchanged.
-    pub fn clone_volume(
-        &self,
-        source: &str,
-        seq: u64,
-        new_name: &str,
-    ) -> Result<Arc<Volume>, CloneError> {
+    pub fn clone_volume(&self, source: &str, seq: u64, new_name: &str) -> Result<Arc<Volume>, CloneError> {
         let _registry = self.shared.registry.lock();
-        let parent = self
-            .volume(source)
-            .ok_or_else(|| CloneError::SourceNotFound(source.to_owned()))?;
+        let parent = self.volume(source).ok_or_else(|| CloneError::SourceNotFound(source.to_owned()))?;
         let point = parent.open_point(seq).map_err(CloneError::Point)?;
         // The clone's base must survive a crash: make the parent durable
         // through `seq` before the clone's superblock names it.
-        parent.flush().map_err(|error| {
-            CloneError::Create(CreateError::Io(std::io::Error::from(error.kind())))
-        })?;
-        self.shared
-            .create(new_name, point.size(), Some((parent, seq)))
-            .map_err(CloneError::Create)
+        parent
+            .flush()
+            .map_err(|error| CloneError::Create(CreateError::Io(std::io::Error::from(error.kind()))))?;
+        self.shared.create(new_name, point.size(), Some((parent, seq))).map_err(CloneError::Create)
     }
 
     /// Deletes a volume and its history. A volume that clones read through
@@ -203,21 +184,14 @@ impl Store {
     /// clone is deleted.
     pub fn delete_volume(&self, name: &str, force: bool) -> Result<(), DeleteError> {
         let _registry = self.shared.registry.lock();
-        let volume = self
-            .volume(name)
-            .ok_or_else(|| DeleteError::NotFound(name.to_owned()))?;
+        let volume = self.volume(name).ok_or_else(|| DeleteError::NotFound(name.to_owned()))?;
         let clones = self.shared.dependents(volume.id());
         if !clones.is_empty() && !force {
-            return Err(DeleteError::HasClones {
-                volume: name.to_owned(),
-                clones,
-            });
+            return Err(DeleteError::HasClones { volume: name.to_owned(), clones });
         }
         if !clones.is_empty() {
             // Clones keep reading it: its history must be durable.
-            volume
-                .close()
-                .map_err(|error| DeleteError::Io(std::io::Error::from(error.kind())))?;
+            volume.close().map_err(|error| DeleteError::Io(std::io::Error::from(error.kind())))?;
         }
         volume.mark_deleted();
         self.shared.volumes.write().remove(name);
@@ -227,10 +201,7 @@ impl Store {
         } else {
             let hidden = format!("{VOLUMES_DIR}/{HIDDEN_PREFIX}{:032x}", volume.id());
             fs.rename(volume.dir(), &hidden).map_err(DeleteError::Io)?;
-            self.shared
-                .hidden
-                .lock()
-                .insert(volume.id(), volume.clone());
+            self.shared.hidden.lock().insert(volume.id(), volume.clone());
         }
         fs.sync_dir(VOLUMES_DIR).map_err(DeleteError::Io)?;
         self.shared.reap_hidden();
@@ -244,10 +215,9 @@ impl Store {
     /// but refuse writes; fetch the new one with [`Store::volume`].
     pub fn reopen_volume(&self, name: &str) -> Result<Arc<Volume>, OpenError> {
         let _registry = self.shared.registry.lock();
-        let old = self.volume(name).ok_or_else(|| OpenError::Corrupt {
-            volume: name.to_owned(),
-            reason: "no such volume".into(),
-        })?;
+        let old = self
+            .volume(name)
+            .ok_or_else(|| OpenError::Corrupt { volume: name.to_owned(), reason: "no such volume".into() })?;
         if old.poison().is_none() {
             // Best effort: a healthy volume loses nothing by reopening.
             let _ = old.close();
@@ -255,21 +225,12 @@ impl Store {
         old.mark_deleted();
         let dir = old.dir().to_owned();
         let path = format!("{dir}/{SUPERBLOCK_FILE}");
-        let superblock = self
-            .shared
-            .read_superblock(&path)
-            .ok_or_else(|| OpenError::Corrupt {
-                volume: name.to_owned(),
-                reason: "superblock unreadable".into(),
-            })?;
-        let volume = self
-            .shared
-            .open_volume(&dir, &superblock, old.parent())
-            .map_err(io_error(&dir))?;
-        self.shared
-            .volumes
-            .write()
-            .insert(name.to_owned(), volume.clone());
+        let superblock = self.shared.read_superblock(&path).ok_or_else(|| OpenError::Corrupt {
+            volume: name.to_owned(),
+            reason: "superblock unreadable".into(),
+        })?;
+        let volume = self.shared.open_volume(&dir, &superblock, old.parent()).map_err(io_error(&dir))?;
+        self.shared.volumes.write().insert(name.to_owned(), volume.clone());
         Ok(volume)
     }
 
@@ -311,8 +272,7 @@ fn commit_loop(
     loop {
         {
             let Ok(guard) = stopped.lock() else { return };
-            let Ok((guard, _)) = wake.wait_timeout_while(guard, interval, |stopped| !*stopped)
-            else {
+            let Ok((guard, _)) = wake.wait_timeout_while(guard, interval, |stopped| !*stopped) else {
                 return;
             };
             if *guard {
@@ -344,12 +304,7 @@ impl Shared {
         let mut hasher = blake3::Hasher::new();
         hasher.update(name.as_bytes());
         hasher.update(&self.options.clock.now_nanos().to_le_bytes());
-        hasher.update(
-            &self
-                .counter
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                .to_le_bytes(),
-        );
+        hasher.update(&self.counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed).to_le_bytes());
         hasher.update(&std::process::id().to_le_bytes());
         let hash = hasher.finalize();
         let mut id = [0; 16];
@@ -367,12 +322,7 @@ impl Shared {
             .filter(|v| v.parent_id() == Some(id))
             .map(|v| v.name().to_owned())
             .collect();
-        let hidden = self
-            .hidden
-            .lock()
-            .values()
-            .filter(|v| v.parent_id() == Some(id))
-            .count();
+        let hidden = self.hidden.lock().values().filter(|v| v.parent_id() == Some(id)).count();
         if hidden > 0 {
             names.push(format!("{hidden} deleted clone(s) with clones"));
         }
@@ -388,11 +338,7 @@ impl Shared {
                     .values()
                     .filter(|v| {
                         let id = v.id();
-                        !self
-                            .volumes
-                            .read()
-                            .values()
-                            .any(|c| c.parent_id() == Some(id))
+                        !self.volumes.read().values().any(|c| c.parent_id() == Some(id))
                             && !hidden.values().any(|c| c.parent_id() == Some(id))
                     })
                     .cloned()
@@ -421,10 +367,7 @@ impl Shared {
             return Err(CreateError::InvalidName(name.to_owned()));
         }
         if size == 0 || size > MAX_VOLUME_SIZE {
-            return Err(CreateError::InvalidSize {
-                size,
-                max: MAX_VOLUME_SIZE,
-            });
+            return Err(CreateError::InvalidSize { size, max: MAX_VOLUME_SIZE });
         }
         if self.volumes.read().contains_key(name) {
             return Err(CreateError::Exists(name.to_owned()));
@@ -443,24 +386,18 @@ impl Shared {
             parent_id: parent.as_ref().map_or(0, |(p, _)| p.id()),
             parent_seq: parent.as_ref().map_or(0, |(_, seq)| *seq),
             name: name.to_owned(),
-            parent_name: parent
-                .as_ref()
-                .map_or(String::new(), |(p, _)| p.name().to_owned()),
+            parent_name: parent.as_ref().map_or(String::new(), |(p, _)| p.name().to_owned()),
         };
         // Crash cases: before the superblock is synced the directory is
         // ignored (and removed) at the next open; after it, the volume exists.
         fs.create_dir_all(&dir).map_err(CreateError::Io)?;
-        let file = fs
-            .open_file(&format!("{dir}/{SUPERBLOCK_FILE}"), true)
-            .map_err(CreateError::Io)?;
+        let file = fs.open_file(&format!("{dir}/{SUPERBLOCK_FILE}"), true).map_err(CreateError::Io)?;
         file.write_at(&superblock.encode(), 0)
             .and_then(|()| file.sync())
             .and_then(|()| fs.sync_dir(&dir))
             .and_then(|()| fs.sync_dir(VOLUMES_DIR))
             .map_err(CreateError::Io)?;
-        let volume = self
-            .open_volume(&dir, &superblock, parent)
-            .map_err(CreateError::Io)?;
+        let volume = self.open_volume(&dir, &superblock, parent).map_err(CreateError::Io)?;
         self.volumes.write().insert(name.to_owned(), volume.clone());
         Ok(volume)
     }
@@ -472,13 +409,8 @@ impl Shared {
         parent: Option<(Arc<Volume>, u64)>,
     ) -> std::io::Result<Arc<Volume>> {
         let mut index = Index::new(superblock.initial_size, superblock.created);
-        let recovery = recover(
-            self.fs.clone(),
-            dir,
-            superblock.volume_id,
-            self.journal_options(),
-            &mut index,
-        )?;
+        let recovery =
+            recover(self.fs.clone(), dir, superblock.volume_id, self.journal_options(), &mut index)?;
         Ok(Arc::new(Volume::new(
             superblock.name.clone(),
             superblock.volume_id,
@@ -488,9 +420,7 @@ impl Shared {
             recovery.journal,
             index,
             recovery.checkpoint,
-            VolumeTuning {
-                checkpoint_records: self.options.checkpoint_records.max(1),
-            },
+            VolumeTuning { checkpoint_records: self.options.checkpoint_records.max(1) },
             RecoveryStats {
                 checkpointed: recovery.checkpointed,
                 replayed: recovery.replayed,
@@ -508,10 +438,7 @@ impl Shared {
     }
 
     fn load_all(&self) -> Result<(), OpenError> {
-        let names = self
-            .fs
-            .list_dir(VOLUMES_DIR)
-            .map_err(io_error(VOLUMES_DIR))?;
+        let names = self.fs.list_dir(VOLUMES_DIR).map_err(io_error(VOLUMES_DIR))?;
         let mut pending: Vec<(String, Superblock)> = Vec::new();
         for name in names {
             let dir = format!("{VOLUMES_DIR}/{name}");
@@ -541,9 +468,7 @@ impl Shared {
                         }
                     },
                 };
-                let volume = self
-                    .open_volume(&dir, &superblock, parent)
-                    .map_err(io_error(&dir))?;
+                let volume = self.open_volume(&dir, &superblock, parent).map_err(io_error(&dir))?;
                 loaded.insert(superblock.volume_id, volume);
             }
             pending = waiting;
@@ -564,9 +489,7 @@ impl Shared {
                 volume.mark_deleted();
                 self.hidden.lock().insert(volume.id(), volume.clone());
             } else {
-                self.volumes
-                    .write()
-                    .insert(volume.name().to_owned(), volume.clone());
+                self.volumes.write().insert(volume.name().to_owned(), volume.clone());
             }
         }
         self.reap_hidden();

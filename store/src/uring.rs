@@ -57,10 +57,7 @@ impl Ring {
         let thread = std::thread::Builder::new()
             .name("rewind-uring".into())
             .spawn(move || run(ring, receiver, depth as usize))?;
-        Ok(Self {
-            sender: Some(sender),
-            thread: Some(thread),
-        })
+        Ok(Self { sender: Some(sender), thread: Some(thread) })
     }
 
     /// Submits one entry and waits for its result (the CQE's `res`).
@@ -71,11 +68,7 @@ impl Ring {
     /// completion arrived, or after the ring thread is known to be gone.
     unsafe fn submit(&self, entry: squeue::Entry, iovecs: Vec<libc::iovec>) -> io::Result<i32> {
         let (reply, result) = mpsc::sync_channel(1);
-        let request = Request {
-            entry,
-            _iovecs: iovecs,
-            reply,
-        };
+        let request = Request { entry, _iovecs: iovecs, reply };
         let sender = self.sender.as_ref().ok_or_else(ring_gone)?;
         sender.send(request).map_err(|_| ring_gone())?;
         // The ring thread only drops `reply` after the CQE arrived or when it
@@ -183,11 +176,7 @@ impl UringBackend {
 }
 
 fn check(result: i32) -> io::Result<usize> {
-    if result < 0 {
-        Err(io::Error::from_raw_os_error(-result))
-    } else {
-        Ok(result as usize)
-    }
+    if result < 0 { Err(io::Error::from_raw_os_error(-result)) } else { Ok(result as usize) }
 }
 
 impl StorageBackend for UringBackend {
@@ -196,9 +185,8 @@ impl StorageBackend for UringBackend {
         while done < buf.len() {
             let rest = &mut buf[done..];
             let length = rest.len().min(1 << 30) as u32;
-            let entry = opcode::Read::new(self.fd(), rest.as_mut_ptr(), length)
-                .offset(offset + done as u64)
-                .build();
+            let entry =
+                opcode::Read::new(self.fd(), rest.as_mut_ptr(), length).offset(offset + done as u64).build();
             // SAFETY: `rest` is borrowed mutably for this whole call and
             // `submit` returns only after the kernel is done with it.
             let read = check(unsafe { self.ring.submit(entry, Vec::new()) }?)?;
@@ -228,10 +216,8 @@ impl StorageBackend for UringBackend {
                 }
                 let rest = &part[skip..];
                 skip = 0;
-                iovecs.push(libc::iovec {
-                    iov_base: rest.as_ptr() as *mut libc::c_void,
-                    iov_len: rest.len(),
-                });
+                iovecs
+                    .push(libc::iovec { iov_base: rest.as_ptr() as *mut libc::c_void, iov_len: rest.len() });
             }
             let entry = opcode::Writev::new(self.fd(), iovecs.as_ptr(), iovecs.len() as u32)
                 .offset(offset + done as u64)
@@ -249,9 +235,7 @@ impl StorageBackend for UringBackend {
     }
 
     fn sync(&self) -> io::Result<()> {
-        let entry = opcode::Fsync::new(self.fd())
-            .flags(types::FsyncFlags::DATASYNC)
-            .build();
+        let entry = opcode::Fsync::new(self.fd()).flags(types::FsyncFlags::DATASYNC).build();
         // SAFETY: fsync lends no buffer to the kernel; the descriptor is owned
         // by `self`, which outlives the call.
         check(unsafe { self.ring.submit(entry, Vec::new()) }?)?;
@@ -288,9 +272,7 @@ mod tests {
             .unwrap();
         let ring = Arc::new(Ring::start(8).unwrap());
         let backend = UringBackend::new(file, ring);
-        backend
-            .write_vectored_at(&[b"abc", b"", b"defg"], 10)
-            .unwrap();
+        backend.write_vectored_at(&[b"abc", b"", b"defg"], 10).unwrap();
         backend.sync().unwrap();
         let mut buf = [0; 7];
         backend.read_at(&mut buf, 10).unwrap();

@@ -174,16 +174,10 @@ impl Appender<'_> {
         let volume = self.volume;
         let (kind, offset, length) = (header.kind, header.offset, header.length);
         let seq = self.head() + 1;
-        let time = volume
-            .clock
-            .now_nanos()
-            .max(volume.last_time.load(Ordering::Relaxed));
+        let time = volume.clock.now_nanos().max(volume.last_time.load(Ordering::Relaxed));
         header.seq = seq;
         header.time = time;
-        let location = match volume
-            .journal
-            .append(&mut self.writer, &mut header, payload)
-        {
+        let location = match volume.journal.append(&mut self.writer, &mut header, payload) {
             Ok(location) => location,
             Err(error) => {
                 volume.set_poison(&error);
@@ -192,14 +186,7 @@ impl Appender<'_> {
         };
         volume.last_time.store(time, Ordering::Relaxed);
         volume.index.write().insert(
-            &NewRecord {
-                kind,
-                offset,
-                length,
-                location,
-                payload_length: payload.len() as u32,
-                time,
-            },
+            &NewRecord { kind, offset, length, location, payload_length: payload.len() as u32, time },
             name,
         );
         volume.head.store(seq, Ordering::Release);
@@ -209,9 +196,7 @@ impl Appender<'_> {
 
 fn valid_name(name: &str) -> bool {
     (1..=MAX_SNAPSHOT_NAME).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 impl Volume {
@@ -291,9 +276,7 @@ impl Volume {
 
     /// The clone's parent volume name and seq, if this volume is a clone.
     pub fn clone_parent(&self) -> Option<(String, u64)> {
-        self.parent
-            .as_ref()
-            .map(|(parent, seq)| (parent.name.clone(), *seq))
+        self.parent.as_ref().map(|(parent, seq)| (parent.name.clone(), *seq))
     }
 
     pub(crate) fn parent(&self) -> Option<(Arc<Volume>, u64)> {
@@ -328,25 +311,16 @@ impl Volume {
             return Err(WriteError::Deleted);
         }
         if self.poisoned.load(Ordering::Acquire) {
-            return Err(WriteError::Poisoned(
-                self.poison().expect("poisoned has a cause"),
-            ));
+            return Err(WriteError::Poisoned(self.poison().expect("poisoned has a cause")));
         }
-        Ok(Appender {
-            volume: self,
-            writer,
-        })
+        Ok(Appender { volume: self, writer })
     }
 
     fn check_range(&self, offset: u64, length: u64) -> Result<(), WriteError> {
         let size = self.size();
         match offset.checked_add(length) {
             Some(end) if end <= size => Ok(()),
-            _ => Err(WriteError::OutOfBounds {
-                offset,
-                length,
-                size,
-            }),
+            _ => Err(WriteError::OutOfBounds { offset, length, size }),
         }
     }
 
@@ -363,11 +337,7 @@ impl Volume {
             let header = seal(offset, data);
             let mut appender = self.appender()?;
             self.check_range(offset, data.len() as u64)?;
-            if data.is_empty() {
-                appender.head()
-            } else {
-                appender.append_sealed(header, data, None)?
-            }
+            if data.is_empty() { appender.head() } else { appender.append_sealed(header, data, None)? }
         } else {
             let headers: Vec<RecordHeader> = data
                 .chunks(MAX_RECORD_PAYLOAD)
@@ -407,11 +377,8 @@ impl Volume {
     ) -> Result<u64, WriteError> {
         let mut appender = self.appender()?;
         self.check_range(offset, length)?;
-        let seq = if length == 0 {
-            appender.head()
-        } else {
-            appender.append(kind, offset, length, &[], None)?
-        };
+        let seq =
+            if length == 0 { appender.head() } else { appender.append(kind, offset, length, &[], None)? };
         drop(appender);
         if fua {
             self.flush()?;
@@ -432,9 +399,7 @@ impl Volume {
                     return Ok(());
                 }
                 if self.poisoned.load(Ordering::Acquire) {
-                    return Err(FlushError::Poisoned(
-                        self.poison().expect("poisoned has a cause"),
-                    ));
+                    return Err(FlushError::Poisoned(self.poison().expect("poisoned has a cause")));
                 }
                 if !*syncing {
                     *syncing = true;
@@ -521,14 +486,11 @@ impl Volume {
     }
 
     fn plan(&self, seq: u64, size: u64, offset: u64, length: u64) -> Result<Vec<Piece>, ReadError> {
-        let end = offset
-            .checked_add(length)
-            .filter(|&end| end <= size)
-            .ok_or(ReadError::OutOfBounds {
-                offset,
-                length,
-                size,
-            })?;
+        let end = offset.checked_add(length).filter(|&end| end <= size).ok_or(ReadError::OutOfBounds {
+            offset,
+            length,
+            size,
+        })?;
         let mut pieces = Vec::new();
         if length > 0 {
             self.index.read().plan(seq, offset, end, &mut pieces);
@@ -549,9 +511,7 @@ impl Volume {
             let target = &mut buf[at..at + piece.length as usize];
             match piece.source {
                 Source::Zero { .. } => target.fill(0),
-                Source::Data { location } => {
-                    self.journal.read(location, target).map_err(ReadError::Io)?
-                }
+                Source::Data { location } => self.journal.read(location, target).map_err(ReadError::Io)?,
                 Source::Base => self.read_base(piece.offset, target)?,
             }
         }
@@ -590,41 +550,22 @@ impl Volume {
         };
         for piece in pieces {
             match piece.source {
-                Source::Data { .. } => push(Extent {
-                    length: piece.length,
-                    hole: false,
-                    zero: false,
-                }),
-                Source::Zero { hole } => push(Extent {
-                    length: piece.length,
-                    hole,
-                    zero: true,
-                }),
+                Source::Data { .. } => push(Extent { length: piece.length, hole: false, zero: false }),
+                Source::Zero { hole } => push(Extent { length: piece.length, hole, zero: true }),
                 Source::Base => match &self.parent {
-                    None => push(Extent {
-                        length: piece.length,
-                        hole: true,
-                        zero: true,
-                    }),
+                    None => push(Extent { length: piece.length, hole: true, zero: true }),
                     Some((parent, parent_seq)) => {
                         let parent_size = parent.index.read().size_at(*parent_seq);
                         let inside = parent_size.saturating_sub(piece.offset).min(piece.length);
                         if inside > 0 {
-                            for extent in parent.image_extents(
-                                *parent_seq,
-                                parent_size,
-                                piece.offset,
-                                inside,
-                            )? {
+                            for extent in
+                                parent.image_extents(*parent_seq, parent_size, piece.offset, inside)?
+                            {
                                 push(extent);
                             }
                         }
                         if piece.length > inside {
-                            push(Extent {
-                                length: piece.length - inside,
-                                hole: true,
-                                zero: true,
-                            });
+                            push(Extent { length: piece.length - inside, hole: true, zero: true });
                         }
                     }
                 },
@@ -637,19 +578,11 @@ impl Volume {
     pub fn history(&self) -> History {
         let index = self.index.read();
         let head = index.head();
-        History {
-            first_seq: 0,
-            first_time: index.created(),
-            head_seq: head,
-            head_time: index.time(head),
-        }
+        History { first_seq: 0, first_time: index.created(), head_seq: head, head_time: index.time(head) }
     }
 
     fn outside(&self, requested: String) -> PointError {
-        PointError::OutsideHistory {
-            requested,
-            window: self.history(),
-        }
+        PointError::OutsideHistory { requested, window: self.history() }
     }
 
     /// Opens the read-only image at `seq`. It stays valid, and unchanged,
@@ -660,12 +593,7 @@ impl Volume {
             drop(index);
             return Err(self.outside(format!("#{seq}")));
         }
-        Ok(PointView {
-            volume: self.clone(),
-            seq,
-            size: index.size_at(seq),
-            time: index.time(seq),
-        })
+        Ok(PointView { volume: self.clone(), seq, size: index.size_at(seq), time: index.time(seq) })
     }
 
     /// The last seq at or before `unix_nanos`. Times before the volume's
@@ -673,9 +601,7 @@ impl Volume {
     /// microsecond.
     pub fn resolve_time(&self, unix_nanos: i64) -> Result<u64, PointError> {
         let index = self.index.read();
-        if unix_nanos < index.created()
-            || unix_nanos > self.clock.now_nanos().max(index.time(index.head()))
-        {
+        if unix_nanos < index.created() || unix_nanos > self.clock.now_nanos().max(index.time(index.head())) {
             drop(index);
             return Err(self.outside(format!("{unix_nanos} unix ns")));
         }
@@ -696,13 +622,8 @@ impl Volume {
             .append(RecordKind::Snapshot, 0, 0, name.as_bytes(), Some(name))
             .map_err(SnapshotError::Write)?;
         drop(appender);
-        self.flush()
-            .map_err(|error| SnapshotError::Write(error.into()))?;
-        Ok(Snapshot {
-            name: name.to_owned(),
-            seq,
-            time: self.index.read().time(seq),
-        })
+        self.flush().map_err(|error| SnapshotError::Write(error.into()))?;
+        Ok(Snapshot { name: name.to_owned(), seq, time: self.index.read().time(seq) })
     }
 
     /// Every snapshot, by name.
@@ -711,22 +632,14 @@ impl Volume {
         index
             .snapshots()
             .iter()
-            .map(|(name, &seq)| Snapshot {
-                name: name.clone(),
-                seq,
-                time: index.time(seq),
-            })
+            .map(|(name, &seq)| Snapshot { name: name.clone(), seq, time: index.time(seq) })
             .collect()
     }
 
     /// The snapshot with this name.
     pub fn snapshot(&self, name: &str) -> Option<Snapshot> {
         let index = self.index.read();
-        index.snapshots().get(name).map(|&seq| Snapshot {
-            name: name.to_owned(),
-            seq,
-            time: index.time(seq),
-        })
+        index.snapshots().get(name).map(|&seq| Snapshot { name: name.to_owned(), seq, time: index.time(seq) })
     }
 
     /// Unpins a snapshot (its seq stays a point while retained). Durable
@@ -737,17 +650,10 @@ impl Volume {
             return Err(SnapshotError::NotFound(name.to_owned()));
         }
         appender
-            .append(
-                RecordKind::SnapshotDelete,
-                0,
-                0,
-                name.as_bytes(),
-                Some(name),
-            )
+            .append(RecordKind::SnapshotDelete, 0, 0, name.as_bytes(), Some(name))
             .map_err(SnapshotError::Write)?;
         drop(appender);
-        self.flush()
-            .map_err(|error| SnapshotError::Write(error.into()))
+        self.flush().map_err(|error| SnapshotError::Write(error.into()))
     }
 
     /// Makes the head's image the image at `seq`, as a new seq; the
@@ -760,18 +666,12 @@ impl Volume {
             drop(appender);
             return Err(RollbackError::Point(self.outside(format!("#{seq}"))));
         }
-        let new_seq = appender
-            .append(RecordKind::Rollback, seq, previous, &[], None)
-            .map_err(RollbackError::Write)?;
-        self.size
-            .store(self.index.read().size_at(new_seq), Ordering::Release);
+        let new_seq =
+            appender.append(RecordKind::Rollback, seq, previous, &[], None).map_err(RollbackError::Write)?;
+        self.size.store(self.index.read().size_at(new_seq), Ordering::Release);
         drop(appender);
-        self.flush()
-            .map_err(|error| RollbackError::Write(error.into()))?;
-        Ok(RollbackOutcome {
-            new_seq,
-            previous_head_seq: previous,
-        })
+        self.flush().map_err(|error| RollbackError::Write(error.into()))?;
+        Ok(RollbackOutcome { new_seq, previous_head_seq: previous })
     }
 
     /// Changes the size. Shrinking discards the cut tail (growing again
@@ -779,20 +679,15 @@ impl Volume {
     /// returns.
     pub fn resize(&self, new_size: u64) -> Result<u64, ResizeError> {
         if new_size == 0 || new_size > MAX_VOLUME_SIZE {
-            return Err(ResizeError::InvalidSize {
-                size: new_size,
-                max: MAX_VOLUME_SIZE,
-            });
+            return Err(ResizeError::InvalidSize { size: new_size, max: MAX_VOLUME_SIZE });
         }
         let mut appender = self.appender().map_err(ResizeError::Write)?;
         let old = self.size();
-        let seq = appender
-            .append(RecordKind::Resize, new_size, old, &[], None)
-            .map_err(ResizeError::Write)?;
+        let seq =
+            appender.append(RecordKind::Resize, new_size, old, &[], None).map_err(ResizeError::Write)?;
         self.size.store(new_size, Ordering::Release);
         drop(appender);
-        self.flush()
-            .map_err(|error| ResizeError::Write(error.into()))?;
+        self.flush().map_err(|error| ResizeError::Write(error.into()))?;
         Ok(seq)
     }
 
@@ -805,23 +700,12 @@ impl Volume {
         let end = index.time(head).max(since_nanos);
         let count = ((end - since_nanos) / bucket_nanos + 1).min(100_000) as usize;
         let mut buckets: Vec<Bucket> = (0..count)
-            .map(|i| Bucket {
-                start: since_nanos + i as i64 * bucket_nanos,
-                writes: 0,
-                bytes: 0,
-            })
+            .map(|i| Bucket { start: since_nanos + i as i64 * bucket_nanos, writes: 0, bytes: 0 })
             .collect();
-        let first = if since_nanos <= index.created() {
-            1
-        } else {
-            index.resolve_time(since_nanos - 1) + 1
-        };
+        let first = if since_nanos <= index.created() { 1 } else { index.resolve_time(since_nanos - 1) + 1 };
         for seq in first..=head {
             let (kind, _, length) = index.record_summary(seq);
-            if !matches!(
-                kind,
-                RecordKind::Write | RecordKind::Zeroes | RecordKind::Trim
-            ) {
+            if !matches!(kind, RecordKind::Write | RecordKind::Zeroes | RecordKind::Trim) {
                 continue;
             }
             let slot = ((index.time(seq) - since_nanos) / bucket_nanos) as usize;
@@ -839,21 +723,14 @@ impl Volume {
         let entry = {
             let index = self.index.read();
             if seq == 0 || seq > index.head() {
-                return Err(ReadError::OutOfBounds {
-                    offset: seq,
-                    length: 1,
-                    size: index.head() + 1,
-                });
+                return Err(ReadError::OutOfBounds { offset: seq, length: 1, size: index.head() + 1 });
             }
             index.checkpoint_entry(seq)
         };
         let corrupt = |reason: String| ReadError::Corrupt { seq, reason };
         if !matches!(
             entry.kind,
-            RecordKind::Write
-                | RecordKind::Snapshot
-                | RecordKind::SnapshotDelete
-                | RecordKind::Rollback
+            RecordKind::Write | RecordKind::Snapshot | RecordKind::SnapshotDelete | RecordKind::Rollback
         ) {
             // Records without a location in memory carry no payload.
             return Ok(JournalRecord {
@@ -867,12 +744,10 @@ impl Volume {
             });
         }
         let (header, payload) =
-            self.journal
-                .read_record(entry.location)
-                .map_err(|error| match error.kind() {
-                    std::io::ErrorKind::InvalidData => corrupt(error.to_string()),
-                    _ => ReadError::Io(error),
-                })?;
+            self.journal.read_record(entry.location).map_err(|error| match error.kind() {
+                std::io::ErrorKind::InvalidData => corrupt(error.to_string()),
+                _ => ReadError::Io(error),
+            })?;
         if header.seq != seq {
             return Err(corrupt(format!("found seq {} at its location", header.seq)));
         }
@@ -952,7 +827,6 @@ impl PointView {
 
     /// Allocation status of the image at this point.
     pub fn extents(&self, offset: u64, length: u64) -> Result<Vec<Extent>, ReadError> {
-        self.volume
-            .image_extents(self.seq, self.size, offset, length)
+        self.volume.image_extents(self.seq, self.size, offset, length)
     }
 }

@@ -49,6 +49,8 @@ struct Model {
     /// record may still have reached the disk whole (a failed write leaves
     /// its range undefined), so recovery may find it as one more seq.
     maybe: Option<(Vec<u8>, BTreeMap<String, u64>)>,
+    /// Clones whose creation returned: name → the seq of "v" they cloned.
+    clones: BTreeMap<String, u64>,
 }
 
 impl Model {
@@ -60,10 +62,7 @@ impl Model {
         self.snapshots.push(snapshots);
     }
     fn current(&self) -> (Vec<u8>, BTreeMap<String, u64>) {
-        (
-            self.images.last().unwrap().clone(),
-            self.snapshots.last().unwrap().clone(),
-        )
+        (self.images.last().unwrap().clone(), self.snapshots.last().unwrap().clone())
     }
 }
 
@@ -102,36 +101,24 @@ fn run_case(seed: u64) -> Result<u64, String> {
     let clock = Arc::new(ManualClock::new(1_800_000_000_000_000_000));
     let options = options(&fs, &clock, &mut rng);
     let store = open(&fs, &options)?;
-    let volume = store
-        .create_volume("v", SIZE)
-        .map_err(|e| format!("create: {e:?}"))?;
+    let volume = store.create_volume("v", SIZE).map_err(|e| format!("create: {e:?}"))?;
     let mut model = Model {
         images: vec![vec![0; SIZE as usize]],
         snapshots: vec![BTreeMap::new()],
         durable: 0,
         maybe: None,
+        clones: BTreeMap::new(),
     };
     let faults = match family {
-        Family::CrashAtSync => Faults {
-            crash_at_sync: Some(rng.range(1, 12)),
-            ..Faults::default()
-        },
+        Family::CrashAtSync => Faults { crash_at_sync: Some(rng.range(1, 12)), ..Faults::default() },
         Family::PowerLoss => Faults::default(),
         Family::FailedWrite => Faults {
-            fail_write_at: Some((
-                rng.range(1, 12),
-                if rng.chance(1, 2) {
-                    libc::EIO
-                } else {
-                    libc::ENOSPC
-                },
-            )),
+            fail_write_at: Some((rng.range(1, 12), if rng.chance(1, 2) { libc::EIO } else { libc::ENOSPC })),
             ..Faults::default()
         },
-        Family::FailedSync => Faults {
-            fail_sync_at: Some((rng.range(1, 10), libc::EIO)),
-            ..Faults::default()
-        },
+        Family::FailedSync => {
+            Faults { fail_sync_at: Some((rng.range(1, 10), libc::EIO)), ..Faults::default() }
+        }
     };
     fs.set_faults(faults, rng.next_u64());
     let operations = rng.range(4, 40);
@@ -141,11 +128,7 @@ fn run_case(seed: u64) -> Result<u64, String> {
         let Some((store, volume)) = &live else { break };
         clock.advance(rng.range(0, 3_000_000) as i64);
         let head_before = volume.head_seq();
-        ensure!(
-            head_before == model.head(),
-            "head {head_before} != model {}",
-            model.head()
-        );
+        ensure!(head_before == model.head(), "head {head_before} != model {}", model.head());
         let size = model.images.last().unwrap().len() as u64;
         let poisoned = volume.poison().is_some();
         let (mut image, mut snapshots) = model.current();
@@ -210,6 +193,17 @@ fn run_case(seed: u64) -> Result<u64, String> {
                 succeeded = volume.rollback(target).is_ok();
                 made_durable = succeeded;
             }
+            92..=93 if model.clones.len() < 2 => {
+                // A clone of a random point; its creation makes the parent
+                // durable, so the model's durable mark moves to the head.
+                let seq = rng.below(head_before + 1);
+                let name = format!("c{}", model.clones.len());
+                if store.clone_volume("v", seq, &name).is_ok() {
+                    model.clones.insert(name, seq);
+                    model.durable = model.head();
+                }
+                continue;
+            }
             92..=96 => {
                 let new_size = rng.range(1024, 2 * SIZE);
                 image.resize(new_size as usize, 0);
@@ -245,10 +239,7 @@ fn run_case(seed: u64) -> Result<u64, String> {
             }
         }
         if poisoned {
-            ensure!(
-                !succeeded || volume.head_seq() == head_before,
-                "poisoned volume accepted a write"
-            );
+            ensure!(!succeeded || volume.head_seq() == head_before, "poisoned volume accepted a write");
         }
         // The op's record exists iff the head moved (a metadata op may have
         // appended and then failed its flush).
@@ -263,10 +254,7 @@ fn run_case(seed: u64) -> Result<u64, String> {
         } else if !succeeded && model.maybe.is_none() {
             model.maybe = Some((image, snapshots));
         } else {
-            ensure!(
-                !succeeded || head_after == head_before,
-                "op succeeded without a record"
-            );
+            ensure!(!succeeded || head_after == head_before, "op succeeded without a record");
         }
         if made_durable {
             model.durable = model.head();
@@ -303,60 +291,48 @@ fn run_case(seed: u64) -> Result<u64, String> {
     }
     let store = open(&image_fs, &options)?;
     let volume = store.volume("v").ok_or("volume lost")?;
-    check(&volume, &model, "after crash")?;
+    check(&store, &volume, &model, "after crash")?;
     // The recovered volume takes writes, and they do not resurrect anything
     // from before the cut (a stale record past the cut must stay dead).
     if rng.chance(1, 3) {
         let head = volume.head_seq();
         let data = [0x5A; 64];
-        let written = volume
-            .write(0, &data, true)
-            .map_err(|e| format!("write after recovery: {e:?}"))?;
+        let written = volume.write(0, &data, true).map_err(|e| format!("write after recovery: {e:?}"))?;
         ensure!(written == head + 1, "seq after recovery");
         let again_fs = image_fs.crash_image(Loss::Random, rng.next_u64());
         drop(volume);
         drop(store);
         let store = open(&again_fs, &options)?;
         let volume = store.volume("v").ok_or("volume lost")?;
-        ensure!(
-            volume.head_seq() == head + 1,
-            "second recovery head {} != {}",
-            volume.head_seq(),
-            head + 1
-        );
+        ensure!(volume.head_seq() == head + 1, "second recovery head {} != {}", volume.head_seq(), head + 1);
         let mut truncated = Model {
             images: model.images[..=head as usize].to_vec(),
             snapshots: model.snapshots[..=head as usize].to_vec(),
             durable: head,
             maybe: None,
+            clones: model.clones.clone(),
         };
         let (mut image, snapshots) = truncated.current();
         image[..64].copy_from_slice(&data);
         truncated.push(image, snapshots);
         truncated.durable = head + 1;
-        check(&volume, &truncated, "after second crash")?;
+        check(&store, &volume, &truncated, "after second crash")?;
     }
     Ok(model.head())
 }
 
 /// Checks a recovered volume against the model.
-fn check(volume: &Arc<Volume>, model: &Model, when: &str) -> Result<(), String> {
+fn check(store: &Store, volume: &Arc<Volume>, model: &Model, when: &str) -> Result<(), String> {
     let head = volume.head_seq();
     ensure!(
         head >= model.durable,
         "{when}: lost acknowledged writes: head {head} < durable {}",
         model.durable
     );
-    ensure!(
-        head <= model.head(),
-        "{when}: head {head} beyond model {}",
-        model.head()
-    );
+    ensure!(head <= model.head(), "{when}: head {head} beyond model {}", model.head());
     for seq in 0..=head {
         let expected = &model.images[seq as usize];
-        let point = volume
-            .open_point(seq)
-            .map_err(|e| format!("{when}: open point {seq}: {e:?}"))?;
+        let point = volume.open_point(seq).map_err(|e| format!("{when}: open point {seq}: {e:?}"))?;
         ensure!(
             point.size() == expected.len() as u64,
             "{when}: seq {seq} size {} != {}",
@@ -364,40 +340,32 @@ fn check(volume: &Arc<Volume>, model: &Model, when: &str) -> Result<(), String> 
             expected.len()
         );
         let mut buf = vec![0xEE; expected.len()];
-        point
-            .read(0, &mut buf)
-            .map_err(|e| format!("{when}: read point {seq}: {e:?}"))?;
+        point.read(0, &mut buf).map_err(|e| format!("{when}: read point {seq}: {e:?}"))?;
         if &buf != expected {
             let at = buf.iter().zip(expected).position(|(a, b)| a != b).unwrap();
-            return Err(format!(
-                "{when}: seq {seq} differs from the model at byte {at}"
-            ));
+            return Err(format!("{when}: seq {seq} differs from the model at byte {at}"));
         }
     }
     let expected = &model.images[head as usize];
     let mut buf = vec![0xEE; expected.len()];
-    volume
-        .read(0, &mut buf)
-        .map_err(|e| format!("{when}: head read: {e:?}"))?;
+    volume.read(0, &mut buf).map_err(|e| format!("{when}: head read: {e:?}"))?;
     ensure!(&buf == expected, "{when}: head differs from the model");
     let mut at = 0usize;
-    for extent in volume
-        .extents(0, expected.len() as u64)
-        .map_err(|e| format!("{e:?}"))?
-    {
+    for extent in volume.extents(0, expected.len() as u64).map_err(|e| format!("{e:?}"))? {
         let bytes = &expected[at..at + extent.length as usize];
-        ensure!(
-            !extent.zero || bytes.iter().all(|&b| b == 0),
-            "{when}: zero extent with data"
-        );
+        ensure!(!extent.zero || bytes.iter().all(|&b| b == 0), "{when}: zero extent with data");
         at += extent.length as usize;
     }
     ensure!(at == expected.len(), "{when}: extents cover {at} bytes");
-    let snapshots: BTreeMap<String, u64> = volume
-        .snapshots()
-        .into_iter()
-        .map(|s| (s.name, s.seq))
-        .collect();
+    for (name, &seq) in &model.clones {
+        let clone = store.volume(name).ok_or(format!("{when}: clone {name} lost"))?;
+        let expected = &model.images[seq as usize];
+        ensure!(clone.size() == expected.len() as u64, "{when}: clone {name} size");
+        let mut buf = vec![0xEE; expected.len()];
+        clone.read(0, &mut buf).map_err(|e| format!("{when}: clone read: {e:?}"))?;
+        ensure!(&buf == expected, "{when}: clone {name} differs from seq {seq}");
+    }
+    let snapshots: BTreeMap<String, u64> = volume.snapshots().into_iter().map(|s| (s.name, s.seq)).collect();
     ensure!(
         snapshots == model.snapshots[head as usize],
         "{when}: snapshots {snapshots:?} != {:?}",
@@ -416,18 +384,10 @@ fn run_family(family: u64) {
         }
         return;
     }
-    let cases: u64 = std::env::var("REWIND_CRASH_CASES")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(50_000);
-    let base: u64 = std::env::var("REWIND_BASE_SEED")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
+    let cases: u64 = std::env::var("REWIND_CRASH_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(50_000);
+    let base: u64 =
+        std::env::var("REWIND_BASE_SEED").ok().and_then(|n| n.parse().ok()).unwrap_or_else(|| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
         });
     let base = base - base % FAMILIES + family;
     let mut records = 0;
@@ -438,15 +398,12 @@ fn run_family(family: u64) {
             Ok(Err(error)) => panic!(
                 "crash case failed: {error}\nreplay: REWIND_SEED={seed} cargo test -p store --test crash"
             ),
-            Err(_) => panic!(
-                "crash case panicked\nreplay: REWIND_SEED={seed} cargo test -p store --test crash"
-            ),
+            Err(_) => {
+                panic!("crash case panicked\nreplay: REWIND_SEED={seed} cargo test -p store --test crash")
+            }
         }
     }
-    println!(
-        "{:?}: {cases} crash states checked, {records} records (base seed {base})",
-        family_of(family)
-    );
+    println!("{:?}: {cases} crash states checked, {records} records (base seed {base})", family_of(family));
 }
 
 /// Power lost exactly at a random sync; unsynced bytes kept, lost or torn.

@@ -3,9 +3,7 @@
 use std::sync::Arc;
 
 use store::memory::{Faults, MemoryFs};
-use store::{
-    CreateError, DeleteError, Extent, ManualClock, PointError, Store, StoreOptions, WriteError,
-};
+use store::{CreateError, DeleteError, Extent, ManualClock, PointError, Store, StoreOptions, WriteError};
 
 const T0: i64 = 1_800_000_000_000_000_000;
 
@@ -32,18 +30,12 @@ fn read(volume: &store::Volume, offset: u64, length: usize) -> Vec<u8> {
 #[test]
 fn real_dir_round_trip_and_lock() {
     let dir = tempfile::tempdir().unwrap();
-    let options = StoreOptions {
-        commit_interval: None,
-        ..StoreOptions::default()
-    };
+    let options = StoreOptions { commit_interval: None, ..StoreOptions::default() };
     let store = Store::open(dir.path(), options.clone()).unwrap();
     let volume = store.create_volume("default", 1 << 30).unwrap();
     volume.write(4096, b"hello", false).unwrap();
     volume.write(1 << 29, &vec![7; 3 << 20], true).unwrap();
-    assert!(matches!(
-        Store::open(dir.path(), options.clone()),
-        Err(store::OpenError::Locked { .. })
-    ));
+    assert!(matches!(Store::open(dir.path(), options.clone()), Err(store::OpenError::Locked { .. })));
     store.close().unwrap();
     drop(store);
     let store = Store::open(dir.path(), options).unwrap();
@@ -69,10 +61,7 @@ fn points_snapshots_rollback_resize() {
     let b = volume.write(0, b"BB", false).unwrap();
     assert_eq!(read(&volume, 0, 4), b"BBAA");
     assert_eq!(volume.resolve_time(T0 + 1_500_000_000).unwrap(), snap.seq);
-    assert!(matches!(
-        volume.resolve_time(T0 - 1),
-        Err(PointError::OutsideHistory { .. })
-    ));
+    assert!(matches!(volume.resolve_time(T0 - 1), Err(PointError::OutsideHistory { .. })));
     let outcome = volume.rollback(snap.seq).unwrap();
     assert_eq!(outcome.previous_head_seq, b);
     assert_eq!(read(&volume, 0, 4), b"AAAA");
@@ -85,10 +74,7 @@ fn points_snapshots_rollback_resize() {
     assert_eq!(read(&volume, 0, 4), b"BBAA");
     let shrink = volume.resize(2).unwrap();
     assert_eq!(volume.size(), 2);
-    assert!(matches!(
-        volume.write(1, b"xx", false),
-        Err(WriteError::OutOfBounds { .. })
-    ));
+    assert!(matches!(volume.write(1, b"xx", false), Err(WriteError::OutOfBounds { .. })));
     volume.resize(8).unwrap();
     assert_eq!(read(&volume, 0, 8), b"BB\0\0\0\0\0\0");
     assert_eq!(volume.open_point(shrink - 1).unwrap().size(), 1 << 20);
@@ -105,10 +91,7 @@ fn points_snapshots_rollback_resize() {
     let again = reopened.volume("vm").unwrap();
     assert_eq!(again.head_seq(), volume.head_seq());
     for seq in 0..=volume.head_seq() {
-        let (before, after) = (
-            volume.open_point(seq).unwrap(),
-            again.open_point(seq).unwrap(),
-        );
+        let (before, after) = (volume.open_point(seq).unwrap(), again.open_point(seq).unwrap());
         let mut x = vec![0; before.size().min(64) as usize];
         let mut y = x.clone();
         before.read(0, &mut x).unwrap();
@@ -138,31 +121,13 @@ fn clones_and_delete() {
     assert_eq!(
         clone.extents(0, 1 << 20).unwrap(),
         vec![
-            Extent {
-                length: 100,
-                hole: true,
-                zero: true
-            },
-            Extent {
-                length: 6,
-                hole: false,
-                zero: false
-            },
-            Extent {
-                length: (1 << 20) - 106,
-                hole: true,
-                zero: true
-            },
+            Extent { length: 100, hole: true, zero: true },
+            Extent { length: 6, hole: false, zero: false },
+            Extent { length: (1 << 20) - 106, hole: true, zero: true },
         ]
     );
-    assert!(matches!(
-        store.delete_volume("base", false),
-        Err(DeleteError::HasClones { .. })
-    ));
-    assert!(matches!(
-        store.create_volume("bad@name", 1),
-        Err(CreateError::InvalidName(_))
-    ));
+    assert!(matches!(store.delete_volume("base", false), Err(DeleteError::HasClones { .. })));
+    assert!(matches!(store.create_volume("bad@name", 1), Err(CreateError::InvalidName(_))));
     store.delete_volume("base", true).unwrap();
     assert!(store.volume("base").is_none());
     assert_eq!(read(&clone, 100, 6), b"pXrent");
@@ -173,11 +138,7 @@ fn clones_and_delete() {
     assert_eq!(read(&clone, 100, 6), b"pXrent");
     store.delete_volume("child", false).unwrap();
     drop(store);
-    assert_eq!(
-        fs.total_bytes(),
-        0,
-        "hidden parent reclaimed with its last clone"
-    );
+    assert_eq!(fs.total_bytes(), 0, "hidden parent reclaimed with its last clone");
 }
 
 /// ENOSPC on a journal write comes back with its errno, poisons the volume
@@ -191,13 +152,7 @@ fn enospc_poisons_and_keeps_flushed_writes() {
     let store = Store::open("/unused".as_ref(), options.clone()).unwrap();
     let volume = store.create_volume("v", 1 << 20).unwrap();
     volume.write(0, b"kept", true).unwrap();
-    fs.set_faults(
-        Faults {
-            fail_write_at: Some((1, libc::ENOSPC)),
-            ..Faults::default()
-        },
-        3,
-    );
+    fs.set_faults(Faults { fail_write_at: Some((1, libc::ENOSPC)), ..Faults::default() }, 3);
     let error = volume.write(10, &vec![1; 8000], true).unwrap_err();
     assert_eq!(error.raw_os_error(), Some(libc::ENOSPC));
     let again = volume.write(0, b"no", false).unwrap_err();
@@ -208,10 +163,7 @@ fn enospc_poisons_and_keeps_flushed_writes() {
     volume.flush().unwrap();
     fs.set_faults(Faults::default(), 0);
     let reopened = store.reopen_volume("v").unwrap();
-    assert!(matches!(
-        volume.write(0, b"no", false),
-        Err(WriteError::Deleted)
-    ));
+    assert!(matches!(volume.write(0, b"no", false), Err(WriteError::Deleted)));
     assert_eq!(read(&reopened, 0, 4), b"kept");
     reopened.write(0, b"ok", true).unwrap();
     drop(store);
@@ -236,9 +188,7 @@ fn concurrent_writers_readers_and_flushers() {
         ..StoreOptions::default()
     };
     let store = Store::open(dir.path(), options.clone()).unwrap();
-    let volume = store
-        .create_volume("v", THREADS * 16 * BLOCK as u64)
-        .unwrap();
+    let volume = store.create_volume("v", THREADS * 16 * BLOCK as u64).unwrap();
     let stop = std::sync::atomic::AtomicBool::new(false);
     // Block b of thread t holds bytes all equal to (t * 16 + b + round) as u8.
     std::thread::scope(|scope| {
@@ -251,9 +201,7 @@ fn concurrent_writers_readers_and_flushers() {
                     let block = round % 16;
                     let value = (thread * 16 + block + round) as u8 | 1;
                     let offset = (thread * 16 + block) * BLOCK as u64;
-                    volume
-                        .write(offset, &[value; BLOCK], round % 50 == 0)
-                        .unwrap();
+                    volume.write(offset, &[value; BLOCK], round % 50 == 0).unwrap();
                     last[block as usize] = value;
                     if round % 7 == 0 {
                         volume.flush().unwrap();
@@ -272,10 +220,7 @@ fn concurrent_writers_readers_and_flushers() {
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     block = (block + 7) % (THREADS * 16);
                     volume.read(block * BLOCK as u64, &mut buf).unwrap();
-                    assert!(
-                        buf.iter().all(|&b| b == buf[0]),
-                        "torn read of block {block}"
-                    );
+                    assert!(buf.iter().all(|&b| b == buf[0]), "torn read of block {block}");
                 }
             });
         }
@@ -364,11 +309,7 @@ fn concurrent_flushes_share_syncs() {
     });
     let (syncs, _) = fs.counts();
     assert_eq!(volume.durable_seq(), THREADS * ROUNDS);
-    assert!(
-        syncs < THREADS * ROUNDS / 2,
-        "{syncs} syncs for {} flushes",
-        THREADS * ROUNDS
-    );
+    assert!(syncs < THREADS * ROUNDS / 2, "{syncs} syncs for {} flushes", THREADS * ROUNDS);
 }
 
 /// A clean close checkpoints everything (the next open replays nothing);
@@ -378,10 +319,7 @@ fn concurrent_flushes_share_syncs() {
 fn checkpoint_bounds_replay_and_verify_checks_records() {
     let fs = MemoryFs::new();
     let clock = Arc::new(ManualClock::new(T0));
-    let options = StoreOptions {
-        checkpoint_records: 10,
-        ..memory_options(&fs, &clock)
-    };
+    let options = StoreOptions { checkpoint_records: 10, ..memory_options(&fs, &clock) };
     let store = Store::open("/unused".as_ref(), options.clone()).unwrap();
     let volume = store.create_volume("v", 1 << 20).unwrap();
     for i in 0..95u64 {
