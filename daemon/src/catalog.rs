@@ -1,125 +1,177 @@
-//! The daemon's export catalog: maps NBD export names to volumes.
+//! The daemon's export catalog: maps NBD export names to volumes and points.
+//!
+//! | name | serves |
+//! | --- | --- |
+//! | `VOL` (or empty: `default`) | the live head, read-write |
+//! | `VOL@SNAP`, `VOL@#SEQ`, `VOL@<RFC 3339>`, `VOL@-90s` | that point, read-only |
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use nbd_server::{Catalog, Export, ExportInfo, Listing, LookupError};
-use rewind_api::parse_export_name;
+use rewind_api::{Point, parse_export_name};
+use store::{History, PointError, Store, Volume};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
-use crate::config::Config;
-use crate::file_volume::FileVolume;
+use crate::device::VolumeDevice;
 
 /// Size of the volume an empty data dir starts with.
 pub const DEFAULT_VOLUME_SIZE: u64 = 1 << 30;
 /// Name of the volume an empty data dir starts with.
 pub const DEFAULT_VOLUME: &str = "default";
 
-/// Every volume the daemon serves.
+/// Every volume the daemon serves, and every point of each.
 #[derive(Debug)]
 pub struct VolumeCatalog {
-    directory: PathBuf,
-    volumes: RwLock<BTreeMap<String, Arc<FileVolume>>>,
+    store: Arc<Store>,
+}
+
+/// Formats unix nanoseconds as RFC 3339 (UTC, whole seconds).
+pub fn format_time(unix_nanos: i64) -> String {
+    OffsetDateTime::from_unix_timestamp(unix_nanos.div_euclid(1_000_000_000))
+        .ok()
+        .and_then(|time| time.format(&Rfc3339).ok())
+        .unwrap_or_else(|| format!("{unix_nanos} ns"))
+}
+
+/// "retained history: #0 (2026-11-28T02:00:00Z) to #812 (2026-11-28T02:14:03Z)"
+pub fn describe_window(window: &History) -> String {
+    format!(
+        "retained history is #{} ({}) to #{} ({})",
+        window.first_seq,
+        format_time(window.first_time),
+        window.head_seq,
+        format_time(window.head_time)
+    )
+}
+
+fn now_nanos() -> i64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(now.as_nanos()).unwrap_or(i64::MAX)
+}
+
+fn lookup_error(message: impl Into<String>) -> LookupError {
+    LookupError { message: message.into() }
+}
+
+/// Resolves a point of `volume` to a seq, or says why not in words a user
+/// can act on (the retained window, the snapshot names).
+pub fn resolve_point(volume: &Volume, point: &Point) -> Result<u64, String> {
+    let outside = |error: PointError| match error {
+        PointError::OutsideHistory { window, .. } => {
+            format!("{point} is outside the history of {}: {}", volume.name(), describe_window(&window))
+        }
+        PointError::UnknownSnapshot(name) => format!("no snapshot named {name} on {}", volume.name()),
+    };
+    match point {
+        Point::Seq(seq) => {
+            let history = volume.history();
+            if *seq < history.first_seq || *seq > history.head_seq {
+                return Err(format!(
+                    "{point} is outside the history of {}: {}",
+                    volume.name(),
+                    describe_window(&history)
+                ));
+            }
+            Ok(*seq)
+        }
+        Point::Time(time) => {
+            let nanos = i64::try_from(time.unix_timestamp_nanos()).unwrap_or(i64::MIN);
+            volume.resolve_time(nanos).map_err(outside)
+        }
+        Point::Ago(ago) => {
+            let nanos = now_nanos().saturating_sub(i64::try_from(ago.as_nanos()).unwrap_or(i64::MAX));
+            volume.resolve_time(nanos).map_err(outside)
+        }
+        Point::Snapshot(name) => volume.snapshot(name).map(|snapshot| snapshot.seq).ok_or_else(|| {
+            let names: Vec<String> = volume.snapshots().into_iter().map(|s| s.name).collect();
+            if names.is_empty() {
+                format!("no snapshot named {name} on {} (it has none)", volume.name())
+            } else {
+                format!("no snapshot named {name} on {}; it has: {}", volume.name(), names.join(", "))
+            }
+        }),
+    }
 }
 
 impl VolumeCatalog {
-    /// Opens the data dir, creating it and the default volume if empty.
-    pub fn open(config: &Config) -> anyhow::Result<VolumeCatalog> {
-        let directory = config.data_dir.join("files");
-        std::fs::create_dir_all(&directory)?;
-        let mut volumes = BTreeMap::new();
-        for entry in std::fs::read_dir(&directory)? {
-            let path = entry?.path();
-            let Some(name) = path.file_stem().and_then(|n| n.to_str()) else {
-                continue;
-            };
-            if path.extension().is_some_and(|e| e == "raw") {
-                let size = std::fs::metadata(&path)?.len();
-                volumes.insert(name.to_owned(), Arc::new(FileVolume::open(&path, size)?));
-            }
+    /// Serves the volumes of `store`, creating `default` if there are none.
+    pub fn new(store: Arc<Store>) -> anyhow::Result<VolumeCatalog> {
+        if store.volumes().is_empty() {
+            store.create_volume(DEFAULT_VOLUME, DEFAULT_VOLUME_SIZE)?;
+            tracing::info!(name = DEFAULT_VOLUME, size = DEFAULT_VOLUME_SIZE, "created volume");
         }
-        if volumes.is_empty() {
-            let path = directory.join(format!("{DEFAULT_VOLUME}.raw"));
-            let volume = FileVolume::open(&path, DEFAULT_VOLUME_SIZE)?;
-            tracing::info!(
-                name = DEFAULT_VOLUME,
-                size = DEFAULT_VOLUME_SIZE,
-                "created volume"
-            );
-            volumes.insert(DEFAULT_VOLUME.to_owned(), Arc::new(volume));
-        }
-        Ok(VolumeCatalog {
-            directory,
-            volumes: RwLock::new(volumes),
-        })
+        Ok(VolumeCatalog { store })
     }
 
-    /// Flushes every volume (shutdown).
-    pub async fn flush_all(&self) -> anyhow::Result<()> {
-        let volumes: Vec<_> = self
-            .volumes
-            .read()
-            .expect("lock")
-            .values()
-            .cloned()
-            .collect();
-        for volume in volumes {
-            volume.sync()?;
-        }
-        let _ = &self.directory;
-        Ok(())
+    fn volume(&self, name: &str) -> Result<Arc<Volume>, LookupError> {
+        self.store.volume(name).ok_or_else(|| {
+            let names: Vec<String> = self.store.volumes().iter().map(|v| v.name().to_owned()).collect();
+            lookup_error(format!("no volume named {name}; volumes: {}", names.join(", ")))
+        })
     }
 }
 
 impl Catalog for VolumeCatalog {
-    type Device = Arc<FileVolume>;
+    type Device = VolumeDevice;
 
     fn list(&self) -> Vec<Listing> {
-        self.volumes
-            .read()
-            .expect("lock")
-            .iter()
-            .map(|(name, volume)| Listing {
-                name: name.clone(),
-                description: format!("rewind volume {name} ({} bytes, live head)", volume.size()),
-            })
-            .collect()
+        let mut listings = Vec::new();
+        for volume in self.store.volumes() {
+            listings.push(Listing {
+                name: volume.name().to_owned(),
+                description: format!("live head of {} ({} bytes)", volume.name(), volume.size()),
+            });
+            for snapshot in volume.snapshots() {
+                listings.push(Listing {
+                    name: format!("{}@{}", volume.name(), snapshot.name),
+                    description: format!("snapshot #{} taken {}", snapshot.seq, format_time(snapshot.time)),
+                });
+            }
+        }
+        listings
     }
 
     async fn open(&self, name: &str) -> Result<Export<Self::Device>, LookupError> {
-        let name = if name.is_empty() {
-            DEFAULT_VOLUME
-        } else {
-            name
-        };
-        let parsed = parse_export_name(name).map_err(|error| LookupError {
-            message: error.to_string(),
-        })?;
-        let volume = self
-            .volumes
-            .read()
-            .expect("lock")
-            .get(&parsed.volume)
-            .cloned()
-            .ok_or_else(|| LookupError {
-                message: format!("no volume named `{}`", parsed.volume),
-            })?;
-        if parsed.point.is_some() {
-            return Err(LookupError {
-                message: "points in time are not available yet".into(),
+        let name = if name.is_empty() { DEFAULT_VOLUME } else { name };
+        let parsed = parse_export_name(name).map_err(|error| lookup_error(error.to_string()))?;
+        let volume = self.volume(&parsed.volume)?;
+        let Some(point) = parsed.point else {
+            return Ok(Export {
+                info: ExportInfo {
+                    name: volume.name().to_owned(),
+                    description: format!("live head of {}", volume.name()),
+                    size: volume.size(),
+                    read_only: false,
+                    multi_conn: true,
+                    preferred_block: 4096,
+                    fast_zero: true,
+                },
+                device: VolumeDevice::Head(volume),
             });
-        }
+        };
+        let seq = resolve_point(&volume, &point).map_err(lookup_error)?;
+        // Opening a point builds its read plan; keep it off the async threads.
+        let opened = tokio::task::spawn_blocking(move || volume.open_point(seq).map(|view| (volume, view)))
+            .await
+            .map_err(|error| lookup_error(format!("cannot open point: {error}")))?;
+        let (volume, view) = opened.map_err(|error| lookup_error(error.to_string()))?;
         Ok(Export {
             info: ExportInfo {
-                name: parsed.volume.clone(),
-                description: format!("rewind volume {} (live head)", parsed.volume),
-                size: volume.size(),
-                read_only: false,
+                name: name.to_owned(),
+                description: format!(
+                    "{} as of #{} ({}), read-only",
+                    volume.name(),
+                    view.seq(),
+                    format_time(view.time())
+                ),
+                size: view.size(),
+                read_only: true,
                 multi_conn: true,
                 preferred_block: 4096,
                 fast_zero: false,
             },
-            device: volume,
+            device: VolumeDevice::Point(Arc::new(view)),
         })
     }
 }

@@ -90,16 +90,8 @@ impl Config {
             }
             None => FileConfig::default(),
         };
-        let data_dir = args
-            .data_dir
-            .clone()
-            .or(file.data_dir)
-            .unwrap_or_else(|| "rewind-data".into());
-        let control = args
-            .control
-            .clone()
-            .or(file.control)
-            .unwrap_or_else(|| data_dir.join("control.sock"));
+        let data_dir = args.data_dir.clone().or(file.data_dir).unwrap_or_else(|| "rewind-data".into());
+        let control = args.control.clone().or(file.control).unwrap_or_else(|| data_dir.join("control.sock"));
         let mut nbd = nbd_server::ServerConfig::default();
         if let Some(file_nbd) = file.nbd {
             if let Some(value) = file_nbd.max_connections {
@@ -113,10 +105,7 @@ impl Config {
             }
         }
         Ok(Config {
-            nbd_listen: args
-                .nbd_listen
-                .or(file.nbd_listen)
-                .unwrap_or(([127, 0, 0, 1], 10809).into()),
+            nbd_listen: args.nbd_listen.or(file.nbd_listen).unwrap_or(([127, 0, 0, 1], 10809).into()),
             replication_listen: args
                 .replication_listen
                 .or(file.replication_listen)
@@ -140,7 +129,6 @@ impl Config {
                 max_inflight_requests: self.nbd.max_inflight_requests,
             },
         };
-        toml::to_string(&printed)
-            .unwrap_or_else(|error| format!("# cannot print config: {error}\n"))
+        toml::to_string(&printed).unwrap_or_else(|error| format!("# cannot print config: {error}\n"))
     }
 }

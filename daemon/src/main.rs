@@ -7,8 +7,7 @@
 
 mod catalog;
 mod config;
-mod file_volume;
-mod sys;
+mod device;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -34,10 +33,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("rewindd: cannot start the async runtime: {error}");
@@ -59,31 +55,20 @@ fn init_logging() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Colours only for a person at a terminal, never in log files.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
-    let catalog = Arc::new(
-        VolumeCatalog::open(&config)
-            .with_context(|| format!("cannot open data dir {}", config.data_dir.display()))?,
-    );
-    let listener = tokio::net::TcpListener::bind(config.nbd_listen)
-        .await
-        .map_err(|error| {
-            let hint = if error.kind() == std::io::ErrorKind::AddrInUse {
-                " (another rewindd or NBD server is using it; stop it or pass --nbd-listen ADDR)"
-            } else {
-                ""
-            };
-            anyhow::anyhow!(
-                "cannot listen for NBD on {}: {error}{hint}",
-                config.nbd_listen
-            )
-        })?;
+    let store = open_store(&config)?;
+    let catalog = Arc::new(VolumeCatalog::new(store.clone())?);
+    let listener = tokio::net::TcpListener::bind(config.nbd_listen).await.map_err(|error| {
+        let hint = if error.kind() == std::io::ErrorKind::AddrInUse {
+            " (another rewindd or NBD server is using it; stop it or pass --nbd-listen ADDR)"
+        } else {
+            ""
+        };
+        anyhow::anyhow!("cannot listen for NBD on {}: {error}{hint}", config.nbd_listen)
+    })?;
     tracing::info!(
         data_dir = %config.data_dir.display(),
         nbd = %config.nbd_listen,
@@ -97,18 +82,35 @@ async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!("shutting down: finishing in-flight requests");
     let _ = stop.send(true);
     serving.await.context("NBD server task failed")?;
-    catalog
-        .flush_all()
+    drop(catalog);
+    tokio::task::spawn_blocking(move || store.close())
         .await
+        .context("final flush task failed")?
         .context("final flush failed; acknowledged writes may not be durable")?;
     tracing::info!("all volumes flushed; bye");
     Ok(())
 }
 
+/// Opens the store in the data dir (blocking: recovery replays journals).
+fn open_store(config: &Config) -> anyhow::Result<Arc<store::Store>> {
+    let store = store::Store::open(&config.data_dir, store::StoreOptions::default())
+        .with_context(|| format!("cannot open data dir {}", config.data_dir.display()))?;
+    for volume in store.volumes() {
+        let stats = volume.recovery_stats();
+        tracing::info!(
+            volume = volume.name(),
+            head = volume.head_seq(),
+            replayed = stats.replayed,
+            cut_bytes = stats.cut_bytes,
+            "volume opened"
+        );
+    }
+    Ok(Arc::new(store))
+}
+
 async fn wait_for_signal() -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate =
-        signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
     tokio::select! {
         _ = terminate.recv() => {}

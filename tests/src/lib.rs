@@ -20,10 +20,7 @@ pub fn binary(name: &str) -> PathBuf {
         return PathBuf::from(path);
     }
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps/..");
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/..");
     let path = dir.join(name);
     assert!(
         path.exists(),
@@ -35,11 +32,7 @@ pub fn binary(name: &str) -> PathBuf {
 
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind loopback")
-        .local_addr()
-        .expect("addr")
-        .port()
+    TcpListener::bind("127.0.0.1:0").expect("bind loopback").local_addr().expect("addr").port()
 }
 
 /// A running `rewindd`. Killed with SIGKILL when dropped.
@@ -56,10 +49,7 @@ pub struct Daemon {
 impl Daemon {
     /// Starts a daemon on a fresh temporary data dir.
     pub fn start() -> Daemon {
-        let temp = tempfile::Builder::new()
-            .prefix("rewind-test-")
-            .tempdir()
-            .expect("tempdir");
+        let temp = tempfile::Builder::new().prefix("rewind-test-").tempdir().expect("tempdir");
         let mut daemon = Daemon::start_in(temp.path(), &[]);
         daemon._temp = Some(temp);
         daemon
@@ -84,11 +74,7 @@ impl Daemon {
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "daemon already running");
         for _attempt in 0..5 {
-            let port = if self.nbd.port() == 0 {
-                free_port()
-            } else {
-                self.nbd.port()
-            };
+            let port = if self.nbd.port() == 0 { free_port() } else { self.nbd.port() };
             self.nbd = SocketAddr::from(([127, 0, 0, 1], port));
             let log = std::fs::OpenOptions::new()
                 .create(true)
@@ -117,16 +103,10 @@ impl Daemon {
                 let _ = c.kill();
                 c.wait()
             });
-            eprintln!(
-                "rewindd did not start ({status:?}); log:\n{}",
-                self.log_text()
-            );
+            eprintln!("rewindd did not start ({status:?}); log:\n{}", self.log_text());
             self.nbd = SocketAddr::from(([127, 0, 0, 1], 0));
         }
-        panic!(
-            "rewindd failed to start five times; log: {}",
-            self.log.display()
-        );
+        panic!("rewindd failed to start five times; log: {}", self.log.display());
     }
 
     fn wait_ready(&mut self, limit: Duration) -> bool {
@@ -137,9 +117,7 @@ impl Daemon {
             {
                 return false;
             }
-            if let Ok(mut stream) =
-                TcpStream::connect_timeout(&self.nbd, Duration::from_millis(200))
-            {
+            if let Ok(mut stream) = TcpStream::connect_timeout(&self.nbd, Duration::from_millis(200)) {
                 // Ready once the greeting arrives.
                 let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
                 let mut greeting = [0u8; 18];
@@ -168,10 +146,7 @@ impl Daemon {
         signal(&child, libc::SIGTERM);
         wait_timeout(&mut child, Duration::from_secs(30)).unwrap_or_else(|| {
             let _ = child.kill();
-            panic!(
-                "rewindd ignored SIGTERM for 30 s; log:\n{}",
-                self.log_text()
-            )
+            panic!("rewindd ignored SIGTERM for 30 s; log:\n{}", self.log_text())
         })
     }
 
@@ -195,11 +170,7 @@ impl Drop for Daemon {
             let _ = child.wait();
         }
         if std::thread::panicking() {
-            eprintln!(
-                "--- rewindd log ({}) ---\n{}",
-                self.log.display(),
-                self.log_text()
-            );
+            eprintln!("--- rewindd log ({}) ---\n{}", self.log.display(), self.log_text());
         }
     }
 }
@@ -272,10 +243,7 @@ pub fn run_ok(command: &mut Command, limit: Duration) -> String {
 /// Runs a Python script under Debian's python with the libnbd module; the
 /// script gets the URI in `sys.argv[1]` and must exit 0.
 pub fn nbd_python(script: &str, uri: &str) -> String {
-    run_ok(
-        Command::new(SYSTEM_PYTHON).arg("-c").arg(script).arg(uri),
-        Duration::from_secs(120),
-    )
+    run_ok(Command::new(SYSTEM_PYTHON).arg("-c").arg(script).arg(uri), Duration::from_secs(120))
 }
 
 /// `len` random bytes from a seeded generator.

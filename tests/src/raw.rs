@@ -85,10 +85,7 @@ impl RawClient {
         self.stream.read_exact(&mut header)?;
         let magic = u64::from_be_bytes(header[0..8].try_into().expect("8"));
         if magic != REPLY_MAGIC {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "bad reply magic",
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "bad reply magic"));
         }
         let option = u32::from_be_bytes(header[8..12].try_into().expect("4"));
         let kind = u32::from_be_bytes(header[12..16].try_into().expect("4"));
@@ -138,10 +135,8 @@ impl RawClient {
                 String::from_utf8_lossy(&last.data)
             )));
         }
-        let info = replies
-            .iter()
-            .find(|r| r.kind == REP_INFO && r.data[..2] == [0, 0])
-            .expect("NBD_INFO_EXPORT");
+        let info =
+            replies.iter().find(|r| r.kind == REP_INFO && r.data[..2] == [0, 0]).expect("NBD_INFO_EXPORT");
         let size = u64::from_be_bytes(info.data[2..10].try_into().expect("8"));
         let flags = u16::from_be_bytes(info.data[10..12].try_into().expect("2"));
         Ok((size, flags))
@@ -174,10 +169,7 @@ impl RawClient {
         self.stream.read_exact(&mut header)?;
         let magic = u32::from_be_bytes(header[0..4].try_into().expect("4"));
         if magic != SIMPLE_MAGIC {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("magic {magic:#x}"),
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("magic {magic:#x}")));
         }
         Ok((
             u32::from_be_bytes(header[4..8].try_into().expect("4")),

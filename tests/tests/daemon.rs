@@ -60,10 +60,7 @@ print(acked, flush=True)
     let output = child.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&output.stdout);
     let acked: u64 = text.lines().last().unwrap().trim().parse().unwrap();
-    assert!(
-        acked > 200 && acked < 200000,
-        "load did not overlap the signal: {text}"
-    );
+    assert!(acked > 200 && acked < 200000, "load did not overlap the signal: {text}");
     daemon.restart();
     // The last acknowledged write to each of the first blocks is there.
     let check = format!(
@@ -89,10 +86,7 @@ fn a_taken_port_is_one_clear_line_and_exit_1() {
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     let line = stderr.lines().last().unwrap();
-    assert!(
-        line.contains(&daemon.nbd.to_string()) && line.contains("--nbd-listen"),
-        "{stderr}"
-    );
+    assert!(line.contains(&daemon.nbd.to_string()) && line.contains("--nbd-listen"), "{stderr}");
 }
 
 #[test]
@@ -111,10 +105,7 @@ fn an_unwritable_data_dir_is_one_clear_line_and_exit_1() {
     );
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("data dir") && stderr.contains("not-a-dir"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("data dir") && stderr.contains("not-a-dir"), "{stderr}");
 }
 
 #[test]
@@ -123,37 +114,25 @@ fn print_config_shows_defaults_file_values_and_flag_overrides() {
     // effective result and a bad file is a usage error (exit 2).
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("c.toml");
-    std::fs::write(
-        &config,
-        "data_dir = \"/srv/rewind\"\nnbd_listen = \"127.0.0.1:11000\"\n",
-    )
-    .unwrap();
+    std::fs::write(&config, "data_dir = \"/srv/rewind\"\nnbd_listen = \"127.0.0.1:11000\"\n").unwrap();
     let output = run(
-        Command::new(binary("rewindd"))
-            .arg("--config")
-            .arg(&config)
-            .args(["--nbd-listen", "127.0.0.1:12000", "--print-config"]),
+        Command::new(binary("rewindd")).arg("--config").arg(&config).args([
+            "--nbd-listen",
+            "127.0.0.1:12000",
+            "--print-config",
+        ]),
         Duration::from_secs(20),
     );
     assert!(output.status.success());
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(text.contains("data_dir = \"/srv/rewind\""), "{text}");
     assert!(text.contains("nbd_listen = \"127.0.0.1:12000\""), "{text}");
-    assert!(
-        text.contains("control = \"/srv/rewind/control.sock\""),
-        "{text}"
-    );
-    assert!(
-        text.contains("replication_listen = \"127.0.0.1:10810\""),
-        "{text}"
-    );
+    assert!(text.contains("control = \"/srv/rewind/control.sock\""), "{text}");
+    assert!(text.contains("replication_listen = \"127.0.0.1:10810\""), "{text}");
 
     std::fs::write(&config, "nbd_listen = 5\n").unwrap();
     let output = run(
-        Command::new(binary("rewindd"))
-            .arg("--config")
-            .arg(&config)
-            .arg("--print-config"),
+        Command::new(binary("rewindd")).arg("--config").arg(&config).arg("--print-config"),
         Duration::from_secs(20),
     );
     assert_eq!(output.status.code(), Some(2));

@@ -15,11 +15,7 @@ use rewind_tests::raw::*;
 /// the slow-client cases finish quickly.
 fn hardened_daemon(dir: &Path) -> Daemon {
     let config = dir.join("rewindd.toml");
-    std::fs::write(
-        &config,
-        "[nbd]\nhandshake_timeout_ms = 1000\nmax_connections = 16\n",
-    )
-    .unwrap();
+    std::fs::write(&config, "[nbd]\nhandshake_timeout_ms = 1000\nmax_connections = 16\n").unwrap();
     let data = dir.join("data");
     Daemon::start_in(&data, &["--config", config.to_str().unwrap()])
 }
@@ -29,9 +25,7 @@ fn assert_serving(addr: SocketAddr) {
     let mut client = RawClient::connect(addr).expect("connect");
     let (size, _) = client.go("default").expect("GO default");
     assert_eq!(size, 1 << 30);
-    client
-        .request(0, CMD_WRITE, 1, 4096, 512, &[0x5a; 512])
-        .unwrap();
+    client.request(0, CMD_WRITE, 1, 4096, 512, &[0x5a; 512]).unwrap();
     assert_eq!(client.simple_reply().unwrap(), (0, 1));
     client.request(0, CMD_READ, 2, 4096, 512, &[]).unwrap();
     assert_eq!(client.simple_reply().unwrap(), (0, 2));
@@ -59,30 +53,24 @@ fn silent_and_idle_clients_are_dropped_at_the_handshake_deadline() {
     // is served again.
     let dir = tempfile::tempdir().unwrap();
     let mut daemon = hardened_daemon(dir.path());
+    // Let the start-up readiness probe's connection close first.
+    std::thread::sleep(Duration::from_millis(300));
     let started = Instant::now();
-    let mut silent: Vec<RawClient> = (0..15)
-        .map(|_| RawClient::connect_bare(daemon.nbd).unwrap())
-        .collect();
+    let mut silent: Vec<RawClient> = (0..15).map(|_| RawClient::connect_bare(daemon.nbd).unwrap()).collect();
     // A client stalled after sending part of an option.
     let mut stalled = RawClient::connect(daemon.nbd).unwrap();
     stalled.send_option(OPT_GO, 100, &[0, 0, 0, 7]).unwrap();
     // The server is full: one more connection is closed at once.
     let mut over = RawClient::connect_bare(daemon.nbd).unwrap();
     assert!(over.is_closed(), "connection over the cap was kept");
-    assert!(
-        started.elapsed() < Duration::from_millis(900),
-        "over-cap client was not refused at once"
-    );
+    assert!(started.elapsed() < Duration::from_millis(900), "over-cap client was not refused at once");
     for client in silent.iter_mut().chain(std::iter::once(&mut stalled)) {
         // Greeting (if sent at all), then EOF once the deadline passes.
         let _ = client.read_bytes(18);
         assert!(client.is_closed(), "idle client was not disconnected");
     }
     let waited = started.elapsed();
-    assert!(
-        waited < Duration::from_secs(14),
-        "idle clients held for {waited:?}"
-    );
+    assert!(waited < Duration::from_secs(14), "idle clients held for {waited:?}");
     assert_serving(daemon.nbd);
     assert!(daemon.is_running());
 }
@@ -98,32 +86,20 @@ fn long_export_names_are_refused_safely() {
 
     let name = vec![b'a'; 4096];
     let reply = client.option(OPT_GO, &info_data(4096, &name, &[])).unwrap();
-    assert_eq!(
-        reply.last().unwrap().kind,
-        REP_ERR_UNKNOWN,
-        "4096-byte name is legal but unknown"
-    );
+    assert_eq!(reply.last().unwrap().kind, REP_ERR_UNKNOWN, "4096-byte name is legal but unknown");
 
     let name = vec![b'a'; 5000];
-    let reply = client
-        .option(OPT_INFO, &info_data(5000, &name, &[]))
-        .unwrap();
+    let reply = client.option(OPT_INFO, &info_data(5000, &name, &[])).unwrap();
     assert_eq!(reply.last().unwrap().kind, REP_ERR_INVALID);
 
     let name = vec![b'b'; 60_000];
-    let reply = client
-        .option(OPT_GO, &info_data(60_000, &name, &[1, 2, 3]))
-        .unwrap();
+    let reply = client.option(OPT_GO, &info_data(60_000, &name, &[1, 2, 3])).unwrap();
     assert_eq!(reply.last().unwrap().kind, REP_ERR_INVALID);
 
     // Name length field far beyond the option data (the overflow case).
-    let reply = client
-        .option(OPT_GO, &info_data(u32::MAX, b"default", &[]))
-        .unwrap();
+    let reply = client.option(OPT_GO, &info_data(u32::MAX, b"default", &[])).unwrap();
     assert_eq!(reply.last().unwrap().kind, REP_ERR_INVALID);
-    let reply = client
-        .option(OPT_GO, &info_data(0x8000_0000, b"default", &[]))
-        .unwrap();
+    let reply = client.option(OPT_GO, &info_data(0x8000_0000, b"default", &[])).unwrap();
     assert_eq!(reply.last().unwrap().kind, REP_ERR_INVALID);
 
     // Info-request count that does not match the option length.
@@ -139,11 +115,7 @@ fn long_export_names_are_refused_safely() {
     let reply = client.option(0x1234, &big).unwrap();
     assert_eq!(reply.last().unwrap().kind, REP_ERR_UNSUP);
     let reply = client.option(OPT_EXTENDED_HEADERS, &[]).unwrap();
-    assert_eq!(
-        reply.last().unwrap().kind,
-        REP_ERR_UNSUP,
-        "extended headers are not offered"
-    );
+    assert_eq!(reply.last().unwrap().kind, REP_ERR_UNSUP, "extended headers are not offered");
 
     // After all that, the same connection still negotiates and serves.
     let (size, _) = client.go("default").unwrap();
@@ -154,9 +126,7 @@ fn long_export_names_are_refused_safely() {
 
     // EXPORT_NAME with a huge declared length cannot be answered: hang up.
     let mut client = RawClient::connect(daemon.nbd).unwrap();
-    client
-        .send_option(OPT_EXPORT_NAME, 100 << 20, b"default")
-        .unwrap();
+    client.send_option(OPT_EXPORT_NAME, 100 << 20, b"default").unwrap();
     assert!(client.is_closed());
     assert_serving(daemon.nbd);
 }
@@ -170,41 +140,22 @@ fn garbage_after_the_magic_is_a_clean_disconnect() {
 
     let mut client = RawClient::connect_bare(daemon.nbd).unwrap();
     client.read_bytes(18).unwrap();
-    client
-        .stream
-        .write_all(&0xffff_fff0u32.to_be_bytes())
-        .unwrap();
-    assert!(
-        client.is_closed(),
-        "unknown client flags must drop the connection"
-    );
+    client.stream.write_all(&0xffff_fff0u32.to_be_bytes()).unwrap();
+    assert!(client.is_closed(), "unknown client flags must drop the connection");
 
     let mut client = RawClient::connect(daemon.nbd).unwrap();
-    client
-        .stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    assert!(
-        client.is_closed(),
-        "bad option magic must drop the connection"
-    );
+    client.stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert!(client.is_closed(), "bad option magic must drop the connection");
 
     let mut client = RawClient::connect(daemon.nbd).unwrap();
     client.go("default").unwrap();
     client.stream.write_all(&[0xde; 64]).unwrap();
-    assert!(
-        client.is_closed(),
-        "bad request magic must drop the connection"
-    );
+    assert!(client.is_closed(), "bad request magic must drop the connection");
 
     // Option whose internal lengths exceed its declared length.
     let mut client = RawClient::connect(daemon.nbd).unwrap();
     let reply = client.option(OPT_LIST, &[1, 2, 3]).unwrap();
-    assert_eq!(
-        reply.last().unwrap().kind,
-        REP_ERR_INVALID,
-        "LIST takes no data"
-    );
+    assert_eq!(reply.last().unwrap().kind, REP_ERR_INVALID, "LIST takes no data");
     let mut meta = Vec::new();
     meta.extend_from_slice(&7u32.to_be_bytes());
     meta.extend_from_slice(b"default");
@@ -231,74 +182,37 @@ fn out_of_range_and_oversized_requests_get_errors_not_writes() {
     let mut client = RawClient::connect(daemon.nbd).unwrap();
     client.go("default").unwrap();
 
-    client
-        .request(0, CMD_READ, 1, u64::MAX - 100, 4096, &[])
-        .unwrap();
+    client.request(0, CMD_READ, 1, u64::MAX - 100, 4096, &[]).unwrap();
     assert_eq!(client.simple_reply().unwrap(), (EINVAL, 1));
-    client
-        .request(0, CMD_WRITE, 2, u64::MAX - 511, 512, &[0xee; 512])
-        .unwrap();
+    client.request(0, CMD_WRITE, 2, u64::MAX - 511, 512, &[0xee; 512]).unwrap();
     let (error, cookie) = client.simple_reply().unwrap();
     assert_eq!(cookie, 2);
-    assert!(
-        error == EINVAL || error == ENOSPC,
-        "overflowing write got {error}"
-    );
-    client
-        .request(0, CMD_WRITE, 3, (1 << 30) - 256, 512, &[0xee; 512])
-        .unwrap();
-    assert_eq!(
-        client.simple_reply().unwrap(),
-        (ENOSPC, 3),
-        "write past the end"
-    );
+    assert!(error == EINVAL || error == ENOSPC, "overflowing write got {error}");
+    client.request(0, CMD_WRITE, 3, (1 << 30) - 256, 512, &[0xee; 512]).unwrap();
+    assert_eq!(client.simple_reply().unwrap(), (ENOSPC, 3), "write past the end");
     client.request(0, CMD_READ, 4, 0, 64 << 20, &[]).unwrap();
     assert_eq!(client.simple_reply().unwrap(), (EINVAL, 4), "64 MiB read");
     client.request(0, 99, 5, 0, 512, &[]).unwrap();
-    assert_eq!(
-        client.simple_reply().unwrap(),
-        (EINVAL, 5),
-        "unknown command"
-    );
+    assert_eq!(client.simple_reply().unwrap(), (EINVAL, 5), "unknown command");
     client.request(0x8000, CMD_READ, 6, 0, 512, &[]).unwrap();
     assert_eq!(client.simple_reply().unwrap(), (EINVAL, 6), "unknown flag");
     client.request(0, CMD_FLUSH, 7, 4096, 0, &[]).unwrap();
-    assert_eq!(
-        client.simple_reply().unwrap(),
-        (EINVAL, 7),
-        "flush with an offset"
-    );
+    assert_eq!(client.simple_reply().unwrap(), (EINVAL, 7), "flush with an offset");
     client.request(0, CMD_READ, 8, 0, 0, &[]).unwrap();
-    assert_eq!(
-        client.simple_reply().unwrap(),
-        (EINVAL, 8),
-        "zero-length read"
-    );
+    assert_eq!(client.simple_reply().unwrap(), (EINVAL, 8), "zero-length read");
 
     // Still in sync: a normal read works on the same connection.
-    client
-        .request(0, CMD_READ, 10, (1 << 30) - 512, 512, &[])
-        .unwrap();
+    client.request(0, CMD_READ, 10, (1 << 30) - 512, 512, &[]).unwrap();
     assert_eq!(client.simple_reply().unwrap(), (0, 10));
-    assert!(
-        client.read_bytes(512).unwrap().iter().all(|&b| b == 0),
-        "last sector was written"
-    );
+    assert!(client.read_bytes(512).unwrap().iter().all(|&b| b == 0), "last sector was written");
 
     // A write announcing 4 GiB of payload cannot be skipped: disconnect.
     client.request(0, CMD_WRITE, 11, 0, u32::MAX, &[]).unwrap();
     assert!(client.is_closed());
 
     // No byte landed past the end of the 1 GiB volume.
-    let output = Command::new("nbdinfo")
-        .arg("--size")
-        .arg(daemon.uri("default"))
-        .output()
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&output.stdout).trim(),
-        (1u64 << 30).to_string()
-    );
+    let output = Command::new("nbdinfo").arg("--size").arg(daemon.uri("default")).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), (1u64 << 30).to_string());
     assert_serving(daemon.nbd);
 }
 
@@ -311,9 +225,7 @@ fn disconnect_with_requests_in_flight_loses_nothing_acknowledged() {
     let mut client = RawClient::connect(daemon.nbd).unwrap();
     client.go("default").unwrap();
     for i in 0..64u64 {
-        client
-            .request(0, CMD_WRITE, i, i * 4096, 4096, &[i as u8; 4096])
-            .unwrap();
+        client.request(0, CMD_WRITE, i, i * 4096, 4096, &[i as u8; 4096]).unwrap();
     }
     client.request(0, CMD_FLUSH, 1000, 0, 0, &[]).unwrap();
     let mut acknowledged = Vec::new();
@@ -324,9 +236,7 @@ fn disconnect_with_requests_in_flight_loses_nothing_acknowledged() {
     }
     assert!(acknowledged.contains(&1000));
     // Half a request, then gone.
-    client
-        .request(0, CMD_WRITE, 2000, 0, 4096, &[0xff; 100])
-        .unwrap();
+    client.request(0, CMD_WRITE, 2000, 0, 4096, &[0xff; 100]).unwrap();
     drop(client);
 
     let mut reader = RawClient::connect(daemon.nbd).unwrap();

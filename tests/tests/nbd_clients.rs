@@ -13,18 +13,10 @@ fn nbdinfo_lists_describes_and_maps_the_default_volume() {
     // A fresh data dir serves `default` (1 GiB); nbdinfo's list, JSON and
     // map views agree with what the daemon created and what we write.
     let daemon = Daemon::start();
-    let listing = run_ok(
-        Command::new("nbdinfo").arg("--list").arg(daemon.uri("")),
-        MINUTE,
-    );
+    let listing = run_ok(Command::new("nbdinfo").arg("--list").arg(daemon.uri("")), MINUTE);
     assert!(listing.contains("export=\"default\""), "{listing}");
 
-    let json = run_ok(
-        Command::new("nbdinfo")
-            .arg("--json")
-            .arg(daemon.uri("default")),
-        MINUTE,
-    );
+    let json = run_ok(Command::new("nbdinfo").arg("--json").arg(daemon.uri("default")), MINUTE);
     let info: serde_json::Value = serde_json::from_str(&json).expect("nbdinfo JSON");
     let export = &info["exports"][0];
     assert_eq!(export["export-size"], 1u64 << 30);
@@ -34,44 +26,20 @@ fn nbdinfo_lists_describes_and_maps_the_default_volume() {
     assert_eq!(export["can_trim"], true);
     assert_eq!(export["can_zero"], true);
     assert_eq!(info["protocol"], "newstyle-fixed");
-    assert!(
-        export["contexts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|c| c == "base:allocation")
-    );
+    assert!(export["contexts"].as_array().unwrap().iter().any(|c| c == "base:allocation"));
 
     // Unwritten: one hole. After a write at 1 MiB: data there, holes around.
-    let map = run_ok(
-        Command::new("nbdinfo")
-            .arg("--map")
-            .arg(daemon.uri("default")),
-        MINUTE,
-    );
+    let map = run_ok(Command::new("nbdinfo").arg("--map").arg(daemon.uri("default")), MINUTE);
     assert!(map.contains("hole"), "{map}");
     run_ok(
-        Command::new("qemu-io")
-            .args(["-f", "raw", "-c", "write -P 0x5a 1M 64k"])
-            .arg(daemon.uri("default")),
+        Command::new("qemu-io").args(["-f", "raw", "-c", "write -P 0x5a 1M 64k"]).arg(daemon.uri("default")),
         MINUTE,
     );
-    let map = run_ok(
-        Command::new("nbdinfo")
-            .arg("--map")
-            .arg(daemon.uri("default")),
-        MINUTE,
-    );
-    let data_line = map
-        .lines()
-        .find(|l| l.contains("data"))
-        .unwrap_or_else(|| panic!("{map}"));
+    let map = run_ok(Command::new("nbdinfo").arg("--map").arg(daemon.uri("default")), MINUTE);
+    let data_line = map.lines().find(|l| l.contains("data")).unwrap_or_else(|| panic!("{map}"));
     let fields: Vec<&str> = data_line.split_whitespace().collect();
     let start: u64 = fields[0].parse().unwrap();
-    assert!(
-        start <= 1 << 20 && start + fields[1].parse::<u64>().unwrap() >= (1 << 20) + 65536,
-        "{map}"
-    );
+    assert!(start <= 1 << 20 && start + fields[1].parse::<u64>().unwrap() >= (1 << 20) + 65536, "{map}");
 }
 
 #[test]
@@ -80,12 +48,8 @@ fn qemu_img_info_and_convert_round_trip() {
     // export and back out is byte-identical.
     let daemon = Daemon::start();
     let dir = tempfile::tempdir().unwrap();
-    let info = run_ok(
-        Command::new("qemu-img")
-            .args(["info", "--output=json"])
-            .arg(daemon.uri("default")),
-        MINUTE,
-    );
+    let info =
+        run_ok(Command::new("qemu-img").args(["info", "--output=json"]).arg(daemon.uri("default")), MINUTE);
     let info: serde_json::Value = serde_json::from_str(&info).unwrap();
     assert_eq!(info["virtual-size"], 1u64 << 30);
 
@@ -109,10 +73,7 @@ fn qemu_img_info_and_convert_round_trip() {
     let back = std::fs::read(&copy).unwrap();
     assert_eq!(back.len(), 1 << 30);
     assert!(back[..data.len()] == data[..], "converted data differs");
-    assert!(
-        back[data.len()..].iter().all(|&b| b == 0),
-        "unwritten tail is not zero"
-    );
+    assert!(back[data.len()..].iter().all(|&b| b == 0), "unwritten tail is not zero");
 }
 
 #[test]
@@ -149,11 +110,7 @@ fn qemu_io_patterns_zeroes_discard_flush_and_aio() {
     let output = run_ok(command.arg(daemon.uri("default")), MINUTE);
     assert!(!output.contains("Pattern verification failed"), "{output}");
     // 7 synchronous reads and 2 aio reads, each reporting success.
-    assert_eq!(
-        output.lines().filter(|l| l.starts_with("read ")).count(),
-        9,
-        "{output}"
-    );
+    assert_eq!(output.lines().filter(|l| l.starts_with("read ")).count(), 9, "{output}");
 }
 
 #[test]
@@ -165,25 +122,12 @@ fn nbdcopy_with_four_connections_round_trips_64_mib() {
     let data = random_bytes(64, 64 << 20);
     let source = write_file(dir.path(), "source.raw", &data);
     run_ok(
-        Command::new("nbdcopy")
-            .arg("--connections=4")
-            .arg("--flush")
-            .arg(&source)
-            .arg(daemon.uri("default")),
+        Command::new("nbdcopy").arg("--connections=4").arg("--flush").arg(&source).arg(daemon.uri("default")),
         MINUTE * 2,
     );
     let copy = dir.path().join("copy.raw");
-    std::fs::File::create(&copy)
-        .unwrap()
-        .set_len(1 << 30)
-        .unwrap();
-    run_ok(
-        Command::new("nbdcopy")
-            .arg("--connections=4")
-            .arg(daemon.uri("default"))
-            .arg(&copy),
-        MINUTE * 2,
-    );
+    std::fs::File::create(&copy).unwrap().set_len(1 << 30).unwrap();
+    run_ok(Command::new("nbdcopy").arg("--connections=4").arg(daemon.uri("default")).arg(&copy), MINUTE * 2);
     let back = std::fs::read(&copy).unwrap();
     assert!(back[..data.len()] == data[..], "nbdcopy round trip differs");
 }
@@ -280,19 +224,10 @@ fn fio_nbd_engine_verifies_crc32c() {
         MINUTE * 3,
     );
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "fio failed: {stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let json: serde_json::Value =
-        serde_json::from_str(&stdout[stdout.find('{').unwrap()..]).unwrap();
+    assert!(output.status.success(), "fio failed: {stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let json: serde_json::Value = serde_json::from_str(&stdout[stdout.find('{').unwrap()..]).unwrap();
     let job = &json["jobs"][0];
     assert_eq!(job["error"], 0);
     assert_eq!(job["write"]["io_bytes"], 64u64 << 20);
-    assert_eq!(
-        job["read"]["io_bytes"],
-        64u64 << 20,
-        "verify pass did not read everything back"
-    );
+    assert_eq!(job["read"]["io_bytes"], 64u64 << 20, "verify pass did not read everything back");
 }

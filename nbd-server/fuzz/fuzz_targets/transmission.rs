@@ -61,6 +61,7 @@ fuzz_target!(|data: &[u8]| {
                     let mut buffer = vec![0u8; head + data.len()];
                     buffer[head..].copy_from_slice(data);
                     fill_read_header(&mut buffer, session.structured, header.cookie, offset);
+                    out.extend_from_slice(&buffer);
                 }
             }
             Ok(Command::Write { offset, length, .. }) => {
