@@ -100,12 +100,7 @@ impl VolumeDevice {
 }
 
 impl BlockDevice for VolumeDevice {
-    async fn read(
-        &self,
-        offset: u64,
-        mut buffer: Vec<u8>,
-        start: usize,
-    ) -> Result<(Vec<u8>, Vec<(usize, usize)>), DeviceError> {
+    async fn read(&self, offset: u64, mut buffer: Vec<u8>, start: usize) -> nbd_server::device::ReadResult {
         let length = buffer.len() - start;
         if length >= OFFLOAD_BYTES {
             let device = self.clone();

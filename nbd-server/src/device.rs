@@ -74,19 +74,13 @@ pub struct DeviceError {
 impl DeviceError {
     /// An error with an explicit errno and message.
     pub fn new(errno: Errno, message: impl Into<String>) -> DeviceError {
-        DeviceError {
-            errno,
-            message: message.into(),
-        }
+        DeviceError { errno, message: message.into() }
     }
 }
 
 impl From<io::Error> for DeviceError {
     fn from(error: io::Error) -> DeviceError {
-        DeviceError {
-            errno: Errno::from_io(&error),
-            message: error.to_string(),
-        }
+        DeviceError { errno: Errno::from_io(&error), message: error.to_string() }
     }
 }
 
@@ -126,6 +120,13 @@ pub struct ZeroFlags {
     pub fast: bool,
 }
 
+/// Ranges (start, length) of a read buffer's data that read as zeros
+/// without being stored.
+pub type Holes = Vec<(usize, usize)>;
+
+/// A filled read buffer and its holes.
+pub type ReadResult = Result<(Vec<u8>, Holes), DeviceError>;
+
 /// A block device the server can serve. Offsets and lengths handed to these
 /// methods are already checked against the export size: `offset + length`
 /// never exceeds [`ExportInfo::size`] and never overflows.
@@ -143,12 +144,7 @@ pub trait BlockDevice: Send + Sync + 'static {
     /// the device knows read as zeros without having stored them; they are
     /// zero-filled in the buffer as well, and the server may send them as
     /// holes. An empty vector is always correct.
-    fn read(
-        &self,
-        offset: u64,
-        buffer: Vec<u8>,
-        start: usize,
-    ) -> impl Future<Output = Result<(Vec<u8>, Vec<(usize, usize)>), DeviceError>> + Send;
+    fn read(&self, offset: u64, buffer: Vec<u8>, start: usize) -> impl Future<Output = ReadResult> + Send;
 
     /// Writes `data` at `offset`.
     fn write(
@@ -186,22 +182,13 @@ pub trait BlockDevice: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<Extent>, DeviceError>> + Send;
 
     /// A hint to prefetch a range. The default does nothing.
-    fn cache(
-        &self,
-        _offset: u64,
-        _length: u64,
-    ) -> impl Future<Output = Result<(), DeviceError>> + Send {
+    fn cache(&self, _offset: u64, _length: u64) -> impl Future<Output = Result<(), DeviceError>> + Send {
         async { Ok(()) }
     }
 }
 
 impl<D: BlockDevice> BlockDevice for Arc<D> {
-    fn read(
-        &self,
-        offset: u64,
-        buffer: Vec<u8>,
-        start: usize,
-    ) -> impl Future<Output = Result<(Vec<u8>, Vec<(usize, usize)>), DeviceError>> + Send {
+    fn read(&self, offset: u64, buffer: Vec<u8>, start: usize) -> impl Future<Output = ReadResult> + Send {
         (**self).read(offset, buffer, start)
     }
     fn write(
@@ -238,11 +225,7 @@ impl<D: BlockDevice> BlockDevice for Arc<D> {
     ) -> impl Future<Output = Result<Vec<Extent>, DeviceError>> + Send {
         (**self).block_status(offset, length)
     }
-    fn cache(
-        &self,
-        offset: u64,
-        length: u64,
-    ) -> impl Future<Output = Result<(), DeviceError>> + Send {
+    fn cache(&self, offset: u64, length: u64) -> impl Future<Output = Result<(), DeviceError>> + Send {
         (**self).cache(offset, length)
     }
 }
@@ -299,8 +282,5 @@ pub trait Catalog: Send + Sync + 'static {
 
     /// Resolves an export name. Called for INFO, GO, EXPORT_NAME and the
     /// meta-context options; the name is untrusted (up to 4096 bytes).
-    fn open(
-        &self,
-        name: &str,
-    ) -> impl Future<Output = Result<Export<Self::Device>, LookupError>> + Send;
+    fn open(&self, name: &str) -> impl Future<Output = Result<Export<Self::Device>, LookupError>> + Send;
 }

@@ -40,11 +40,7 @@ pub struct HandshakeConfig {
 
 impl Default for HandshakeConfig {
     fn default() -> Self {
-        HandshakeConfig {
-            max_option_length: 64 << 10,
-            max_discard_length: 16 << 20,
-            max_options: 4096,
-        }
+        HandshakeConfig { max_option_length: 64 << 10, max_discard_length: 16 << 20, max_options: 4096 }
     }
 }
 
@@ -90,15 +86,8 @@ pub struct Negotiated {
 enum State {
     ClientFlags,
     OptionHeader,
-    OptionData {
-        option: u32,
-        length: u32,
-    },
-    Discard {
-        option: u32,
-        remaining: u64,
-        too_big: bool,
-    },
+    OptionData { option: u32, length: u32 },
+    Discard { option: u32, remaining: u64, too_big: bool },
     Awaiting(Pending),
     Finished,
 }
@@ -106,19 +95,9 @@ enum State {
 /// An option waiting for the driver.
 #[derive(Debug)]
 enum Pending {
-    Info {
-        option: u32,
-        name: String,
-        requests: Vec<u16>,
-    },
-    ExportName {
-        name: String,
-    },
-    MetaContext {
-        option: u32,
-        name: String,
-        queries: Vec<String>,
-    },
+    Info { option: u32, name: String, requests: Vec<u16> },
+    ExportName { name: String },
+    MetaContext { option: u32, name: String, queries: Vec<String> },
     List,
 }
 
@@ -143,9 +122,8 @@ impl Handshake {
         let mut transmit = Vec::with_capacity(256);
         transmit.extend_from_slice(&INIT_PASSWD.to_be_bytes());
         transmit.extend_from_slice(&OPTION_MAGIC.to_be_bytes());
-        transmit.extend_from_slice(
-            &(handshake_flags::FIXED_NEWSTYLE | handshake_flags::NO_ZEROES).to_be_bytes(),
-        );
+        transmit
+            .extend_from_slice(&(handshake_flags::FIXED_NEWSTYLE | handshake_flags::NO_ZEROES).to_be_bytes());
         Handshake {
             config,
             state: State::ClientFlags,
@@ -186,11 +164,9 @@ impl Handshake {
                 State::ClientFlags => self.on_client_flags(rest),
                 State::OptionHeader => self.on_option_header(rest),
                 State::OptionData { option, length } => self.on_option_data(option, length, rest),
-                State::Discard {
-                    option,
-                    remaining,
-                    too_big,
-                } => self.on_discard(option, remaining, too_big, rest),
+                State::Discard { option, remaining, too_big } => {
+                    self.on_discard(option, remaining, too_big, rest)
+                }
                 State::Awaiting(_) | State::Finished => None,
             };
             match step {
@@ -214,18 +190,15 @@ impl Handshake {
 
     /// Answer to [`Action::Lookup`].
     pub fn export_resolved(&mut self, result: Result<ExportInfo, LookupError>) {
-        let State::Awaiting(pending) = std::mem::replace(&mut self.state, State::OptionHeader)
-        else {
+        let State::Awaiting(pending) = std::mem::replace(&mut self.state, State::OptionHeader) else {
             return;
         };
         match pending {
             Pending::ExportName { name } => match result {
                 Ok(export) => {
                     let negotiated = self.negotiated(&name, export);
-                    self.transmit
-                        .extend_from_slice(&negotiated.export.size.to_be_bytes());
-                    self.transmit
-                        .extend_from_slice(&negotiated.flags.to_be_bytes());
+                    self.transmit.extend_from_slice(&negotiated.export.size.to_be_bytes());
+                    self.transmit.extend_from_slice(&negotiated.flags.to_be_bytes());
                     if !self.no_zeroes {
                         self.transmit.extend_from_slice(&[0u8; 124]);
                     }
@@ -233,11 +206,7 @@ impl Handshake {
                 }
                 Err(_) => self.finish(Action::Close(CloseReason::UnknownExport(name))),
             },
-            Pending::Info {
-                option,
-                name,
-                requests,
-            } => match result {
+            Pending::Info { option, name, requests } => match result {
                 Ok(export) => {
                     self.send_info(option, &name, &requests, &export);
                     self.reply(option, reply::ACK, &[]);
@@ -248,11 +217,7 @@ impl Handshake {
                 }
                 Err(error) => self.reply(option, reply::ERR_UNKNOWN, error.message.as_bytes()),
             },
-            Pending::MetaContext {
-                option,
-                name,
-                queries,
-            } => match result {
+            Pending::MetaContext { option, name, queries } => match result {
                 Ok(_) => self.send_meta_contexts(option, name, &queries),
                 Err(error) => {
                     if option == option::SET_META_CONTEXT {
@@ -310,12 +275,7 @@ impl Handshake {
             Some((meta_name, true)) if meta_name == name => Some(BASE_ALLOCATION_ID),
             _ => None,
         };
-        Negotiated {
-            export,
-            flags,
-            structured: self.structured,
-            base_allocation,
-        }
+        Negotiated { export, flags, structured: self.structured, base_allocation }
     }
 
     fn on_client_flags(&mut self, input: &[u8]) -> Option<usize> {
@@ -348,9 +308,7 @@ impl Handshake {
         }
         if !self.fixed_newstyle && option != option::EXPORT_NAME {
             // Plain newstyle allows nothing else and has no way to reply.
-            self.finish(Action::Close(CloseReason::Protocol(
-                "option needs fixed newstyle",
-            )));
+            self.finish(Action::Close(CloseReason::Protocol("option needs fixed newstyle")));
             return Some(OPTION_HEADER_LEN);
         }
         if length > self.config.max_option_length {
@@ -358,11 +316,7 @@ impl Handshake {
                 self.finish(Action::Close(CloseReason::Protocol("option data too long")));
             } else {
                 let too_big = is_known(option);
-                self.state = State::Discard {
-                    option,
-                    remaining: u64::from(length),
-                    too_big,
-                };
+                self.state = State::Discard { option, remaining: u64::from(length), too_big };
             }
             return Some(OPTION_HEADER_LEN);
         }
@@ -370,13 +324,7 @@ impl Handshake {
         Some(OPTION_HEADER_LEN)
     }
 
-    fn on_discard(
-        &mut self,
-        option: u32,
-        remaining: u64,
-        too_big: bool,
-        input: &[u8],
-    ) -> Option<usize> {
+    fn on_discard(&mut self, option: u32, remaining: u64, too_big: bool, input: &[u8]) -> Option<usize> {
         if input.is_empty() {
             return None;
         }
@@ -390,11 +338,7 @@ impl Handshake {
                 self.reply(option, reply::ERR_UNSUP, b"option not supported");
             }
         } else {
-            self.state = State::Discard {
-                option,
-                remaining,
-                too_big,
-            };
+            self.state = State::Discard { option, remaining, too_big };
         }
         Some(take as usize)
     }
@@ -410,9 +354,7 @@ impl Handshake {
                     self.state = State::Awaiting(Pending::ExportName { name: name.clone() });
                     self.actions = Some(Action::Lookup(name));
                 }
-                Err(_) => self.finish(Action::Close(CloseReason::Protocol(
-                    "export name is not UTF-8",
-                ))),
+                Err(_) => self.finish(Action::Close(CloseReason::Protocol("export name is not UTF-8"))),
             },
             option::ABORT => {
                 // The spec asks for an ACK; clients may already be gone.
@@ -429,11 +371,7 @@ impl Handshake {
             }
             option::STRUCTURED_REPLY => {
                 if length != 0 {
-                    self.reply(
-                        option,
-                        reply::ERR_INVALID,
-                        b"NBD_OPT_STRUCTURED_REPLY takes no data",
-                    );
+                    self.reply(option, reply::ERR_INVALID, b"NBD_OPT_STRUCTURED_REPLY takes no data");
                 } else {
                     self.structured = true;
                     self.reply(option, reply::ACK, &[]);
@@ -441,22 +379,14 @@ impl Handshake {
             }
             option::INFO | option::GO => match parse_info(data) {
                 Ok((name, requests)) => {
-                    self.state = State::Awaiting(Pending::Info {
-                        option,
-                        name: name.clone(),
-                        requests,
-                    });
+                    self.state = State::Awaiting(Pending::Info { option, name: name.clone(), requests });
                     self.actions = Some(Action::Lookup(name));
                 }
                 Err(message) => self.reply(option, reply::ERR_INVALID, message.as_bytes()),
             },
             option::LIST_META_CONTEXT | option::SET_META_CONTEXT => {
                 if !self.structured {
-                    self.reply(
-                        option,
-                        reply::ERR_INVALID,
-                        b"negotiate structured replies first",
-                    );
+                    self.reply(option, reply::ERR_INVALID, b"negotiate structured replies first");
                     if option == option::SET_META_CONTEXT {
                         self.meta = None;
                     }
@@ -464,11 +394,8 @@ impl Handshake {
                 }
                 match parse_meta_context(data) {
                     Ok((name, queries)) => {
-                        self.state = State::Awaiting(Pending::MetaContext {
-                            option,
-                            name: name.clone(),
-                            queries,
-                        });
+                        self.state =
+                            State::Awaiting(Pending::MetaContext { option, name: name.clone(), queries });
                         self.actions = Some(Action::Lookup(name));
                     }
                     Err(message) => {
@@ -512,32 +439,20 @@ impl Handshake {
         let mut data = Vec::with_capacity(14);
         data.extend_from_slice(&info::BLOCK_SIZE.to_be_bytes());
         data.extend_from_slice(&1u32.to_be_bytes());
-        data.extend_from_slice(
-            &export
-                .preferred_block
-                .clamp(512, MAX_REQUEST_LENGTH)
-                .to_be_bytes(),
-        );
+        data.extend_from_slice(&export.preferred_block.clamp(512, MAX_REQUEST_LENGTH).to_be_bytes());
         data.extend_from_slice(&MAX_REQUEST_LENGTH.to_be_bytes());
         self.reply(option, reply::INFO, &data);
     }
 
     fn send_meta_contexts(&mut self, option: u32, name: String, queries: &[String]) {
         let selected = if option == option::LIST_META_CONTEXT {
-            queries.is_empty()
-                || queries
-                    .iter()
-                    .any(|query| query == "base:" || query == BASE_ALLOCATION)
+            queries.is_empty() || queries.iter().any(|query| query == "base:" || query == BASE_ALLOCATION)
         } else {
             queries.iter().any(|query| query == BASE_ALLOCATION)
         };
         if selected {
             // LIST replies carry id 0 (reserved); SET hands out a real id.
-            let id = if option == option::SET_META_CONTEXT {
-                BASE_ALLOCATION_ID
-            } else {
-                0
-            };
+            let id = if option == option::SET_META_CONTEXT { BASE_ALLOCATION_ID } else { 0 };
             let mut data = Vec::with_capacity(4 + BASE_ALLOCATION.len());
             data.extend_from_slice(&id.to_be_bytes());
             data.extend_from_slice(BASE_ALLOCATION.as_bytes());
@@ -550,12 +465,10 @@ impl Handshake {
     }
 
     fn reply(&mut self, option: u32, kind: u32, data: &[u8]) {
-        self.transmit
-            .extend_from_slice(&OPTION_REPLY_MAGIC.to_be_bytes());
+        self.transmit.extend_from_slice(&OPTION_REPLY_MAGIC.to_be_bytes());
         self.transmit.extend_from_slice(&option.to_be_bytes());
         self.transmit.extend_from_slice(&kind.to_be_bytes());
-        self.transmit
-            .extend_from_slice(&(data.len() as u32).to_be_bytes());
+        self.transmit.extend_from_slice(&(data.len() as u32).to_be_bytes());
         self.transmit.extend_from_slice(data);
     }
 }
@@ -602,15 +515,11 @@ impl<'a> Reader<'a> {
     }
 
     fn u16(&mut self) -> Result<u16, &'static str> {
-        Ok(u16::from_be_bytes(
-            self.take(2)?.try_into().expect("2 bytes"),
-        ))
+        Ok(u16::from_be_bytes(self.take(2)?.try_into().expect("2 bytes")))
     }
 
     fn u32(&mut self) -> Result<u32, &'static str> {
-        Ok(u32::from_be_bytes(
-            self.take(4)?.try_into().expect("4 bytes"),
-        ))
+        Ok(u32::from_be_bytes(self.take(4)?.try_into().expect("4 bytes")))
     }
 
     fn string(&mut self) -> Result<String, &'static str> {
@@ -702,10 +611,7 @@ mod tests {
         let mut out = Vec::new();
         let mut at = 0;
         while at < bytes.len() {
-            assert_eq!(
-                u64::from_be_bytes(bytes[at..at + 8].try_into().unwrap()),
-                OPTION_REPLY_MAGIC
-            );
+            assert_eq!(u64::from_be_bytes(bytes[at..at + 8].try_into().unwrap()), OPTION_REPLY_MAGIC);
             let option = u32::from_be_bytes(bytes[at + 8..at + 12].try_into().unwrap());
             let kind = u32::from_be_bytes(bytes[at + 12..at + 16].try_into().unwrap());
             let length = u32::from_be_bytes(bytes[at + 16..at + 20].try_into().unwrap()) as usize;
@@ -739,9 +645,7 @@ mod tests {
                         let result = if exports.contains(&name.as_str()) {
                             Ok(export(&name))
                         } else {
-                            Err(LookupError {
-                                message: format!("no export {name}"),
-                            })
+                            Err(LookupError { message: format!("no export {name}") })
                         };
                         machine.export_resolved(result);
                         actions.push(Action::Lookup(name));
@@ -749,10 +653,7 @@ mod tests {
                     Some(Action::List) => {
                         let listings: Vec<_> = exports
                             .iter()
-                            .map(|n| Listing {
-                                name: n.to_string(),
-                                description: String::new(),
-                            })
+                            .map(|n| Listing { name: n.to_string(), description: String::new() })
                             .collect();
                         machine.list_ready(&listings);
                         actions.push(Action::List);
@@ -785,48 +686,19 @@ mod tests {
         // DESCRIPTION, BLOCK_SIZE unasked, ACK, then the transmission action.
         let mut machine = started();
         let mut input = option_bytes(option::STRUCTURED_REPLY, &[]);
-        input.extend(option_bytes(
-            option::GO,
-            &info_request("disk", &[info::NAME, info::DESCRIPTION]),
-        ));
+        input.extend(option_bytes(option::GO, &info_request("disk", &[info::NAME, info::DESCRIPTION])));
         let actions = drive(&mut machine, &input, &["disk"]);
-        let Some(Action::Transmission(negotiated)) = actions.last() else {
-            panic!("{actions:?}")
-        };
+        let Some(Action::Transmission(negotiated)) = actions.last() else { panic!("{actions:?}") };
         assert!(negotiated.structured);
         assert_eq!(negotiated.base_allocation, None);
         let sent = replies(machine.transmit());
         let kinds: Vec<u32> = sent.iter().map(|r| r.1).collect();
-        assert_eq!(
-            kinds,
-            [
-                reply::ACK,
-                reply::INFO,
-                reply::INFO,
-                reply::INFO,
-                reply::INFO,
-                reply::ACK
-            ]
-        );
-        let info_types: Vec<u16> = sent[1..5]
-            .iter()
-            .map(|r| u16::from_be_bytes([r.2[0], r.2[1]]))
-            .collect();
-        assert_eq!(
-            info_types,
-            [
-                info::EXPORT,
-                info::NAME,
-                info::DESCRIPTION,
-                info::BLOCK_SIZE
-            ]
-        );
+        assert_eq!(kinds, [reply::ACK, reply::INFO, reply::INFO, reply::INFO, reply::INFO, reply::ACK]);
+        let info_types: Vec<u16> = sent[1..5].iter().map(|r| u16::from_be_bytes([r.2[0], r.2[1]])).collect();
+        assert_eq!(info_types, [info::EXPORT, info::NAME, info::DESCRIPTION, info::BLOCK_SIZE]);
         let flags = u16::from_be_bytes([sent[1].2[10], sent[1].2[11]]);
         assert_eq!(flags, negotiated.flags);
-        assert!(
-            flags & transmission_flags::SEND_DF != 0,
-            "DF needs structured replies"
-        );
+        assert!(flags & transmission_flags::SEND_DF != 0, "DF needs structured replies");
         assert!(flags & transmission_flags::CAN_MULTI_CONN != 0);
     }
 
@@ -852,25 +724,14 @@ mod tests {
             let mut machine = Handshake::new(HandshakeConfig::default());
             machine.transmit().clear();
             machine.receive(&client_flags.to_be_bytes());
-            let actions = drive(
-                &mut machine,
-                &option_bytes(option::EXPORT_NAME, b"disk"),
-                &["disk"],
-            );
+            let actions = drive(&mut machine, &option_bytes(option::EXPORT_NAME, b"disk"), &["disk"]);
             assert!(matches!(actions.last(), Some(Action::Transmission(_))));
             assert_eq!(machine.transmit().len(), 8 + 2 + padding);
             assert_eq!(&machine.transmit()[..8], &(1u64 << 20).to_be_bytes());
         }
         let mut machine = started();
-        let actions = drive(
-            &mut machine,
-            &option_bytes(option::EXPORT_NAME, b"nope"),
-            &["disk"],
-        );
-        assert_eq!(
-            actions.last(),
-            Some(&Action::Close(CloseReason::UnknownExport("nope".into())))
-        );
+        let actions = drive(&mut machine, &option_bytes(option::EXPORT_NAME, b"nope"), &["disk"]);
+        assert_eq!(actions.last(), Some(&Action::Close(CloseReason::UnknownExport("nope".into()))));
     }
 
     #[test]
@@ -885,11 +746,7 @@ mod tests {
         meta.extend_from_slice(BASE_ALLOCATION.as_bytes());
 
         let mut machine = started();
-        drive(
-            &mut machine,
-            &option_bytes(option::SET_META_CONTEXT, &meta),
-            &["disk"],
-        );
+        drive(&mut machine, &option_bytes(option::SET_META_CONTEXT, &meta), &["disk"]);
         assert_eq!(replies(machine.transmit())[0].1, reply::ERR_INVALID);
 
         for (go_name, expect) in [("disk", Some(BASE_ALLOCATION_ID)), ("other", None)] {
@@ -898,9 +755,7 @@ mod tests {
             input.extend(option_bytes(option::SET_META_CONTEXT, &meta));
             input.extend(option_bytes(option::GO, &info_request(go_name, &[])));
             let actions = drive(&mut machine, &input, &["disk", "other"]);
-            let Some(Action::Transmission(negotiated)) = actions.last() else {
-                panic!()
-            };
+            let Some(Action::Transmission(negotiated)) = actions.last() else { panic!() };
             assert_eq!(negotiated.base_allocation, expect);
             let sent = replies(machine.transmit());
             assert_eq!(sent[1].1, reply::META_CONTEXT);
@@ -932,15 +787,7 @@ mod tests {
         let actions = drive(&mut machine, &input, &[]);
         assert_eq!(actions.last(), Some(&Action::Close(CloseReason::Aborted)));
         let kinds: Vec<u32> = replies(machine.transmit()).iter().map(|r| r.1).collect();
-        assert_eq!(
-            kinds,
-            [
-                reply::ERR_UNSUP,
-                reply::ERR_UNSUP,
-                reply::ERR_UNSUP,
-                reply::ACK
-            ]
-        );
+        assert_eq!(kinds, [reply::ERR_UNSUP, reply::ERR_UNSUP, reply::ERR_UNSUP, reply::ACK]);
     }
 
     #[test]
@@ -950,28 +797,17 @@ mod tests {
         let mut machine = Handshake::new(HandshakeConfig::default());
         machine.receive(&0u32.to_be_bytes());
         let actions = drive(&mut machine, &option_bytes(option::LIST, &[]), &[]);
-        assert!(matches!(
-            actions.last(),
-            Some(Action::Close(CloseReason::Protocol(_)))
-        ));
+        assert!(matches!(actions.last(), Some(Action::Close(CloseReason::Protocol(_)))));
     }
 
     #[test]
     fn option_count_is_bounded() {
         // A client cannot keep a handshake alive forever with cheap options.
-        let mut machine = Handshake::new(HandshakeConfig {
-            max_options: 3,
-            ..HandshakeConfig::default()
-        });
+        let mut machine = Handshake::new(HandshakeConfig { max_options: 3, ..HandshakeConfig::default() });
         machine.receive(&3u32.to_be_bytes());
-        let input: Vec<u8> = (0..5)
-            .flat_map(|_| option_bytes(option::STRUCTURED_REPLY, &[]))
-            .collect();
+        let input: Vec<u8> = (0..5).flat_map(|_| option_bytes(option::STRUCTURED_REPLY, &[])).collect();
         let actions = drive(&mut machine, &input, &[]);
-        assert_eq!(
-            actions.last(),
-            Some(&Action::Close(CloseReason::Protocol("too many options")))
-        );
+        assert_eq!(actions.last(), Some(&Action::Close(CloseReason::Protocol("too many options"))));
     }
 
     proptest! {

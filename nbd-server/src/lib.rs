@@ -23,7 +23,6 @@ pub mod server;
 pub mod transmission;
 
 pub use device::{
-    BlockDevice, Catalog, DeviceError, Errno, Export, ExportInfo, Extent, Listing, LookupError,
-    ZeroFlags,
+    BlockDevice, Catalog, DeviceError, Errno, Export, ExportInfo, Extent, Listing, LookupError, ZeroFlags,
 };
 pub use server::{Observer, RequestKind, Server, ServerConfig};

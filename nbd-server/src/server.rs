@@ -25,8 +25,8 @@ use crate::device::{BlockDevice, Catalog, DeviceError, Errno};
 use crate::handshake::{Action, CloseReason, Handshake, HandshakeConfig, Negotiated};
 use crate::protocol::REQUEST_HEADER_LEN;
 use crate::transmission::{
-    Command, ProtocolError, Rejection, check_request, decode_request, encode_block_status,
-    encode_error, encode_ok, encode_sparse_read, fill_read_header, read_reply_header_len,
+    Command, ProtocolError, Rejection, check_request, decode_request, encode_block_status, encode_error,
+    encode_ok, encode_sparse_read, fill_read_header, read_reply_header_len,
 };
 
 /// Limits of a server. Every queue and buffer a client can grow is bounded
@@ -123,20 +123,14 @@ pub struct Server<C: Catalog> {
 
 impl<C: Catalog> std::fmt::Debug for Server<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Server")
-            .field("config", &self.config)
-            .finish_non_exhaustive()
+        f.debug_struct("Server").field("config", &self.config).finish_non_exhaustive()
     }
 }
 
 impl<C: Catalog> Server<C> {
     /// A server with the given limits.
     pub fn new(catalog: Arc<C>, config: ServerConfig) -> Server<C> {
-        Server {
-            catalog,
-            config: Arc::new(config),
-            observer: Arc::new(NoObserver),
-        }
+        Server { catalog, config: Arc::new(config), observer: Arc::new(NoObserver) }
     }
 
     /// Reports completed requests to `observer`.
@@ -281,9 +275,7 @@ async fn handshake<C: Catalog>(
             Some(Action::Transmission(negotiated)) => {
                 writer.write_all(machine.transmit()).await?;
                 machine.transmit().clear();
-                let device = device
-                    .take()
-                    .expect("a successful lookup precedes transmission");
+                let device = device.take().expect("a successful lookup precedes transmission");
                 return Ok(Some((negotiated, device)));
             }
             Some(Action::Close(reason)) => {
@@ -316,11 +308,7 @@ struct InputBuffer {
 
 impl InputBuffer {
     fn new(capacity: usize) -> InputBuffer {
-        InputBuffer {
-            data: vec![0; capacity],
-            start: 0,
-            end: 0,
-        }
+        InputBuffer { data: vec![0; capacity], start: 0, end: 0 }
     }
 
     fn filled(&self) -> &[u8] {
@@ -379,11 +367,7 @@ const COALESCE_LIMIT: usize = 64 << 10;
 
 impl Outgoing {
     fn new() -> Outgoing {
-        Outgoing {
-            queue: VecDeque::new(),
-            front_written: 0,
-            bytes: 0,
-        }
+        Outgoing { queue: VecDeque::new(), front_written: 0, bytes: 0 }
     }
 
     fn is_empty(&self) -> bool {
@@ -443,10 +427,7 @@ impl Outgoing {
             return Err(io::ErrorKind::WriteZero.into());
         }
         while written > 0 {
-            let front = self
-                .queue
-                .front()
-                .expect("written bytes came from the queue");
+            let front = self.queue.front().expect("written bytes came from the queue");
             let left = front.len() - self.front_written;
             if written >= left {
                 written -= left;
@@ -509,11 +490,7 @@ async fn read_more(
     input: &mut InputBuffer,
     parse: &mut Parse,
 ) -> io::Result<usize> {
-    if let Parse::Payload {
-        data: Some(data),
-        filled,
-        ..
-    } = parse
+    if let Parse::Payload { data: Some(data), filled, .. } = parse
         && input.filled().is_empty()
         && data.len() - *filled >= 16 << 10
     {
@@ -609,13 +586,7 @@ impl<'a, D: BlockDevice> Transmission<'a, D> {
 
     /// Parses at most one request (or advances one payload) from the buffer.
     fn parse_one(&mut self, parse: &mut Parse, out: &mut Outgoing) -> Result<Step, ProtocolError> {
-        if let Parse::Payload {
-            data,
-            total,
-            filled,
-            ..
-        } = parse
-        {
+        if let Parse::Payload { data, total, filled, .. } = parse {
             let available = self.input.filled();
             let take = (*total - *filled).min(available.len());
             if let Some(data) = data {
@@ -626,13 +597,7 @@ impl<'a, D: BlockDevice> Transmission<'a, D> {
             if *filled < *total {
                 return Ok(Step::NeedInput);
             }
-            let Parse::Payload {
-                cookie,
-                command,
-                data,
-                ..
-            } = std::mem::replace(parse, Parse::Header)
-            else {
+            let Parse::Payload { cookie, command, data, .. } = std::mem::replace(parse, Parse::Header) else {
                 unreachable!("matched above")
             };
             return Ok(match (command, data) {
@@ -653,13 +618,7 @@ impl<'a, D: BlockDevice> Transmission<'a, D> {
         let total = header.payload_length() as usize;
         if total > 0 {
             let data = checked.is_ok().then(|| vec![0; total]);
-            *parse = Parse::Payload {
-                cookie: header.cookie,
-                command: checked,
-                data,
-                total,
-                filled: 0,
-            };
+            *parse = Parse::Payload { cookie: header.cookie, command: checked, data, total, filled: 0 };
             return Ok(Step::Handled);
         }
         Ok(match checked {
@@ -674,13 +633,7 @@ impl<'a, D: BlockDevice> Transmission<'a, D> {
 
     fn reject(&self, cookie: u64, rejection: Rejection, out: &mut Outgoing) {
         tracing::debug!(cookie, errno = ?rejection.errno, reason = rejection.message, "request refused");
-        encode_error(
-            out.small(),
-            self.session.structured,
-            cookie,
-            rejection.errno,
-            rejection.message,
-        );
+        encode_error(out.small(), self.session.structured, cookie, rejection.errno, rejection.message);
     }
 
     /// Starts a checked request on the device; returns its future and the
@@ -690,13 +643,7 @@ impl<'a, D: BlockDevice> Transmission<'a, D> {
         let structured = self.session.structured;
         let context = self.session.base_allocation.unwrap_or(0);
         let started = Instant::now();
-        let done = move |kind, bytes, reply| Completion {
-            cookie,
-            kind,
-            bytes,
-            started,
-            reply,
-        };
+        let done = move |kind, bytes, reply| Completion { cookie, kind, bytes, started, reply };
         let unit = |result: Result<(), DeviceError>| match result {
             Ok(()) => Reply::Ok,
             Err(error) => Reply::Error(error),
@@ -710,13 +657,7 @@ impl<'a, D: BlockDevice> Transmission<'a, D> {
                     let reply = match device.read(offset, buffer, header).await {
                         Ok((buffer, holes)) if structured && !df && !holes.is_empty() => {
                             let mut sparse = Vec::with_capacity(header + length);
-                            encode_sparse_read(
-                                &mut sparse,
-                                cookie,
-                                offset,
-                                &buffer[header..],
-                                &holes,
-                            );
+                            encode_sparse_read(&mut sparse, cookie, offset, &buffer[header..], &holes);
                             Reply::Buffer(sparse)
                         }
                         Ok((mut buffer, _)) => {
@@ -741,11 +682,7 @@ impl<'a, D: BlockDevice> Transmission<'a, D> {
                 let future = async move { done(RequestKind::Flush, 0, unit(device.flush().await)) };
                 (Box::pin(future), 0)
             }
-            Command::Trim {
-                offset,
-                length,
-                fua,
-            } => {
+            Command::Trim { offset, length, fua } => {
                 let future = async move {
                     let result = device.trim(offset, u64::from(length), fua).await;
                     done(RequestKind::Trim, 0, unit(result))
@@ -759,34 +696,19 @@ impl<'a, D: BlockDevice> Transmission<'a, D> {
                 };
                 (Box::pin(future), 0)
             }
-            Command::WriteZeroes {
-                offset,
-                length,
-                flags,
-            } => {
+            Command::WriteZeroes { offset, length, flags } => {
                 let future = async move {
                     let result = device.write_zeroes(offset, u64::from(length), flags).await;
                     done(RequestKind::WriteZeroes, 0, unit(result))
                 };
                 (Box::pin(future), 0)
             }
-            Command::BlockStatus {
-                offset,
-                length,
-                req_one,
-            } => {
+            Command::BlockStatus { offset, length, req_one } => {
                 let future = async move {
                     let reply = match device.block_status(offset, u64::from(length)).await {
                         Ok(extents) => {
                             let mut buffer = Vec::with_capacity(64);
-                            encode_block_status(
-                                &mut buffer,
-                                cookie,
-                                context,
-                                length,
-                                req_one,
-                                &extents,
-                            );
+                            encode_block_status(&mut buffer, cookie, context, length, req_one, &extents);
                             Reply::Buffer(buffer)
                         }
                         Err(error) => Reply::Error(error),
@@ -801,8 +723,7 @@ impl<'a, D: BlockDevice> Transmission<'a, D> {
 
     fn observe(&self, done: &Completion) {
         let ok = !matches!(done.reply, Reply::Error(_));
-        self.observer
-            .request_done(done.kind, done.bytes as u64, done.started.elapsed(), ok);
+        self.observer.request_done(done.kind, done.bytes as u64, done.started.elapsed(), ok);
     }
 
     fn finish(&self, done: Completion, out: &mut Outgoing) {
@@ -815,13 +736,7 @@ impl<'a, D: BlockDevice> Transmission<'a, D> {
                 if error.errno == Errno::Io {
                     tracing::warn!(kind = done.kind.name(), %error, "request failed");
                 }
-                encode_error(
-                    out.small(),
-                    self.session.structured,
-                    done.cookie,
-                    error.errno,
-                    &error.message,
-                );
+                encode_error(out.small(), self.session.structured, done.cookie, error.errno, &error.message);
             }
         }
     }

@@ -14,8 +14,8 @@ use crate::device::{Errno, Extent, ZeroFlags};
 use crate::handshake::{MAX_REQUEST_LENGTH, Negotiated};
 use crate::protocol::{
     REQUEST_HEADER_LEN, REQUEST_MAGIC, SIMPLE_REPLY_HEADER_LEN, SIMPLE_REPLY_MAGIC,
-    STRUCTURED_REPLY_HEADER_LEN, STRUCTURED_REPLY_MAGIC, chunk, chunk_flags, command,
-    command_flags, transmission_flags,
+    STRUCTURED_REPLY_HEADER_LEN, STRUCTURED_REPLY_MAGIC, chunk, chunk_flags, command, command_flags,
+    transmission_flags,
 };
 
 const MAGIC_OFFSET: usize = 0;
@@ -29,11 +29,7 @@ const _: () = assert!(LENGTH_OFFSET + 4 == REQUEST_HEADER_LEN);
 /// Bytes before the data in a successful read reply: a simple reply header,
 /// or a structured chunk header plus the chunk's 8-byte offset.
 pub const fn read_reply_header_len(structured: bool) -> usize {
-    if structured {
-        STRUCTURED_REPLY_HEADER_LEN + 8
-    } else {
-        SIMPLE_REPLY_HEADER_LEN
-    }
+    if structured { STRUCTURED_REPLY_HEADER_LEN + 8 } else { SIMPLE_REPLY_HEADER_LEN }
 }
 
 /// A request header as it came off the wire.
@@ -49,11 +45,7 @@ pub struct RequestHeader {
 impl RequestHeader {
     /// Bytes of payload that follow this header on the wire.
     pub fn payload_length(&self) -> u32 {
-        if self.kind == command::WRITE {
-            self.length
-        } else {
-            0
-        }
+        if self.kind == command::WRITE { self.length } else { 0 }
     }
 
     /// Encodes the header (used by tests and fuzzers to build requests).
@@ -108,36 +100,13 @@ pub fn decode_request(input: &[u8]) -> Result<Option<RequestHeader>, ProtocolErr
 /// A request that passed every check; offsets and lengths are in range.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Command {
-    Read {
-        offset: u64,
-        length: u32,
-        df: bool,
-    },
-    Write {
-        offset: u64,
-        length: u32,
-        fua: bool,
-    },
+    Read { offset: u64, length: u32, df: bool },
+    Write { offset: u64, length: u32, fua: bool },
     Flush,
-    Trim {
-        offset: u64,
-        length: u32,
-        fua: bool,
-    },
-    Cache {
-        offset: u64,
-        length: u32,
-    },
-    WriteZeroes {
-        offset: u64,
-        length: u32,
-        flags: ZeroFlags,
-    },
-    BlockStatus {
-        offset: u64,
-        length: u32,
-        req_one: bool,
-    },
+    Trim { offset: u64, length: u32, fua: bool },
+    Cache { offset: u64, length: u32 },
+    WriteZeroes { offset: u64, length: u32, flags: ZeroFlags },
+    BlockStatus { offset: u64, length: u32, req_one: bool },
     Disconnect,
 }
 
@@ -176,10 +145,7 @@ pub fn check_request(session: &Negotiated, header: &RequestHeader) -> Result<Com
     if flags & !allowed != 0 {
         return reject(Errno::Inval, "command flag not valid for this command");
     }
-    let writes = matches!(
-        header.kind,
-        command::WRITE | command::TRIM | command::WRITE_ZEROES
-    );
+    let writes = matches!(header.kind, command::WRITE | command::TRIM | command::WRITE_ZEROES);
     if writes && session.export.read_only {
         return reject(Errno::Perm, "export is read-only");
     }
@@ -212,41 +178,21 @@ pub fn check_request(session: &Negotiated, header: &RequestHeader) -> Result<Com
             if length > MAX_REQUEST_LENGTH {
                 return reject(Errno::Inval, "read longer than 32 MiB");
             }
-            Ok(Command::Read {
-                offset,
-                length,
-                df: flags & cf::DF != 0,
-            })
+            Ok(Command::Read { offset, length, df: flags & cf::DF != 0 })
         }
-        command::WRITE => Ok(Command::Write {
-            offset,
-            length,
-            fua,
-        }),
-        command::TRIM => Ok(Command::Trim {
-            offset,
-            length,
-            fua,
-        }),
+        command::WRITE => Ok(Command::Write { offset, length, fua }),
+        command::TRIM => Ok(Command::Trim { offset, length, fua }),
         command::CACHE => Ok(Command::Cache { offset, length }),
         command::WRITE_ZEROES => Ok(Command::WriteZeroes {
             offset,
             length,
-            flags: ZeroFlags {
-                fua,
-                no_hole: flags & cf::NO_HOLE != 0,
-                fast: flags & cf::FAST_ZERO != 0,
-            },
+            flags: ZeroFlags { fua, no_hole: flags & cf::NO_HOLE != 0, fast: flags & cf::FAST_ZERO != 0 },
         }),
         command::BLOCK_STATUS => {
             if !session.structured || session.base_allocation.is_none() {
                 return reject(Errno::Inval, "no metadata context was negotiated");
             }
-            Ok(Command::BlockStatus {
-                offset,
-                length,
-                req_one: flags & cf::REQ_ONE != 0,
-            })
+            Ok(Command::BlockStatus { offset, length, req_one: flags & cf::REQ_ONE != 0 })
         }
         _ => reject(Errno::Inval, "unknown command"),
     }
@@ -284,13 +230,7 @@ pub fn encode_error(out: &mut Vec<u8>, structured: bool, cookie: u64, errno: Err
         end -= 1;
     }
     let message = &message.as_bytes()[..end];
-    encode_chunk_header(
-        out,
-        cookie,
-        chunk_flags::DONE,
-        chunk::ERROR,
-        6 + message.len() as u32,
-    );
+    encode_chunk_header(out, cookie, chunk_flags::DONE, chunk::ERROR, 6 + message.len() as u32);
     out.extend_from_slice(&errno.code().to_be_bytes());
     out.extend_from_slice(&(message.len() as u16).to_be_bytes());
     out.extend_from_slice(message);
@@ -430,13 +370,7 @@ mod tests {
     }
 
     fn header(kind: u16, flags: u16, offset: u64, length: u32) -> RequestHeader {
-        RequestHeader {
-            flags,
-            kind,
-            cookie: 7,
-            offset,
-            length,
-        }
+        RequestHeader { flags, kind, cookie: 7, offset, length }
     }
 
     #[test]
@@ -449,10 +383,7 @@ mod tests {
         assert_eq!(decode_request(&bytes), Ok(Some(request)));
         assert_eq!(decode_request(&bytes[..27]), Ok(None));
         bytes[0] ^= 1;
-        assert!(matches!(
-            decode_request(&bytes),
-            Err(ProtocolError::BadMagic(_))
-        ));
+        assert!(matches!(decode_request(&bytes), Err(ProtocolError::BadMagic(_))));
     }
 
     #[test]
@@ -460,16 +391,10 @@ mod tests {
         // Write payloads over 32 MiB cannot be skipped safely.
         let mut bytes = Vec::new();
         header(command::WRITE, 0, 0, MAX_REQUEST_LENGTH + 1).encode(&mut bytes);
-        assert_eq!(
-            decode_request(&bytes),
-            Err(ProtocolError::PayloadTooLarge(MAX_REQUEST_LENGTH + 1))
-        );
+        assert_eq!(decode_request(&bytes), Err(ProtocolError::PayloadTooLarge(MAX_REQUEST_LENGTH + 1)));
         let mut bytes = Vec::new();
         header(command::READ, 0, 0, MAX_REQUEST_LENGTH + 1).encode(&mut bytes);
-        assert!(
-            decode_request(&bytes).unwrap().is_some(),
-            "reads carry no payload"
-        );
+        assert!(decode_request(&bytes).unwrap().is_some(), "reads carry no payload");
     }
 
     #[test]
@@ -477,24 +402,12 @@ mod tests {
         // Past the end: EINVAL for reads, ENOSPC for writes; overflow: EINVAL.
         let s = session(false, true, true);
         let errno = |h| check_request(&s, &h).unwrap_err().errno;
-        assert_eq!(
-            errno(header(command::READ, 0, (1 << 20) - 1, 2)),
-            Errno::Inval
-        );
-        assert_eq!(
-            errno(header(command::WRITE, 0, (1 << 20) - 1, 2)),
-            Errno::NoSpc
-        );
+        assert_eq!(errno(header(command::READ, 0, (1 << 20) - 1, 2)), Errno::Inval);
+        assert_eq!(errno(header(command::WRITE, 0, (1 << 20) - 1, 2)), Errno::NoSpc);
         assert_eq!(errno(header(command::TRIM, 0, 1 << 20, 1)), Errno::NoSpc);
         assert_eq!(errno(header(command::READ, 0, u64::MAX, 1)), Errno::Inval);
-        assert_eq!(
-            errno(header(command::WRITE, 0, u64::MAX - 10, 512)),
-            Errno::Inval
-        );
-        assert_eq!(
-            errno(header(command::BLOCK_STATUS, 0, 1 << 19, 1 << 20)),
-            Errno::Inval
-        );
+        assert_eq!(errno(header(command::WRITE, 0, u64::MAX - 10, 512)), Errno::Inval);
+        assert_eq!(errno(header(command::BLOCK_STATUS, 0, 1 << 19, 1 << 20)), Errno::Inval);
         assert_eq!(errno(header(command::READ, 0, 0, 0)), Errno::Inval);
         assert!(check_request(&s, &header(command::READ, 0, (1 << 20) - 1, 1)).is_ok());
     }
@@ -506,12 +419,7 @@ mod tests {
         // without a context are EINVAL.
         let ro = session(true, true, true);
         for kind in [command::WRITE, command::TRIM, command::WRITE_ZEROES] {
-            assert_eq!(
-                check_request(&ro, &header(kind, 0, 0, 512))
-                    .unwrap_err()
-                    .errno,
-                Errno::Perm
-            );
+            assert_eq!(check_request(&ro, &header(kind, 0, 0, 512)).unwrap_err().errno, Errno::Perm);
         }
         assert!(check_request(&ro, &header(command::READ, command_flags::FUA, 0, 512)).is_ok());
         let simple = session(false, false, false);
@@ -519,26 +427,11 @@ mod tests {
         assert_eq!(check_request(&simple, &df).unwrap_err().errno, Errno::Inval);
         assert!(check_request(&session(false, true, false), &df).is_ok());
         let status = header(command::BLOCK_STATUS, 0, 0, 512);
-        assert_eq!(
-            check_request(&session(false, true, false), &status)
-                .unwrap_err()
-                .errno,
-            Errno::Inval
-        );
+        assert_eq!(check_request(&session(false, true, false), &status).unwrap_err().errno, Errno::Inval);
         let req_one_on_read = header(command::READ, command_flags::REQ_ONE, 0, 512);
-        assert_eq!(
-            check_request(&ro, &req_one_on_read).unwrap_err().errno,
-            Errno::Inval
-        );
-        let zero = header(
-            command::WRITE_ZEROES,
-            command_flags::FAST_ZERO | command_flags::NO_HOLE,
-            0,
-            512,
-        );
-        let Ok(Command::WriteZeroes { flags, .. }) = check_request(&simple, &zero) else {
-            panic!()
-        };
+        assert_eq!(check_request(&ro, &req_one_on_read).unwrap_err().errno, Errno::Inval);
+        let zero = header(command::WRITE_ZEROES, command_flags::FAST_ZERO | command_flags::NO_HOLE, 0, 512);
+        let Ok(Command::WriteZeroes { flags, .. }) = check_request(&simple, &zero) else { panic!() };
         assert!(flags.fast && flags.no_hole && !flags.fua);
     }
 
@@ -546,9 +439,7 @@ mod tests {
     fn sparse_read_covers_the_request_with_data_and_hole_chunks() {
         // Holes become OFFSET_HOLE chunks, the rest OFFSET_DATA, only the
         // last chunk has DONE, and together they cover the request exactly.
-        let data: Vec<u8> = (0..16384u32)
-            .map(|i| if (4096..12288).contains(&i) { 0 } else { 1 })
-            .collect();
+        let data: Vec<u8> = (0..16384u32).map(|i| if (4096..12288).contains(&i) { 0 } else { 1 }).collect();
         let mut out = Vec::new();
         encode_sparse_read(&mut out, 9, 1 << 16, &data, &[(4096, 8192)]);
         let mut at = 0;
@@ -572,11 +463,7 @@ mod tests {
         assert_eq!(covered, 16384);
         assert_eq!(
             chunks,
-            [
-                (chunk::OFFSET_DATA, 0),
-                (chunk::OFFSET_HOLE, 0),
-                (chunk::OFFSET_DATA, chunk_flags::DONE)
-            ]
+            [(chunk::OFFSET_DATA, 0), (chunk::OFFSET_HOLE, 0), (chunk::OFFSET_DATA, chunk_flags::DONE)]
         );
     }
 
@@ -585,21 +472,9 @@ mod tests {
         // Equal neighbours merge, extents are clipped to the request, REQ_ONE
         // sends exactly one descriptor, and an empty answer is "status 0".
         let extents = [
-            Extent {
-                length: 4096,
-                hole: true,
-                zero: true,
-            },
-            Extent {
-                length: 4096,
-                hole: true,
-                zero: true,
-            },
-            Extent {
-                length: 1 << 20,
-                hole: false,
-                zero: false,
-            },
+            Extent { length: 4096, hole: true, zero: true },
+            Extent { length: 4096, hole: true, zero: true },
+            Extent { length: 1 << 20, hole: false, zero: false },
         ];
         let descriptors = |req_one, length, extents: &[Extent]| {
             let mut out = Vec::new();

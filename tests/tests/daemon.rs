@@ -47,7 +47,7 @@ except nbd.Error as e:
     pass
 print(acked, flush=True)
 "#;
-    let mut child = Command::new(rewind_tests::SYSTEM_PYTHON)
+    let child = Command::new(rewind_tests::SYSTEM_PYTHON)
         .arg("-c")
         .arg(script)
         .arg(&uri)
