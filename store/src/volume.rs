@@ -215,7 +215,13 @@ impl Volume {
     ) -> Self {
         let head = index.head();
         let size = index.size_at(head);
-        let last_time = index.time(head);
+        // The index keeps milliseconds; the last record's exact time may be
+        // anywhere in that millisecond, and record times never go back.
+        let last_time = if head == 0 {
+            index.created()
+        } else {
+            index.time(head) + 999_999
+        };
         Self {
             name,
             id,
