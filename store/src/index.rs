@@ -2,7 +2,7 @@
 //!
 //! Two structures, both append-only so that history never changes:
 //!
-//! - the **record table**: one 20-byte [`Entry`] per seq (offset, kind,
+//! - the **record table**: one 20-byte `Entry` per seq (offset, kind,
 //!   length, journal location), in chunks so it grows without big copies;
 //!   times are kept as runs (first seq, millisecond), one per distinct
 //!   millisecond, so a busy volume pays almost nothing for them;
@@ -150,7 +150,6 @@ impl Hasher for ChunkHasher {
 type ChunkMap = HashMap<u64, Vec<u64>, BuildHasherDefault<ChunkHasher>>;
 
 /// The index of one volume. Not synchronized: the volume wraps it in a lock.
-#[derive(Debug)]
 pub struct Index {
     table: Vec<Vec<Entry>>,
     head: u64,
@@ -174,6 +173,19 @@ struct ChunkMapDebug(ChunkMap);
 impl std::fmt::Debug for ChunkMapDebug {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} chunks", self.0.len())
+    }
+}
+
+impl std::fmt::Debug for Index {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Index")
+            .field("head", &self.head)
+            .field("levels", &self.levels)
+            .field("rollbacks", &self.rollbacks.len())
+            .field("resizes", &self.resizes.len())
+            .field("snapshots", &self.snapshots.len())
+            .field("memory_bytes", &self.memory_bytes())
+            .finish_non_exhaustive()
     }
 }
 

@@ -56,7 +56,6 @@ pub struct Journal {
 }
 
 /// The append side, behind the volume's writer lock.
-#[derive(Debug)]
 pub struct Writer {
     segment_number: u64,
     segment: Option<Arc<dyn StorageBackend>>,
@@ -71,6 +70,17 @@ pub struct Writer {
     /// Segments (current included) written since the last sync.
     unsynced: Vec<Arc<dyn StorageBackend>>,
     current_dirty: bool,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer")
+            .field("segment_number", &self.segment_number)
+            .field("position", &self.position)
+            .field("buffered_bytes", &self.buffer.len())
+            .field("unsynced_segments", &self.unsynced.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// What a flush captured under the writer lock and must now make durable.

@@ -32,7 +32,7 @@ pub use error::{
     CloneError, CreateError, DeleteError, FlushError, History, OpenError, PointError, Poison, ReadError,
     ResizeError, RollbackError, SnapshotError, VerifyError, WriteError,
 };
-pub use memory::MemoryFs;
+pub use memory::{MemoryBackend, MemoryFs};
 pub use store::{Store, StoreOptions, valid_volume_name};
 pub use uring::UringBackend;
 pub use volume::{

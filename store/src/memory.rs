@@ -119,9 +119,19 @@ struct FsState {
 }
 
 /// The in-memory filesystem. Cheap to clone: clones share state.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct MemoryFs {
     state: Arc<Mutex<FsState>>,
+}
+
+impl std::fmt::Debug for MemoryFs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = self.state.lock();
+        f.debug_struct("MemoryFs")
+            .field("files", &state.paths.len())
+            .field("crashed", &state.crashed)
+            .finish_non_exhaustive()
+    }
 }
 
 fn apply(data: &mut Vec<u8>, op: &Pending) {
@@ -364,11 +374,19 @@ impl Filesystem for MemoryFs {
     }
 }
 
+/// The in-memory storage backend: one file of a [`MemoryFs`].
+pub type MemoryBackend = MemoryFile;
+
 /// A handle to one file of a [`MemoryFs`].
-#[derive(Debug)]
 pub struct MemoryFile {
     state: Arc<Mutex<FsState>>,
     id: u64,
+}
+
+impl std::fmt::Debug for MemoryFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MemoryFile({})", self.id)
+    }
 }
 
 impl StorageBackend for MemoryFile {

@@ -217,11 +217,7 @@ impl Volume {
         let size = index.size_at(head);
         // The index keeps milliseconds; the last record's exact time may be
         // anywhere in that millisecond, and record times never go back.
-        let last_time = if head == 0 {
-            index.created()
-        } else {
-            index.time(head) + 999_999
-        };
+        let last_time = if head == 0 { index.created() } else { index.time(head) + 999_999 };
         Self {
             name,
             id,
