@@ -53,6 +53,8 @@ pub struct Journal {
     /// reads below it need no lock.
     written_below: AtomicU64,
     pub(crate) writer: Mutex<Writer>,
+    /// Bytes of all segment files (headers, records, padding).
+    bytes: AtomicU64,
 }
 
 /// The append side, behind the volume's writer lock.
@@ -108,6 +110,16 @@ impl Journal {
             .get(&number)
             .cloned()
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "segment missing"))
+    }
+
+    /// Bytes of all segment files.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Number of segment files.
+    pub fn segment_count(&self) -> usize {
+        self.segments.read().len()
     }
 
     /// Reads journal bytes at `location` (they must lie within one record).
@@ -181,6 +193,7 @@ impl Journal {
         writer.chain = crc;
         writer.last_location = location;
         writer.position += span;
+        self.bytes.fetch_add(span, Ordering::Relaxed);
         Ok(location)
     }
 
@@ -231,6 +244,7 @@ impl Journal {
         writer.current_dirty = true;
         writer.buffer.clear();
         writer.buffer.extend_from_slice(&header.encode());
+        self.bytes.fetch_add(SEGMENT_HEADER_LEN as u64, Ordering::Relaxed);
         writer.buffer_start = 0;
         writer.position = SEGMENT_HEADER_LEN as u64;
         self.written_below.store(layout::location(number, 0), Ordering::Release);
@@ -475,6 +489,7 @@ pub fn recover(
         options,
         segments: RwLock::new(segments),
         written_below: AtomicU64::new(0),
+        bytes: AtomicU64::new(0),
         writer: Mutex::new(Writer {
             segment_number: 0,
             segment: None,
@@ -663,6 +678,15 @@ pub fn recover(
         }
     }
     fs.sync_dir(dir)?;
+    let mut total = 0;
+    for (&number, file) in journal.segments.read().iter() {
+        total += if number == writer.segment_number && writer.segment.is_some() {
+            writer.position
+        } else {
+            file.len()?
+        };
+    }
+    journal.bytes.store(total, Ordering::Relaxed);
     drop(writer);
 
     if (index_file.len()? as usize) > valid_len {

@@ -37,4 +37,5 @@ pub use store::{Store, StoreOptions, valid_volume_name};
 pub use uring::UringBackend;
 pub use volume::{
     Bucket, Extent, JournalRecord, PointView, RecoveryStats, RollbackOutcome, Snapshot, VerifyReport, Volume,
+    VolumeStats,
 };

@@ -94,6 +94,25 @@ pub struct RecoveryStats {
     pub cut_bytes: u64,
 }
 
+/// Counters and sizes of a volume, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VolumeStats {
+    pub head_seq: u64,
+    pub durable_seq: u64,
+    /// Bytes of journal segment files.
+    pub journal_bytes: u64,
+    /// Journal segment files.
+    pub segments: u64,
+    /// Approximate bytes of memory held by the index.
+    pub index_bytes: u64,
+    /// Snapshots currently pinned.
+    pub snapshots: u64,
+    /// Calls to flush (including FUA writes and metadata operations).
+    pub flushes: u64,
+    /// fdatasync rounds actually run (flushes share them).
+    pub syncs: u64,
+}
+
 /// Volume-level tunables, from the store's options.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct VolumeTuning {
@@ -127,6 +146,8 @@ pub struct Volume {
     deleted: AtomicBool,
     tuning: VolumeTuning,
     recovery: RecoveryStats,
+    flushes: AtomicU64,
+    syncs: AtomicU64,
 }
 
 /// Ends a flush leader's turn, even if it panics, and wakes the waiters.
@@ -239,6 +260,8 @@ impl Volume {
             deleted: AtomicBool::new(false),
             tuning,
             recovery,
+            flushes: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
         }
     }
 
@@ -393,6 +416,7 @@ impl Volume {
     /// was written when it started; the others wait for it and return at
     /// once if it covered them, else one of them leads the next sync.
     pub fn flush(&self) -> Result<(), FlushError> {
+        self.flushes.fetch_add(1, Ordering::Relaxed);
         let target = self.head_seq();
         {
             let mut syncing = self.syncing.lock();
@@ -416,6 +440,7 @@ impl Volume {
 
     /// The leader's part of a flush: capture, sync, publish, checkpoint.
     fn lead_sync(&self) -> Result<(), FlushError> {
+        self.syncs.fetch_add(1, Ordering::Relaxed);
         let (ticket, seq) = {
             let mut writer = self.journal.writer.lock();
             let seq = self.head_seq();
@@ -784,6 +809,24 @@ impl Volume {
             }
         }
         Ok(report)
+    }
+
+    /// Counters and sizes, for metrics.
+    pub fn stats(&self) -> VolumeStats {
+        let (index_bytes, snapshots) = {
+            let index = self.index.read();
+            (index.memory_bytes() as u64, index.snapshots().len() as u64)
+        };
+        VolumeStats {
+            head_seq: self.head_seq(),
+            durable_seq: self.durable_seq(),
+            journal_bytes: self.journal.bytes(),
+            segments: self.journal.segment_count() as u64,
+            index_bytes,
+            snapshots,
+            flushes: self.flushes.load(Ordering::Relaxed),
+            syncs: self.syncs.load(Ordering::Relaxed),
+        }
     }
 
     /// Approximate bytes of memory held by the index.

@@ -309,6 +309,10 @@ fn concurrent_flushes_share_syncs() {
     });
     let (syncs, _) = fs.counts();
     assert_eq!(volume.durable_seq(), THREADS * ROUNDS);
+    let stats = volume.stats();
+    assert_eq!(stats.syncs, syncs);
+    assert_eq!(stats.flushes, THREADS * ROUNDS);
+    assert!(stats.journal_bytes > THREADS * ROUNDS * 96);
     assert!(syncs < THREADS * ROUNDS / 2, "{syncs} syncs for {} flushes", THREADS * ROUNDS);
 }
 
@@ -341,6 +345,9 @@ fn checkpoint_bounds_replay_and_verify_checks_records() {
     let volume = store.volume("v").unwrap();
     let stats = volume.recovery_stats();
     assert_eq!(stats.checkpointed + stats.replayed, 120);
+    // 64 KiB segments: the journal spans several; its size is recomputed.
+    let sizes = volume.stats();
+    assert!(sizes.segments >= 1 && sizes.journal_bytes >= 95 * (96 + 100) + 25 * 104);
     assert!(stats.replayed < 10, "{stats:?}");
     let report = volume.verify().unwrap();
     assert_eq!((report.records, report.corrupt.len()), (120, 0));
