@@ -371,6 +371,20 @@ impl Index {
     /// Appends to `out` the pieces of the image at `seq` over `start..end`,
     /// in offset order, adjacent journal pieces merged.
     pub fn plan(&self, seq: u64, start: u64, end: u64, out: &mut Vec<Piece>) {
+        let mut uncovered = Vec::with_capacity(4);
+        self.plan_with(seq, start, end, out, &mut uncovered);
+    }
+
+    /// [`Self::plan`] with a caller-owned scratch vector, so a hot read path
+    /// allocates nothing.
+    pub fn plan_with(
+        &self,
+        seq: u64,
+        start: u64,
+        end: u64,
+        out: &mut Vec<Piece>,
+        uncovered: &mut Vec<(u64, u64)>,
+    ) {
         let first_out = out.len();
         let level0 = LEVEL_SHIFTS[0];
         let mut at = start;
@@ -384,7 +398,7 @@ impl Index {
                 (REGION_SHIFT, REGION_LEVEL)
             };
             let piece_end = end.min(((at >> step) + 1) << step);
-            self.plan_within_chunk(seq, at, piece_end, first_level, out);
+            self.plan_within_chunk(seq, at, piece_end, first_level, out, uncovered);
             at = piece_end;
         }
         // The per-chunk plans come out sorted; merge neighbours.
@@ -414,7 +428,15 @@ impl Index {
 
     /// Plans `start..end`, which lies within one chunk of every level from
     /// `first_level` up; lower levels are known to hold nothing here.
-    fn plan_within_chunk(&self, seq: u64, start: u64, end: u64, first_level: usize, out: &mut Vec<Piece>) {
+    fn plan_within_chunk(
+        &self,
+        seq: u64,
+        start: u64,
+        end: u64,
+        first_level: usize,
+        out: &mut Vec<Piece>,
+        uncovered: &mut Vec<(u64, u64)>,
+    ) {
         let first_out = out.len();
         let mut limit = seq;
         let mut cursors: [Option<Cursor<'_>>; 8] = Default::default();
@@ -438,7 +460,8 @@ impl Index {
             }
         }
         // Uncovered ranges, sorted; at most a few in practice.
-        let mut uncovered: Vec<(u64, u64)> = vec![(start, end)];
+        uncovered.clear();
+        uncovered.push((start, end));
         loop {
             let mut best: Option<(usize, u64)> = None;
             for (slot, cursor) in cursors.iter().enumerate() {
@@ -512,7 +535,7 @@ impl Index {
                 break;
             }
         }
-        for (hole_start, hole_end) in uncovered {
+        for &(hole_start, hole_end) in uncovered.iter() {
             out.push(Piece { offset: hole_start, length: hole_end - hole_start, source: Source::Base });
         }
         out[first_out..].sort_unstable_by_key(|piece| piece.offset);

@@ -150,6 +150,11 @@ pub struct Volume {
     syncs: AtomicU64,
 }
 
+thread_local! {
+    static SCRATCH_PIECES: std::cell::Cell<Vec<Piece>> = const { std::cell::Cell::new(Vec::new()) };
+    static SCRATCH_UNCOVERED: std::cell::Cell<Vec<(u64, u64)>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
 /// Ends a flush leader's turn, even if it panics, and wakes the waiters.
 struct Leader<'a>(&'a Volume);
 
@@ -518,11 +523,24 @@ impl Volume {
             length,
             size,
         })?;
-        let mut pieces = Vec::new();
+        // Reuse this thread's vectors: reads allocate nothing in the
+        // common case (a clone's base read nests and takes fresh ones).
+        let mut pieces = SCRATCH_PIECES.with(|cell| cell.take());
+        pieces.clear();
         if length > 0 {
-            self.index.read().plan(seq, offset, end, &mut pieces);
+            SCRATCH_UNCOVERED.with(|cell| {
+                let mut uncovered = cell.take();
+                self.index.read().plan_with(seq, offset, end, &mut pieces, &mut uncovered);
+                cell.replace(uncovered);
+            });
         }
         Ok(pieces)
+    }
+
+    fn recycle(pieces: Vec<Piece>) {
+        if pieces.capacity() <= 4096 {
+            SCRATCH_PIECES.with(|cell| cell.replace(pieces));
+        }
     }
 
     pub(crate) fn read_image(
@@ -533,7 +551,7 @@ impl Volume {
         buf: &mut [u8],
     ) -> Result<(), ReadError> {
         let pieces = self.plan(seq, size, offset, buf.len() as u64)?;
-        for piece in pieces {
+        for &piece in &pieces {
             let at = (piece.offset - offset) as usize;
             let target = &mut buf[at..at + piece.length as usize];
             match piece.source {
@@ -542,6 +560,7 @@ impl Volume {
                 Source::Base => self.read_base(piece.offset, target)?,
             }
         }
+        Self::recycle(pieces);
         Ok(())
     }
 
