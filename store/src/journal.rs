@@ -651,11 +651,20 @@ pub fn recover(
     let keep_through = end.map(|(number, _)| number);
     for &number in &numbers {
         if keep_through.is_none_or(|kept| number > kept) {
-            if let Ok(file) = journal.segment(number) {
-                cut_bytes += file.len().unwrap_or(0);
-            }
+            let len = journal.segment(number).and_then(|file| file.len()).unwrap_or(0);
+            cut_bytes += len;
             journal.segments.write().remove(&number);
-            fs.remove_file(&format!("{dir}/{}", segment_name(number)))?;
+            let path = format!("{dir}/{}", segment_name(number));
+            if len <= SEGMENT_HEADER_LEN as u64 {
+                fs.remove_file(&path)?;
+            } else {
+                // Normally only unacknowledged records live here. But if the
+                // journal ended early because a synced record rotted, these
+                // would be acknowledged history: keep them aside, never delete.
+                let aside = format!("{path}.cut-{next_seq}");
+                tracing::warn!(dir, segment = number, len, aside, "segment past the journal's end set aside");
+                fs.rename(&path, &aside)?;
+            }
         }
     }
     if keep_through.is_none() {

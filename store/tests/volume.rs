@@ -355,3 +355,37 @@ fn checkpoint_bounds_replay_and_verify_checks_records() {
     assert_eq!(record.payload, vec![2; 100]);
     assert_eq!(record.blake3, *blake3::hash(&[2; 100]).as_bytes());
 }
+
+/// A synced record that rots in the middle of the journal ends recovery
+/// there (the rotten record is never served), and the segments after it are
+/// set aside as `*.cut-N` files, not deleted, so nothing is destroyed.
+#[test]
+fn rotten_record_ends_recovery_and_later_segments_are_kept_aside() {
+    use store::Filesystem;
+    let fs = MemoryFs::new();
+    let clock = Arc::new(ManualClock::new(T0));
+    let options =
+        StoreOptions { segment_bytes: 4096, checkpoint_records: 1 << 20, ..memory_options(&fs, &clock) };
+    let store = Store::open("/unused".as_ref(), options.clone()).unwrap();
+    let volume = store.create_volume("v", 1 << 20).unwrap();
+    for i in 0..40u64 {
+        volume.write(i * 1000, &[i as u8 + 1; 1000], true).unwrap();
+    }
+    drop((volume, store));
+    let names = fs.list_dir("volumes/v").unwrap();
+    assert!(names.contains(&"seg-0000000005.log".to_owned()), "{names:?}");
+    // Flip a payload byte of the first record of segment 2.
+    let segment = fs.open_file("volumes/v/seg-0000000002.log", false).unwrap();
+    let mut byte = [0u8];
+    segment.read_at(&mut byte, 64 + 96 + 10).unwrap();
+    segment.write_at(&[byte[0] ^ 0xFF], 64 + 96 + 10).unwrap();
+    segment.sync().unwrap();
+    let store = Store::open("/unused".as_ref(), options).unwrap();
+    let volume = store.volume("v").unwrap();
+    let head = volume.head_seq();
+    assert!(head < 40 && head >= 6, "head {head}");
+    assert_eq!(read(&volume, (head - 1) * 1000, 1000), vec![head as u8; 1000]);
+    assert_eq!(read(&volume, head * 1000, 1000), vec![0; 1000], "rotten record not served");
+    let names = fs.list_dir("volumes/v").unwrap();
+    assert!(names.iter().any(|name| name.starts_with("seg-0000000003.log.cut-")), "{names:?}");
+}
