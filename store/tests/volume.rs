@@ -383,7 +383,7 @@ fn rotten_record_ends_recovery_and_later_segments_are_kept_aside() {
     let store = Store::open("/unused".as_ref(), options).unwrap();
     let volume = store.volume("v").unwrap();
     let head = volume.head_seq();
-    assert!(head < 40 && head >= 6, "head {head}");
+    assert!((6..40).contains(&head), "head {head}");
     assert_eq!(read(&volume, (head - 1) * 1000, 1000), vec![head as u8; 1000]);
     assert_eq!(read(&volume, head * 1000, 1000), vec![0; 1000], "rotten record not served");
     let names = fs.list_dir("volumes/v").unwrap();
