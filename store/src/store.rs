@@ -12,7 +12,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::error::{CloneError, CreateError, DeleteError, FlushError, OpenError};
 use crate::index::{Index, MAX_VOLUME_SIZE};
 use crate::journal::{JournalOptions, recover};
-use crate::layout::Superblock;
+use crate::layout::{SEGMENT_HEADER_LEN, Superblock};
 use crate::volume::{RecoveryStats, Volume, VolumeTuning};
 
 /// Directory (under the data dir) that holds one directory per volume.
@@ -442,13 +442,41 @@ impl Shared {
         let mut pending: Vec<(String, Superblock)> = Vec::new();
         for name in names {
             let dir = format!("{VOLUMES_DIR}/{name}");
+            let Ok(entries) = self.fs.list_dir(&dir) else {
+                tracing::warn!(dir, "ignoring a non-directory in the volumes directory");
+                continue;
+            };
             let path = format!("{dir}/{SUPERBLOCK_FILE}");
-            let superblock = self.read_superblock(&path);
-            match superblock {
-                Some(superblock) => pending.push((dir, superblock)),
+            match self.read_superblock(&path) {
+                Some(superblock) if superblock.name == name || name.starts_with(HIDDEN_PREFIX) => {
+                    pending.push((dir, superblock))
+                }
+                Some(superblock) => tracing::error!(
+                    dir,
+                    name = superblock.name,
+                    "volume directory and superblock names differ; not serving it"
+                ),
                 None => {
-                    tracing::warn!(dir, "removing a volume whose creation never completed");
-                    self.fs.remove_dir_all(&dir).map_err(io_error(&dir))?;
+                    // Creation syncs the superblock before the first record
+                    // can exist; a directory with records but no superblock
+                    // is damage, not a half-created volume: keep it.
+                    let has_records = entries.iter().any(|entry| {
+                        entry.starts_with("seg-")
+                            && self
+                                .fs
+                                .open_file(&format!("{dir}/{entry}"), false)
+                                .and_then(|file| file.len())
+                                .is_ok_and(|len| len > SEGMENT_HEADER_LEN as u64)
+                    });
+                    if has_records {
+                        tracing::error!(
+                            dir,
+                            "volume has journal records but no valid superblock; not serving it"
+                        );
+                    } else {
+                        tracing::warn!(dir, "removing a volume whose creation never completed");
+                        self.fs.remove_dir_all(&dir).map_err(io_error(&dir))?;
+                    }
                 }
             }
         }

@@ -389,3 +389,24 @@ fn rotten_record_ends_recovery_and_later_segments_are_kept_aside() {
     let names = fs.list_dir("volumes/v").unwrap();
     assert!(names.iter().any(|name| name.starts_with("seg-0000000003.log.cut-")), "{names:?}");
 }
+
+/// Opening a store removes a volume directory whose creation never
+/// completed (no superblock, no records), but keeps (and does not serve) one
+/// that has records without a superblock, and ignores stray files.
+#[test]
+fn open_tidies_half_created_volumes_and_keeps_damaged_ones() {
+    use store::Filesystem;
+    let fs = MemoryFs::new();
+    let clock = Arc::new(ManualClock::new(T0));
+    fs.create_dir_all("volumes/half").unwrap();
+    fs.open_file("volumes/half/volume", true).unwrap().write_at(b"torn", 0).unwrap();
+    fs.create_dir_all("volumes/damaged").unwrap();
+    fs.open_file("volumes/damaged/seg-0000000000.log", true).unwrap().write_at(&[1; 500], 0).unwrap();
+    fs.open_file("volumes/stray.img", true).unwrap();
+    let store = Store::open("/unused".as_ref(), memory_options(&fs, &clock)).unwrap();
+    assert!(store.volumes().is_empty());
+    assert!(!fs.exists("volumes/half"));
+    assert!(fs.exists("volumes/damaged/seg-0000000000.log"));
+    assert!(fs.exists("volumes/stray.img"));
+    store.create_volume("half", 4096).unwrap();
+}
