@@ -740,25 +740,42 @@ impl Volume {
     /// Writes and bytes per `bucket_nanos` interval from `since_nanos` to the
     /// head's time (at most 100,000 buckets).
     pub fn timeline(&self, since_nanos: i64, bucket_nanos: i64) -> Vec<Bucket> {
-        let bucket_nanos = bucket_nanos.max(1);
-        let index = self.index.read();
-        let head = index.head();
-        let end = index.time(head).max(since_nanos);
-        let count = ((end - since_nanos) / bucket_nanos + 1).min(100_000) as usize;
+        const MAX_BUCKETS: i128 = 100_000;
+        // Any i64 input is valid: do the arithmetic in i128.
+        let bucket = i128::from(bucket_nanos.max(1));
+        let since = i128::from(since_nanos);
+        let (head, end, first) = {
+            let index = self.index.read();
+            let head = index.head();
+            let first =
+                if since_nanos <= index.created() { 1 } else { index.resolve_time(since_nanos - 1) + 1 };
+            (head, i128::from(index.time(head)).max(since), first)
+        };
+        let count = ((end - since) / bucket + 1).min(MAX_BUCKETS) as usize;
         let mut buckets: Vec<Bucket> = (0..count)
-            .map(|i| Bucket { start: since_nanos + i as i64 * bucket_nanos, writes: 0, bytes: 0 })
+            .map(|i| Bucket {
+                start: (since + i as i128 * bucket).min(i128::from(i64::MAX)) as i64,
+                writes: 0,
+                bytes: 0,
+            })
             .collect();
-        let first = if since_nanos <= index.created() { 1 } else { index.resolve_time(since_nanos - 1) + 1 };
-        for seq in first..=head {
-            let (kind, _, length) = index.record_summary(seq);
-            if !matches!(kind, RecordKind::Write | RecordKind::Zeroes | RecordKind::Trim) {
-                continue;
+        // In batches, so a long history never holds the index lock for long.
+        let mut seq = first;
+        while seq <= head {
+            let index = self.index.read();
+            let batch_end = head.min(seq + 65_535);
+            for at in seq..=batch_end {
+                let (kind, _, length) = index.record_summary(at);
+                if !matches!(kind, RecordKind::Write | RecordKind::Zeroes | RecordKind::Trim) {
+                    continue;
+                }
+                let slot = (i128::from(index.time(at)) - since) / bucket;
+                if let Some(bucket) = usize::try_from(slot).ok().and_then(|slot| buckets.get_mut(slot)) {
+                    bucket.writes += 1;
+                    bucket.bytes += length;
+                }
             }
-            let slot = ((index.time(seq) - since_nanos) / bucket_nanos) as usize;
-            if let Some(bucket) = buckets.get_mut(slot) {
-                bucket.writes += 1;
-                bucket.bytes += length;
-            }
+            seq = batch_end + 1;
         }
         buckets
     }

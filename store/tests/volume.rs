@@ -282,6 +282,11 @@ fn timeline_counts_writes() {
     let buckets = volume.timeline(T0, 1_000_000_000);
     let counts: Vec<(u64, u64)> = buckets.iter().map(|b| (b.writes, b.bytes)).collect();
     assert_eq!(counts, vec![(1, 10), (0, 0), (2, 120)]);
+    // Hostile inputs neither panic nor allocate without bound.
+    assert_eq!(volume.timeline(i64::MIN, 1).len(), 100_000);
+    assert_eq!(volume.timeline(i64::MAX, i64::MIN).len(), 1);
+    assert!(volume.resolve_time(i64::MIN).is_err());
+    assert!(volume.resolve_time(i64::MAX).is_err());
 }
 
 /// Group commit: eight threads that each write and flush in a loop, against
