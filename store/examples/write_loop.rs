@@ -1,5 +1,7 @@
 //! A plain write loop for profiling the write path (`perf record`):
-//! `cargo run -p store --release --example write_loop -- DIR COUNT BLOCK [uring]`.
+//! `cargo run -p store --release --example write_loop -- DIR COUNT BLOCK [uring]`
+//! (`THREADS=N` splits the writes over N threads; CPU time is the main
+//! thread's only).
 
 use std::time::Instant;
 
@@ -29,12 +31,25 @@ fn main() {
     let volume = store.create_volume("v", size).unwrap();
     let data = vec![0x5Au8; block];
     let mut rng = SimRng::new(1);
+    let threads: u64 = std::env::var("THREADS").ok().and_then(|n| n.parse().ok()).unwrap_or(1);
     let started = Instant::now();
     let cpu = cpu_nanos();
-    for _ in 0..count {
-        let offset = rng.below(size / block as u64) * block as u64;
-        volume.write(offset, &data, false).unwrap();
-    }
+    std::thread::scope(|scope| {
+        for thread in 1..threads {
+            let (volume, data) = (&volume, &data);
+            scope.spawn(move || {
+                let mut rng = SimRng::new(thread + 100);
+                for _ in 0..count / threads {
+                    let offset = rng.below(size / block as u64) * block as u64;
+                    volume.write(offset, data, false).unwrap();
+                }
+            });
+        }
+        for _ in 0..count / threads {
+            let offset = rng.below(size / block as u64) * block as u64;
+            volume.write(offset, &data, false).unwrap();
+        }
+    });
     volume.flush().unwrap();
     let elapsed = started.elapsed();
     let cpu = cpu_nanos() - cpu;
