@@ -13,7 +13,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 peers=${NBD_PEERS:-$here/../shared/tools/nbd-peers.sh}
 [[ -x $peers ]] || { echo "nbd-peers.sh not found at $peers (set NBD_PEERS)" >&2; exit 2; }
-cargo build --release --bin rewindd --manifest-path "$here/Cargo.toml" >&2
+cargo build --release --bin rewindd --bin rewind --manifest-path "$here/Cargo.toml" >&2
 export OUT=${OUT:-/tmp/rewind-bench-$(date +%Y%m%d-%H%M%S)}
 export PASSES=${PASSES:-2}
 export SERVERS=${SERVERS:-"rewindd qemu-nbd nbdkit"}

@@ -9,7 +9,7 @@
 use std::io;
 use std::sync::Arc;
 
-use nbd_server::{BlockDevice, DeviceError, Errno, Extent, ZeroFlags};
+use nbd_server::{BlockDevice, DeviceError, Errno, Extent, IoBuffer, ZeroFlags};
 use store::{PointView, Volume};
 
 /// Requests moving at least this many bytes run on the blocking pool.
@@ -100,7 +100,7 @@ impl VolumeDevice {
 }
 
 impl BlockDevice for VolumeDevice {
-    async fn read(&self, offset: u64, mut buffer: Vec<u8>, start: usize) -> nbd_server::device::ReadResult {
+    async fn read(&self, offset: u64, mut buffer: IoBuffer, start: usize) -> nbd_server::device::ReadResult {
         let length = buffer.len() - start;
         if length >= OFFLOAD_BYTES {
             let device = self.clone();
@@ -119,7 +119,7 @@ impl BlockDevice for VolumeDevice {
         Ok((buffer, Vec::new()))
     }
 
-    async fn write(&self, offset: u64, data: Vec<u8>, fua: bool) -> Result<(), DeviceError> {
+    async fn write(&self, offset: u64, data: IoBuffer, fua: bool) -> Result<(), DeviceError> {
         let volume = self.head()?;
         if fua || data.len() >= OFFLOAD_BYTES {
             let volume = volume.clone();

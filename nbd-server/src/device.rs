@@ -9,6 +9,8 @@ use std::future::Future;
 use std::io;
 use std::sync::Arc;
 
+use crate::buffer::IoBuffer;
+
 /// The error numbers the NBD specification allows on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u32)]
@@ -125,7 +127,7 @@ pub struct ZeroFlags {
 pub type Holes = Vec<(usize, usize)>;
 
 /// A filled read buffer and its holes.
-pub type ReadResult = Result<(Vec<u8>, Holes), DeviceError>;
+pub type ReadResult = Result<(IoBuffer, Holes), DeviceError>;
 
 /// A block device the server can serve. Offsets and lengths handed to these
 /// methods are already checked against the export size: `offset + length`
@@ -136,7 +138,8 @@ pub type ReadResult = Result<(Vec<u8>, Holes), DeviceError>;
 /// an operation with `fua` returns only when its own effect is durable.
 pub trait BlockDevice: Send + Sync + 'static {
     /// Reads `buffer.len() - start` bytes at `offset` into `buffer[start..]`
-    /// and hands the buffer back. Buffers are owned so a device can pass them
+    /// and hands the buffer back. The buffer may hold stale bytes: on success
+    /// every byte of `buffer[start..]` must have been written. Buffers are owned so a device can pass them
     /// to another thread or an io_uring ring; the bytes before `start` are
     /// the server's (reply header room) and must be left alone.
     ///
@@ -144,13 +147,13 @@ pub trait BlockDevice: Send + Sync + 'static {
     /// the device knows read as zeros without having stored them; they are
     /// zero-filled in the buffer as well, and the server may send them as
     /// holes. An empty vector is always correct.
-    fn read(&self, offset: u64, buffer: Vec<u8>, start: usize) -> impl Future<Output = ReadResult> + Send;
+    fn read(&self, offset: u64, buffer: IoBuffer, start: usize) -> impl Future<Output = ReadResult> + Send;
 
     /// Writes `data` at `offset`.
     fn write(
         &self,
         offset: u64,
-        data: Vec<u8>,
+        data: IoBuffer,
         fua: bool,
     ) -> impl Future<Output = Result<(), DeviceError>> + Send;
 
@@ -188,13 +191,13 @@ pub trait BlockDevice: Send + Sync + 'static {
 }
 
 impl<D: BlockDevice> BlockDevice for Arc<D> {
-    fn read(&self, offset: u64, buffer: Vec<u8>, start: usize) -> impl Future<Output = ReadResult> + Send {
+    fn read(&self, offset: u64, buffer: IoBuffer, start: usize) -> impl Future<Output = ReadResult> + Send {
         (**self).read(offset, buffer, start)
     }
     fn write(
         &self,
         offset: u64,
-        data: Vec<u8>,
+        data: IoBuffer,
         fua: bool,
     ) -> impl Future<Output = Result<(), DeviceError>> + Send {
         (**self).write(offset, data, fua)

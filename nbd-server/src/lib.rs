@@ -16,12 +16,14 @@
 //! CACHE, DISC; simple replies; many requests in flight; CAN_MULTI_CONN.
 //! Not implemented: TLS (STARTTLS gets `ERR_UNSUP`), extended headers, RESIZE.
 
+pub mod buffer;
 pub mod device;
 pub mod handshake;
 pub mod protocol;
 pub mod server;
 pub mod transmission;
 
+pub use buffer::{BufferPool, IoBuffer};
 pub use device::{
     BlockDevice, Catalog, DeviceError, Errno, Export, ExportInfo, Extent, Listing, LookupError, ZeroFlags,
 };
