@@ -1,9 +1,10 @@
 //! What `rewindd` and `rewind` agree on: the syntax of points in time,
-//! volume names and sizes (this module), and the control API messages.
+//! volume names and sizes, and the control API messages ([`control`]).
 //!
 //! Parsing here is pure: no clock (relative points stay relative until the
 //! daemon resolves them against its own `now`), no IO.
 
+pub mod control;
 pub mod point;
 pub mod size;
 

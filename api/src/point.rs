@@ -44,9 +44,7 @@ pub enum PointError {
     #[error("`{0}` is not a relative time: write e.g. -90s, -15m, -2h, -1d or -1h30m")]
     BadRelative(String),
     /// A volume or snapshot name with characters we do not allow.
-    #[error(
-        "`{0}` is not a valid name: use 1 to 64 of A-Z a-z 0-9 . _ - (not starting with . or -)"
-    )]
+    #[error("`{0}` is not a valid name: use 1 to 64 of A-Z a-z 0-9 . _ - (not starting with . or -)")]
     BadName(String),
     /// An empty point after `@`.
     #[error("empty point after `@`: write VOL@SNAP, VOL@#SEQ, VOL@-90s or VOL@<RFC 3339 time>")]
@@ -63,10 +61,7 @@ impl Point {
             if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(PointError::BadSeq(text.to_owned()));
             }
-            return digits
-                .parse()
-                .map(Point::Seq)
-                .map_err(|_| PointError::BadSeq(text.to_owned()));
+            return digits.parse().map(Point::Seq).map_err(|_| PointError::BadSeq(text.to_owned()));
         }
         if let Some(relative) = text.strip_prefix('-') {
             return parse_relative(relative)
@@ -91,7 +86,21 @@ impl fmt::Display for Point {
                 Ok(text) => f.write_str(&text),
                 Err(_) => write!(f, "{time}"),
             },
-            Point::Ago(duration) => write!(f, "-{}s", duration.as_secs()),
+            Point::Ago(duration) => {
+                // The largest units that add up exactly: -1h30m, -2d, -90s is -1m30s.
+                let mut seconds = duration.as_secs();
+                if seconds == 0 {
+                    return f.write_str("-0s");
+                }
+                f.write_str("-")?;
+                for (unit, length) in [("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)] {
+                    if seconds >= length {
+                        write!(f, "{}{unit}", seconds / length)?;
+                        seconds %= length;
+                    }
+                }
+                Ok(())
+            }
             Point::Snapshot(name) => f.write_str(name),
         }
     }
@@ -131,15 +140,9 @@ fn parse_relative(text: &str) -> Option<Duration> {
 pub fn validate_name(name: &str) -> Result<(), PointError> {
     let ok = !name.is_empty()
         && name.len() <= MAX_NAME_LENGTH
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
         && !name.starts_with(['.', '-']);
-    if ok {
-        Ok(())
-    } else {
-        Err(PointError::BadName(name.to_owned()))
-    }
+    if ok { Ok(()) } else { Err(PointError::BadName(name.to_owned())) }
 }
 
 /// Checks a volume name (same rules as [`validate_name`]).
@@ -162,10 +165,7 @@ pub fn parse_export_name(name: &str) -> Result<ExportName, PointError> {
         None => (name, None),
     };
     validate_name(volume)?;
-    Ok(ExportName {
-        volume: volume.to_owned(),
-        point,
-    })
+    Ok(ExportName { volume: volume.to_owned(), point })
 }
 
 #[cfg(test)]
@@ -177,33 +177,16 @@ mod tests {
     fn parses_every_documented_form() {
         // Each form of PRODUCT.md maps to the variant that names it.
         assert_eq!(Point::parse("#42"), Ok(Point::Seq(42)));
-        assert_eq!(
-            Point::parse("-90s"),
-            Ok(Point::Ago(Duration::from_secs(90)))
-        );
-        assert_eq!(
-            Point::parse("-15m"),
-            Ok(Point::Ago(Duration::from_secs(900)))
-        );
-        assert_eq!(
-            Point::parse("-2h"),
-            Ok(Point::Ago(Duration::from_secs(7200)))
-        );
-        assert_eq!(
-            Point::parse("-1h30m"),
-            Ok(Point::Ago(Duration::from_secs(5400)))
-        );
-        assert_eq!(
-            Point::parse("before-upgrade"),
-            Ok(Point::Snapshot("before-upgrade".into()))
-        );
-        let Point::Time(time) = Point::parse("2026-11-28T02:13:50Z").unwrap() else {
-            panic!()
-        };
+        assert_eq!(Point::parse("-90s"), Ok(Point::Ago(Duration::from_secs(90))));
+        assert_eq!(Point::parse("-15m"), Ok(Point::Ago(Duration::from_secs(900))));
+        assert_eq!(Point::parse("-2h"), Ok(Point::Ago(Duration::from_secs(7200))));
+        assert_eq!(Point::parse("-1h30m"), Ok(Point::Ago(Duration::from_secs(5400))));
+        assert_eq!(Point::Ago(Duration::from_secs(5400)).to_string(), "-1h30m");
+        assert_eq!(Point::Ago(Duration::from_secs(99 * 86_400)).to_string(), "-99d");
+        assert_eq!(Point::parse("before-upgrade"), Ok(Point::Snapshot("before-upgrade".into())));
+        let Point::Time(time) = Point::parse("2026-11-28T02:13:50Z").unwrap() else { panic!() };
         assert_eq!(time.unix_timestamp(), 1_795_832_030);
-        let Point::Time(offset) = Point::parse("2026-11-28T03:13:50+01:00").unwrap() else {
-            panic!()
-        };
+        let Point::Time(offset) = Point::parse("2026-11-28T03:13:50+01:00").unwrap() else { panic!() };
         assert_eq!(offset.unix_timestamp(), time.unix_timestamp());
     }
 
@@ -227,19 +210,10 @@ mod tests {
     #[test]
     fn export_names_split_at_the_first_at_sign() {
         // `VOL` is the head, `VOL@POINT` a point; bad volume names fail.
-        assert_eq!(
-            parse_export_name("db"),
-            Ok(ExportName {
-                volume: "db".into(),
-                point: None
-            })
-        );
+        assert_eq!(parse_export_name("db"), Ok(ExportName { volume: "db".into(), point: None }));
         assert_eq!(
             parse_export_name("db@#7"),
-            Ok(ExportName {
-                volume: "db".into(),
-                point: Some(Point::Seq(7))
-            })
+            Ok(ExportName { volume: "db".into(), point: Some(Point::Seq(7)) })
         );
         assert!(parse_export_name("../etc@x").is_err());
         assert!(parse_export_name(&"a".repeat(4096)).is_err());
@@ -258,9 +232,7 @@ mod tests {
             // Display and parse agree for the forms the CLI prints.
             prop_assert_eq!(Point::parse(&Point::Seq(seq).to_string()), Ok(Point::Seq(seq)));
             let ago = Point::Ago(Duration::from_secs(secs));
-            if secs > 0 {
-                prop_assert_eq!(Point::parse(&ago.to_string()), Ok(ago));
-            }
+            prop_assert_eq!(Point::parse(&ago.to_string()), Ok(ago));
         }
     }
 }

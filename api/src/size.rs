@@ -24,9 +24,7 @@ pub enum SizeError {
 /// Parses a size with an optional unit into bytes.
 pub fn parse_size(text: &str) -> Result<u64, SizeError> {
     let trimmed = text.trim();
-    let split = trimmed
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(trimmed.len());
+    let split = trimmed.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(trimmed.len());
     let (number, unit) = trimmed.split_at(split);
     let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
@@ -58,18 +56,12 @@ pub fn parse_size(text: &str) -> Result<u64, SizeError> {
             let whole: u64 = if whole.is_empty() {
                 0
             } else {
-                whole
-                    .parse()
-                    .map_err(|_| SizeError::TooLarge(text.to_owned()))?
+                whole.parse().map_err(|_| SizeError::TooLarge(text.to_owned()))?
             };
             let scale = 10u128.pow(fraction.len() as u32);
-            let fraction: u128 = if fraction.is_empty() {
-                0
-            } else {
-                fraction.parse().unwrap_or(0)
-            };
-            let total = u128::from(whole) * u128::from(multiplier)
-                + fraction * u128::from(multiplier) / scale;
+            let fraction: u128 = if fraction.is_empty() { 0 } else { fraction.parse().unwrap_or(0) };
+            let total =
+                u128::from(whole) * u128::from(multiplier) + fraction * u128::from(multiplier) / scale;
             u64::try_from(total).map_err(|_| SizeError::TooLarge(text.to_owned()))?
         }
     };
@@ -128,14 +120,8 @@ mod tests {
         assert!(matches!(parse_size("12XB"), Err(SizeError::Syntax(_))));
         assert!(matches!(parse_size(""), Err(SizeError::Syntax(_))));
         assert!(matches!(parse_size("0"), Err(SizeError::Zero)));
-        assert!(matches!(
-            parse_size("1000"),
-            Err(SizeError::Unaligned(_, 1000))
-        ));
-        assert!(matches!(
-            parse_size("99999999999P"),
-            Err(SizeError::TooLarge(_))
-        ));
+        assert!(matches!(parse_size("1000"), Err(SizeError::Unaligned(_, 1000))));
+        assert!(matches!(parse_size("99999999999P"), Err(SizeError::TooLarge(_))));
         assert!(parse_size("-1G").is_err());
     }
 

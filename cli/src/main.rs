@@ -1,1 +1,498 @@
-fn main() {}
+//! `rewind`: the command line for a running `rewindd`.
+//!
+//! Every command is one or two requests to the daemon's control API
+//! (`docs/openapi.json`) over its Unix socket: `--control PATH`, else
+//! `$REWIND_CONTROL`, else `./rewind-data/control.sock`. Output is a human
+//! table by default and the daemon's JSON with `--json`. Exit codes: 0
+//! done, 1 failed, 2 usage error.
+
+mod cli;
+mod client;
+mod output;
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches};
+use rewind_api::control::{
+    CloneVolume, Cloned, CreateSnapshot, CreateVolume, Deleted, Exported, Resized, Rollback, RolledBack,
+    SizeArg, SnapshotDeleted, SnapshotInfo, SnapshotList, Status, Timeline, VolumeDetail, VolumeInfo,
+    VolumeList, nbd_uri, percent_encode,
+};
+use rewind_api::format_size;
+use serde::Serialize;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::cli::{Cli, Command, SnapshotCommand, VolumeCommand};
+use crate::client::{Client, DEFAULT_SOCKET, Failure, SocketSource, with_progress};
+use crate::output::{Table, duration, shell_word, short_time};
+
+const EXIT_FAILED: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    let matches = match Cli::command().try_get_matches() {
+        Ok(matches) => matches,
+        Err(error) => return usage_error(error),
+    };
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(error) => return usage_error(error),
+    };
+    let source = match matches.value_source("control") {
+        Some(ValueSource::CommandLine) => SocketSource::Flag,
+        Some(ValueSource::EnvVariable) => SocketSource::Environment,
+        _ => SocketSource::Default,
+    };
+    let socket = cli.control.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
+    let client = Client::new(socket, source);
+    let json = cli.json;
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("rewind: cannot start: {error}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    match runtime.block_on(run(cli, &client)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            report(&failure, json);
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+/// Help and version go out as clap prints them; every other parse error is
+/// one line on stderr (or a JSON error with `--json`) and exit 2.
+fn usage_error(error: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(error.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        let _ = error.print();
+        return ExitCode::SUCCESS;
+    }
+    let rendered = error.render().to_string();
+    let body = rendered.split("\n\nUsage:").next().unwrap_or(&rendered);
+    let body = body.split("\n\nFor more information").next().unwrap_or(body);
+    let line = body.split_whitespace().collect::<Vec<_>>().join(" ");
+    let line = line.strip_prefix("error: ").unwrap_or(&line).to_owned();
+    let failure = Failure::new(line, Some("rewind --help (or rewind COMMAND --help) shows the usage".into()));
+    report(&failure, std::env::args().any(|arg| arg == "--json"));
+    ExitCode::from(EXIT_USAGE)
+}
+
+fn report(failure: &Failure, json: bool) {
+    if json {
+        let body =
+            rewind_api::control::ErrorBody { error: failure.error.clone(), hint: failure.hint.clone() };
+        println!("{}", serde_json::to_string_pretty(&body).unwrap_or_default());
+    } else {
+        eprintln!("rewind: {}", failure.error);
+        if let Some(hint) = &failure.hint {
+            eprintln!("hint: {hint}");
+        }
+    }
+}
+
+/// Prints `value` as JSON (`--json`) or runs `human` to print it for people.
+fn print<T: Serialize>(json: bool, value: &T, human: impl FnOnce(&T) -> String) {
+    let text =
+        if json { serde_json::to_string_pretty(value).unwrap_or_default() + "\n" } else { human(value) };
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes());
+    let _ = stdout.flush();
+}
+
+fn volume_path(name: &str) -> String {
+    format!("/v1/volumes/{name}")
+}
+
+async fn run(cli: Cli, client: &Client) -> Result<(), Failure> {
+    let json = cli.json;
+    let progress = !json;
+    match cli.command {
+        Command::Volume(command) => volume(command, client, json).await,
+        Command::Snapshot(command) => snapshot(command, client, json).await,
+        Command::Timeline(args) => {
+            let mut path =
+                format!("{}/timeline?since={}", volume_path(&args.volume), percent_encode(&args.since, &[]));
+            if let Some(interval) = args.interval {
+                path.push_str(&format!("&interval={interval}"));
+            }
+            let timeline: Timeline = with_progress(
+                &format!("reading the timeline of {}", args.volume),
+                progress,
+                client.get(&path),
+            )
+            .await?;
+            print(json, &timeline, human_timeline);
+            Ok(())
+        }
+        Command::Rollback(args) => {
+            let request = Rollback { to: args.to.clone() };
+            let path = format!("{}/rollback", volume_path(&args.volume));
+            let message = format!("rolling back {} to {}", args.volume, args.to);
+            let done: RolledBack = with_progress(&message, progress, client.post(&path, &request)).await?;
+            let control = match client.source() {
+                SocketSource::Flag => {
+                    format!(" --control {}", shell_word(&client.socket().display().to_string()))
+                }
+                _ => String::new(),
+            };
+            print(json, &done, |done| {
+                format!(
+                    "Rolled back {volume} to #{target} ({target_time}): the head is now #{new} with that image.\n\
+                     The previous head #{previous} ({previous_time}) is kept in the history.\n\
+                     Undo with: rewind rollback {volume} --to {undo}{control}\n",
+                    volume = done.volume,
+                    target = done.target.seq,
+                    target_time = short_time(&done.target.time),
+                    new = done.new_head.seq,
+                    previous = done.previous_head.seq,
+                    previous_time = short_time(&done.previous_head.time),
+                    undo = shell_word(&done.undo_to),
+                )
+            });
+            Ok(())
+        }
+        Command::Clone(args) => {
+            let request = CloneVolume { at: args.at.clone(), name: args.name.clone() };
+            let path = format!("{}/clone", volume_path(&args.volume));
+            let message = format!("cloning {} at {}", args.volume, args.at);
+            let cloned: Cloned = with_progress(&message, progress, client.post(&path, &request)).await?;
+            print(json, &cloned, |cloned| {
+                format!(
+                    "Cloned {} at #{} ({}) as {}: {}, writable.\nServe it: {}\n",
+                    cloned.source,
+                    cloned.point.seq,
+                    short_time(&cloned.point.time),
+                    cloned.volume.name,
+                    format_size(cloned.volume.size_bytes),
+                    cloned.uri
+                )
+            });
+            Ok(())
+        }
+        Command::Export(args) => {
+            let path = format!("{}/export?at={}", volume_path(&args.volume), percent_encode(&args.at, &[]));
+            let exported: Exported = client.get(&path).await?;
+            print(json, &exported, |exported| {
+                // The URI alone on stdout, so `$(rewind export ...)` is the URI.
+                eprintln!(
+                    "{} as of #{} ({}), {}, read-only:",
+                    exported.volume,
+                    exported.point.seq,
+                    short_time(&exported.point.time),
+                    format_size(exported.size_bytes)
+                );
+                format!("{}\n", exported.uri)
+            });
+            Ok(())
+        }
+        Command::Status => {
+            let status: Status = client.get("/v1/status").await?;
+            print(json, &status, human_status);
+            Ok(())
+        }
+        Command::Completions { shell } => {
+            let mut command = Cli::command();
+            clap_complete::generate(shell, &mut command, "rewind", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man { out } => man(out),
+        Command::Replicate(_)
+        | Command::Replication(_)
+        | Command::Identity(_)
+        | Command::Peer(_)
+        | Command::Promote(_)
+        | Command::Verify(_) => {
+            let name = std::env::args().skip(1).find(|arg| !arg.starts_with('-')).unwrap_or_default();
+            Err(Failure::new(
+                format!(
+                    "rewind {name} is not available yet: this rewindd has no replication, peers or verify"
+                ),
+                Some("they come in a later release; rewind --help lists what works today".into()),
+            ))
+        }
+    }
+}
+
+async fn volume(command: VolumeCommand, client: &Client, json: bool) -> Result<(), Failure> {
+    let progress = !json;
+    match command {
+        VolumeCommand::Create { name, size } => {
+            let request = CreateVolume { name: name.clone(), size: SizeArg::Bytes(size) };
+            let message = format!("creating volume {name}");
+            let info: VolumeInfo =
+                with_progress(&message, progress, client.post("/v1/volumes", &request)).await?;
+            if json {
+                print(json, &info, |_| String::new());
+            } else {
+                let status: Status = client.get("/v1/status").await?;
+                print(json, &info, |info| {
+                    format!(
+                        "Created volume {} ({}).\nServe it: {}\n",
+                        info.name,
+                        format_size(info.size_bytes),
+                        nbd_uri(&status.nbd_listen, &info.name)
+                    )
+                });
+            }
+        }
+        VolumeCommand::List => {
+            let list: VolumeList = client.get("/v1/volumes").await?;
+            print(json, &list, |list| {
+                let mut table = Table::new(&[
+                    "NAME",
+                    "SIZE",
+                    "HEAD",
+                    "LAST WRITE",
+                    "POINTS",
+                    "SNAPSHOTS",
+                    "JOURNAL",
+                    "CLONE OF",
+                ]);
+                for volume in &list.volumes {
+                    table.row(vec![
+                        volume.name.clone(),
+                        format_size(volume.size_bytes),
+                        format!("#{}", volume.head.seq),
+                        short_time(&volume.head.time),
+                        volume.points.to_string(),
+                        volume.snapshots.to_string(),
+                        format_size(volume.journal_bytes),
+                        volume
+                            .clone_of
+                            .as_ref()
+                            .map_or("-".into(), |origin| format!("{}@#{}", origin.volume, origin.seq)),
+                    ]);
+                }
+                if list.volumes.is_empty() {
+                    "No volumes. Create one with: rewind volume create NAME --size 20GiB\n".into()
+                } else {
+                    table.render()
+                }
+            });
+        }
+        VolumeCommand::Show { name } => {
+            let detail: VolumeDetail = client.get(&volume_path(&name)).await?;
+            print(json, &detail, human_volume);
+        }
+        VolumeCommand::Resize { name, size } => {
+            let request = rewind_api::control::ResizeVolume { size: SizeArg::Bytes(size) };
+            let path = format!("{}/resize", volume_path(&name));
+            let resized: Resized =
+                with_progress(&format!("resizing {name}"), progress, client.post(&path, &request)).await?;
+            print(json, &resized, |resized| {
+                let mut text = format!(
+                    "Resized {} from {} to {} (#{}).\n",
+                    resized.volume,
+                    format_size(resized.old_size_bytes),
+                    format_size(resized.new_size_bytes),
+                    resized.seq
+                );
+                if resized.new_size_bytes < resized.old_size_bytes {
+                    text.push_str(&format!(
+                        "The cut tail is still in the history; to get it back: rewind rollback {} --to {}\n",
+                        resized.volume,
+                        shell_word(&format!("#{}", resized.seq.saturating_sub(1)))
+                    ));
+                }
+                text
+            });
+        }
+        VolumeCommand::Delete { name, force } => {
+            let path = format!("{}{}", volume_path(&name), if force { "?force=true" } else { "" });
+            let deleted: Deleted =
+                with_progress(&format!("deleting {name}"), progress, client.delete(&path)).await?;
+            print(json, &deleted, |deleted| {
+                if deleted.clones_kept.is_empty() {
+                    format!("Deleted volume {} and its history.\n", deleted.volume)
+                } else {
+                    format!(
+                        "Deleted volume {}; its data is kept until its clones ({}) are deleted.\n",
+                        deleted.volume,
+                        deleted.clones_kept.join(", ")
+                    )
+                }
+            });
+        }
+    }
+    Ok(())
+}
+
+async fn snapshot(command: SnapshotCommand, client: &Client, json: bool) -> Result<(), Failure> {
+    match command {
+        SnapshotCommand::Create { volume, name } => {
+            let path = format!("{}/snapshots", volume_path(&volume));
+            let message = format!("snapshotting {volume}");
+            let request = CreateSnapshot { name };
+            let snapshot: SnapshotInfo = with_progress(&message, !json, client.post(&path, &request)).await?;
+            print(json, &snapshot, |snapshot| {
+                format!(
+                    "Created snapshot {name} of {volume} at #{seq} ({time}); kept until deleted.\n\
+                     Serve it: rewind export {volume} --at {name}\n",
+                    name = snapshot.name,
+                    seq = snapshot.seq,
+                    time = short_time(&snapshot.time)
+                )
+            });
+        }
+        SnapshotCommand::List { volume } => {
+            let list: SnapshotList = client.get(&format!("{}/snapshots", volume_path(&volume))).await?;
+            print(json, &list, |list| {
+                if list.snapshots.is_empty() {
+                    return format!(
+                        "{} has no snapshots. Create one with: rewind snapshot create {} NAME\n",
+                        list.volume, list.volume
+                    );
+                }
+                let mut table = Table::new(&["NAME", "SEQ", "TIME"]);
+                for snapshot in &list.snapshots {
+                    table.row(vec![
+                        snapshot.name.clone(),
+                        format!("#{}", snapshot.seq),
+                        short_time(&snapshot.time),
+                    ]);
+                }
+                table.render()
+            });
+        }
+        SnapshotCommand::Delete { volume, name } => {
+            let path = format!("{}/snapshots/{name}", volume_path(&volume));
+            let deleted: SnapshotDeleted = client.delete(&path).await?;
+            print(json, &deleted, |deleted| {
+                format!(
+                    "Deleted snapshot {} of {} (its point stays in the history while retained).\n",
+                    deleted.snapshot, deleted.volume
+                )
+            });
+        }
+    }
+    Ok(())
+}
+
+fn parse_time(text: &str) -> Option<i128> {
+    OffsetDateTime::parse(text, &Rfc3339).ok().map(OffsetDateTime::unix_timestamp_nanos)
+}
+
+fn human_timeline(timeline: &Timeline) -> String {
+    let mut out = format!(
+        "{}: history #{} ({}) to #{} ({}); {} per row\n",
+        timeline.volume,
+        timeline.first.seq,
+        short_time(&timeline.first.time),
+        timeline.head.seq,
+        short_time(&timeline.head.time),
+        duration(timeline.interval_seconds)
+    );
+    let interval = i128::from(timeline.interval_seconds) * 1_000_000_000;
+    let mut table = Table::new(&["START", "WRITES", "BYTES", "POINT AT END", "SNAPSHOTS"]);
+    for bucket in &timeline.buckets {
+        let start = parse_time(&bucket.start);
+        let snapshots: Vec<&str> = timeline
+            .snapshots
+            .iter()
+            .filter(|snapshot| {
+                matches!((start, parse_time(&snapshot.time)), (Some(start), Some(time)) if time >= start && time < start + interval)
+            })
+            .map(|snapshot| snapshot.name.as_str())
+            .collect();
+        table.row(vec![
+            short_time(&bucket.start),
+            bucket.writes.to_string(),
+            format_size(bucket.bytes),
+            bucket.last_seq.map_or("-".into(), |seq| format!("#{seq}")),
+            snapshots.join(", "),
+        ]);
+    }
+    out.push_str(&table.render());
+    out
+}
+
+fn human_status(status: &Status) -> String {
+    format!(
+        "rewindd {} (pid {}), up {}\n  data dir   {}\n  control    {}\n  NBD        {} ({} connection{})\n  volumes    {} ({} of journal)\n",
+        status.version,
+        status.pid,
+        duration(status.uptime_seconds),
+        status.data_dir,
+        status.control_socket,
+        status.nbd_listen,
+        status.nbd_connections,
+        if status.nbd_connections == 1 { "" } else { "s" },
+        status.volumes,
+        format_size(status.journal_bytes)
+    )
+}
+
+fn human_volume(detail: &VolumeDetail) -> String {
+    let volume = &detail.volume;
+    let mut out = format!("Volume {}\n", volume.name);
+    let mut line = |key: &str, value: String| out.push_str(&format!("  {key:<12} {value}\n"));
+    line("size", format_size(volume.size_bytes));
+    line(
+        "history",
+        format!(
+            "#{} ({}) to #{} ({}), {} points",
+            volume.first.seq,
+            short_time(&volume.first.time),
+            volume.head.seq,
+            short_time(&volume.head.time),
+            volume.points
+        ),
+    );
+    line("durable", format!("#{}", volume.durable_seq));
+    line(
+        "journal",
+        format!(
+            "{} on disk, index {} in memory",
+            format_size(volume.journal_bytes),
+            format_size(detail.index_memory_bytes)
+        ),
+    );
+    if let Some(origin) = &volume.clone_of {
+        line("clone of", format!("{} at #{}", origin.volume, origin.seq));
+    }
+    line("clones", if volume.clones.is_empty() { "none".into() } else { volume.clones.join(", ") });
+    line("serve at", detail.uri.clone());
+    if let Some(error) = &volume.write_error {
+        line("WRITE ERROR", format!("{error} (refuses writes until rewindd restarts)"));
+    }
+    if detail.snapshot_list.is_empty() {
+        out.push_str("No snapshots.\n");
+    } else {
+        out.push_str("Snapshots\n");
+        let mut table = Table::new(&["NAME", "SEQ", "TIME"]);
+        for snapshot in &detail.snapshot_list {
+            table.row(vec![snapshot.name.clone(), format!("#{}", snapshot.seq), short_time(&snapshot.time)]);
+        }
+        for row in table.render().lines() {
+            out.push_str(&format!("  {row}\n"));
+        }
+    }
+    out
+}
+
+fn man(out: Option<PathBuf>) -> Result<(), Failure> {
+    let command = Cli::command();
+    match out {
+        Some(dir) => {
+            std::fs::create_dir_all(&dir).and_then(|()| clap_mangen::generate_to(command, &dir)).map_err(
+                |error| Failure::new(format!("cannot write man pages to {}: {error}", dir.display()), None),
+            )?;
+            eprintln!("wrote man pages to {}", dir.display());
+            Ok(())
+        }
+        None => match clap_mangen::Man::new(command).render(&mut std::io::stdout()) {
+            // `rewind man | head` closes the pipe early: not a failure.
+            Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => {
+                Err(Failure::new(format!("cannot print the man page: {error}"), None))
+            }
+            _ => Ok(()),
+        },
+    }
+}

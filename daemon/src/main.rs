@@ -1,13 +1,16 @@
 //! `rewindd`: serves rewind volumes over NBD.
 //!
 //! Start-up: read flags and the optional config file, open (or create) the
-//! data dir, create volume `default` (1 GiB) if there is none, bind the NBD
-//! port, serve. SIGTERM/SIGINT: stop accepting, finish in-flight requests,
-//! flush every volume, exit 0.
+//! data dir, create volume `default` (1 GiB) if there is none, bind the
+//! control socket and the NBD port, serve. SIGTERM/SIGINT: stop accepting,
+//! finish in-flight requests (NBD and control), flush every volume, remove
+//! the control socket, exit 0.
 
 mod catalog;
 mod config;
+mod control;
 mod device;
+mod metrics;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -61,6 +64,8 @@ fn init_logging() {
 async fn run(config: Config) -> anyhow::Result<()> {
     let store = open_store(&config)?;
     let catalog = Arc::new(VolumeCatalog::new(store.clone())?);
+    // Bound before anything else runs: binding sets the process umask.
+    let control_socket = control::ControlSocket::bind(&config.control)?;
     let listener = tokio::net::TcpListener::bind(config.nbd_listen).await.map_err(|error| {
         let hint = if error.kind() == std::io::ErrorKind::AddrInUse {
             " (another rewindd or NBD server is using it; stop it or pass --nbd-listen ADDR)"
@@ -72,16 +77,28 @@ async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(
         data_dir = %config.data_dir.display(),
         nbd = %config.nbd_listen,
+        control = %control_socket.path().display(),
         "rewindd serving; try: nbdinfo nbd://{}/default",
         config.nbd_listen
     );
     let (stop, stopped) = watch::channel(false);
-    let server = nbd_server::Server::new(catalog.clone(), config.nbd.clone());
+    let metrics = Arc::new(metrics::Metrics::new());
+    let control_state = Arc::new(control::ControlState {
+        store: store.clone(),
+        metrics: metrics.clone(),
+        data_dir: config.data_dir.clone(),
+        control_path: config.control.clone(),
+        nbd_listen: config.nbd_listen,
+        started: std::time::SystemTime::now(),
+    });
+    let controlling = tokio::spawn(control::serve(control_socket, control_state, stopped.clone()));
+    let server = nbd_server::Server::new(catalog.clone(), config.nbd.clone()).with_observer(metrics);
     let serving = tokio::spawn(server.serve(listener, stopped));
     wait_for_signal().await?;
     tracing::info!("shutting down: finishing in-flight requests");
     let _ = stop.send(true);
     serving.await.context("NBD server task failed")?;
+    controlling.await.context("control API task failed")??;
     drop(catalog);
     tokio::task::spawn_blocking(move || store.close())
         .await

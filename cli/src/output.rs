@@ -1,0 +1,109 @@
+//! Human output: aligned tables and short times. (`--json` prints the
+//! daemon's answer as it is.)
+
+use std::fmt::Write as _;
+
+/// A table with a header row; columns are left-aligned and padded to the
+/// widest cell.
+#[derive(Debug)]
+pub struct Table {
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(header: &[&str]) -> Table {
+        Table { rows: vec![header.iter().map(|cell| (*cell).to_owned()).collect()] }
+    }
+
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    pub fn render(&self) -> String {
+        let columns = self.rows.iter().map(Vec::len).max().unwrap_or(0);
+        let widths: Vec<usize> = (0..columns)
+            .map(|column| {
+                self.rows
+                    .iter()
+                    .filter_map(|row| row.get(column))
+                    .map(|cell| cell.chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let mut out = String::new();
+        for row in &self.rows {
+            let mut line = String::new();
+            for (column, cell) in row.iter().enumerate() {
+                if column + 1 == row.len() {
+                    line.push_str(cell);
+                } else {
+                    let _ = write!(line, "{cell:<width$}  ", width = widths[column]);
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// `2026-11-28T02:13:50.123Z` → `2026-11-28T02:13:50Z`: whole seconds,
+/// still valid as a POINT.
+pub fn short_time(rfc3339: &str) -> String {
+    match rfc3339.split_once('.') {
+        Some((seconds, rest)) if rest.ends_with('Z') => format!("{seconds}Z"),
+        _ => rfc3339.to_owned(),
+    }
+}
+
+/// `3h 12m`, `45s`, `2d 3h`.
+pub fn duration(seconds: u64) -> String {
+    let (days, hours, minutes) = (seconds / 86_400, seconds / 3600 % 24, seconds / 60 % 60);
+    match (days, hours, minutes) {
+        (0, 0, 0) => format!("{seconds}s"),
+        (0, 0, _) => format!("{minutes}m {}s", seconds % 60),
+        (0, _, _) => format!("{hours}h {minutes}m"),
+        _ => format!("{days}d {hours}h"),
+    }
+}
+
+/// Quotes a word for a POSIX shell when it needs it (`#812` would start a
+/// comment).
+pub fn shell_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && !word.starts_with('#')
+        && word.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./:@%+=,#".contains(&b));
+    if plain { word.to_owned() } else { format!("'{}'", word.replace('\'', r"'\''")) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_columns() {
+        let mut table = Table::new(&["NAME", "SIZE"]);
+        table.row(vec!["default".into(), "1 GiB".into()]);
+        table.row(vec!["db".into(), "20 GiB".into()]);
+        assert_eq!(table.render(), "NAME     SIZE\ndefault  1 GiB\ndb       20 GiB\n");
+    }
+
+    #[test]
+    fn undo_commands_survive_the_shell() {
+        // `#` starts a comment in sh: a printed command must quote it.
+        assert_eq!(shell_word("#812"), "'#812'");
+        assert_eq!(shell_word("db"), "db");
+        assert_eq!(shell_word("/tmp/a b/control.sock"), "'/tmp/a b/control.sock'");
+        assert_eq!(shell_word("it's"), r"'it'\''s'");
+    }
+
+    #[test]
+    fn times_and_durations_read_well() {
+        assert_eq!(short_time("2026-11-28T02:13:50.123Z"), "2026-11-28T02:13:50Z");
+        assert_eq!(short_time("2026-11-28T02:13:50Z"), "2026-11-28T02:13:50Z");
+        assert_eq!(duration(45), "45s");
+        assert_eq!(duration(3 * 3600 + 12 * 60), "3h 12m");
+        assert_eq!(duration(2 * 86_400 + 3 * 3600), "2d 3h");
+    }
+}

@@ -1,0 +1,593 @@
+//! One function per route of [`super::routes::ROUTES`].
+//!
+//! Store calls that may wait for the disk (create, clone, delete, snapshot,
+//! rollback, resize, flush, timeline scans) run on tokio's blocking pool so
+//! the runtime's threads keep serving NBD.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use rewind_api::Point;
+use rewind_api::control::{
+    CloneOrigin, CloneVolume, Cloned, CreateSnapshot, CreateVolume, Deleted, Exported, Flushed, PointInfo,
+    RecoveryInfo, ResizeVolume, Resized, Rollback, RolledBack, SnapshotDeleted, SnapshotInfo, SnapshotList,
+    Status, Timeline, TimelineBucket, VolumeDetail, VolumeInfo, VolumeList, nbd_uri,
+};
+use serde::Deserialize;
+use store::{
+    CloneError, CreateError, DeleteError, ResizeError, RollbackError, SnapshotError, Volume, WriteError,
+};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::routes::{ApiJson, ApiPath, ApiQuery, OPENAPI_DOCUMENT};
+use super::{ApiError, ControlState};
+use crate::catalog::resolve_point;
+use crate::metrics::{directory_bytes, volume_dir};
+
+type ApiResult<T> = Result<T, ApiError>;
+type AppState = State<Arc<ControlState>>;
+
+/// Intervals `timeline` picks from when none is given, in seconds.
+const TIMELINE_INTERVALS: [u64; 17] =
+    [1, 5, 10, 15, 30, 60, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 604_800];
+/// Rows a timeline aims for when it picks the interval.
+const TIMELINE_TARGET_ROWS: i64 = 48;
+/// Most rows a timeline returns.
+const TIMELINE_MAX_ROWS: i64 = 10_000;
+
+// ---- helpers ------------------------------------------------------------
+
+/// RFC 3339 in UTC with the full precision of `unix_nanos`.
+pub fn rfc3339(unix_nanos: i64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_nanos))
+        .ok()
+        .and_then(|time| time.format(&Rfc3339).ok())
+        .unwrap_or_else(|| format!("{unix_nanos}ns"))
+}
+
+fn now_nanos() -> i64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(now.as_nanos()).unwrap_or(i64::MAX)
+}
+
+/// Where NBD clients reach this daemon: the listen address, with a
+/// wildcard address replaced by loopback (the CLI runs on this host).
+pub fn client_address(listen: SocketAddr) -> String {
+    let mut address = listen;
+    if address.ip().is_unspecified() {
+        address.set_ip(match address.ip() {
+            std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    address.to_string()
+}
+
+/// Runs a store call on the blocking pool.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> ApiResult<T> {
+    tokio::task::spawn_blocking(work).await.map_err(|error| ApiError::internal("store task failed", &error))
+}
+
+fn bad_name(error: rewind_api::PointError) -> ApiError {
+    ApiError::bad_request(error.to_string())
+}
+
+fn lookup(state: &ControlState, name: &str) -> ApiResult<Arc<Volume>> {
+    rewind_api::validate_volume_name(name).map_err(bad_name)?;
+    state.store.volume(name).ok_or_else(|| unknown_volume(state, name))
+}
+
+fn unknown_volume(state: &ControlState, name: &str) -> ApiError {
+    let names: Vec<String> = state.store.volumes().iter().map(|v| v.name().to_owned()).collect();
+    let known =
+        if names.is_empty() { "there are none".to_owned() } else { format!("volumes: {}", names.join(", ")) };
+    ApiError::not_found(format!("no volume named {name} ({known})"))
+        .hint(format!("create it with: rewind volume create {name} --size 20GiB"))
+}
+
+fn parse_point(text: &str) -> ApiResult<Point> {
+    Point::parse(text).map_err(|error| ApiError::bad_request(error.to_string()))
+}
+
+/// Resolves a point to a seq, or 422: the point is well-formed but not in
+/// the history (outside the retained window, which the message names; or
+/// no such snapshot). Not 404: the volume the URL names exists.
+fn resolve(volume: &Volume, point: &Point) -> ApiResult<u64> {
+    resolve_point(volume, point).map_err(|message| match point {
+        Point::Snapshot(_) => ApiError::outside_history(message)
+            .hint(format!("rewind snapshot list {} shows the snapshots", volume.name())),
+        _ => ApiError::outside_history(message).hint(format!(
+            "pick a point inside the retained history; rewind timeline {} shows it",
+            volume.name()
+        )),
+    })
+}
+
+fn time_of(volume: &Arc<Volume>, seq: u64) -> i64 {
+    match volume.open_point(seq) {
+        Ok(point) => point.time(),
+        Err(_) => volume.history().head_time,
+    }
+}
+
+fn point_info(volume: &Arc<Volume>, seq: u64) -> PointInfo {
+    PointInfo { seq, time: rfc3339(time_of(volume, seq)) }
+}
+
+fn snapshot_info(snapshot: store::Snapshot) -> SnapshotInfo {
+    SnapshotInfo { name: snapshot.name, seq: snapshot.seq, time: rfc3339(snapshot.time) }
+}
+
+fn clones_of(state: &ControlState, name: &str) -> Vec<String> {
+    state
+        .store
+        .volumes()
+        .iter()
+        .filter(|v| v.clone_parent().is_some_and(|(parent, _)| parent == name))
+        .map(|v| v.name().to_owned())
+        .collect()
+}
+
+fn volume_info(state: &ControlState, volume: &Arc<Volume>) -> VolumeInfo {
+    let history = volume.history();
+    VolumeInfo {
+        name: volume.name().to_owned(),
+        size_bytes: volume.size(),
+        first: PointInfo { seq: history.first_seq, time: rfc3339(history.first_time) },
+        head: PointInfo { seq: history.head_seq, time: rfc3339(history.head_time) },
+        durable_seq: volume.durable_seq(),
+        points: history.head_seq.saturating_sub(history.first_seq) + 1,
+        snapshots: volume.snapshots().len() as u64,
+        journal_bytes: directory_bytes(&volume_dir(&state.data_dir, volume.name())),
+        clone_of: volume.clone_parent().map(|(volume, seq)| CloneOrigin { volume, seq }),
+        clones: clones_of(state, volume.name()),
+        write_error: volume.poison().map(|poison| poison.to_string()),
+    }
+}
+
+/// A failed journal append (snapshot, rollback, resize records).
+fn write_failure(volume: &str, what: &str, error: WriteError) -> ApiError {
+    match error {
+        WriteError::Deleted => ApiError::not_found(format!("volume {volume} was deleted")),
+        WriteError::Poisoned(_) => ApiError::internal(&format!("cannot {what} {volume}"), &error).hint(
+            "the volume refuses writes after an IO error; fix the disk (free space, hardware) and restart rewindd",
+        ),
+        error => ApiError::internal(&format!("cannot {what} {volume}"), &error),
+    }
+}
+
+fn size_error(error: rewind_api::SizeError) -> ApiError {
+    ApiError::bad_request(error.to_string())
+        .hint("sizes are bytes (a multiple of 512) or text like 20GiB or 512M")
+}
+
+// ---- daemon -------------------------------------------------------------
+
+pub async fn status(State(state): AppState) -> Json<Status> {
+    let started = state.started.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let uptime = state.started.elapsed().unwrap_or_default();
+    let volumes = state.store.volumes();
+    let journal_bytes =
+        volumes.iter().map(|volume| directory_bytes(&volume_dir(&state.data_dir, volume.name()))).sum();
+    Json(Status {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        pid: std::process::id(),
+        started: rfc3339(i64::try_from(started.as_nanos()).unwrap_or(0)),
+        uptime_seconds: uptime.as_secs(),
+        data_dir: state.data_dir.display().to_string(),
+        control_socket: state.control_path.display().to_string(),
+        nbd_listen: client_address(state.nbd_listen),
+        nbd_connections: state.metrics.connections_open(),
+        volumes: volumes.len() as u64,
+        journal_bytes,
+    })
+}
+
+pub async fn metrics(State(state): AppState) -> ApiResult<impl IntoResponse> {
+    let state_for_render = state.clone();
+    // Journal sizes come from the file system: off the async threads.
+    let text = blocking(move || {
+        state_for_render.metrics.render(&state_for_render.store, &state_for_render.data_dir)
+    })
+    .await?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text))
+}
+
+pub async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_DOCUMENT)
+}
+
+// ---- volumes ------------------------------------------------------------
+
+pub async fn list_volumes(State(state): AppState) -> ApiResult<Json<VolumeList>> {
+    let state = state.clone();
+    blocking(move || {
+        let volumes = state.store.volumes().iter().map(|volume| volume_info(&state, volume)).collect();
+        Json(VolumeList { volumes })
+    })
+    .await
+}
+
+pub async fn create_volume(
+    State(state): AppState,
+    ApiJson(request): ApiJson<CreateVolume>,
+) -> ApiResult<impl IntoResponse> {
+    rewind_api::validate_volume_name(&request.name).map_err(bad_name)?;
+    let size = request.size.bytes().map_err(size_error)?;
+    let name = request.name.clone();
+    let store_state = state.clone();
+    let created = blocking(move || store_state.store.create_volume(&name, size)).await?;
+    let volume = created.map_err(|error| match error {
+        CreateError::Exists(name) => ApiError::conflict(format!("volume {name} already exists"))
+            .hint("pick another name, or delete the existing volume first"),
+        error @ (CreateError::InvalidName(_) | CreateError::InvalidSize { .. }) => {
+            ApiError::bad_request(error.to_string())
+        }
+        error @ CreateError::Io(_) => {
+            ApiError::internal(&format!("cannot create volume {}", request.name), &error)
+        }
+    })?;
+    tracing::info!(volume = volume.name(), size, "created volume");
+    Ok((StatusCode::CREATED, Json(volume_info(&state, &volume))))
+}
+
+pub async fn show_volume(
+    State(state): AppState,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<Json<VolumeDetail>> {
+    let volume = lookup(&state, &name)?;
+    let state = state.clone();
+    blocking(move || {
+        let recovery = volume.recovery_stats();
+        Json(VolumeDetail {
+            volume: volume_info(&state, &volume),
+            snapshot_list: volume.snapshots().into_iter().map(snapshot_info).collect(),
+            index_memory_bytes: volume.index_memory_bytes() as u64,
+            recovery: RecoveryInfo {
+                checkpointed_records: recovery.checkpointed,
+                replayed_records: recovery.replayed,
+                replayed_bytes: recovery.replayed_bytes,
+                cut_bytes: recovery.cut_bytes,
+            },
+            uri: nbd_uri(&client_address(state.nbd_listen), volume.name()),
+        })
+    })
+    .await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+pub async fn delete_volume(
+    State(state): AppState,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(query): ApiQuery<DeleteQuery>,
+) -> ApiResult<Json<Deleted>> {
+    lookup(&state, &name)?;
+    let clones = clones_of(&state, &name);
+    let store_state = state.clone();
+    let volume = name.clone();
+    let deleted = blocking(move || store_state.store.delete_volume(&volume, query.force)).await?;
+    deleted.map_err(|error| match error {
+        DeleteError::NotFound(name) => unknown_volume(&state, &name),
+        DeleteError::HasClones { volume, clones } => ApiError::conflict(format!(
+            "volume {volume} has clones that read through it: {}",
+            clones.join(", ")
+        ))
+        .hint(format!(
+            "delete the clones first, or force it (rewind volume delete {volume} --force; API: ?force=true): \
+             {volume} disappears but its data is kept until its last clone is deleted"
+        )),
+        error @ DeleteError::Io(_) => ApiError::internal(&format!("cannot delete volume {name}"), &error),
+    })?;
+    tracing::info!(volume = name, force = query.force, "deleted volume");
+    Ok(Json(Deleted { volume: name, clones_kept: clones }))
+}
+
+pub async fn resize_volume(
+    State(state): AppState,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(request): ApiJson<ResizeVolume>,
+) -> ApiResult<Json<Resized>> {
+    let volume = lookup(&state, &name)?;
+    let size = request.size.bytes().map_err(size_error)?;
+    let old_size = volume.size();
+    let resized = blocking(move || volume.resize(size)).await?;
+    let seq = resized.map_err(|error| match error {
+        error @ ResizeError::InvalidSize { .. } => ApiError::bad_request(error.to_string()),
+        ResizeError::Write(error) => write_failure(&name, "resize", error),
+    })?;
+    tracing::info!(volume = name, old_size, size, seq, "resized volume");
+    Ok(Json(Resized { volume: name, old_size_bytes: old_size, new_size_bytes: size, seq }))
+}
+
+pub async fn flush_volume(
+    State(state): AppState,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<Json<Flushed>> {
+    let volume = lookup(&state, &name)?;
+    state.metrics.control_flush();
+    let flushing = volume.clone();
+    blocking(move || flushing.flush())
+        .await?
+        .map_err(|error| write_failure(&name, "flush", WriteError::from(error)))?;
+    Ok(Json(Flushed { volume: name, durable_seq: volume.durable_seq() }))
+}
+
+// ---- snapshots ----------------------------------------------------------
+
+pub async fn list_snapshots(
+    State(state): AppState,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<Json<SnapshotList>> {
+    let volume = lookup(&state, &name)?;
+    let snapshots = volume.snapshots().into_iter().map(snapshot_info).collect();
+    Ok(Json(SnapshotList { volume: name, snapshots }))
+}
+
+pub async fn create_snapshot(
+    State(state): AppState,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(request): ApiJson<CreateSnapshot>,
+) -> ApiResult<impl IntoResponse> {
+    let volume = lookup(&state, &name)?;
+    rewind_api::point::validate_name(&request.name).map_err(bad_name)?;
+    if Point::parse(&request.name) != Ok(Point::Snapshot(request.name.clone())) {
+        // `2026...` would read back as a time, never as this snapshot.
+        return Err(ApiError::bad_request(format!(
+            "snapshot name {} would be read as a point in time; start it with a letter",
+            request.name
+        )));
+    }
+    let snapshot_name = request.name.clone();
+    let created = blocking(move || volume.create_snapshot(&snapshot_name)).await?;
+    let snapshot = created.map_err(|error| match error {
+        SnapshotError::Exists(snapshot) => ApiError::conflict(format!(
+            "snapshot {snapshot} already exists on {name}"
+        ))
+        .hint(format!("pick another name, or delete it first: rewind snapshot delete {name} {snapshot}")),
+        error @ (SnapshotError::InvalidName(_) | SnapshotError::NotFound(_)) => {
+            ApiError::bad_request(error.to_string())
+        }
+        SnapshotError::Write(error) => write_failure(&name, "snapshot", error),
+    })?;
+    tracing::info!(volume = name, snapshot = snapshot.name, seq = snapshot.seq, "created snapshot");
+    Ok((StatusCode::CREATED, Json(snapshot_info(snapshot))))
+}
+
+pub async fn delete_snapshot(
+    State(state): AppState,
+    ApiPath((name, snapshot)): ApiPath<(String, String)>,
+) -> ApiResult<Json<SnapshotDeleted>> {
+    let volume = lookup(&state, &name)?;
+    rewind_api::point::validate_name(&snapshot).map_err(bad_name)?;
+    let deleting = snapshot.clone();
+    let deleted = blocking(move || volume.delete_snapshot(&deleting)).await?;
+    deleted.map_err(|error| match error {
+        SnapshotError::NotFound(snapshot) => {
+            ApiError::not_found(format!("no snapshot named {snapshot} on {name}"))
+                .hint(format!("rewind snapshot list {name} shows the snapshots"))
+        }
+        error @ (SnapshotError::InvalidName(_) | SnapshotError::Exists(_)) => {
+            ApiError::bad_request(error.to_string())
+        }
+        SnapshotError::Write(error) => write_failure(&name, "delete a snapshot of", error),
+    })?;
+    tracing::info!(volume = name, snapshot, "deleted snapshot");
+    Ok(Json(SnapshotDeleted { volume: name, snapshot }))
+}
+
+// ---- points -------------------------------------------------------------
+
+pub async fn rollback(
+    State(state): AppState,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(request): ApiJson<Rollback>,
+) -> ApiResult<Json<RolledBack>> {
+    let volume = lookup(&state, &name)?;
+    let point = parse_point(&request.to)?;
+    let target = resolve(&volume, &point)?;
+    let rolling = volume.clone();
+    let outcome = blocking(move || rolling.rollback(target)).await?.map_err(|error| match error {
+        RollbackError::Point(error) => ApiError::outside_history(error.to_string()),
+        RollbackError::Write(error) => write_failure(&name, "roll back", error),
+    })?;
+    tracing::info!(
+        volume = name,
+        target,
+        new_seq = outcome.new_seq,
+        previous_head = outcome.previous_head_seq,
+        "rolled back"
+    );
+    Ok(Json(RolledBack {
+        volume: name,
+        target: point_info(&volume, target),
+        new_head: point_info(&volume, outcome.new_seq),
+        previous_head: point_info(&volume, outcome.previous_head_seq),
+        undo_to: format!("#{}", outcome.previous_head_seq),
+    }))
+}
+
+pub async fn clone_volume(
+    State(state): AppState,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(request): ApiJson<CloneVolume>,
+) -> ApiResult<impl IntoResponse> {
+    let source = lookup(&state, &name)?;
+    let point = parse_point(&request.at)?;
+    rewind_api::validate_volume_name(&request.name).map_err(bad_name)?;
+    let seq = resolve(&source, &point)?;
+    let store_state = state.clone();
+    let (source_name, new_name) = (name.clone(), request.name.clone());
+    let cloned = blocking(move || store_state.store.clone_volume(&source_name, seq, &new_name)).await?;
+    let clone = cloned.map_err(|error| match error {
+        CloneError::SourceNotFound(source) => unknown_volume(&state, &source),
+        CloneError::Point(error) => ApiError::outside_history(error.to_string()),
+        CloneError::Create(CreateError::Exists(taken)) => {
+            ApiError::conflict(format!("volume {taken} already exists"))
+                .hint("pick another name for the clone")
+        }
+        CloneError::Create(error @ (CreateError::InvalidName(_) | CreateError::InvalidSize { .. })) => {
+            ApiError::bad_request(error.to_string())
+        }
+        error @ CloneError::Create(CreateError::Io(_)) => {
+            ApiError::internal(&format!("cannot clone {name}"), &error)
+        }
+    })?;
+    tracing::info!(source = name, seq, clone = clone.name(), "cloned volume");
+    let uri = nbd_uri(&client_address(state.nbd_listen), clone.name());
+    Ok((
+        StatusCode::CREATED,
+        Json(Cloned {
+            source: name,
+            point: point_info(&source, seq),
+            volume: volume_info(&state, &clone),
+            uri,
+        }),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportQuery {
+    at: String,
+}
+
+pub async fn export_point(
+    State(state): AppState,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(query): ApiQuery<ExportQuery>,
+) -> ApiResult<Json<Exported>> {
+    let volume = lookup(&state, &name)?;
+    let point = parse_point(&query.at)?;
+    let seq = resolve(&volume, &point)?;
+    // A snapshot keeps its name; every other form is pinned to its seq, so
+    // a relative point (`-15m`) does not drift while the URI is in use.
+    let export_name = match &point {
+        Point::Snapshot(snapshot) => format!("{name}@{snapshot}"),
+        _ => format!("{name}@#{seq}"),
+    };
+    let view = volume.open_point(seq).map_err(|error| ApiError::outside_history(error.to_string()))?;
+    Ok(Json(Exported {
+        volume: name,
+        point: PointInfo { seq, time: rfc3339(view.time()) },
+        uri: nbd_uri(&client_address(state.nbd_listen), &export_name),
+        export_name,
+        size_bytes: view.size(),
+        read_only: true,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimelineQuery {
+    since: Option<String>,
+    interval: Option<u64>,
+}
+
+pub async fn timeline(
+    State(state): AppState,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(query): ApiQuery<TimelineQuery>,
+) -> ApiResult<Json<Timeline>> {
+    let volume = lookup(&state, &name)?;
+    let since_text = query.since.unwrap_or_else(|| "-24h".to_owned());
+    let since_point = parse_point(&since_text)?;
+    let now = now_nanos();
+    let history = volume.history();
+    let requested = match &since_point {
+        Point::Ago(ago) => now.saturating_sub(i64::try_from(ago.as_nanos()).unwrap_or(i64::MAX)),
+        Point::Time(time) => i64::try_from(time.unix_timestamp_nanos()).unwrap_or(i64::MIN),
+        Point::Seq(_) | Point::Snapshot(_) => time_of(&volume, resolve(&volume, &since_point)?),
+    };
+    if requested > now {
+        return Err(ApiError::bad_request(format!("since {since_text} is in the future")));
+    }
+    // Nothing happened before the volume existed: start there.
+    let since = requested.max(history.first_time);
+    let end = now.max(history.head_time);
+    let span_seconds = (end - since) / 1_000_000_000;
+    let interval_seconds = match query.interval {
+        Some(seconds) if (1..=31_536_000).contains(&seconds) => seconds,
+        Some(seconds) => {
+            return Err(ApiError::bad_request(format!(
+                "interval {seconds} is not between 1 second and 1 year (31536000)"
+            )));
+        }
+        None => TIMELINE_INTERVALS
+            .into_iter()
+            .find(|&interval| span_seconds / (interval as i64) < TIMELINE_TARGET_ROWS)
+            .unwrap_or(604_800),
+    };
+    let interval = interval_seconds as i64 * 1_000_000_000;
+    // Rows start on whole intervals (02:00, 03:00), not at odd instants.
+    let since = since - since.rem_euclid(interval);
+    let rows = (end - since) / interval + 1;
+    if rows > TIMELINE_MAX_ROWS {
+        return Err(ApiError::bad_request(format!(
+            "that is {rows} intervals of {interval_seconds} s; the most is {TIMELINE_MAX_ROWS}"
+        ))
+        .hint("pass a larger interval or a later since"));
+    }
+    let scanning = volume.clone();
+    let buckets = blocking(move || {
+        let mut buckets = scanning.timeline(since, interval);
+        // The store stops at the last write; a timeline runs until now.
+        while (buckets.len() as i64) < rows {
+            let start = since + buckets.len() as i64 * interval;
+            buckets.push(store::Bucket { start, writes: 0, bytes: 0 });
+        }
+        buckets
+            .into_iter()
+            .map(|bucket| {
+                let until = bucket.start.saturating_add(interval - 1).min(now);
+                TimelineBucket {
+                    start: rfc3339(bucket.start),
+                    writes: bucket.writes,
+                    bytes: bucket.bytes,
+                    last_seq: scanning.resolve_time(until).ok(),
+                }
+            })
+            .collect()
+    })
+    .await?;
+    let snapshots =
+        volume.snapshots().into_iter().filter(|snapshot| snapshot.time >= since).map(snapshot_info).collect();
+    Ok(Json(Timeline {
+        volume: name,
+        since: rfc3339(since),
+        interval_seconds,
+        first: PointInfo { seq: history.first_seq, time: rfc3339(history.first_time) },
+        head: PointInfo { seq: history.head_seq, time: rfc3339(history.head_time) },
+        buckets,
+        snapshots,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_listen_addresses_become_loopback_for_clients() {
+        // A URI with 0.0.0.0 does not work as a destination; loopback does.
+        assert_eq!(client_address("0.0.0.0:10809".parse().unwrap()), "127.0.0.1:10809");
+        assert_eq!(client_address("[::]:10809".parse().unwrap()), "[::1]:10809");
+        assert_eq!(client_address("192.0.2.7:99".parse().unwrap()), "192.0.2.7:99");
+    }
+
+    #[test]
+    fn times_keep_their_precision() {
+        assert_eq!(rfc3339(1_795_832_030_000_000_000), "2026-11-28T02:13:50Z");
+        assert_eq!(rfc3339(1_795_832_030_250_000_000), "2026-11-28T02:13:50.25Z");
+    }
+}
