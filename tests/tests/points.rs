@@ -325,3 +325,37 @@ fn ext4_encrypted_in_place_is_intact_at_the_point_before() {
         }
     }
 }
+
+#[test]
+fn base_allocation_describes_the_image_at_the_point() {
+    // A block written then trimmed: the head maps it as a hole, the point
+    // between the two as data; the point after a write-zeroes maps it as
+    // zero. `nbdinfo --map` reads base:allocation of each export.
+    let daemon = Daemon::start();
+    let mut client = RawClient::connect(daemon.nbd).unwrap();
+    client.go("default").unwrap();
+    client.request(0, CMD_WRITE, 1, 1 << 20, 65536, &[7; 65536]).unwrap();
+    assert_eq!(client.simple_reply().unwrap(), (0, 1));
+    client.request(0, 4, 2, 1 << 20, 65536, &[]).unwrap(); // NBD_CMD_TRIM
+    assert_eq!(client.simple_reply().unwrap(), (0, 2));
+    let map = |export: &str| {
+        run_ok(Command::new("nbdinfo").arg("--map").arg(daemon.uri(export)), Duration::from_secs(30))
+            .lines()
+            .map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                (fields[0].parse::<u64>().unwrap(), fields[1].parse::<u64>().unwrap(), fields[3].to_string())
+            })
+            .collect::<Vec<_>>()
+    };
+    let at_write = map("default@%231");
+    assert!(
+        at_write.iter().any(|(start, length, kind)| *start <= 1 << 20
+            && start + length >= (1 << 20) + 65536
+            && kind == "data"),
+        "point #1: {at_write:?}"
+    );
+    let head = map("default");
+    assert!(head.iter().all(|(_, _, kind)| kind.contains("hole")), "head after trim: {head:?}");
+    let at_creation = map("default@%230");
+    assert_eq!(at_creation, vec![(0, 1 << 30, "hole,zero".to_string())]);
+}
