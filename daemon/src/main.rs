@@ -62,6 +62,11 @@ fn init_logging() {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
+    // A write past RLIMIT_FSIZE must fail with EFBIG (ENOSPC to clients),
+    // not kill the daemon: catch SIGXFSZ for the process's lifetime.
+    let _file_size_signal =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(libc::SIGXFSZ))
+            .context("cannot install SIGXFSZ handler")?;
     let store = open_store(&config)?;
     let catalog = Arc::new(VolumeCatalog::new(store.clone())?);
     // Bound before anything else runs: binding sets the process umask.

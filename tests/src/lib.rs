@@ -43,6 +43,8 @@ pub struct Daemon {
     pub nbd: SocketAddr,
     pub log: PathBuf,
     extra_args: Vec<String>,
+    /// Command (and arguments) the daemon runs under; empty for none.
+    pub wrapper: Vec<String>,
     _temp: Option<tempfile::TempDir>,
 }
 
@@ -57,7 +59,13 @@ impl Daemon {
 
     /// Starts a daemon on `data_dir` with extra flags.
     pub fn start_in(data_dir: &Path, extra_args: &[&str]) -> Daemon {
+        Daemon::start_wrapped(data_dir, extra_args, &[])
+    }
+
+    /// Starts a daemon under a wrapper command (e.g. `prlimit --fsize=N`).
+    pub fn start_wrapped(data_dir: &Path, extra_args: &[&str], wrapper: &[&str]) -> Daemon {
         let mut daemon = Daemon {
+            wrapper: wrapper.iter().map(|s| s.to_string()).collect(),
             child: None,
             data_dir: data_dir.to_owned(),
             nbd: "127.0.0.1:0".parse().expect("addr"),
@@ -81,7 +89,15 @@ impl Daemon {
                 .append(true)
                 .open(&self.log)
                 .expect("open daemon log");
-            let child = Command::new(binary("rewindd"))
+            let mut command = match self.wrapper.split_first() {
+                Some((program, args)) => {
+                    let mut command = Command::new(program);
+                    command.args(args).arg(binary("rewindd"));
+                    command
+                }
+                None => Command::new(binary("rewindd")),
+            };
+            let child = command
                 .arg("--data-dir")
                 .arg(&self.data_dir)
                 .arg("--nbd-listen")
