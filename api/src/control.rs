@@ -45,7 +45,7 @@ impl SizeArg {
         match self {
             SizeArg::Text(text) => crate::parse_size(text),
             SizeArg::Bytes(0) => Err(crate::SizeError::Zero),
-            SizeArg::Bytes(bytes) if bytes % 512 != 0 => {
+            SizeArg::Bytes(bytes) if !bytes.is_multiple_of(512) => {
                 Err(crate::SizeError::Unaligned(bytes.to_string(), *bytes))
             }
             SizeArg::Bytes(bytes) => Ok(*bytes),

@@ -88,7 +88,7 @@ pub fn format_size(bytes: u64) -> String {
     }
     if unit == 0 {
         format!("{bytes} B")
-    } else if bytes % (1u64 << (10 * unit)) == 0 {
+    } else if bytes.is_multiple_of(1u64 << (10 * unit)) {
         format!("{} {}", bytes >> (10 * unit), UNITS[unit])
     } else {
         format!("{value:.2} {}", UNITS[unit])

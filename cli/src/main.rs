@@ -79,7 +79,8 @@ fn usage_error(error: clap::Error) -> ExitCode {
     let body = body.split("\n\nFor more information").next().unwrap_or(body);
     let line = body.split_whitespace().collect::<Vec<_>>().join(" ");
     let line = line.strip_prefix("error: ").unwrap_or(&line).to_owned();
-    let failure = Failure::new(line, Some("rewind --help (or rewind COMMAND --help) shows the usage".into()));
+    // One line, as PRODUCT.md promises; `--help` is where the usage is.
+    let failure = Failure::new(line, None);
     report(&failure, std::env::args().any(|arg| arg == "--json"));
     ExitCode::from(EXIT_USAGE)
 }

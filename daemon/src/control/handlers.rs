@@ -506,7 +506,11 @@ pub async fn timeline(
     let history = volume.history();
     let requested = match &since_point {
         Point::Ago(ago) => now.saturating_sub(i64::try_from(ago.as_nanos()).unwrap_or(i64::MAX)),
-        Point::Time(time) => i64::try_from(time.unix_timestamp_nanos()).unwrap_or(i64::MIN),
+        Point::Time(time) => {
+            let nanos = time.unix_timestamp_nanos();
+            // Past 2262 or before 1677 (i64 nanoseconds): saturate, keeping the side.
+            i64::try_from(nanos).unwrap_or(if nanos > 0 { i64::MAX } else { i64::MIN })
+        }
         Point::Seq(_) | Point::Snapshot(_) => time_of(&volume, resolve(&volume, &since_point)?),
     };
     if requested > now {
