@@ -182,7 +182,7 @@ pub async fn with_progress<T>(message: &str, show: bool, work: impl Future<Outpu
         result = &mut work => return result,
         () = tokio::time::sleep(Duration::from_secs(1)) => {}
     }
-    let spinner = indicatif::ProgressBar::new_spinner();
+    let spinner = indicatif::ProgressBar::new_spinner().with_elapsed(Duration::from_secs(1));
     spinner.set_style(
         indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),

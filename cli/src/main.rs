@@ -179,7 +179,8 @@ async fn run(cli: Cli, client: &Client) -> Result<(), Failure> {
         }
         Command::Export(args) => {
             let path = format!("{}/export?at={}", volume_path(&args.volume), percent_encode(&args.at, &[]));
-            let exported: Exported = client.get(&path).await?;
+            let message = format!("resolving {} at {}", args.volume, args.at);
+            let exported: Exported = with_progress(&message, progress, client.get(&path)).await?;
             print(json, &exported, |exported| {
                 // The URI alone on stdout, so `$(rewind export ...)` is the URI.
                 eprintln!(
@@ -229,22 +230,20 @@ async fn volume(command: VolumeCommand, client: &Client, json: bool) -> Result<(
             let message = format!("creating volume {name}");
             let info: VolumeInfo =
                 with_progress(&message, progress, client.post("/v1/volumes", &request)).await?;
-            if json {
-                print(json, &info, |_| String::new());
-            } else {
-                let status: Status = client.get("/v1/status").await?;
-                print(json, &info, |info| {
-                    format!(
-                        "Created volume {} ({}).\nServe it: {}\n",
-                        info.name,
-                        format_size(info.size_bytes),
-                        nbd_uri(&status.nbd_listen, &info.name)
-                    )
-                });
-            }
+            // The NBD address is only for the sentence: the volume exists
+            // whether or not the status request works.
+            let status: Option<Status> = if json { None } else { client.get("/v1/status").await.ok() };
+            print(json, &info, |info| {
+                let mut text = format!("Created volume {} ({}).\n", info.name, format_size(info.size_bytes));
+                if let Some(status) = &status {
+                    text.push_str(&format!("Serve it: {}\n", nbd_uri(&status.nbd_listen, &info.name)));
+                }
+                text
+            });
         }
         VolumeCommand::List => {
-            let list: VolumeList = client.get("/v1/volumes").await?;
+            let list: VolumeList =
+                with_progress("listing volumes", progress, client.get("/v1/volumes")).await?;
             print(json, &list, |list| {
                 let mut table = Table::new(&[
                     "NAME",
@@ -279,7 +278,8 @@ async fn volume(command: VolumeCommand, client: &Client, json: bool) -> Result<(
             });
         }
         VolumeCommand::Show { name } => {
-            let detail: VolumeDetail = client.get(&volume_path(&name)).await?;
+            let detail: VolumeDetail =
+                with_progress(&format!("reading {name}"), progress, client.get(&volume_path(&name))).await?;
             print(json, &detail, human_volume);
         }
         VolumeCommand::Resize { name, size } => {
@@ -364,7 +364,8 @@ async fn snapshot(command: SnapshotCommand, client: &Client, json: bool) -> Resu
         }
         SnapshotCommand::Delete { volume, name } => {
             let path = format!("{}/snapshots/{name}", volume_path(&volume));
-            let deleted: SnapshotDeleted = client.delete(&path).await?;
+            let message = format!("deleting snapshot {name} of {volume}");
+            let deleted: SnapshotDeleted = with_progress(&message, !json, client.delete(&path)).await?;
             print(json, &deleted, |deleted| {
                 format!(
                     "Deleted snapshot {} of {} (its point stays in the history while retained).\n",

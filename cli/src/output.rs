@@ -60,11 +60,14 @@ pub fn short_time(rfc3339: &str) -> String {
 /// `3h 12m`, `45s`, `2d 3h`.
 pub fn duration(seconds: u64) -> String {
     let (days, hours, minutes) = (seconds / 86_400, seconds / 3600 % 24, seconds / 60 % 60);
+    let pair = |big: u64, big_unit: &str, small: u64, small_unit: &str| {
+        if small == 0 { format!("{big}{big_unit}") } else { format!("{big}{big_unit} {small}{small_unit}") }
+    };
     match (days, hours, minutes) {
         (0, 0, 0) => format!("{seconds}s"),
-        (0, 0, _) => format!("{minutes}m {}s", seconds % 60),
-        (0, _, _) => format!("{hours}h {minutes}m"),
-        _ => format!("{days}d {hours}h"),
+        (0, 0, _) => pair(minutes, "m", seconds % 60, "s"),
+        (0, _, _) => pair(hours, "h", minutes, "m"),
+        _ => pair(days, "d", hours, "h"),
     }
 }
 
@@ -105,5 +108,8 @@ mod tests {
         assert_eq!(duration(45), "45s");
         assert_eq!(duration(3 * 3600 + 12 * 60), "3h 12m");
         assert_eq!(duration(2 * 86_400 + 3 * 3600), "2d 3h");
+        assert_eq!(duration(60), "1m");
+        assert_eq!(duration(3600), "1h");
+        assert_eq!(duration(86_400), "1d");
     }
 }

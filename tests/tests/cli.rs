@@ -424,3 +424,59 @@ fn later_commands_say_they_are_not_available_yet() {
         assert!(stderr.contains("is not available yet"), "rewind {args:?}: {stderr}");
     }
 }
+
+/// A fake daemon on a Unix socket that answers every request with a
+/// minimal timeline after `delay`.
+fn slow_daemon(dir: &std::path::Path, delay: Duration) -> std::path::PathBuf {
+    use std::io::{Read, Write};
+    let path = dir.join("slow.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let body = r#"{"volume":"v","since":"2026-11-28T00:00:00Z","interval_seconds":60,"first":{"seq":0,"time":"2026-11-28T00:00:00Z"},"head":{"seq":0,"time":"2026-11-28T00:00:00Z"},"buckets":[],"snapshots":[]}"#;
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut request = Vec::new();
+            let mut byte = [0u8; 1];
+            while !request.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+                request.push(byte[0]);
+            }
+            std::thread::sleep(delay);
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    path
+}
+
+#[test]
+fn slow_answers_show_a_spinner_on_a_terminal_only() {
+    // Waiting more than a second for the daemon shows a spinner on a
+    // terminal's stderr (run under script(1) for a pty); a quick answer,
+    // or --json, shows none.
+    let dir = tempfile::tempdir().unwrap();
+    let rewind = rewind_tests::binary("rewind");
+    let on_terminal = |socket: &std::path::Path, extra: &str| {
+        let line = format!("{} --control {} timeline v {extra}", rewind.display(), socket.display());
+        let output = run(
+            std::process::Command::new("script")
+                .args(["-qec", &line, "/dev/null"])
+                .env_remove("REWIND_CONTROL"),
+            Duration::from_secs(60),
+        );
+        assert!(output.status.success(), "{line}: {:?}", texts(&output));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let slow = slow_daemon(dir.path(), Duration::from_millis(2500));
+    let shown = on_terminal(&slow, "");
+    assert!(shown.contains("reading the timeline of v"), "spinner expected:\n{shown}");
+    assert!(shown.contains("v: history #0"), "{shown}");
+    let json = on_terminal(&slow, "--json");
+    assert!(!json.contains("reading the timeline"), "no spinner with --json:\n{json}");
+    let fast_dir = tempfile::tempdir().unwrap();
+    let fast = slow_daemon(fast_dir.path(), Duration::ZERO);
+    let quick = on_terminal(&fast, "");
+    assert!(!quick.contains("reading the timeline"), "no spinner for a quick answer:\n{quick}");
+}

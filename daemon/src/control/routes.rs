@@ -115,7 +115,27 @@ pub fn router(state: Arc<ControlState>) -> Router {
         // Routes with the same path merge into one method router.
         router = router.route(route.path, route.operation.handler(filter));
     }
-    router.fallback(unknown_route).method_not_allowed_fallback(wrong_method).with_state(state)
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_REQUESTS));
+    router
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(wrong_method)
+        .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(permits, one_of_bounded))
+}
+
+/// Control requests served at once; more wait for a turn. Each may hold a
+/// blocking-pool thread (a flush, a timeline scan): the bound keeps a
+/// runaway script from taking them all from NBD.
+const MAX_CONCURRENT_REQUESTS: usize = 32;
+
+async fn one_of_bounded(
+    axum::extract::State(permits): axum::extract::State<Arc<tokio::sync::Semaphore>>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    // The semaphore is never closed, so acquiring only waits.
+    let _permit = permits.acquire().await;
+    next.run(request).await
 }
 
 async fn unknown_route(method: Method, uri: axum::http::Uri) -> ApiError {
