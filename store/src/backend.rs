@@ -42,6 +42,26 @@ pub trait StorageBackend: Send + Sync + fmt::Debug {
     fn is_empty(&self) -> io::Result<bool> {
         Ok(self.len()? == 0)
     }
+    /// Makes `length` bytes at `offset` read as zeros, freeing their space
+    /// where the engine can (a hole); never changes the file's size. Like a
+    /// write, it is durable only after [`Self::sync`].
+    fn punch_hole(&self, offset: u64, length: u64) -> io::Result<()> {
+        write_zeros(self, offset, length)
+    }
+}
+
+/// Writes zeros over `length` bytes at `offset`, up to the file's end only:
+/// the portable [`StorageBackend::punch_hole`].
+pub fn write_zeros<B: StorageBackend + ?Sized>(file: &B, offset: u64, length: u64) -> io::Result<()> {
+    static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+    let end = offset.saturating_add(length).min(file.len()?);
+    let mut at = offset;
+    while at < end {
+        let step = (end - at).min(ZEROS.len() as u64) as usize;
+        file.write_at(&ZEROS[..step], at)?;
+        at += step as u64;
+    }
+    Ok(())
 }
 
 /// The directory tree under a store's data dir. Paths are relative, with `/`.
@@ -146,6 +166,10 @@ impl StorageBackend for FileBackend {
         self.file.write_all_at(data, offset)
     }
 
+    fn write_vectored_at(&self, parts: &[&[u8]], offset: u64) -> io::Result<()> {
+        crate::uring::write_vectored_all_at(&self.file, parts, offset)
+    }
+
     fn sync(&self) -> io::Result<()> {
         self.file.sync_data()
     }
@@ -156,6 +180,13 @@ impl StorageBackend for FileBackend {
 
     fn len(&self) -> io::Result<u64> {
         Ok(self.file.metadata()?.len())
+    }
+
+    fn punch_hole(&self, offset: u64, length: u64) -> io::Result<()> {
+        match crate::uring::punch_hole(&self.file, offset, length) {
+            Err(error) if error.raw_os_error() == Some(libc::EOPNOTSUPP) => write_zeros(self, offset, length),
+            result => result,
+        }
     }
 }
 
@@ -254,5 +285,9 @@ mod tests {
         let error = file.read_at(&mut buf, 10).unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof);
         assert_eq!(fs.list_dir("").unwrap(), vec!["a".to_owned()]);
+        file.punch_hole(4, 5).unwrap();
+        assert_eq!(file.len().unwrap(), 14);
+        file.read_at(&mut buf, 3).unwrap();
+        assert_eq!(&buf, b"h\0\0\0\0\0world");
     }
 }

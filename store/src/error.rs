@@ -209,6 +209,10 @@ pub enum ReadError {
     /// A record failed its checksum: corruption is reported, never served.
     #[error("record {seq} is corrupt: {reason}")]
     Corrupt { seq: u64, reason: String },
+    /// The point (or record) was retired by retention after it was opened:
+    /// the history now starts at `first_seq`.
+    #[error("point #{seq} is no longer retained: the history now starts at #{first_seq}")]
+    Retired { seq: u64, first_seq: u64 },
 }
 
 impl ReadError {
@@ -218,8 +222,21 @@ impl ReadError {
             Self::OutOfBounds { .. } => Some(libc::EINVAL),
             Self::Io(error) => error.raw_os_error().or(Some(libc::EIO)),
             Self::Corrupt { .. } => Some(libc::EIO),
+            // The export's image is gone, as if the export were shut down.
+            Self::Retired { .. } => Some(libc::ESHUTDOWN),
         }
     }
+}
+
+/// Failure of a retention pass ([`crate::Volume::enforce_retention`]).
+#[derive(Debug, Error)]
+pub enum RetentionError {
+    /// The base image or a fold file could not be written or read. The
+    /// journal still holds every record the fold needs; the next pass
+    /// redoes the fold from the start (so a retried fsync never vouches for
+    /// pages a failed one dropped). Journal writes are not affected.
+    #[error("fold into the base image failed")]
+    Io(#[from] io::Error),
 }
 
 /// Failure to open or name a point in time.

@@ -19,16 +19,24 @@
 //! S's *lineage* covers it. A rollback record at seq R to target T makes the
 //! image at R equal the image at T, so when a lookup walks down past R it
 //! continues from T: records in (T, R) belong to the abandoned branch. Bytes no
-//! record covers come from the base (zeros, or a clone's parent).
+//! record covers come from the base: the [`BaseMap`] of what retention folded
+//! (data in the base file, zeros), else inherited (zeros, or a clone's parent).
+//!
+//! Retention folds a prefix of the history into the base: [`Index::fold`]
+//! moves `base_seq` forward and drops the records at or before it (whole table
+//! chunks, time runs, lineage entries at once; spatial lists in batches by
+//! [`Index::prune`], and lookups ignore seqs ≤ `base_seq` meanwhile).
 //!
 //! Memory grows with records, not with the volume size: the table is 20 bytes
 //! per record, a list entry 8 bytes per chunk a record touches, and each
 //! touched chunk costs one hash-map slot plus its list's spare capacity.
-//! Times have millisecond resolution here (the journal keeps nanoseconds).
+//! Times have millisecond resolution here, rounded up (the journal keeps
+//! nanoseconds): a time point never includes a later write.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 
+use crate::base::BaseMap;
 use crate::layout::{IndexEntry, RECORD_HEADER_LEN, RecordKind};
 
 /// Chunk size (log2 bytes) of each level of the spatial index.
@@ -94,6 +102,11 @@ impl Entry {
     }
 }
 
+/// `nanos` in milliseconds, rounded up (towards the future).
+fn ceil_millis(nanos: i64) -> i64 {
+    nanos.div_euclid(1_000_000) + i64::from(nanos.rem_euclid(1_000_000) != 0)
+}
+
 /// A new record to index.
 #[derive(Debug, Clone, Copy)]
 pub struct NewRecord {
@@ -117,7 +130,9 @@ pub enum Source {
     Zero { hole: bool },
     /// Journal bytes starting at this location.
     Data { location: u64 },
-    /// The base image (zeros, or the clone's parent at its seq).
+    /// Base file bytes at the piece's own offset (folded by retention).
+    BaseFile,
+    /// The inherited base: zeros, or a clone's parent at its seq.
     Base,
 }
 
@@ -151,10 +166,14 @@ type ChunkMap = HashMap<u64, Vec<u64>, BuildHasherDefault<ChunkHasher>>;
 
 /// The index of one volume. Not synchronized: the volume wraps it in a lock.
 pub struct Index {
-    table: Vec<Vec<Entry>>,
+    /// Entries of the records after `base_seq`, in chunks of `TABLE_CHUNK`;
+    /// `table[0][0]` is seq `table_first` (chunks wholly at or before
+    /// `base_seq` are dropped by a fold).
+    table: VecDeque<Vec<Entry>>,
+    table_first: u64,
     head: u64,
     /// (first seq, unix milliseconds) for each distinct millisecond.
-    time_runs: Vec<(u64, i64)>,
+    time_runs: VecDeque<(u64, i64)>,
     levels: Vec<ChunkMapDebug>,
     used_levels: u8,
     /// 1 GiB regions that records filed at levels below REGION_LEVEL touch.
@@ -162,8 +181,32 @@ pub struct Index {
     rollbacks: Vec<(u64, u64)>,
     resizes: Vec<(u64, u64)>,
     snapshots: BTreeMap<String, u64>,
-    initial_size: u64,
+    /// (seq of a snapshot-delete record, seq the snapshot pinned): until
+    /// the deletion is durable, a crash may bring the snapshot back, so it
+    /// still protects its point.
+    snapshot_deletions: Vec<(u64, u64)>,
+    /// The base: the image at `base_seq` (0 = the volume's creation). Records
+    /// at or before it are folded into `base_map` and the base file.
+    base_seq: u64,
+    base_time: i64,
+    base_size: u64,
+    base_map: BaseMap,
+    /// Oldest point that may be opened: `base_seq`, or later while a fold to
+    /// it is under way (its records are still indexed until it completes).
+    first_seq: u64,
     created: i64,
+}
+
+/// The folded state an index starts from (see [`Index::with_base`]).
+#[derive(Debug, Clone, Default)]
+pub struct BaseState {
+    pub seq: u64,
+    /// Time of `seq`, unix nanoseconds.
+    pub time: i64,
+    pub size: u64,
+    pub map: BaseMap,
+    /// Snapshots pinning `seq` itself (their records were folded).
+    pub snapshots: Vec<String>,
 }
 
 /// A chunk map with a Debug that does not print millions of entries.
@@ -179,6 +222,8 @@ impl std::fmt::Debug for ChunkMapDebug {
 impl std::fmt::Debug for Index {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Index")
+            .field("base_seq", &self.base_seq)
+            .field("first_seq", &self.first_seq)
             .field("head", &self.head)
             .field("levels", &self.levels)
             .field("rollbacks", &self.rollbacks.len())
@@ -200,17 +245,33 @@ impl Index {
     /// An empty index: seq 0 is the base image, of `initial_size` bytes,
     /// at time `created` (unix nanoseconds).
     pub fn new(initial_size: u64, created: i64) -> Self {
+        Self::with_base(
+            BaseState { seq: 0, time: created, size: initial_size, ..BaseState::default() },
+            created,
+        )
+    }
+
+    /// An index whose history starts at a folded base: `base.seq` is the
+    /// oldest point and the next record inserted is `base.seq + 1`.
+    pub fn with_base(base: BaseState, created: i64) -> Self {
+        let snapshots = base.snapshots.into_iter().map(|name| (name, base.seq)).collect();
         Self {
-            table: Vec::new(),
-            head: 0,
-            time_runs: Vec::new(),
+            table: VecDeque::new(),
+            table_first: base.seq + 1,
+            head: base.seq,
+            time_runs: VecDeque::new(),
             levels: (0..LEVEL_SHIFTS.len()).map(|_| ChunkMapDebug::default()).collect(),
             used_levels: 0,
             occupied_regions: Default::default(),
             rollbacks: Vec::new(),
             resizes: Vec::new(),
-            snapshots: BTreeMap::new(),
-            initial_size,
+            snapshots,
+            snapshot_deletions: Vec::new(),
+            base_seq: base.seq,
+            base_time: base.time,
+            base_size: base.size,
+            base_map: base.map,
+            first_seq: base.seq,
             created,
         }
     }
@@ -225,8 +286,36 @@ impl Index {
         self.created
     }
 
+    /// The seq of the base image: records at or before it are folded.
+    pub fn base_seq(&self) -> u64 {
+        self.base_seq
+    }
+
+    /// What retention folded so far.
+    pub fn base_map(&self) -> &BaseMap {
+        &self.base_map
+    }
+
+    /// Size of the base image.
+    pub fn base_size(&self) -> u64 {
+        self.base_size
+    }
+
+    /// The oldest point that may be opened.
+    pub fn first_seq(&self) -> u64 {
+        self.first_seq
+    }
+
+    /// Moves the oldest openable point forward (a fold to `seq` has begun:
+    /// points before it must no longer be read). Never moves it back.
+    pub fn set_first_seq(&mut self, seq: u64) {
+        debug_assert!(seq <= self.head);
+        self.first_seq = self.first_seq.max(seq);
+    }
+
     fn entry(&self, seq: u64) -> &Entry {
-        let index = (seq - 1) as usize;
+        debug_assert!(seq > self.base_seq && seq <= self.head, "seq {seq} not indexed");
+        let index = (seq - self.table_first) as usize;
         &self.table[index / TABLE_CHUNK][index % TABLE_CHUNK]
     }
 
@@ -235,10 +324,13 @@ impl Index {
     pub fn insert(&mut self, record: &NewRecord, name: Option<&str>) -> u64 {
         let seq = self.head + 1;
         assert!(seq <= MAX_SEQ, "seq space exhausted");
-        let last_ms = self.time_runs.last().map_or(self.created.div_euclid(1_000_000), |&(_, ms)| ms);
-        let time_ms = record.time.div_euclid(1_000_000).max(last_ms);
+        let last_ms = self.time_runs.back().map_or(self.base_time.div_euclid(1_000_000), |&(_, ms)| ms);
+        // Rounded up: a point at instant t must never include a write made
+        // after t, so a write at 10.0005 s is stamped 10.001 s (a time point
+        // may miss a write made less than 1 ms before it, never the reverse).
+        let time_ms = ceil_millis(record.time).max(last_ms);
         if self.time_runs.is_empty() || time_ms != last_ms {
-            self.time_runs.push((seq, time_ms));
+            self.time_runs.push_back((seq, time_ms));
         }
         let location = match record.kind {
             RecordKind::Zeroes | RecordKind::Trim | RecordKind::Resize => record.length,
@@ -249,10 +341,10 @@ impl Index {
             location,
             length: record.payload_length,
         };
-        if self.table.last().is_none_or(|chunk| chunk.len() == TABLE_CHUNK) {
-            self.table.push(Vec::new());
+        if self.table.back().is_none_or(|chunk| chunk.len() == TABLE_CHUNK) {
+            self.table.push_back(Vec::new());
         }
-        self.table.last_mut().expect("just pushed").push(entry);
+        self.table.back_mut().expect("just pushed").push(entry);
         self.head = seq;
         match record.kind {
             RecordKind::Rollback => self.rollbacks.push((seq, record.offset)),
@@ -263,8 +355,8 @@ impl Index {
                 }
             }
             RecordKind::SnapshotDelete => {
-                if let Some(name) = name {
-                    self.snapshots.remove(name);
+                if let Some(pinned) = name.and_then(|name| self.snapshots.remove(name)) {
+                    self.snapshot_deletions.push((seq, pinned));
                 }
             }
             _ => {}
@@ -311,30 +403,31 @@ impl Index {
         }
     }
 
-    /// Time of `seq` in unix nanoseconds (millisecond resolution; seq 0 is
-    /// the creation time, exact).
+    /// Time of `seq` in unix nanoseconds (millisecond resolution, rounded
+    /// up; the base's time for the base seq and anything not indexed).
     pub fn time(&self, seq: u64) -> i64 {
-        if seq == 0 || seq > self.head {
-            return self.created;
+        if seq <= self.base_seq || seq > self.head {
+            return self.base_time;
         }
         let run = self.time_runs.partition_point(|&(first, _)| first <= seq) - 1;
         self.time_runs[run].1 * 1_000_000
     }
 
     /// The last seq whose time is at or before `time` (nanoseconds, compared
-    /// at millisecond resolution); 0 when only the creation is. The caller
-    /// checks `time >= created()`.
+    /// at millisecond resolution); the base seq when no later one is. The
+    /// caller checks `time` against the oldest point's time.
     pub fn resolve_time(&self, time: i64) -> u64 {
         let time_ms = time.div_euclid(1_000_000);
         let after = self.time_runs.partition_point(|&(_, ms)| ms <= time_ms);
-        match self.time_runs.get(after) {
-            _ if after == 0 => 0,
+        let seq = match self.time_runs.get(after) {
+            _ if after == 0 => self.base_seq,
             Some(&(first, _)) => first - 1,
             None => self.head,
-        }
+        };
+        seq.max(self.base_seq)
     }
 
-    /// Size of the image at `seq`.
+    /// Size of the image at `seq` (≥ the base seq).
     pub fn size_at(&self, seq: u64) -> u64 {
         let mut limit = seq;
         loop {
@@ -346,7 +439,7 @@ impl Index {
                 (Some((at, size)), Some((back, _))) if at > back => return size,
                 (_, Some((_, target))) => limit = target,
                 (Some((_, size)), None) => return size,
-                (None, None) => return self.initial_size,
+                (None, None) => return self.base_size,
             }
         }
     }
@@ -475,6 +568,10 @@ impl Index {
                 }
             }
             let Some((slot, candidate)) = best else { break };
+            if candidate <= self.base_seq {
+                // Folded into the base (its list entry awaits pruning).
+                break;
+            }
             if self.descend(candidate, &mut limit) {
                 for cursor in cursors.iter_mut().flatten() {
                     cursor.pos = cursor.list[..cursor.pos].partition_point(|&e| e >> (2 * SUB_BITS) <= limit);
@@ -536,7 +633,7 @@ impl Index {
             }
         }
         for &(hole_start, hole_end) in uncovered.iter() {
-            out.push(Piece { offset: hole_start, length: hole_end - hole_start, source: Source::Base });
+            self.base_map.plan(hole_start, hole_end, out);
         }
         out[first_out..].sort_unstable_by_key(|piece| piece.offset);
     }
@@ -544,6 +641,110 @@ impl Index {
     /// Current snapshots: name → seq.
     pub fn snapshots(&self) -> &BTreeMap<String, u64> {
         &self.snapshots
+    }
+
+    /// The newest seq ≤ `wanted` that can become the base without losing a
+    /// point the history still needs: no snapshot before it (counting those
+    /// whose deletion is not durable: records after `durable_seq` may be
+    /// lost), and no retained rollback after it that targets before it
+    /// (that rollback's image is the image at its target). Never below the
+    /// current base.
+    pub fn fold_limit(&self, wanted: u64, durable_seq: u64) -> u64 {
+        let mut limit = wanted.min(self.head);
+        if let Some(&oldest) = self.snapshots.values().min() {
+            limit = limit.min(oldest);
+        }
+        for &(deleted_at, pinned) in &self.snapshot_deletions {
+            if deleted_at > durable_seq {
+                limit = limit.min(pinned);
+            }
+        }
+        loop {
+            let lowest =
+                self.rollbacks.iter().filter(|&&(at, _)| at > limit).map(|&(_, target)| target).min();
+            match lowest {
+                Some(target) if target < limit => limit = target,
+                _ => return limit.max(self.base_seq),
+            }
+        }
+    }
+
+    /// The byte ranges the records in `(base_seq, seq]` define, sorted and
+    /// merged: where the image at `seq` may differ from the base.
+    pub fn fold_extents(&self, seq: u64) -> Vec<(u64, u64)> {
+        let mut extents: Vec<(u64, u64)> = (self.base_seq + 1..=seq.min(self.head))
+            .filter_map(|at| self.entry(at).extent())
+            .filter(|(start, end)| start < end)
+            .collect();
+        extents.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(extents.len());
+        for (start, end) in extents {
+            match merged.last_mut() {
+                Some(last) if start <= last.1 => last.1 = last.1.max(end),
+                _ => merged.push((start, end)),
+            }
+        }
+        merged
+    }
+
+    /// Makes the image at `seq` the base: `map` is its base map (the caller
+    /// has written its data into the base file). Drops the table chunks,
+    /// time runs and lineage entries only the folded records needed; the
+    /// spatial lists are trimmed by [`Self::prune`] (lookups skip folded
+    /// entries meanwhile). The caller checked `seq` against
+    /// [`Self::fold_limit`].
+    pub fn fold(&mut self, seq: u64, map: BaseMap) {
+        assert!(seq >= self.base_seq && seq <= self.head, "fold to {seq} outside the index");
+        debug_assert!(self.rollbacks.iter().all(|&(at, target)| at <= seq || target >= seq));
+        // Both answers need the records about to go.
+        self.base_time = self.time(seq);
+        self.base_size = self.size_at(seq);
+        self.base_map = map;
+        self.base_seq = seq;
+        self.first_seq = self.first_seq.max(seq);
+        while !self.table.is_empty() && self.table_first + TABLE_CHUNK as u64 - 1 <= seq {
+            self.table.pop_front();
+            self.table_first += TABLE_CHUNK as u64;
+        }
+        // Run i covers seqs up to run i+1's first seq - 1.
+        while self.time_runs.len() >= 2 && self.time_runs[1].0 <= seq + 1 {
+            self.time_runs.pop_front();
+        }
+        self.rollbacks.retain(|&(at, _)| at > seq);
+        self.resizes.retain(|&(at, _)| at > seq);
+        self.snapshot_deletions.retain(|&(at, _)| at > seq);
+    }
+
+    /// The spatial lists that still hold folded entries, as (level, chunk),
+    /// for [`Self::prune`] in batches.
+    pub fn prune_keys(&self) -> Vec<(u8, u64)> {
+        let mut keys = Vec::new();
+        for (level, map) in self.levels.iter().enumerate() {
+            for (&chunk, list) in &map.0 {
+                if list.first().is_some_and(|&packed| packed >> (2 * SUB_BITS) <= self.base_seq) {
+                    keys.push((level as u8, chunk));
+                }
+            }
+        }
+        keys
+    }
+
+    /// Drops the folded entries of these lists (and lists left empty).
+    pub fn prune(&mut self, keys: &[(u8, u64)]) {
+        let base_seq = self.base_seq;
+        for &(level, chunk) in keys {
+            let map = &mut self.levels[level as usize].0;
+            let Some(list) = map.get_mut(&chunk) else { continue };
+            let folded = list.partition_point(|&packed| packed >> (2 * SUB_BITS) <= base_seq);
+            if folded == list.len() {
+                map.remove(&chunk);
+            } else if folded > 0 {
+                list.drain(..folded);
+                if list.capacity() > 2 * list.len() + 8 {
+                    list.shrink_to(list.len() + list.len() / 2);
+                }
+            }
+        }
     }
 
     /// The record at `seq` as an index checkpoint entry (`location` 0 for
@@ -589,6 +790,7 @@ impl Index {
             + self.time_runs.capacity() * 16
             + (self.rollbacks.capacity() + self.resizes.capacity()) * 16
             + self.occupied_regions.capacity() * 9
+            + self.base_map.memory_bytes()
     }
 }
 

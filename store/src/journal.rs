@@ -2,6 +2,12 @@
 //! the index checkpoint, and recovery. The commit protocol is described step
 //! by step in docs/journal.md; the comments here name the crash each step
 //! guards against.
+//!
+//! Retention folds a prefix of the history into the base image and then
+//! [`Journal::reclaim`]s the segments that hold only folded records; their
+//! files become *spares* that the next segments reuse (rename + overwrite:
+//! on tmpfs and in the page cache, overwriting allocated pages is many times
+//! faster than filling new ones).
 
 use std::collections::BTreeMap;
 use std::io;
@@ -26,8 +32,19 @@ fn parse_segment_name(name: &str) -> Option<u64> {
     name.strip_prefix("seg-")?.strip_suffix(".log")?.parse().ok()
 }
 
+/// File name of a reclaimed segment file kept for reuse (it was segment `number`).
+fn spare_name(number: u64) -> String {
+    format!("spare-{number:010}.log")
+}
+
+fn parse_spare_name(name: &str) -> Option<u64> {
+    name.strip_prefix("spare-")?.strip_suffix(".log")?.parse().ok()
+}
+
 /// Name of the index checkpoint file in a volume directory.
 pub const INDEX_FILE: &str = "index";
+/// A checkpoint being rewritten; renamed over [`INDEX_FILE`] once synced.
+const INDEX_NEW_FILE: &str = "index.new";
 
 /// Tunables of a journal.
 #[derive(Debug, Clone, Copy)]
@@ -39,6 +56,35 @@ pub struct JournalOptions {
     pub buffer_bytes: usize,
     /// Hash each payload with blake3 on the write path.
     pub inline_blake3: bool,
+    /// Reclaimed segment files kept for reuse.
+    pub spare_segments: usize,
+}
+
+/// One segment file of the journal.
+#[derive(Debug)]
+struct Segment {
+    file: Arc<dyn StorageBackend>,
+    /// Seq of its first record (from its header).
+    first_seq: u64,
+}
+
+/// One segment as retention sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentInfo {
+    pub number: u64,
+    /// Seq of its first record; every later segment starts later.
+    pub first_seq: u64,
+    /// Bytes it occupies (header, records, padding).
+    pub bytes: u64,
+}
+
+/// What [`Journal::reclaim`] freed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reclaimed {
+    pub segments: u64,
+    pub bytes: u64,
+    /// Of those segments, how many were kept as spares for reuse.
+    pub spared: u64,
 }
 
 /// The segment files of a volume and the bytes not yet handed to them.
@@ -48,7 +94,15 @@ pub struct Journal {
     dir: String,
     volume_id: u128,
     options: JournalOptions,
-    segments: RwLock<BTreeMap<u64, Arc<dyn StorageBackend>>>,
+    /// Target size of new segments (retention lowers it for small budgets).
+    segment_bytes: AtomicU64,
+    segments: RwLock<BTreeMap<u64, Segment>>,
+    /// Names of spare files in the volume directory, ready for reuse.
+    spares: Mutex<Vec<String>>,
+    /// Segments started in a spare file, since the journal was opened.
+    recycled: AtomicU64,
+    /// A segment was started since [`Journal::take_rolled`] last looked.
+    rolled: std::sync::atomic::AtomicBool,
     /// Everything before this location has been handed to a segment file;
     /// reads below it need no lock.
     written_below: AtomicU64,
@@ -72,6 +126,13 @@ pub struct Writer {
     /// Segments (current included) written since the last sync.
     unsynced: Vec<Arc<dyn StorageBackend>>,
     current_dirty: bool,
+    /// The current segment reuses a spare file: stale bytes follow the
+    /// records and are cut off when the segment is finished.
+    recycled: bool,
+    /// Highest segment number used or found (spares included): numbers are
+    /// never reused, so a reused file's stale header can never name the
+    /// segment it now is.
+    highest_number: Option<u64>,
 }
 
 impl std::fmt::Debug for Writer {
@@ -108,7 +169,7 @@ impl Journal {
         self.segments
             .read()
             .get(&number)
-            .cloned()
+            .map(|segment| segment.file.clone())
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "segment missing"))
     }
 
@@ -120,6 +181,91 @@ impl Journal {
     /// Number of segment files.
     pub fn segment_count(&self) -> usize {
         self.segments.read().len()
+    }
+
+    /// Spare files kept for reuse, and their bytes.
+    pub fn spare_count(&self) -> usize {
+        self.spares.lock().len()
+    }
+
+    /// Segments started in a reused spare file since the journal was opened.
+    pub fn recycled_count(&self) -> u64 {
+        self.recycled.load(Ordering::Relaxed)
+    }
+
+    /// Whether a segment was started since the last call (cheap when not).
+    pub fn take_rolled(&self) -> bool {
+        self.rolled.load(Ordering::Relaxed) && self.rolled.swap(false, Ordering::Relaxed)
+    }
+
+    /// Sets the target size of segments started from now on (at least one
+    /// record always fits: a bigger record gets a segment of its own).
+    pub fn set_segment_bytes(&self, bytes: u64) {
+        self.segment_bytes.store(bytes.max(1), Ordering::Relaxed);
+    }
+
+    /// The segments in order, the current (last) one included.
+    pub fn segment_infos(&self) -> Vec<SegmentInfo> {
+        let segments = self.segments.read();
+        let mut infos: Vec<SegmentInfo> = Vec::with_capacity(segments.len());
+        let mut others = 0;
+        let last = segments.keys().next_back().copied();
+        for (&number, segment) in segments.iter() {
+            let bytes = if Some(number) == last { 0 } else { segment.file.len().unwrap_or(0) };
+            others += bytes;
+            infos.push(SegmentInfo { number, first_seq: segment.first_seq, bytes });
+        }
+        if let Some(current) = infos.last_mut() {
+            current.bytes = self.bytes().saturating_sub(others);
+        }
+        infos
+    }
+
+    /// Removes the segments that hold only records at or before
+    /// `folded_seq` (already folded into the base, so durable): every
+    /// segment whose successor starts at or before it. The current segment
+    /// always stays. Their files become spares (up to the configured number)
+    /// or are removed. The caller guarantees no reader still needs them.
+    ///
+    /// Crash cases: a rename or removal that did not reach the disk leaves a
+    /// segment before the journal's start; recovery reclaims it again.
+    pub fn reclaim(&self, folded_seq: u64) -> io::Result<Reclaimed> {
+        let doomed: Vec<(u64, Segment)> = {
+            let mut segments = self.segments.write();
+            let starts: Vec<(u64, u64)> = segments.iter().map(|(&n, s)| (n, s.first_seq)).collect();
+            let count = starts.windows(2).take_while(|pair| pair[1].1 <= folded_seq).count();
+            starts[..count].iter().map(|&(n, _)| (n, segments.remove(&n).expect("listed above"))).collect()
+        };
+        let mut reclaimed = Reclaimed::default();
+        if doomed.is_empty() {
+            return Ok(reclaimed);
+        }
+        // A segment finished since the last sync may still wait for one: its
+        // records are all durable (folded), so drop it from that list.
+        self.writer
+            .lock()
+            .unsynced
+            .retain(|file| !doomed.iter().any(|(_, segment)| Arc::ptr_eq(&segment.file, file)));
+        for (number, segment) in doomed {
+            let bytes = segment.file.len()?;
+            let _ = self.bytes.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |total| {
+                Some(total.saturating_sub(bytes))
+            });
+            reclaimed.segments += 1;
+            reclaimed.bytes += bytes;
+            let path = format!("{}/{}", self.dir, segment_name(number));
+            let mut spares = self.spares.lock();
+            if spares.len() < self.options.spare_segments {
+                let name = spare_name(number);
+                self.fs.rename(&path, &format!("{}/{name}", self.dir))?;
+                spares.push(name);
+                reclaimed.spared += 1;
+            } else {
+                drop(spares);
+                self.fs.remove_file(&path)?;
+            }
+        }
+        Ok(reclaimed)
     }
 
     /// Reads journal bytes at `location` (they must lie within one record).
@@ -160,7 +306,7 @@ impl Journal {
         let span = layout::record_span(payload.len());
         if writer.segment.is_none()
             || (writer.position > SEGMENT_HEADER_LEN as u64
-                && writer.position + span > self.options.segment_bytes)
+                && writer.position + span > self.segment_bytes.load(Ordering::Relaxed))
         {
             self.roll(writer, header.seq)?;
         }
@@ -214,30 +360,53 @@ impl Journal {
         Ok(())
     }
 
-    /// Starts a new segment whose first record will be `first_seq`.
+    /// Starts a new segment whose first record will be `first_seq`, in a
+    /// spare file when there is one.
     ///
-    /// Crash cases: the file may exist with a torn or missing header; then
+    /// Crash cases: the file may exist with a torn or missing header (or,
+    /// reused, with its old header naming another segment number); then
     /// recovery finds no record in it, keeps the previous segment's tail and
-    /// removes this file.
+    /// removes this file (or makes it a spare again).
     fn roll(&self, writer: &mut Writer, first_seq: u64) -> io::Result<()> {
         self.write_out(writer)?;
-        if let Some(segment) = writer.segment.take()
-            && writer.current_dirty
-        {
-            writer.unsynced.push(segment);
+        if let Some(segment) = writer.segment.take() {
+            if writer.recycled {
+                // Stale bytes of the reused file follow our records: cut
+                // them so recovery sees this segment end at its file end.
+                // The truncation is synced with the segment, before any
+                // record of the next segment can be acknowledged durable.
+                segment.set_len(writer.position)?;
+                writer.current_dirty = true;
+            }
+            if writer.current_dirty {
+                writer.unsynced.push(segment);
+            }
         }
-        let number = if self.segments.read().is_empty() && writer.segment_number == 0 {
-            0
-        } else {
-            writer.segment_number + 1
-        };
+        let number = writer.highest_number.map_or(0, |highest| highest + 1);
+        writer.highest_number = Some(number);
         let path = format!("{}/{}", self.dir, segment_name(number));
-        let file = self.fs.open_file(&path, true)?;
-        file.set_len(0)?;
+        let spare = self.spares.lock().pop();
+        let file = match spare {
+            Some(name) => {
+                // Reuse: rename, then overwrite from the start. Never
+                // truncate: the point is to keep the file's pages.
+                self.fs.rename(&format!("{}/{name}", self.dir), &path)?;
+                writer.recycled = true;
+                self.recycled.fetch_add(1, Ordering::Relaxed);
+                self.fs.open_file(&path, false)?
+            }
+            None => {
+                writer.recycled = false;
+                let file = self.fs.open_file(&path, true)?;
+                file.set_len(0)?;
+                file
+            }
+        };
         // The segment's directory entry must be durable before any record in
         // it is acknowledged durable: sync the directory now, once per segment.
         self.fs.sync_dir(&self.dir)?;
-        self.segments.write().insert(number, file.clone());
+        self.segments.write().insert(number, Segment { file: file.clone(), first_seq });
+        self.rolled.store(true, Ordering::Relaxed);
         let header = SegmentHeader { volume_id: self.volume_id, number, first_seq, chain: writer.chain };
         writer.segment_number = number;
         writer.segment = Some(file);
@@ -304,8 +473,12 @@ pub struct DurableMark {
 /// The index checkpoint file and how far it reaches.
 #[derive(Debug)]
 pub struct Checkpoint {
+    fs: Arc<dyn Filesystem>,
+    dir: String,
     file: Option<Arc<dyn StorageBackend>>,
     position: u64,
+    /// First seq the file holds (= `next_seq` when it holds none).
+    pub first_seq: u64,
     /// First seq not yet in the file.
     pub next_seq: u64,
     /// The newest durable record: a chunk may cover up to it.
@@ -315,13 +488,14 @@ pub struct Checkpoint {
 impl Checkpoint {
     /// Appends entries for seqs `next_seq..=mark.seq` (all durable) as one
     /// chunk. No sync: the file is a cache, every chunk has a crc, and
-    /// recovery replays the journal past the last valid chunk.
+    /// recovery replays the journal past the last valid chunk. Does nothing
+    /// when the file's next seq was folded away: [`Self::rewrite`] then.
     pub fn append(&mut self, index: &Index) -> io::Result<()> {
         let (Some(file), Some(mark)) = (self.file.clone(), self.mark) else {
             return Ok(());
         };
         let last_seq = mark.seq;
-        if last_seq < self.next_seq {
+        if last_seq < self.next_seq || self.next_seq <= index.base_seq() {
             return Ok(());
         }
         let count = (last_seq - self.next_seq + 1) as usize;
@@ -351,6 +525,69 @@ impl Checkpoint {
         }
         self.position += chunk.len() as u64;
         self.next_seq = last_seq + 1;
+        Ok(())
+    }
+
+    /// Whether the entries at or before `base_seq` (folded, useless) are at
+    /// least as many as the live ones, or the file cannot continue past the
+    /// base: then [`Self::rewrite`] pays for itself (amortized, the file is
+    /// rewritten at most once per live entry appended).
+    pub fn wants_rewrite(&self, base_seq: u64) -> bool {
+        let folded = (base_seq + 1).saturating_sub(self.first_seq).min(self.next_seq - self.first_seq);
+        let live = (self.next_seq - 1).saturating_sub(base_seq);
+        self.mark.is_some_and(|mark| mark.seq > base_seq) && (folded >= live.max(1) || self.file.is_none())
+    }
+
+    /// Replaces the file by one chunk holding the entries of seqs
+    /// `base_seq + 1..=mark.seq`, which `entries(first, last)` encodes (in
+    /// batches, so the caller can take its index lock per batch).
+    ///
+    /// Crash cases: the new file is written and synced under another name,
+    /// then renamed over the old one and the directory synced; a crash
+    /// leaves the old file or the new one, never a mix (a leftover
+    /// `index.new` is removed at open).
+    pub fn rewrite(&mut self, base_seq: u64, mut entries: impl FnMut(u64, u64) -> Vec<u8>) -> io::Result<()> {
+        let Some(mark) = self.mark.filter(|mark| mark.seq > base_seq) else {
+            return Ok(());
+        };
+        let count = mark.seq - base_seq;
+        if count > INDEX_CHUNK_MAX_ENTRIES as u64 {
+            return Ok(());
+        }
+        let header = IndexChunkHeader {
+            first_seq: base_seq + 1,
+            count: count as u32,
+            chain: mark.chain,
+            end_location: mark.end_location,
+            last_location: mark.last_location,
+        };
+        let mut head = [0; INDEX_CHUNK_HEADER_LEN];
+        header.seal(&mut head);
+        // The chunk crc covers header bytes 8..40, then the entries.
+        let mut crc = crc32c::crc32c(&head[8..]);
+        let new_path = format!("{}/{INDEX_NEW_FILE}", self.dir);
+        let file = self.fs.open_file(&new_path, true)?;
+        file.set_len(0)?;
+        let mut position = INDEX_CHUNK_HEADER_LEN as u64;
+        let mut seq = base_seq + 1;
+        while seq <= mark.seq {
+            let last = mark.seq.min(seq + (1 << 16) - 1);
+            let batch = entries(seq, last);
+            debug_assert_eq!(batch.len() as u64, (last - seq + 1) * INDEX_ENTRY_LEN as u64);
+            crc = crc32c::crc32c_append(crc, &batch);
+            file.write_at(&batch, position)?;
+            position += batch.len() as u64;
+            seq = last + 1;
+        }
+        head[4..8].copy_from_slice(&crc.to_le_bytes());
+        file.write_at(&head, 0)?;
+        file.sync()?;
+        self.fs.rename(&new_path, &format!("{}/{INDEX_FILE}", self.dir))?;
+        self.fs.sync_dir(&self.dir)?;
+        self.file = Some(file);
+        self.position = position;
+        self.first_seq = base_seq + 1;
+        self.next_seq = mark.seq + 1;
         Ok(())
     }
 
@@ -424,6 +661,11 @@ fn snapshot_name(payload: &[u8]) -> Option<String> {
 /// replays the tail into `index`, cuts off torn or stale bytes, and makes the
 /// recovered tail durable. After it returns, every record in `index` is on
 /// disk and synced.
+///
+/// `index` starts at the volume's base (`index.base_seq()`, from the base
+/// map file): records at or before it are folded; they are read (the chain
+/// runs through them) but not indexed, and segments holding only such
+/// records are reclaimed.
 pub fn recover(
     fs: Arc<dyn Filesystem>,
     dir: &str,
@@ -431,15 +673,37 @@ pub fn recover(
     options: JournalOptions,
     index: &mut Index,
 ) -> io::Result<Recovery> {
-    let mut segment_numbers: Vec<u64> =
-        fs.list_dir(dir)?.iter().filter_map(|name| parse_segment_name(name)).collect();
+    let base_seq = index.base_seq();
+    let names = fs.list_dir(dir)?;
+    let mut segment_numbers: Vec<u64> = names.iter().filter_map(|name| parse_segment_name(name)).collect();
     segment_numbers.sort_unstable();
+    let mut spares: Vec<String> =
+        names.iter().filter(|name| parse_spare_name(name).is_some()).cloned().collect();
+    // Each segment's header: its first seq, if it is one of ours.
     let mut segments = BTreeMap::new();
+    let mut headers: BTreeMap<u64, SegmentHeader> = BTreeMap::new();
     for &number in &segment_numbers {
-        segments.insert(number, fs.open_file(&format!("{dir}/{}", segment_name(number)), false)?);
+        let file = fs.open_file(&format!("{dir}/{}", segment_name(number)), false)?;
+        let mut head = [0; SEGMENT_HEADER_LEN];
+        if file.read_at(&mut head, 0).is_ok()
+            && let Some(header) = SegmentHeader::decode(&head)
+            && header.volume_id == volume_id
+            && header.number == number
+        {
+            headers.insert(number, header);
+        }
+        segments.insert(number, file);
     }
+    // The retained journal starts in the last segment that starts at or
+    // before the first record after the base: earlier ones are folded.
+    let start_segment =
+        headers.iter().rev().find(|(_, header)| header.first_seq <= base_seq + 1).map(|(&number, _)| number);
 
     // 1. The index checkpoint: valid chunks, in seq order, from the start.
+    if fs.exists(&format!("{dir}/{INDEX_NEW_FILE}")) {
+        // An unfinished rewrite: the old file is intact.
+        fs.remove_file(&format!("{dir}/{INDEX_NEW_FILE}"))?;
+    }
     let index_path = format!("{dir}/{INDEX_FILE}");
     let index_file = fs.open_file(&index_path, true)?;
     let index_bytes = {
@@ -448,7 +712,10 @@ pub fn recover(
         index_file.read_at(&mut bytes, 0)?;
         bytes
     };
+    // Entries after the base, and the seq the file starts at.
     let mut entries: Vec<IndexEntry> = Vec::new();
+    let mut file_first_seq = None;
+    let mut next_in_file = 0u64;
     let mut valid_len = 0usize;
     let mut last_chunk: Option<IndexChunkHeader> = None;
     while let Some(chunk) = IndexChunkHeader::decode(&index_bytes[valid_len..]) {
@@ -456,26 +723,35 @@ pub fn recover(
         let Some(bytes) = index_bytes.get(valid_len..valid_len + len) else {
             break;
         };
-        if chunk.first_seq != entries.len() as u64 + 1 || !IndexChunkHeader::check(bytes) {
+        let continues = match file_first_seq {
+            None => (1..=base_seq + 1).contains(&chunk.first_seq),
+            Some(_) => chunk.first_seq == next_in_file,
+        };
+        if !continues || !IndexChunkHeader::check(bytes) {
             break;
         }
         let decoded: Option<Vec<IndexEntry>> =
             bytes[INDEX_CHUNK_HEADER_LEN..].chunks_exact(INDEX_ENTRY_LEN).map(IndexEntry::decode).collect();
         let Some(decoded) = decoded else { break };
-        entries.extend(decoded);
+        let skip = (base_seq + 1).saturating_sub(chunk.first_seq).min(decoded.len() as u64) as usize;
+        entries.extend_from_slice(&decoded[skip..]);
+        file_first_seq.get_or_insert(chunk.first_seq);
+        next_in_file = chunk.first_seq + u64::from(chunk.count);
         valid_len += len;
         last_chunk = Some(chunk);
     }
-    // The checkpoint must agree with the journal: the last entry's record is
-    // there with the crc the chunk names. Otherwise replay everything.
+    // The checkpoint must reach past the base and agree with the journal:
+    // the last entry's record is there with the crc the chunk names.
+    // Otherwise replay everything.
     let mut trusted = None;
-    if let Some(chunk) = last_chunk {
-        let last_seq = entries.len() as u64;
+    if let Some(chunk) = last_chunk.filter(|_| next_in_file > base_seq + 1) {
+        let last_seq = next_in_file - 1;
         let (number, position) = layout::split_location(chunk.last_location);
         let mut head = [0; RECORD_HEADER_LEN];
         let agrees = segments.get(&number).is_some_and(|file| file.read_at(&mut head, position).is_ok())
             && RecordHeader::decode(&head)
-                .is_ok_and(|(header, crc)| header.seq == last_seq && crc == chunk.chain);
+                .is_ok_and(|(header, crc)| header.seq == last_seq && crc == chunk.chain)
+            && start_segment.is_some_and(|start| number >= start);
         if agrees {
             trusted = Some(chunk);
         } else {
@@ -487,7 +763,11 @@ pub fn recover(
         dir: dir.to_owned(),
         volume_id,
         options,
-        segments: RwLock::new(segments),
+        segment_bytes: AtomicU64::new(options.segment_bytes),
+        segments: RwLock::new(BTreeMap::new()),
+        spares: Mutex::new(Vec::new()),
+        recycled: AtomicU64::new(0),
+        rolled: std::sync::atomic::AtomicBool::new(false),
         written_below: AtomicU64::new(0),
         bytes: AtomicU64::new(0),
         writer: Mutex::new(Writer {
@@ -500,6 +780,8 @@ pub fn recover(
             last_location: 0,
             unsynced: Vec::new(),
             current_dirty: false,
+            recycled: false,
+            highest_number: None,
         }),
     };
     let mut last_location = trusted.map_or(0, |chunk| chunk.last_location);
@@ -510,8 +792,9 @@ pub fn recover(
                     RecordKind::Snapshot | RecordKind::SnapshotDelete => {
                         let mut payload = vec![0; entry.payload_length as usize];
                         let (number, position) = layout::split_location(entry.location);
-                        journal
-                            .segment(number)?
+                        segments
+                            .get(&number)
+                            .ok_or_else(|| invalid("index checkpoint names a missing segment"))?
                             .read_at(&mut payload, position + RECORD_HEADER_LEN as u64)?;
                         snapshot_name(&payload)
                     }
@@ -531,14 +814,15 @@ pub fn recover(
             }
             (
                 chunk.chain,
-                entries.len() as u64 + 1,
+                next_in_file,
                 Some(layout::split_location(chunk.end_location)),
                 entries.len() as u64,
             )
         }
         None => {
             valid_len = 0;
-            (0, 1, None, 0)
+            file_first_seq = None;
+            (0, base_seq + 1, None, 0)
         }
     };
     drop(entries);
@@ -550,34 +834,35 @@ pub fn recover(
     // The segment that ends the journal and where its records end.
     let mut end: Option<(u64, u64)> = None;
     let mut touched: Vec<u64> = Vec::new();
-    let numbers: Vec<u64> = journal.segments.read().keys().copied().collect();
-    let start_index = match replay_from {
-        Some((number, _)) => numbers.iter().position(|&n| n == number),
-        None => Some(0),
+    let numbers: Vec<u64> = segments.keys().copied().collect();
+    let start_index = match (replay_from, start_segment) {
+        (Some((number, _)), _) | (None, Some(number)) => numbers.iter().position(|&n| n == number),
+        (None, None) => None,
     };
     let mut cursor = start_index.unwrap_or(numbers.len());
     if replay_from.is_some() && start_index.is_none() {
         return Err(invalid("index checkpoint names a missing segment"));
     }
+    let mut first_segment = true;
     while cursor < numbers.len() {
         let number = numbers[cursor];
-        let file = journal.segment(number)?;
-        let mut reader = SegmentReader::new(file)?;
+        let mut reader = SegmentReader::new(segments[&number].clone())?;
         let mut position = match replay_from.take() {
             Some((_, position)) => position,
             None => {
-                // A segment continues the journal only if its header says so.
-                let expected = SegmentHeader { volume_id, number, first_seq: next_seq, chain };
-                let fits = reader
-                    .get(0, SEGMENT_HEADER_LEN)?
-                    .and_then(SegmentHeader::decode)
-                    .is_some_and(|header| header == expected);
-                if !fits {
+                // A segment continues the journal only if its header says
+                // so. The first one read starts it: its header is trusted.
+                let Some(header) = headers.get(&number) else { break };
+                if first_segment {
+                    chain = header.chain;
+                    next_seq = header.first_seq;
+                } else if *header != (SegmentHeader { volume_id, number, first_seq: next_seq, chain }) {
                     break;
                 }
                 SEGMENT_HEADER_LEN as u64
             }
         };
+        first_segment = false;
         touched.push(number);
         while let Some(head) = reader.get(position, RECORD_HEADER_LEN)? {
             let Ok((header, crc)) = RecordHeader::decode(head) else {
@@ -593,26 +878,28 @@ pub fn recover(
             if crc32c::crc32c(payload) != header.payload_crc {
                 break;
             }
-            let name = match header.kind {
-                RecordKind::Snapshot | RecordKind::SnapshotDelete => snapshot_name(payload),
-                _ => None,
-            };
             let span = layout::record_span(header.payload_length as usize);
-            index.insert(
-                &NewRecord {
-                    kind: header.kind,
-                    offset: header.offset,
-                    length: header.length,
-                    location: layout::location(number, position),
-                    payload_length: header.payload_length,
-                    time: header.time,
-                },
-                name.as_deref(),
-            );
+            if header.seq > base_seq {
+                let name = match header.kind {
+                    RecordKind::Snapshot | RecordKind::SnapshotDelete => snapshot_name(payload),
+                    _ => None,
+                };
+                index.insert(
+                    &NewRecord {
+                        kind: header.kind,
+                        offset: header.offset,
+                        length: header.length,
+                        location: layout::location(number, position),
+                        payload_length: header.payload_length,
+                        time: header.time,
+                    },
+                    name.as_deref(),
+                );
+                replayed += 1;
+            }
             last_location = layout::location(number, position);
             position += span;
             replayed_bytes += span;
-            replayed += 1;
             chain = crc;
             next_seq += 1;
         }
@@ -627,15 +914,17 @@ pub fn recover(
         }
     }
 
-    // 3. Cut: truncate the last segment after its last good record, remove
-    // every later segment (they hold only unacknowledged records).
+    // 3. Cut: truncate the last segment after its last good record, set
+    // aside every later segment (they hold only unacknowledged records, or
+    // history past a rotten record), reclaim every earlier folded one.
     let mut writer = journal.writer.lock();
     if let Some((number, position)) = end {
-        let file = journal.segment(number)?;
+        let file = segments[&number].clone();
         let len = file.len()?;
         if len != position {
-            // Cut a torn tail, or restore the missing padding of the last
-            // record, so the next record starts exactly at `position`.
+            // Cut a torn tail (or a reused file's stale bytes), or restore
+            // the missing padding of the last record, so the next record
+            // starts exactly at `position`.
             cut_bytes += len.saturating_sub(position);
             file.set_len(position)?;
         }
@@ -643,36 +932,77 @@ pub fn recover(
         writer.segment = Some(file);
         writer.position = position;
         writer.buffer_start = position;
-    } else if let Some(&last) = numbers.first() {
-        // No segment continues the journal (e.g. the first segment's header
-        // was torn before anything was synced).
-        writer.segment_number = last;
     }
+    // New segments are numbered after every file found (a segment that does
+    // not continue the journal, e.g. one whose header was torn before
+    // anything was synced, is set aside below).
+    let spare_numbers = spares.iter().filter_map(|name| parse_spare_name(name));
+    writer.highest_number = numbers.iter().copied().chain(spare_numbers).max();
+    if next_seq <= base_seq {
+        // The journal ends before the base (only if folded records were
+        // damaged): nothing to continue from; the next record starts a new
+        // segment, which recovery will then start from.
+        writer.segment = None;
+        end = None;
+    }
+    let keep_from = start_segment.unwrap_or(0);
     let keep_through = end.map(|(number, _)| number);
-    for &number in &numbers {
-        if keep_through.is_none_or(|kept| number > kept) {
-            let len = journal.segment(number).and_then(|file| file.len()).unwrap_or(0);
-            cut_bytes += len;
-            journal.segments.write().remove(&number);
-            let path = format!("{dir}/{}", segment_name(number));
-            if len <= SEGMENT_HEADER_LEN as u64 {
-                fs.remove_file(&path)?;
+    let mut kept = BTreeMap::new();
+    for (number, file) in segments {
+        let path = format!("{dir}/{}", segment_name(number));
+        if number < keep_from && start_segment.is_some() {
+            // Folded: only records at or before the base.
+            if spares.len() < options.spare_segments {
+                let name = spare_name(number);
+                fs.rename(&path, &format!("{dir}/{name}"))?;
+                spares.push(name);
             } else {
-                // Normally only unacknowledged records live here. But if the
-                // journal ended early because a synced record rotted, these
-                // would be acknowledged history: keep them aside, never delete.
-                let aside = format!("{path}.cut-{next_seq}");
-                tracing::warn!(dir, segment = number, len, aside, "segment past the journal's end set aside");
-                fs.rename(&path, &aside)?;
+                fs.remove_file(&path)?;
             }
+            continue;
+        }
+        if keep_through.is_some_and(|kept| number <= kept) {
+            let first_seq = headers.get(&number).map_or(next_seq, |header| header.first_seq);
+            kept.insert(number, Segment { file, first_seq });
+            continue;
+        }
+        let len = file.len().unwrap_or(0);
+        cut_bytes += len;
+        // A reused spare whose new header never landed still carries the
+        // header of the (older) segment it was.
+        let mut head = [0; SEGMENT_HEADER_LEN];
+        let reused_spare = !headers.contains_key(&number)
+            && file.read_at(&mut head, 0).is_ok()
+            && SegmentHeader::decode(&head)
+                .is_some_and(|header| header.volume_id == volume_id && header.number < number);
+        if len <= SEGMENT_HEADER_LEN as u64 {
+            fs.remove_file(&path)?;
+        } else if reused_spare && spares.len() < options.spare_segments {
+            // A spare renamed into place whose new header never landed: it
+            // holds only old, folded records.
+            let name = spare_name(number);
+            fs.rename(&path, &format!("{dir}/{name}"))?;
+            spares.push(name);
+        } else if reused_spare {
+            fs.remove_file(&path)?;
+        } else {
+            // Normally only unacknowledged records live here. But if the
+            // journal ended early because a synced record rotted, these
+            // would be acknowledged history: keep them aside, never delete.
+            let aside = format!("{path}.cut-{next_seq}");
+            tracing::warn!(dir, segment = number, len, aside, "segment past the journal's end set aside");
+            fs.rename(&path, &aside)?;
         }
     }
-    if keep_through.is_none() {
-        writer.segment_number = 0;
+    while spares.len() > options.spare_segments {
+        let name = spares.pop().expect("more than the cap");
+        fs.remove_file(&format!("{dir}/{name}"))?;
     }
+    *journal.segments.write() = kept;
+    *journal.spares.lock() = spares;
     writer.chain = chain;
     writer.last_location = last_location;
-    let mark = (next_seq > 1).then(|| DurableMark {
+    let mark = (next_seq > base_seq + 1 && end.is_some()).then(|| DurableMark {
         seq: next_seq - 1,
         chain,
         last_location,
@@ -688,11 +1018,11 @@ pub fn recover(
     }
     fs.sync_dir(dir)?;
     let mut total = 0;
-    for (&number, file) in journal.segments.read().iter() {
+    for (&number, segment) in journal.segments.read().iter() {
         total += if number == writer.segment_number && writer.segment.is_some() {
             writer.position
         } else {
-            file.len()?
+            segment.file.len()?
         };
     }
     journal.bytes.store(total, Ordering::Relaxed);
@@ -702,8 +1032,16 @@ pub fn recover(
         index_file.set_len(valid_len as u64)?;
         index_file.sync()?;
     }
-    let checkpoint =
-        Checkpoint { file: Some(index_file), position: valid_len as u64, next_seq: checkpointed + 1, mark };
+    let next_checkpoint_seq = if trusted.is_some() { next_in_file } else { base_seq + 1 };
+    let checkpoint = Checkpoint {
+        fs,
+        dir: dir.to_owned(),
+        file: Some(index_file),
+        position: valid_len as u64,
+        first_seq: file_first_seq.unwrap_or(next_checkpoint_seq),
+        next_seq: next_checkpoint_seq,
+        mark,
+    };
     if replayed > 0 || cut_bytes > 0 {
         tracing::info!(dir, checkpointed, replayed, replayed_bytes, cut_bytes, "journal recovered");
     }

@@ -64,10 +64,36 @@
 //!   0  offset           u64      as in the record header
 //!   8  length           u64      as in the record header
 //!  16  location         u64      journal location of the record header
-//!  24  time             i64      unix nanoseconds, truncated to microseconds
+//!  24  time             i64      unix nanoseconds, rounded up to milliseconds
 //!  32  payload length   u32
 //!  36  kind             u8
 //!  37  reserved         [u8; 3]
+//!
+//!
+//! Base map file `base-map` (BASE_MAP_FIXED_LEN bytes, runs, snapshot names);
+//! replaced whole (write `base-map.tmp`, fsync, rename, fsync the directory)
+//!   0  magic            [u8; 8]  b"RWNDBASE"
+//!   8  version          u32
+//!  12  crc32c           u32      over the whole file with this field zeroed
+//!  16  volume id        u128
+//!  32  base seq         u64      the base image is the image at this seq
+//!  40  base time        i64      unix nanoseconds of base seq (as indexed)
+//!  48  base size        u64      bytes of the image at base seq
+//!  56  run count        u64
+//!  64  snapshot count   u32      snapshots that pin base seq itself
+//!  68  reserved         u32      zero
+//!  72  runs             run count × BASE_RUN_LEN:
+//!                         0 start u64, 8 end u64, 16 kind u8 (BaseKind), 17 reserved [u8; 7]
+//!  ..  snapshot names   each: length u8, then the name (UTF-8)
+//!
+//! Fold intent file `fold` (FOLD_LEN bytes); replaced whole like `base-map`
+//!   0  magic            [u8; 8]  b"RWNDFOLD"
+//!   8  version          u32
+//!  12  crc32c           u32      over bytes 0..FOLD_LEN with this field zeroed
+//!  16  volume id        u128
+//!  32  target seq       u64      points before it are retired; the base file
+//!                                may hold a mix of base seq's and target's image
+//!                                where records in (base seq, target] wrote
 //! ```
 //!
 //! A journal *location* is `segment_number << LOCATION_SEGMENT_SHIFT | byte
@@ -151,6 +177,34 @@ pub const INDEX_ENTRY_LEN: usize = INDEX_ENTRY_KIND_OFFSET + 4;
 /// Most entries in one index chunk (one chunk per checkpoint).
 pub const INDEX_CHUNK_MAX_ENTRIES: usize = 1 << 24;
 
+pub const BASE_MAP_MAGIC: [u8; 8] = *b"RWNDBASE";
+pub const BASE_MAP_MAGIC_OFFSET: usize = 0;
+pub const BASE_MAP_VERSION_OFFSET: usize = BASE_MAP_MAGIC_OFFSET + 8;
+pub const BASE_MAP_CRC_OFFSET: usize = BASE_MAP_VERSION_OFFSET + 4;
+pub const BASE_MAP_VOLUME_ID_OFFSET: usize = BASE_MAP_CRC_OFFSET + 4;
+pub const BASE_MAP_SEQ_OFFSET: usize = BASE_MAP_VOLUME_ID_OFFSET + 16;
+pub const BASE_MAP_TIME_OFFSET: usize = BASE_MAP_SEQ_OFFSET + 8;
+pub const BASE_MAP_SIZE_OFFSET: usize = BASE_MAP_TIME_OFFSET + 8;
+pub const BASE_MAP_RUN_COUNT_OFFSET: usize = BASE_MAP_SIZE_OFFSET + 8;
+pub const BASE_MAP_SNAPSHOT_COUNT_OFFSET: usize = BASE_MAP_RUN_COUNT_OFFSET + 8;
+pub const BASE_MAP_RESERVED_OFFSET: usize = BASE_MAP_SNAPSHOT_COUNT_OFFSET + 4;
+/// Bytes of the base map file before its runs.
+pub const BASE_MAP_FIXED_LEN: usize = BASE_MAP_RESERVED_OFFSET + 4;
+pub const BASE_RUN_START_OFFSET: usize = 0;
+pub const BASE_RUN_END_OFFSET: usize = BASE_RUN_START_OFFSET + 8;
+pub const BASE_RUN_KIND_OFFSET: usize = BASE_RUN_END_OFFSET + 8;
+/// Bytes of one run in the base map file.
+pub const BASE_RUN_LEN: usize = BASE_RUN_KIND_OFFSET + 8;
+
+pub const FOLD_MAGIC: [u8; 8] = *b"RWNDFOLD";
+pub const FOLD_MAGIC_OFFSET: usize = 0;
+pub const FOLD_VERSION_OFFSET: usize = FOLD_MAGIC_OFFSET + 8;
+pub const FOLD_CRC_OFFSET: usize = FOLD_VERSION_OFFSET + 4;
+pub const FOLD_VOLUME_ID_OFFSET: usize = FOLD_CRC_OFFSET + 4;
+pub const FOLD_TARGET_OFFSET: usize = FOLD_VOLUME_ID_OFFSET + 16;
+/// Bytes of the fold intent file.
+pub const FOLD_LEN: usize = FOLD_TARGET_OFFSET + 8;
+
 /// Bits of a journal location that hold the byte position in the segment.
 pub const LOCATION_SEGMENT_SHIFT: u32 = 40;
 /// Largest byte position a location can hold.
@@ -161,8 +215,11 @@ const _: () = assert!(RECORD_HEADER_LEN == 96);
 const _: () = assert!(VOLUME_FIXED_LEN == 80);
 const _: () = assert!(INDEX_CHUNK_HEADER_LEN == 40);
 const _: () = assert!(INDEX_ENTRY_LEN == 40);
-const _: () = assert!(RECORD_HEADER_LEN as u64 % RECORD_ALIGN == 0);
-const _: () = assert!(SEGMENT_HEADER_LEN as u64 % RECORD_ALIGN == 0);
+const _: () = assert!(BASE_MAP_FIXED_LEN == 72);
+const _: () = assert!(BASE_RUN_LEN == 24);
+const _: () = assert!(FOLD_LEN == 40);
+const _: () = assert!((RECORD_HEADER_LEN as u64).is_multiple_of(RECORD_ALIGN));
+const _: () = assert!((SEGMENT_HEADER_LEN as u64).is_multiple_of(RECORD_ALIGN));
 
 /// Builds a journal location from a segment number and a byte position.
 pub fn location(segment: u64, position: u64) -> u64 {
@@ -458,6 +515,138 @@ impl Superblock {
     }
 }
 
+/// The `base-map` file: what retention folded, as of `seq`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseMapFile {
+    pub volume_id: u128,
+    pub seq: u64,
+    pub time: i64,
+    pub size: u64,
+    pub map: crate::base::BaseMap,
+    /// Snapshots pinning `seq` itself.
+    pub snapshots: Vec<String>,
+}
+
+impl BaseMapFile {
+    pub fn encode(&self) -> Vec<u8> {
+        let names: usize = self.snapshots.iter().map(|name| 1 + name.len()).sum();
+        let mut out = vec![0; BASE_MAP_FIXED_LEN + self.map.len() * BASE_RUN_LEN + names];
+        put(&mut out, BASE_MAP_MAGIC_OFFSET, &BASE_MAP_MAGIC);
+        put(&mut out, BASE_MAP_VERSION_OFFSET, &FORMAT_VERSION.to_le_bytes());
+        put(&mut out, BASE_MAP_VOLUME_ID_OFFSET, &self.volume_id.to_le_bytes());
+        put(&mut out, BASE_MAP_SEQ_OFFSET, &self.seq.to_le_bytes());
+        put(&mut out, BASE_MAP_TIME_OFFSET, &self.time.to_le_bytes());
+        put(&mut out, BASE_MAP_SIZE_OFFSET, &self.size.to_le_bytes());
+        put(&mut out, BASE_MAP_RUN_COUNT_OFFSET, &(self.map.len() as u64).to_le_bytes());
+        put(&mut out, BASE_MAP_SNAPSHOT_COUNT_OFFSET, &(self.snapshots.len() as u32).to_le_bytes());
+        let mut at = BASE_MAP_FIXED_LEN;
+        for (start, end, kind) in self.map.iter() {
+            put(&mut out, at + BASE_RUN_START_OFFSET, &start.to_le_bytes());
+            put(&mut out, at + BASE_RUN_END_OFFSET, &end.to_le_bytes());
+            out[at + BASE_RUN_KIND_OFFSET] = kind as u8;
+            at += BASE_RUN_LEN;
+        }
+        for name in &self.snapshots {
+            debug_assert!(name.len() <= MAX_SNAPSHOT_NAME);
+            out[at] = name.len() as u8;
+            put(&mut out, at + 1, name.as_bytes());
+            at += 1 + name.len();
+        }
+        let crc = crc32c::crc32c(&out);
+        put(&mut out, BASE_MAP_CRC_OFFSET, &crc.to_le_bytes());
+        out
+    }
+
+    /// Decodes and checks the whole file; `None` if anything is off. Never panics.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() < BASE_MAP_FIXED_LEN
+            || bytes[..8] != BASE_MAP_MAGIC
+            || u32_at(bytes, BASE_MAP_VERSION_OFFSET) != FORMAT_VERSION
+        {
+            return None;
+        }
+        let mut crc = crc32c::crc32c(&bytes[..BASE_MAP_CRC_OFFSET]);
+        crc = crc32c::crc32c_append(crc, &[0; 4]);
+        crc = crc32c::crc32c_append(crc, &bytes[BASE_MAP_CRC_OFFSET + 4..]);
+        if crc != u32_at(bytes, BASE_MAP_CRC_OFFSET) {
+            return None;
+        }
+        let runs = usize::try_from(u64_at(bytes, BASE_MAP_RUN_COUNT_OFFSET)).ok()?;
+        let mut at = BASE_MAP_FIXED_LEN;
+        let mut map = crate::base::BaseMap::new();
+        let mut last_end = 0;
+        for _ in 0..runs {
+            let run = bytes.get(at..at + BASE_RUN_LEN)?;
+            let (start, end) = (u64_at(run, BASE_RUN_START_OFFSET), u64_at(run, BASE_RUN_END_OFFSET));
+            let kind = crate::base::BaseKind::from_u8(run[BASE_RUN_KIND_OFFSET])?;
+            if start < last_end || start >= end {
+                return None;
+            }
+            map.set(start, end, kind);
+            last_end = end;
+            at += BASE_RUN_LEN;
+        }
+        let mut snapshots = Vec::new();
+        for _ in 0..u32_at(bytes, BASE_MAP_SNAPSHOT_COUNT_OFFSET) {
+            let length = *bytes.get(at)? as usize;
+            let name = std::str::from_utf8(bytes.get(at + 1..at + 1 + length)?).ok()?;
+            snapshots.push(name.to_owned());
+            at += 1 + length;
+        }
+        if at != bytes.len() {
+            return None;
+        }
+        Some(Self {
+            volume_id: u128_at(bytes, BASE_MAP_VOLUME_ID_OFFSET),
+            seq: u64_at(bytes, BASE_MAP_SEQ_OFFSET),
+            time: u64_at(bytes, BASE_MAP_TIME_OFFSET) as i64,
+            size: u64_at(bytes, BASE_MAP_SIZE_OFFSET),
+            map,
+            snapshots,
+        })
+    }
+}
+
+/// The `fold` file: a fold to `target` has begun.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FoldIntent {
+    pub volume_id: u128,
+    pub target: u64,
+}
+
+impl FoldIntent {
+    pub fn encode(&self) -> [u8; FOLD_LEN] {
+        let mut out = [0; FOLD_LEN];
+        put(&mut out, FOLD_MAGIC_OFFSET, &FOLD_MAGIC);
+        put(&mut out, FOLD_VERSION_OFFSET, &FORMAT_VERSION.to_le_bytes());
+        put(&mut out, FOLD_VOLUME_ID_OFFSET, &self.volume_id.to_le_bytes());
+        put(&mut out, FOLD_TARGET_OFFSET, &self.target.to_le_bytes());
+        let crc = crc32c::crc32c(&out);
+        put(&mut out, FOLD_CRC_OFFSET, &crc.to_le_bytes());
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() != FOLD_LEN {
+            return None;
+        }
+        let mut copy = [0; FOLD_LEN];
+        copy.copy_from_slice(bytes);
+        let crc = u32_at(&copy, FOLD_CRC_OFFSET);
+        put(&mut copy, FOLD_CRC_OFFSET, &[0; 4]);
+        if copy[..8] != FOLD_MAGIC
+            || u32_at(&copy, FOLD_VERSION_OFFSET) != FORMAT_VERSION
+            || crc32c::crc32c(&copy) != crc
+        {
+            return None;
+        }
+        Some(Self {
+            volume_id: u128_at(&copy, FOLD_VOLUME_ID_OFFSET),
+            target: u64_at(&copy, FOLD_TARGET_OFFSET),
+        })
+    }
+}
+
 /// One entry of an index checkpoint chunk: everything the in-memory index
 /// keeps about a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -614,6 +803,38 @@ mod tests {
         assert_eq!(Superblock::decode(&bytes[..bytes.len() - 1]), None);
     }
 
+    /// The base map and fold intent files round-trip and reject any torn or
+    /// flipped copy.
+    #[test]
+    fn base_map_and_fold_intent_round_trip() {
+        let mut map = crate::base::BaseMap::new();
+        map.set(0, 4096, crate::base::BaseKind::Data);
+        map.set(8192, 9000, crate::base::BaseKind::Hole);
+        map.set(9000, 10_000, crate::base::BaseKind::Zero);
+        let file = BaseMapFile {
+            volume_id: 7,
+            seq: 99,
+            time: 1_800_000_000_000_000_000,
+            size: 1 << 20,
+            map,
+            snapshots: vec!["clean".into(), "b".into()],
+        };
+        let bytes = file.encode();
+        assert_eq!(BaseMapFile::decode(&bytes), Some(file));
+        for at in 0..bytes.len() {
+            let mut flipped = bytes.clone();
+            flipped[at] ^= 0x10;
+            assert_eq!(BaseMapFile::decode(&flipped), None, "byte {at}");
+        }
+        assert_eq!(BaseMapFile::decode(&bytes[..bytes.len() - 1]), None);
+        let intent = FoldIntent { volume_id: 7, target: 1234 };
+        let bytes = intent.encode();
+        assert_eq!(FoldIntent::decode(&bytes), Some(intent));
+        let mut flipped = bytes;
+        flipped[33] ^= 1;
+        assert_eq!(FoldIntent::decode(&flipped), None);
+    }
+
     /// Location helpers split what they join.
     #[test]
     fn locations_round_trip() {
@@ -656,6 +877,8 @@ mod tests {
             let _ = IndexEntry::decode(&bytes);
             let _ = SegmentHeader::decode(&bytes);
             let _ = Superblock::decode(&bytes);
+            let _ = BaseMapFile::decode(&bytes);
+            let _ = FoldIntent::decode(&bytes);
         }
     }
 }

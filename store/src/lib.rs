@@ -7,21 +7,27 @@
 //! opens read-only. Rollback and clones are metadata records, whatever the
 //! size. The on-disk format and the commit protocol are in docs/journal.md.
 //!
+//! Retention ([`RetentionPolicy`]) keeps every point of a recent window
+//! within a journal budget: older history is folded into the volume's base
+//! image by a background thread, and the freed journal segments are reused.
+//!
 //! What this crate does not do: networking (the NBD server calls it),
-//! retention and compaction (all history is kept for now; the format allows
-//! folding a prefix into a base image later), replication.
+//! thinning old history to one point per minute/hour/day or compacting
+//! between protected points (folding is the only reclamation), replication.
 //!
 //! Threading: everything is synchronous and thread-safe; calls are short
 //! except [`Volume::flush`] (and FUA writes), which wait for one fdatasync
 //! shared by all concurrent flushers.
 
 pub mod backend;
+pub mod base;
 pub mod clock;
 pub mod error;
 pub mod index;
 pub mod journal;
 pub mod layout;
 pub mod memory;
+pub mod retention;
 pub mod store;
 pub mod uring;
 pub mod volume;
@@ -30,12 +36,13 @@ pub use backend::{Engine, EngineChoice, FileBackend, Filesystem, RealFs, Storage
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{
     CloneError, CreateError, DeleteError, FlushError, History, OpenError, PointError, Poison, ReadError,
-    ResizeError, RollbackError, SnapshotError, VerifyError, WriteError,
+    ResizeError, RetentionError, RollbackError, SnapshotError, VerifyError, WriteError,
 };
 pub use memory::{MemoryBackend, MemoryFs};
+pub use retention::{JournalBudget, RetentionPolicy};
 pub use store::{Store, StoreOptions, valid_volume_name};
 pub use uring::UringBackend;
 pub use volume::{
-    Bucket, Extent, JournalRecord, PointView, RecoveryStats, RollbackOutcome, Snapshot, VerifyReport, Volume,
-    VolumeStats,
+    Bucket, Extent, FoldReport, JournalRecord, PointView, RecoveryStats, RollbackOutcome, Snapshot,
+    VerifyReport, Volume, VolumeStats,
 };

@@ -108,6 +108,9 @@ struct FsState {
     paths: BTreeMap<String, u64>,
     dirs: BTreeSet<String>,
     files: BTreeMap<u64, FileData>,
+    /// Removed (or replaced) files: open handles keep working on them, as
+    /// an unlinked file's descriptor does, but no crash image holds them.
+    orphans: BTreeMap<u64, FileData>,
     next_id: u64,
     faults: Faults,
     syncs: u64,
@@ -149,6 +152,25 @@ fn apply(data: &mut Vec<u8>, op: &Pending) {
 
 fn errno(code: i32) -> io::Error {
     io::Error::from_raw_os_error(code)
+}
+
+impl FsState {
+    fn orphan(&mut self, id: u64) {
+        if let Some(file) = self.files.remove(&id) {
+            self.orphans.insert(id, file);
+        }
+    }
+
+    fn file_mut(&mut self, id: u64) -> io::Result<&mut FileData> {
+        match self.files.get_mut(&id) {
+            Some(file) => Ok(file),
+            None => self.orphans.get_mut(&id).ok_or_else(|| io::ErrorKind::NotFound.into()),
+        }
+    }
+
+    fn file(&self, id: u64) -> io::Result<&FileData> {
+        self.files.get(&id).or_else(|| self.orphans.get(&id)).ok_or_else(|| io::ErrorKind::NotFound.into())
+    }
 }
 
 impl MemoryFs {
@@ -320,7 +342,7 @@ impl Filesystem for MemoryFs {
     fn remove_file(&self, path: &str) -> io::Result<()> {
         let mut state = self.state.lock();
         let id = state.paths.remove(path).ok_or(io::ErrorKind::NotFound)?;
-        state.files.remove(&id);
+        state.orphan(id);
         Ok(())
     }
 
@@ -330,7 +352,7 @@ impl Filesystem for MemoryFs {
         let doomed: Vec<String> = state.paths.keys().filter(|p| p.starts_with(&prefix)).cloned().collect();
         for p in doomed {
             if let Some(id) = state.paths.remove(&p) {
-                state.files.remove(&id);
+                state.orphan(id);
             }
         }
         state.dirs.retain(|d| d != path && !d.starts_with(&prefix));
@@ -340,7 +362,9 @@ impl Filesystem for MemoryFs {
     fn rename(&self, from: &str, to: &str) -> io::Result<()> {
         let mut state = self.state.lock();
         if let Some(id) = state.paths.remove(from) {
-            state.paths.insert(to.to_owned(), id);
+            if let Some(replaced) = state.paths.insert(to.to_owned(), id) {
+                state.orphan(replaced);
+            }
             return Ok(());
         }
         if !state.dirs.contains(from) {
@@ -401,7 +425,7 @@ impl StorageBackend for MemoryFile {
         {
             return Err(errno(code));
         }
-        let file = state.files.get(&self.id).ok_or(io::ErrorKind::NotFound)?;
+        let file = state.file(self.id)?;
         let end = offset.checked_add(buf.len() as u64).ok_or(io::ErrorKind::InvalidInput)?;
         if end > file.current.len() as u64 {
             return Err(io::ErrorKind::UnexpectedEof.into());
@@ -425,7 +449,7 @@ impl StorageBackend for MemoryFile {
             op = Pending::Write { offset, data: data[..keep].to_vec() };
             failure = Some(errno(code));
         }
-        let file = state.files.get_mut(&self.id).ok_or(io::ErrorKind::NotFound)?;
+        let file = state.file_mut(self.id)?;
         apply(&mut file.current, &op);
         file.pending.push(op);
         failure.map_or(Ok(()), Err)
@@ -450,7 +474,7 @@ impl StorageBackend for MemoryFile {
         {
             return Err(errno(code));
         }
-        let file = state.files.get_mut(&self.id).ok_or(io::ErrorKind::NotFound)?;
+        let file = state.file_mut(self.id)?;
         file.durable = file.current.clone();
         file.pending.clear();
         Ok(())
@@ -467,7 +491,7 @@ impl StorageBackend for MemoryFile {
         {
             return Err(errno(code));
         }
-        let file = state.files.get_mut(&self.id).ok_or(io::ErrorKind::NotFound)?;
+        let file = state.file_mut(self.id)?;
         let op = Pending::SetLen(len);
         apply(&mut file.current, &op);
         file.pending.push(op);
@@ -479,8 +503,7 @@ impl StorageBackend for MemoryFile {
         if state.crashed {
             return Err(errno(libc::EIO));
         }
-        let file = state.files.get(&self.id).ok_or(io::ErrorKind::NotFound)?;
-        Ok(file.current.len() as u64)
+        Ok(state.file(self.id)?.current.len() as u64)
     }
 }
 

@@ -9,10 +9,11 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::backend::{EngineChoice, Filesystem, RealFs, pick_engine};
 use crate::clock::{Clock, SystemClock};
-use crate::error::{CloneError, CreateError, DeleteError, FlushError, OpenError};
-use crate::index::{Index, MAX_VOLUME_SIZE};
+use crate::error::{CloneError, CreateError, DeleteError, FlushError, OpenError, RetentionError};
+use crate::index::{BaseState, Index, MAX_VOLUME_SIZE};
 use crate::journal::{JournalOptions, recover};
 use crate::layout::{SEGMENT_HEADER_LEN, Superblock};
+use crate::retention::{RetentionPolicy, RetentionWake, load_base};
 use crate::volume::{RecoveryStats, Volume, VolumeTuning};
 
 /// Directory (under the data dir) that holds one directory per volume.
@@ -42,6 +43,15 @@ pub struct StoreOptions {
     /// A background thread flushes every volume this often, bounding what a
     /// power loss can take from clients that never flush. None: no thread.
     pub commit_interval: Option<Duration>,
+    /// Which history every volume keeps (a volume may override it with
+    /// [`Volume::set_retention_policy`]).
+    pub retention: RetentionPolicy,
+    /// A background thread applies retention to every volume this often,
+    /// and as soon as a segment fills while a journal is over its budget.
+    /// None: no thread ([`Store::enforce_retention`] runs a pass by hand).
+    pub retention_interval: Option<Duration>,
+    /// Reclaimed segment files each volume keeps for reuse.
+    pub spare_segments: usize,
 }
 
 impl Default for StoreOptions {
@@ -55,6 +65,9 @@ impl Default for StoreOptions {
             checkpoint_records: 1 << 16,
             inline_blake3: false,
             commit_interval: Some(Duration::from_secs(1)),
+            retention: RetentionPolicy::default(),
+            retention_interval: Some(Duration::from_secs(10)),
+            spare_segments: 2,
         }
     }
 }
@@ -70,6 +83,8 @@ struct Shared {
     /// Serializes create, clone and delete.
     registry: Mutex<()>,
     counter: std::sync::atomic::AtomicU64,
+    /// Wakes the retention thread.
+    wake: Arc<RetentionWake>,
     _lock: Option<std::fs::File>,
 }
 
@@ -78,6 +93,7 @@ struct Shared {
 pub struct Store {
     shared: Arc<Shared>,
     commit_thread: Option<std::thread::JoinHandle<()>>,
+    retention_thread: Option<std::thread::JoinHandle<()>>,
     stop: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
 }
 
@@ -128,6 +144,7 @@ impl Store {
             hidden: Mutex::new(HashMap::new()),
             registry: Mutex::new(()),
             counter: std::sync::atomic::AtomicU64::new(0),
+            wake: Arc::new(RetentionWake::default()),
             _lock: lock,
         });
         shared.load_all()?;
@@ -145,7 +162,27 @@ impl Store {
             }
             None => None,
         };
-        Ok(Store { shared, commit_thread, stop })
+        let retention_thread = match shared.options.retention_interval {
+            Some(interval) => {
+                let weak = Arc::downgrade(&shared);
+                let wake = shared.wake.clone();
+                Some(
+                    std::thread::Builder::new()
+                        .name("rewind-retention".into())
+                        .spawn(move || retention_loop(weak, wake, interval))
+                        .map_err(io_error("retention thread"))?,
+                )
+            }
+            None => None,
+        };
+        Ok(Store { shared, commit_thread, retention_thread, stop })
+    }
+
+    /// Applies retention to every volume now (what the retention thread
+    /// does every `retention_interval`). Returns the first failure; the
+    /// other volumes are still processed.
+    pub fn enforce_retention(&self) -> Result<(), RetentionError> {
+        self.shared.enforce_retention()
     }
 
     /// Every live volume, by name.
@@ -169,13 +206,23 @@ impl Store {
     pub fn clone_volume(&self, source: &str, seq: u64, new_name: &str) -> Result<Arc<Volume>, CloneError> {
         let _registry = self.shared.registry.lock();
         let parent = self.volume(source).ok_or_else(|| CloneError::SourceNotFound(source.to_owned()))?;
-        let point = parent.open_point(seq).map_err(CloneError::Point)?;
-        // The clone's base must survive a crash: make the parent durable
-        // through `seq` before the clone's superblock names it.
-        parent
-            .flush()
-            .map_err(|error| CloneError::Create(CreateError::Io(std::io::Error::from(error.kind()))))?;
-        self.shared.create(new_name, point.size(), Some((parent, seq))).map_err(CloneError::Create)
+        // Retention must not fold past the clone's base from now on.
+        parent.pin(seq).map_err(CloneError::Point)?;
+        let created = (|| {
+            let point = parent.open_point(seq).map_err(CloneError::Point)?;
+            // The clone's base must survive a crash: make the parent durable
+            // through `seq` before the clone's superblock names it.
+            parent
+                .flush()
+                .map_err(|error| CloneError::Create(CreateError::Io(std::io::Error::from(error.kind()))))?;
+            self.shared
+                .create(new_name, point.size(), Some((parent.clone(), seq)))
+                .map_err(CloneError::Create)
+        })();
+        if created.is_err() {
+            parent.unpin(seq);
+        }
+        created
     }
 
     /// Deletes a volume and its history. A volume that clones read through
@@ -195,6 +242,9 @@ impl Store {
         }
         volume.mark_deleted();
         self.shared.volumes.write().remove(name);
+        if let Some((parent, seq)) = volume.parent() {
+            parent.unpin(seq);
+        }
         let fs = &self.shared.fs;
         if clones.is_empty() {
             fs.remove_dir_all(volume.dir()).map_err(DeleteError::Io)?;
@@ -230,6 +280,15 @@ impl Store {
             reason: "superblock unreadable".into(),
         })?;
         let volume = self.shared.open_volume(&dir, &superblock, old.parent()).map_err(io_error(&dir))?;
+        // Its clones read through the new object now, and pin it.
+        for clone in self.shared.volumes.read().values().chain(self.shared.hidden.lock().values()) {
+            if clone.parent_id() == Some(volume.id()) {
+                clone.set_parent(volume.clone());
+                if let Some((_, seq)) = clone.parent() {
+                    let _ = volume.pin(seq);
+                }
+            }
+        }
         self.shared.volumes.write().insert(name.to_owned(), volume.clone());
         Ok(volume)
     }
@@ -257,9 +316,25 @@ impl Drop for Store {
             *stopped = true;
         }
         wake.notify_all();
+        self.shared.wake.stop();
         if let Some(thread) = self.commit_thread.take() {
             let _ = thread.join();
         }
+        if let Some(thread) = self.retention_thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The retention thread: a pass over every volume each `interval`, or as
+/// soon as a volume's journal goes over its budget.
+fn retention_loop(shared: Weak<Shared>, wake: Arc<RetentionWake>, interval: Duration) {
+    while wake.wait(interval) {
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        // Failures are logged by the volume and redone by the next pass.
+        let _ = shared.enforce_retention();
     }
 }
 
@@ -297,7 +372,22 @@ impl Shared {
             segment_bytes: self.options.segment_bytes,
             buffer_bytes: self.options.buffer_bytes,
             inline_blake3: self.options.inline_blake3,
+            spare_segments: self.options.spare_segments,
         }
+    }
+
+    fn enforce_retention(&self) -> Result<(), RetentionError> {
+        let volumes: Vec<Arc<Volume>> = self.volumes.read().values().cloned().collect();
+        let mut first_error = None;
+        for volume in volumes {
+            if volume.poison().is_some() {
+                continue;
+            }
+            if let Err(error) = volume.enforce_retention(self.options.clock.now_nanos()) {
+                first_error.get_or_insert(error);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     fn new_id(&self, name: &str) -> u128 {
@@ -408,7 +498,14 @@ impl Shared {
         superblock: &Superblock,
         parent: Option<(Arc<Volume>, u64)>,
     ) -> std::io::Result<Arc<Volume>> {
-        let mut index = Index::new(superblock.initial_size, superblock.created);
+        let initial = BaseState {
+            seq: 0,
+            time: superblock.created,
+            size: superblock.initial_size,
+            ..BaseState::default()
+        };
+        let base = load_base(self.fs.as_ref(), dir, superblock.volume_id, initial)?;
+        let mut index = Index::with_base(base.state, superblock.created);
         let recovery =
             recover(self.fs.clone(), dir, superblock.volume_id, self.journal_options(), &mut index)?;
         Ok(Arc::new(Volume::new(
@@ -417,10 +514,18 @@ impl Shared {
             dir.to_owned(),
             parent,
             self.options.clock.clone(),
+            self.fs.clone(),
             recovery.journal,
             index,
             recovery.checkpoint,
-            VolumeTuning { checkpoint_records: self.options.checkpoint_records.max(1) },
+            base.file,
+            base.intent,
+            Some(self.wake.clone()),
+            VolumeTuning {
+                checkpoint_records: self.options.checkpoint_records.max(1),
+                retention: self.options.retention,
+                segment_bytes: self.options.segment_bytes,
+            },
             RecoveryStats {
                 checkpointed: recovery.checkpointed,
                 replayed: recovery.replayed,
@@ -497,6 +602,18 @@ impl Shared {
                     },
                 };
                 let volume = self.open_volume(&dir, &superblock, parent).map_err(io_error(&dir))?;
+                if let Some((parent, seq)) = volume.parent()
+                    && parent.pin(seq).is_err()
+                {
+                    // Retention never folds past a clone's base; if it did,
+                    // the clone's base is gone.
+                    tracing::error!(
+                        dir,
+                        seq,
+                        "clone's base point is outside its parent's history; not serving it"
+                    );
+                    continue;
+                }
                 loaded.insert(superblock.volume_id, volume);
             }
             pending = waiting;

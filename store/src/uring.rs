@@ -1,5 +1,6 @@
 //! The io_uring engine: one ring on a dedicated thread, fed by a bounded
-//! channel. All of the crate's `unsafe` lives in this module.
+//! channel. All of the crate's `unsafe` lives in this module, including the
+//! two plain system calls std lacks ([`punch_hole`], [`write_vectored_all_at`]).
 //!
 //! The calling thread blocks until its operation completes, so the buffer it
 //! lent to the kernel outlives the operation: that is the whole soundness
@@ -157,6 +158,78 @@ fn run(mut ring: IoUring, receiver: Receiver<Request>, depth: usize) {
     }
 }
 
+/// Frees the blocks of `length` bytes at `offset` in `file`, which then read
+/// as zeros; the file keeps its size (`fallocate(FALLOC_FL_PUNCH_HOLE |
+/// FALLOC_FL_KEEP_SIZE)`). Fails with EOPNOTSUPP where the filesystem cannot.
+pub fn punch_hole(file: &File, offset: u64, length: u64) -> io::Result<()> {
+    let (Ok(offset), Ok(length)) = (i64::try_from(offset), i64::try_from(length)) else {
+        return Err(io::ErrorKind::InvalidInput.into());
+    };
+    if length == 0 {
+        return Ok(());
+    }
+    // SAFETY: fallocate reads only its integer arguments; the descriptor is
+    // owned by `file`, which is borrowed for the whole call.
+    let result = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset,
+            length,
+        )
+    };
+    if result == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// Writes the slices back to back from `offset` with `pwritev` (one system
+/// call for a record's header, payload and padding), retrying short writes.
+pub fn write_vectored_all_at(file: &File, parts: &[&[u8]], offset: u64) -> io::Result<()> {
+    const MAX_PARTS: usize = 4;
+    if parts.len() > MAX_PARTS {
+        let mut at = offset;
+        for part in parts {
+            std::os::unix::fs::FileExt::write_all_at(file, part, at)?;
+            at += part.len() as u64;
+        }
+        return Ok(());
+    }
+    let total: usize = parts.iter().map(|part| part.len()).sum();
+    let mut done = 0usize;
+    while done < total {
+        let mut iovecs = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; MAX_PARTS];
+        let mut count = 0;
+        let mut skip = done;
+        for part in parts {
+            if skip >= part.len() {
+                skip -= part.len();
+                continue;
+            }
+            let rest = &part[skip..];
+            skip = 0;
+            iovecs[count] = libc::iovec { iov_base: rest.as_ptr() as *mut libc::c_void, iov_len: rest.len() };
+            count += 1;
+        }
+        let at =
+            i64::try_from(offset + done as u64).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: the first `count` iovecs point into `parts`, which are
+        // borrowed (and so alive and unchanged) for the whole call; the
+        // kernel only reads them; the descriptor is owned by `file`.
+        let written = unsafe { libc::pwritev(file.as_raw_fd(), iovecs.as_ptr(), count as libc::c_int, at) };
+        if written < 0 {
+            let error = io::Error::last_os_error();
+            if error.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(error);
+        }
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        done += written as usize;
+    }
+    Ok(())
+}
+
 /// A file whose reads, writes and syncs go through a shared [`Ring`].
 #[derive(Debug)]
 pub struct UringBackend {
@@ -248,6 +321,15 @@ impl StorageBackend for UringBackend {
 
     fn len(&self) -> io::Result<u64> {
         Ok(self.file.metadata()?.len())
+    }
+
+    fn punch_hole(&self, offset: u64, length: u64) -> io::Result<()> {
+        match punch_hole(&self.file, offset, length) {
+            Err(error) if error.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                crate::backend::write_zeros(self, offset, length)
+            }
+            result => result,
+        }
     }
 }
 

@@ -1,18 +1,28 @@
-//! A journaled volume: its head (read-write) and its points (read-only).
+//! A journaled volume: its head (read-write) and its points (read-only),
+//! and the retention that folds its oldest history into the base image.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 
+use crate::backend::{Filesystem, StorageBackend};
+use crate::base::BaseKind;
 use crate::clock::Clock;
 use crate::error::{
-    FlushError, History, PointError, Poison, ReadError, ResizeError, RollbackError, SnapshotError,
-    VerifyError, WriteError,
+    FlushError, History, PointError, Poison, ReadError, ResizeError, RetentionError, RollbackError,
+    SnapshotError, VerifyError, WriteError,
 };
 use crate::index::{Index, MAX_VOLUME_SIZE, NewRecord, Piece, Source};
 use crate::journal::{Checkpoint, DurableMark, Journal, Writer};
-use crate::layout::{FLAG_BLAKE3, MAX_RECORD_PAYLOAD, MAX_SNAPSHOT_NAME, RecordHeader, RecordKind};
+use crate::layout::{
+    BaseMapFile, FLAG_BLAKE3, FoldIntent, INDEX_ENTRY_LEN, MAX_RECORD_PAYLOAD, MAX_SNAPSHOT_NAME,
+    RecordHeader, RecordKind,
+};
+use crate::retention::{
+    BASE_FILE, BASE_MAP_FILE, FOLD_FILE, RetentionPolicy, RetentionWake, budget_seq, replace_file,
+};
 
 /// One run of a block-status answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,13 +121,95 @@ pub struct VolumeStats {
     pub flushes: u64,
     /// fdatasync rounds actually run (flushes share them).
     pub syncs: u64,
+    /// Oldest point that can be opened (retention moves it forward).
+    pub first_seq: u64,
+    /// Seq of the base image: records at or before it were folded into it.
+    pub base_seq: u64,
+    /// Bytes of data the base image holds (its sparse file's data).
+    pub base_bytes: u64,
+    /// The journal budget in bytes, if any (from the retention policy).
+    pub journal_budget_bytes: Option<u64>,
+    /// Folds completed since the volume was opened.
+    pub folds: u64,
+    /// Records folded into the base since the volume was opened.
+    pub folded_records: u64,
+    /// Bytes copied from the journal into the base image by those folds.
+    pub folded_bytes: u64,
+    /// Journal segments reclaimed since the volume was opened, and their bytes.
+    pub reclaimed_segments: u64,
+    pub reclaimed_bytes: u64,
+    /// Segments started in a reused (recycled) segment file.
+    pub recycled_segments: u64,
+    /// Reclaimed segment files kept for reuse.
+    pub spare_segments: u64,
+    /// When the journal is over budget but a protected point (snapshot,
+    /// clone base, rollback target) keeps it from folding further: that
+    /// point's seq.
+    pub retention_blocked_at: Option<u64>,
+    /// Folds that failed (IO errors on the base image); the next pass
+    /// redoes them.
+    pub fold_failures: u64,
 }
 
 /// Volume-level tunables, from the store's options.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct VolumeTuning {
     pub checkpoint_records: u64,
+    /// The store's retention policy (a volume may override it).
+    pub retention: RetentionPolicy,
+    /// The store's configured segment size (retention may lower it).
+    pub segment_bytes: u64,
 }
+
+/// What one retention pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FoldReport {
+    /// The oldest retained point before and after the pass.
+    pub first_seq_before: u64,
+    pub first_seq_after: u64,
+    /// Records folded into the base, and bytes copied into the base image.
+    pub folded_records: u64,
+    pub folded_bytes: u64,
+    /// Journal segments (and bytes) reclaimed.
+    pub reclaimed_segments: u64,
+    pub reclaimed_bytes: u64,
+    /// The journal is over its budget and this protected point stops folding.
+    pub blocked_at: Option<u64>,
+}
+
+/// Retention state of a volume, behind one small lock.
+#[derive(Debug, Default)]
+struct RetentionState {
+    /// A per-volume policy, replacing the store's.
+    policy: Option<RetentionPolicy>,
+    /// Clone bases: seq → number of clones whose base is this volume's
+    /// image at seq. Protected like snapshots.
+    pins: BTreeMap<u64, usize>,
+    /// The protected point last warned about, and when (unix nanoseconds).
+    warned: Option<(u64, i64)>,
+    blocked_at: Option<u64>,
+}
+
+/// Retention counters, for [`VolumeStats`].
+#[derive(Debug, Default)]
+struct RetentionCounters {
+    folds: AtomicU64,
+    folded_records: AtomicU64,
+    folded_bytes: AtomicU64,
+    reclaimed_segments: AtomicU64,
+    reclaimed_bytes: AtomicU64,
+    failures: AtomicU64,
+}
+
+/// How often the warning that protected points keep the journal over its
+/// budget repeats while nothing changes.
+const BLOCKED_WARNING_INTERVAL_NANOS: i64 = 10 * 60 * 1_000_000_000;
+/// Bytes copied per read/write while folding.
+const FOLD_COPY_BYTES: usize = 1 << 20;
+/// Address space planned per index lock while folding.
+const FOLD_PLAN_BYTES: u64 = 64 << 20;
+/// Spatial lists pruned per index lock after a fold.
+const PRUNE_BATCH: usize = 4096;
 
 /// A journaled volume. Share it as `Arc<Volume>`; every method is
 /// thread-safe and short (no lock is held across a sync except the
@@ -127,10 +219,35 @@ pub struct Volume {
     name: String,
     id: u128,
     dir: String,
-    parent: Option<(Arc<Volume>, u64)>,
+    /// The clone's parent and seq. Behind a lock only because reopening the
+    /// parent swaps in its new `Volume`.
+    parent: RwLock<Option<(Arc<Volume>, u64)>>,
     clock: Arc<dyn Clock>,
+    fs: Arc<dyn Filesystem>,
     journal: Journal,
     index: RwLock<Index>,
+    /// Readers hold it (shared) from planning a read until its IO is done;
+    /// a fold takes it (exclusive) at the two moments it retires points or
+    /// the records behind them, so no read ever follows a stale plan into a
+    /// rewritten base range or a reclaimed segment.
+    gate: RwLock<()>,
+    /// The base image file, once retention has written one.
+    base_file: OnceLock<Arc<dyn StorageBackend>>,
+    /// One fold at a time.
+    fold_lock: Mutex<()>,
+    retention: Mutex<RetentionState>,
+    counters: RetentionCounters,
+    /// The newest durable record, for index checkpoints.
+    durable_mark: Mutex<Option<DurableMark>>,
+    /// No new use (rollback target, clone base) of a point before this: a
+    /// fold to it has been decided. At least the first seq.
+    floor: AtomicU64,
+    /// The target of the last fold intent known durable.
+    intent_written: AtomicU64,
+    /// Woken when a segment fills while the journal is over its budget.
+    wake: Option<Arc<RetentionWake>>,
+    /// The journal budget in bytes (u64::MAX: none), for the write path.
+    budget: AtomicU64,
     head: AtomicU64,
     durable: AtomicU64,
     size: AtomicU64,
@@ -148,6 +265,22 @@ pub struct Volume {
     recovery: RecoveryStats,
     flushes: AtomicU64,
     syncs: AtomicU64,
+}
+
+/// Appends `start..start+length` to the zero ranges, merged with the last.
+fn push_zeros(zeros: &mut Option<&mut Vec<(usize, usize)>>, start: usize, length: usize) {
+    let Some(zeros) = zeros.as_deref_mut() else { return };
+    if length == 0 {
+        return;
+    }
+    match zeros.last_mut() {
+        Some((last_start, last_length)) if *last_start + *last_length == start => *last_length += length,
+        _ => zeros.push((start, length)),
+    }
+}
+
+fn missing_base() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::NotFound, "base image file missing")
 }
 
 thread_local! {
@@ -211,6 +344,12 @@ impl Appender<'_> {
             }
         };
         volume.last_time.store(time, Ordering::Relaxed);
+        if volume.journal.take_rolled()
+            && let Some(wake) = &volume.wake
+            && volume.over_budget()
+        {
+            wake.notify();
+        }
         volume.index.write().insert(
             &NewRecord { kind, offset, length, location, payload_length: payload.len() as u32, time },
             name,
@@ -233,25 +372,53 @@ impl Volume {
         dir: String,
         parent: Option<(Arc<Volume>, u64)>,
         clock: Arc<dyn Clock>,
+        fs: Arc<dyn Filesystem>,
         journal: Journal,
         index: Index,
         checkpoint: Checkpoint,
+        base_file: Option<Arc<dyn StorageBackend>>,
+        intent: Option<u64>,
+        wake: Option<Arc<RetentionWake>>,
         tuning: VolumeTuning,
         recovery: RecoveryStats,
     ) -> Self {
+        let mut index = index;
+        if let Some(target) = intent {
+            // A fold began before the volume was closed or crashed: its
+            // points stay retired, and the next retention pass finishes it.
+            index.set_first_seq(target.min(index.head()));
+        }
+        let first_seq = index.first_seq();
         let head = index.head();
         let size = index.size_at(head);
-        // The index keeps milliseconds; the last record's exact time may be
-        // anywhere in that millisecond, and record times never go back.
-        let last_time = if head == 0 { index.created() } else { index.time(head) + 999_999 };
+        // Index times are rounded up to the millisecond, so the head's is at
+        // or after its exact time: record times never go back.
+        let last_time = index.time(head);
+        let base = OnceLock::new();
+        if let Some(file) = base_file {
+            let _ = base.set(file);
+        }
+        journal.set_segment_bytes(tuning.retention.segment_bytes(size, tuning.segment_bytes));
+        let durable_mark = checkpoint.mark;
         Self {
             name,
             id,
             dir,
-            parent,
+            parent: RwLock::new(parent),
             clock,
+            fs,
             journal,
             index: RwLock::new(index),
+            gate: RwLock::new(()),
+            base_file: base,
+            fold_lock: Mutex::new(()),
+            retention: Mutex::new(RetentionState::default()),
+            counters: RetentionCounters::default(),
+            durable_mark: Mutex::new(durable_mark),
+            floor: AtomicU64::new(first_seq),
+            intent_written: AtomicU64::new(intent.unwrap_or(0)),
+            wake,
+            budget: AtomicU64::new(tuning.retention.budget_bytes(size).unwrap_or(u64::MAX)),
             head: AtomicU64::new(head),
             // Recovery synced everything it indexed.
             durable: AtomicU64::new(head),
@@ -306,15 +473,22 @@ impl Volume {
 
     /// The clone's parent volume name and seq, if this volume is a clone.
     pub fn clone_parent(&self) -> Option<(String, u64)> {
-        self.parent.as_ref().map(|(parent, seq)| (parent.name.clone(), *seq))
+        self.parent.read().as_ref().map(|(parent, seq)| (parent.name.clone(), *seq))
     }
 
     pub(crate) fn parent(&self) -> Option<(Arc<Volume>, u64)> {
-        self.parent.clone()
+        self.parent.read().clone()
+    }
+
+    /// Points this clone at a reopened parent (same volume, new object).
+    pub(crate) fn set_parent(&self, parent: Arc<Volume>) {
+        if let Some((old, _)) = self.parent.write().as_mut() {
+            *old = parent;
+        }
     }
 
     pub(crate) fn parent_id(&self) -> Option<u128> {
-        self.parent.as_ref().map(|(parent, _)| parent.id)
+        self.parent.read().as_ref().map(|(parent, _)| parent.id)
     }
 
     /// The error that made the volume refuse writes, if any.
@@ -464,14 +638,18 @@ impl Volume {
             return Err(FlushError::Io(error));
         }
         self.durable.store(seq, Ordering::Release);
-        let mut checkpoint = self.checkpoint.lock();
         if seq > 0 {
-            checkpoint.mark = Some(DurableMark { seq, ..ticket.mark });
+            *self.durable_mark.lock() = Some(DurableMark { seq, ..ticket.mark });
         }
-        if seq + 1 - checkpoint.next_seq >= self.tuning.checkpoint_records {
-            let index = self.index.read();
-            if let Err(error) = checkpoint.append(&index) {
-                tracing::warn!(volume = %self.name, %error, "index checkpoint failed; recovery will replay more");
+        // A fold may be rewriting the checkpoint: then skip this one rather
+        // than make every flusher wait (the next leader appends more).
+        if let Some(mut checkpoint) = self.checkpoint.try_lock() {
+            checkpoint.mark = *self.durable_mark.lock();
+            if (seq + 1).saturating_sub(checkpoint.next_seq) >= self.tuning.checkpoint_records {
+                let index = self.index.read();
+                if let Err(error) = checkpoint.append(&index) {
+                    tracing::warn!(volume = %self.name, %error, "index checkpoint failed; recovery will replay more");
+                }
             }
         }
         Ok(())
@@ -481,7 +659,9 @@ impl Volume {
     /// open replays nothing. Call on clean shutdown.
     pub fn close(&self) -> Result<(), FlushError> {
         self.flush()?;
-        // Become the leader so no flush runs meanwhile.
+        // No fold meanwhile (a checkpoint rewrite needs the entries it
+        // covers), and become the leader so no flush runs meanwhile.
+        let _fold = self.fold_lock.lock();
         {
             let mut syncing = self.syncing.lock();
             while *syncing {
@@ -495,19 +675,51 @@ impl Volume {
 
     fn checkpoint_all(&self) -> Result<(), FlushError> {
         let mut checkpoint = self.checkpoint.lock();
-        let index = self.index.read();
-        let appended = checkpoint.append(&index).and_then(|()| checkpoint.sync());
-        if let Err(error) = appended {
+        checkpoint.mark = *self.durable_mark.lock();
+        let base_seq = self.index.read().base_seq();
+        let written = if checkpoint.wants_rewrite(base_seq) {
+            self.rewrite_checkpoint(&mut checkpoint, base_seq)
+        } else {
+            let index = self.index.read();
+            checkpoint.append(&index)
+        };
+        if let Err(error) = written.and_then(|()| checkpoint.sync()) {
             tracing::warn!(volume = %self.name, %error, "index checkpoint failed; recovery will replay more");
         }
         Ok(())
+    }
+
+    /// Rewrites the checkpoint without the folded entries. The caller holds
+    /// the fold lock, so the entries it encodes stay indexed.
+    fn rewrite_checkpoint(&self, checkpoint: &mut Checkpoint, base_seq: u64) -> std::io::Result<()> {
+        checkpoint.rewrite(base_seq, |first, last| {
+            let index = self.index.read();
+            let mut bytes = vec![0; (last - first + 1) as usize * INDEX_ENTRY_LEN];
+            for (i, seq) in (first..=last).enumerate() {
+                index.checkpoint_entry(seq).encode(&mut bytes[i * INDEX_ENTRY_LEN..]);
+            }
+            bytes
+        })
     }
 
     /// Reads the head.
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), ReadError> {
         let seq = self.head_seq();
         let size = self.index.read().size_at(seq);
-        self.read_image(seq, size, offset, buf)
+        self.read_image(seq, size, offset, buf, None)
+    }
+
+    /// Reads the head like [`Self::read`], and returns the ranges of `buf`
+    /// (start, length; relative to `buf`, in order, merged) that were
+    /// served as zeros without IO: holes, written zeros, never-written
+    /// ranges, zeros of the base. An NBD server can send them as hole
+    /// chunks without asking the index again.
+    pub fn read_sparse(&self, offset: u64, buf: &mut [u8]) -> Result<Vec<(usize, usize)>, ReadError> {
+        let seq = self.head_seq();
+        let size = self.index.read().size_at(seq);
+        let mut zeros = Vec::new();
+        self.read_image(seq, size, offset, buf, Some(&mut zeros))?;
+        Ok(zeros)
     }
 
     /// Allocation status of the head, for NBD `base:allocation`.
@@ -517,6 +729,8 @@ impl Volume {
         self.image_extents(seq, size, offset, length)
     }
 
+    /// The read plan of the image at `seq`. The caller holds the gate until
+    /// it has read what the plan names.
     fn plan(&self, seq: u64, size: u64, offset: u64, length: u64) -> Result<Vec<Piece>, ReadError> {
         let end = offset.checked_add(length).filter(|&end| end <= size).ok_or(ReadError::OutOfBounds {
             offset,
@@ -527,10 +741,15 @@ impl Volume {
         // common case (a clone's base read nests and takes fresh ones).
         let mut pieces = SCRATCH_PIECES.with(|cell| cell.take());
         pieces.clear();
+        let index = self.index.read();
+        if seq < index.first_seq() {
+            // A point opened before retention retired it.
+            return Err(ReadError::Retired { seq, first_seq: index.first_seq() });
+        }
         if length > 0 {
             SCRATCH_UNCOVERED.with(|cell| {
                 let mut uncovered = cell.take();
-                self.index.read().plan_with(seq, offset, end, &mut pieces, &mut uncovered);
+                index.plan_with(seq, offset, end, &mut pieces, &mut uncovered);
                 cell.replace(uncovered);
             });
         }
@@ -543,39 +762,72 @@ impl Volume {
         }
     }
 
+    /// Reads the image at `seq` into `buf`; with `zeros`, also appends the
+    /// ranges of `buf` served as zeros without IO (relative, merged).
     pub(crate) fn read_image(
         &self,
         seq: u64,
         size: u64,
         offset: u64,
         buf: &mut [u8],
+        mut zeros: Option<&mut Vec<(usize, usize)>>,
     ) -> Result<(), ReadError> {
+        let _gate = self.gate.read();
         let pieces = self.plan(seq, size, offset, buf.len() as u64)?;
+        let parent = if self.parent.read().is_some() { self.parent() } else { None };
         for &piece in &pieces {
             let at = (piece.offset - offset) as usize;
             let target = &mut buf[at..at + piece.length as usize];
             match piece.source {
-                Source::Zero { .. } => target.fill(0),
+                Source::Zero { .. } => {
+                    target.fill(0);
+                    push_zeros(&mut zeros, at, target.len());
+                }
                 Source::Data { location } => self.journal.read(location, target).map_err(ReadError::Io)?,
-                Source::Base => self.read_base(piece.offset, target)?,
+                Source::BaseFile => {
+                    let file = self.base_file.get().ok_or_else(|| ReadError::Io(missing_base()))?;
+                    file.read_at(target, piece.offset).map_err(ReadError::Io)?;
+                }
+                Source::Base => match &parent {
+                    None => {
+                        target.fill(0);
+                        push_zeros(&mut zeros, at, target.len());
+                    }
+                    Some((parent, parent_seq)) => {
+                        let parent_size = parent.index.read().size_at(*parent_seq);
+                        let inside = parent_size.saturating_sub(piece.offset).min(piece.length) as usize;
+                        let (from_parent, beyond) = target.split_at_mut(inside);
+                        if !from_parent.is_empty() {
+                            match zeros.as_deref_mut() {
+                                None => parent.read_image(
+                                    *parent_seq,
+                                    parent_size,
+                                    piece.offset,
+                                    from_parent,
+                                    None,
+                                )?,
+                                Some(zeros) => {
+                                    let mut nested = Vec::new();
+                                    parent.read_image(
+                                        *parent_seq,
+                                        parent_size,
+                                        piece.offset,
+                                        from_parent,
+                                        Some(&mut nested),
+                                    )?;
+                                    for (start, length) in nested {
+                                        push_zeros(&mut Some(&mut *zeros), at + start, length);
+                                    }
+                                }
+                            }
+                        }
+                        beyond.fill(0);
+                        push_zeros(&mut zeros, at + inside, beyond.len());
+                    }
+                },
             }
         }
         Self::recycle(pieces);
-        Ok(())
-    }
-
-    fn read_base(&self, offset: u64, target: &mut [u8]) -> Result<(), ReadError> {
-        let Some((parent, seq)) = &self.parent else {
-            target.fill(0);
-            return Ok(());
-        };
-        let parent_size = parent.index.read().size_at(*seq);
-        let inside = parent_size.saturating_sub(offset).min(target.len() as u64) as usize;
-        let (from_parent, beyond) = target.split_at_mut(inside);
-        if !from_parent.is_empty() {
-            parent.read_image(*seq, parent_size, offset, from_parent)?;
-        }
-        beyond.fill(0);
         Ok(())
     }
 
@@ -586,7 +838,9 @@ impl Volume {
         offset: u64,
         length: u64,
     ) -> Result<Vec<Extent>, ReadError> {
+        let _gate = self.gate.read();
         let pieces = self.plan(seq, size, offset, length)?;
+        let parent = self.parent();
         let mut extents: Vec<Extent> = Vec::new();
         let mut push = |extent: Extent| match extents.last_mut() {
             Some(last) if last.hole == extent.hole && last.zero == extent.zero => {
@@ -594,11 +848,13 @@ impl Volume {
             }
             _ => extents.push(extent),
         };
-        for piece in pieces {
+        for &piece in &pieces {
             match piece.source {
-                Source::Data { .. } => push(Extent { length: piece.length, hole: false, zero: false }),
+                Source::Data { .. } | Source::BaseFile => {
+                    push(Extent { length: piece.length, hole: false, zero: false })
+                }
                 Source::Zero { hole } => push(Extent { length: piece.length, hole, zero: true }),
-                Source::Base => match &self.parent {
+                Source::Base => match &parent {
                     None => push(Extent { length: piece.length, hole: true, zero: true }),
                     Some((parent, parent_seq)) => {
                         let parent_size = parent.index.read().size_at(*parent_seq);
@@ -617,14 +873,21 @@ impl Volume {
                 },
             }
         }
+        Self::recycle(pieces);
         Ok(extents)
     }
 
     /// The retained history: every seq in `first_seq..=head_seq` is a point.
     pub fn history(&self) -> History {
         let index = self.index.read();
-        let head = index.head();
-        History { first_seq: 0, first_time: index.created(), head_seq: head, head_time: index.time(head) }
+        let head = self.head_seq();
+        let first = index.first_seq();
+        History {
+            first_seq: first,
+            first_time: index.time(first),
+            head_seq: head,
+            head_time: index.time(head),
+        }
     }
 
     fn outside(&self, requested: String) -> PointError {
@@ -632,26 +895,30 @@ impl Volume {
     }
 
     /// Opens the read-only image at `seq`. It stays valid, and unchanged,
-    /// however the head moves.
+    /// however the head moves, until retention retires it (then its reads
+    /// fail with [`ReadError::Retired`]; never with other bytes).
     pub fn open_point(self: &Arc<Self>, seq: u64) -> Result<PointView, PointError> {
         let index = self.index.read();
-        if seq > index.head() {
+        if seq > self.head_seq() || seq < index.first_seq() {
             drop(index);
             return Err(self.outside(format!("#{seq}")));
         }
         Ok(PointView { volume: self.clone(), seq, size: index.size_at(seq), time: index.time(seq) })
     }
 
-    /// The last seq at or before `unix_nanos`. Times before the volume's
-    /// creation or after now are outside the history. Resolution is one
-    /// microsecond.
+    /// The last seq at or before `unix_nanos`. Times before the oldest
+    /// retained point or after now are outside the history. Index times are
+    /// milliseconds rounded up, so a time point never includes a write made
+    /// after it (it may miss one made less than a millisecond before it).
     pub fn resolve_time(&self, unix_nanos: i64) -> Result<u64, PointError> {
         let index = self.index.read();
-        if unix_nanos < index.created() || unix_nanos > self.clock.now_nanos().max(index.time(index.head())) {
+        let head = self.head_seq();
+        let first = index.first_seq();
+        if unix_nanos < index.time(first) || unix_nanos > self.clock.now_nanos().max(index.time(head)) {
             drop(index);
             return Err(self.outside(format!("{unix_nanos} unix ns")));
         }
-        Ok(index.resolve_time(unix_nanos))
+        Ok(index.resolve_time(unix_nanos).clamp(first, head))
     }
 
     /// Names the head's current image; pins its seq until deleted. Durable
@@ -708,7 +975,9 @@ impl Volume {
     pub fn rollback(&self, seq: u64) -> Result<RollbackOutcome, RollbackError> {
         let mut appender = self.appender().map_err(RollbackError::Write)?;
         let previous = appender.head();
-        if seq > previous {
+        // The floor, not just the first seq: a fold about to retire points
+        // before its target has already refused new uses of them.
+        if seq > previous || seq < self.floor.load(Ordering::Acquire) {
             drop(appender);
             return Err(RollbackError::Point(self.outside(format!("#{seq}"))));
         }
@@ -746,9 +1015,12 @@ impl Volume {
         let since = i128::from(since_nanos);
         let (head, end, first) = {
             let index = self.index.read();
-            let head = index.head();
-            let first =
-                if since_nanos <= index.created() { 1 } else { index.resolve_time(since_nanos - 1) + 1 };
+            let head = self.head_seq();
+            let first = if since_nanos <= index.time(index.base_seq()) {
+                index.base_seq() + 1
+            } else {
+                index.resolve_time(since_nanos - 1) + 1
+            };
             (head, i128::from(index.time(head)).max(since), first)
         };
         let count = ((end - since) / bucket + 1).min(MAX_BUCKETS) as usize;
@@ -763,6 +1035,8 @@ impl Volume {
         let mut seq = first;
         while seq <= head {
             let index = self.index.read();
+            // A fold may have dropped records since the last batch.
+            seq = seq.max(index.base_seq() + 1);
             let batch_end = head.min(seq + 65_535);
             for at in seq..=batch_end {
                 let (kind, _, length) = index.record_summary(at);
@@ -783,10 +1057,16 @@ impl Volume {
     /// The record at `seq`, checked, with its blake3 (for replication and
     /// verify).
     pub fn read_record(&self, seq: u64) -> Result<JournalRecord, ReadError> {
+        let _gate = self.gate.read();
         let entry = {
             let index = self.index.read();
-            if seq == 0 || seq > index.head() {
-                return Err(ReadError::OutOfBounds { offset: seq, length: 1, size: index.head() + 1 });
+            let head = self.head_seq();
+            if seq == 0 || seq > head {
+                return Err(ReadError::OutOfBounds { offset: seq, length: 1, size: head + 1 });
+            }
+            if seq <= index.base_seq() {
+                // Folded into the base: the record is gone.
+                return Err(ReadError::Retired { seq, first_seq: index.first_seq() });
             }
             index.checkpoint_entry(seq)
         };
@@ -833,7 +1113,8 @@ impl Volume {
     /// stored). Corruption is reported, not fixed.
     pub fn verify(&self) -> Result<VerifyReport, VerifyError> {
         let mut report = VerifyReport::default();
-        for seq in 1..=self.head_seq() {
+        let mut seq = self.index.read().base_seq() + 1;
+        while seq <= self.head_seq() {
             match self.read_record(seq) {
                 Ok(record) => {
                     report.records += 1;
@@ -842,17 +1123,27 @@ impl Volume {
                 Err(ReadError::Corrupt { .. }) => report.corrupt.push(seq),
                 Err(ReadError::Io(error)) => return Err(VerifyError::Io(error)),
                 Err(ReadError::OutOfBounds { .. }) => break,
+                // Folded meanwhile: continue after the new base.
+                Err(ReadError::Retired { .. }) => seq = seq.max(self.index.read().base_seq()),
             }
+            seq += 1;
         }
         Ok(report)
     }
 
     /// Counters and sizes, for metrics.
     pub fn stats(&self) -> VolumeStats {
-        let (index_bytes, snapshots) = {
+        let (index_bytes, snapshots, first_seq, base_seq, base_bytes) = {
             let index = self.index.read();
-            (index.memory_bytes() as u64, index.snapshots().len() as u64)
+            (
+                index.memory_bytes() as u64,
+                index.snapshots().len() as u64,
+                index.first_seq(),
+                index.base_seq(),
+                index.base_map().data_bytes(),
+            )
         };
+        let counters = &self.counters;
         VolumeStats {
             head_seq: self.head_seq(),
             durable_seq: self.durable_seq(),
@@ -862,12 +1153,354 @@ impl Volume {
             snapshots,
             flushes: self.flushes.load(Ordering::Relaxed),
             syncs: self.syncs.load(Ordering::Relaxed),
+            first_seq,
+            base_seq,
+            base_bytes,
+            journal_budget_bytes: self.retention_policy().budget_bytes(self.size()),
+            folds: counters.folds.load(Ordering::Relaxed),
+            folded_records: counters.folded_records.load(Ordering::Relaxed),
+            folded_bytes: counters.folded_bytes.load(Ordering::Relaxed),
+            reclaimed_segments: counters.reclaimed_segments.load(Ordering::Relaxed),
+            reclaimed_bytes: counters.reclaimed_bytes.load(Ordering::Relaxed),
+            recycled_segments: self.journal.recycled_count(),
+            spare_segments: self.journal.spare_count() as u64,
+            retention_blocked_at: self.retention.lock().blocked_at,
+            fold_failures: counters.failures.load(Ordering::Relaxed),
         }
     }
 
     /// Approximate bytes of memory held by the index.
     pub fn index_memory_bytes(&self) -> usize {
         self.index.read().memory_bytes()
+    }
+}
+
+/// Retention: moving the oldest retained point forward by folding the
+/// records before it into the base image (docs/journal.md, "Retention").
+impl Volume {
+    /// The retention policy in force: the volume's own, else the store's.
+    pub fn retention_policy(&self) -> RetentionPolicy {
+        self.retention.lock().policy.unwrap_or(self.tuning.retention)
+    }
+
+    /// Gives this volume its own policy (`None`: the store's again). Kept
+    /// in memory only: apply it again after each open.
+    pub fn set_retention_policy(&self, policy: Option<RetentionPolicy>) {
+        self.retention.lock().policy = policy;
+        self.apply_policy(&self.retention_policy());
+    }
+
+    /// Derives the segment size and the write path's budget from `policy`.
+    fn apply_policy(&self, policy: &RetentionPolicy) {
+        let size = self.size();
+        self.journal.set_segment_bytes(policy.segment_bytes(size, self.tuning.segment_bytes));
+        self.budget.store(policy.budget_bytes(size).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// Protects the image at `seq` from retention (a clone's base) until
+    /// [`Self::unpin`]. Fails if the point is no longer (or not yet) there.
+    pub(crate) fn pin(&self, seq: u64) -> Result<(), PointError> {
+        let mut state = self.retention.lock();
+        if seq < self.floor.load(Ordering::Acquire) || seq > self.head_seq() {
+            drop(state);
+            return Err(self.outside(format!("#{seq}")));
+        }
+        *state.pins.entry(seq).or_default() += 1;
+        Ok(())
+    }
+
+    /// Drops one pin of `seq`.
+    pub(crate) fn unpin(&self, seq: u64) {
+        let mut state = self.retention.lock();
+        if let Some(count) = state.pins.get_mut(&seq) {
+            *count -= 1;
+            if *count == 0 {
+                state.pins.remove(&seq);
+            }
+        }
+    }
+
+    /// Whether the journal holds more than its budget (lock-free: the
+    /// write path asks when a segment fills).
+    pub(crate) fn over_budget(&self) -> bool {
+        self.journal.bytes() > self.budget.load(Ordering::Relaxed)
+    }
+
+    /// Applies the retention policy once, as of `now` (unix nanoseconds):
+    /// if history older than the window, or journal past the budget, can
+    /// be folded without passing a protected point, folds it into the base
+    /// image and reclaims the segments it frees. The store's retention
+    /// thread calls it; tests call it directly. Runs one fold at a time.
+    ///
+    /// Never changes the image of a retained point. Points before the new
+    /// first seq become outside the history. When a protected point keeps
+    /// the journal over its budget, the volume keeps serving, and a warning
+    /// is logged (and `blocked_at` reported).
+    pub fn enforce_retention(&self, now: i64) -> Result<FoldReport, RetentionError> {
+        let _fold = self.fold_lock.lock();
+        let first = self.index.read().first_seq();
+        let mut report =
+            FoldReport { first_seq_before: first, first_seq_after: first, ..FoldReport::default() };
+        if self.deleted.load(Ordering::Acquire) {
+            return Ok(report);
+        }
+        let policy = self.retention_policy();
+        self.apply_policy(&policy);
+        let segments = self.journal.segment_infos();
+        let durable = self.durable_seq();
+        let budget = policy.budget_bytes(self.size());
+        let needed_by_budget = budget.and_then(|limit| budget_seq(&segments, limit));
+        // Lock order: retention state, then the index.
+        let pinned = self.retention.lock().pins.keys().next().copied().unwrap_or(u64::MAX);
+        let (target, protected, base_seq) = {
+            let index = self.index.read();
+            let by_window = policy.window.map_or(index.base_seq(), |window| {
+                let start = now.saturating_sub(i64::try_from(window.as_nanos()).unwrap_or(i64::MAX));
+                if start < index.time(index.first_seq()) {
+                    index.base_seq()
+                } else {
+                    index.resolve_time(start)
+                }
+            });
+            let wanted = by_window.max(needed_by_budget.unwrap_or(0)).min(durable);
+            // The furthest segment boundary no protected point forbids
+            // (a rollback after a lower boundary may forbid it even when a
+            // higher one is fine: check each); always finish a fold begun.
+            let allowed = |seq: u64| seq <= pinned && index.fold_limit(seq, durable) == seq;
+            let boundary = segments
+                .iter()
+                .skip(1)
+                .rev()
+                .map(|segment| segment.first_seq)
+                .filter(|&first| first <= wanted)
+                .find(|&first| allowed(first));
+            let target = boundary.unwrap_or(0).max(index.first_seq());
+            let protected = needed_by_budget
+                .map(|needed| needed.min(durable))
+                .map(|needed| index.fold_limit(needed, durable).min(pinned).min(needed));
+            (target, protected, index.base_seq())
+        };
+        let blocked =
+            needed_by_budget.zip(protected).filter(|&(needed, protected)| protected < needed.min(durable));
+        let blocked = blocked.map(|(_, protected)| protected);
+        self.note_blocked(blocked, budget, now);
+        report.blocked_at = blocked;
+        let result = if target > base_seq { self.fold_to(target, &mut report) } else { Ok(()) };
+        if let Err(error) = &result {
+            self.counters.failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(volume = %self.name, target, %error, "fold failed; the next retention pass redoes it");
+        }
+        result?;
+        // Drop the folded entries from the index checkpoint once they
+        // outweigh the live ones.
+        let mut checkpoint = self.checkpoint.lock();
+        checkpoint.mark = *self.durable_mark.lock();
+        let base_seq = self.index.read().base_seq();
+        if checkpoint.wants_rewrite(base_seq)
+            && let Err(error) = self.rewrite_checkpoint(&mut checkpoint, base_seq)
+        {
+            tracing::warn!(volume = %self.name, %error, "index checkpoint rewrite failed; recovery will replay more");
+        }
+        report.first_seq_after = self.index.read().first_seq();
+        Ok(report)
+    }
+
+    /// Logs, loudly but not more than every ten minutes for the same
+    /// point, that a protected point keeps the journal over its budget.
+    fn note_blocked(&self, blocked: Option<u64>, budget: Option<u64>, now: i64) {
+        let mut state = self.retention.lock();
+        state.blocked_at = blocked;
+        let Some(seq) = blocked else {
+            state.warned = None;
+            return;
+        };
+        if state.warned.is_some_and(|(warned, at)| {
+            warned == seq && now.saturating_sub(at) < BLOCKED_WARNING_INTERVAL_NANOS
+        }) {
+            return;
+        }
+        state.warned = Some((seq, now));
+        let index = self.index.read();
+        let reason = if index.snapshots().values().any(|&snapshot| snapshot == seq) {
+            "a named snapshot"
+        } else if state.pins.contains_key(&seq) {
+            "a clone's base"
+        } else {
+            "the target of a rollback still in the history"
+        };
+        tracing::warn!(
+            volume = %self.name,
+            protected_seq = seq,
+            reason,
+            journal_bytes = self.journal.bytes(),
+            budget_bytes = budget.unwrap_or(0),
+            "journal is over its budget but protected point #{seq} ({reason}) cannot be folded: \
+             the journal keeps growing until it is deleted (the volume keeps serving)"
+        );
+    }
+
+    /// Folds every record at or before `target` into the base image.
+    /// Steps (docs/journal.md, "Retention", has each crash case):
+    /// 1. refuse new uses of points before `target`, make the fold intent
+    ///    durable, then retire those points (readers of them now fail);
+    /// 2. copy the newest version ≤ `target` of every range the folded
+    ///    records touched into the base file (zeros punched), fsync it;
+    /// 3. commit: replace `base-map` (base seq = `target`) durably;
+    /// 4. drop the folded records from the index, then reclaim the
+    ///    segments that held only them.
+    fn fold_to(&self, target: u64, report: &mut FoldReport) -> Result<(), RetentionError> {
+        let (base_seq, first_seq) = {
+            let index = self.index.read();
+            (index.base_seq(), index.first_seq())
+        };
+        // 1. Retire the points before the target.
+        let mut target = target;
+        if target > first_seq {
+            let state = self.retention.lock();
+            let _writer = self.journal.writer.lock();
+            let index = self.index.read();
+            let pinned = state.pins.keys().next().copied().unwrap_or(u64::MAX);
+            if index.fold_limit(target, self.durable_seq()) < target || pinned < target {
+                // A protected point appeared since the decision: only
+                // finish the fold already begun, if any.
+                target = first_seq;
+            } else {
+                self.floor.fetch_max(target, Ordering::AcqRel);
+            }
+        }
+        if target <= base_seq {
+            return Ok(());
+        }
+        if self.intent_written.load(Ordering::Acquire) < target {
+            let intent = FoldIntent { volume_id: self.id, target }.encode();
+            if let Err(error) = replace_file(self.fs.as_ref(), &self.dir, FOLD_FILE, &intent) {
+                // The intent may have reached the disk (a crash would then
+                // retire these points): retire them now too, but copy
+                // nothing until an intent is known durable.
+                self.retire_before(target);
+                return Err(RetentionError::Io(error));
+            }
+            self.intent_written.store(target, Ordering::Release);
+        }
+        self.retire_before(target);
+
+        // 2. Copy into the base file.
+        let base_file = match self.base_file.get() {
+            Some(file) => file.clone(),
+            None => {
+                let file = self.fs.open_file(&format!("{}/{BASE_FILE}", self.dir), true)?;
+                let _ = self.base_file.set(file.clone());
+                file
+            }
+        };
+        let (extents, mut map) = {
+            let index = self.index.read();
+            (index.fold_extents(target), index.base_map().clone())
+        };
+        let mut pieces = Vec::new();
+        let mut buffer = Vec::new();
+        for &(start, end) in &extents {
+            let mut at = start;
+            while at < end {
+                let step_end = end.min(at.saturating_add(FOLD_PLAN_BYTES));
+                pieces.clear();
+                self.index.read().plan(target, at, step_end, &mut pieces);
+                for piece in &pieces {
+                    let (offset, length) = (piece.offset, piece.length);
+                    match piece.source {
+                        Source::Data { location } => {
+                            let mut done = 0;
+                            while done < length {
+                                let step = (length - done).min(FOLD_COPY_BYTES as u64) as usize;
+                                buffer.resize(step, 0);
+                                self.journal.read(location + done, &mut buffer)?;
+                                base_file.write_at(&buffer, offset + done)?;
+                                done += step as u64;
+                            }
+                            map.set(offset, offset + length, BaseKind::Data);
+                            report.folded_bytes += length;
+                        }
+                        Source::Zero { hole } => {
+                            base_file.punch_hole(offset, length)?;
+                            map.set(
+                                offset,
+                                offset + length,
+                                if hole { BaseKind::Hole } else { BaseKind::Zero },
+                            );
+                        }
+                        // Unchanged since the base.
+                        Source::BaseFile | Source::Base => {}
+                    }
+                }
+                at = step_end;
+            }
+        }
+        base_file.sync()?;
+
+        // 3. Commit. A snapshot can pin the base only if it is the base's
+        // own record (protection keeps every other one after it); whether a
+        // later record deletes it is for the replay to say.
+        let snapshots = match self.index.read().record_summary(target).0 {
+            RecordKind::Snapshot => {
+                let record = self.read_record(target).map_err(|error| match error {
+                    ReadError::Io(error) => error,
+                    error => std::io::Error::new(std::io::ErrorKind::InvalidData, error.to_string()),
+                })?;
+                vec![String::from_utf8_lossy(&record.payload).into_owned()]
+            }
+            _ => Vec::new(),
+        };
+        let committed = {
+            let index = self.index.read();
+            BaseMapFile {
+                volume_id: self.id,
+                seq: target,
+                time: index.time(target),
+                size: index.size_at(target),
+                map,
+                snapshots,
+            }
+        };
+        replace_file(self.fs.as_ref(), &self.dir, BASE_MAP_FILE, &committed.encode())?;
+
+        // 4. In memory, then the segments. Readers that planned with the
+        // folded records finish before they go.
+        {
+            let _gate = self.gate.write();
+            self.index.write().fold(target, committed.map);
+        }
+        let keys = self.index.read().prune_keys();
+        for batch in keys.chunks(PRUNE_BATCH) {
+            self.index.write().prune(batch);
+        }
+        let reclaimed = self.journal.reclaim(target)?;
+        let records = target - base_seq;
+        report.folded_records += records;
+        report.reclaimed_segments += reclaimed.segments;
+        report.reclaimed_bytes += reclaimed.bytes;
+        let counters = &self.counters;
+        counters.folds.fetch_add(1, Ordering::Relaxed);
+        counters.folded_records.fetch_add(records, Ordering::Relaxed);
+        counters.folded_bytes.fetch_add(report.folded_bytes, Ordering::Relaxed);
+        counters.reclaimed_segments.fetch_add(reclaimed.segments, Ordering::Relaxed);
+        counters.reclaimed_bytes.fetch_add(reclaimed.bytes, Ordering::Relaxed);
+        tracing::debug!(
+            volume = %self.name,
+            base_seq = target,
+            records,
+            folded_bytes = report.folded_bytes,
+            reclaimed_bytes = reclaimed.bytes,
+            "folded"
+        );
+        Ok(())
+    }
+
+    /// Makes every point before `target` outside the history; readers of
+    /// them that already planned finish first.
+    fn retire_before(&self, target: u64) {
+        self.floor.fetch_max(target, Ordering::AcqRel);
+        let _gate = self.gate.write();
+        self.index.write().set_first_seq(target);
     }
 }
 
@@ -903,7 +1536,15 @@ impl PointView {
 
     /// Reads the image at this point.
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), ReadError> {
-        self.volume.read_image(self.seq, self.size, offset, buf)
+        self.volume.read_image(self.seq, self.size, offset, buf, None)
+    }
+
+    /// Reads like [`Self::read`] and returns the ranges of `buf` served as
+    /// zeros without IO ([`Volume::read_sparse`]).
+    pub fn read_sparse(&self, offset: u64, buf: &mut [u8]) -> Result<Vec<(usize, usize)>, ReadError> {
+        let mut zeros = Vec::new();
+        self.volume.read_image(self.seq, self.size, offset, buf, Some(&mut zeros))?;
+        Ok(zeros)
     }
 
     /// Allocation status of the image at this point.

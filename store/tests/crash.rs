@@ -4,6 +4,13 @@
 //! per seq): every flushed write present, losses only a suffix, every point
 //! equal to the model's image at that seq (DESIGN.md invariants 1-3).
 //!
+//! Retention runs as one of the random operations, with a random policy
+//! (window, journal budget, spare segment files), so crashes land in the
+//! middle of folds too: after each crash every retained point still equals
+//! the model, points before the first retained seq are outside the history,
+//! and no protected point (snapshot, clone base, rollback target) was
+//! folded past.
+//!
 //! Each test runs `REWIND_CRASH_CASES` cases (default 50,000; four tests).
 //! A failure prints its seed; `REWIND_SEED=N cargo test -p store --test crash`
 //! replays exactly that case (the seed picks the fault family too).
@@ -12,8 +19,13 @@ use std::collections::BTreeMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use store::memory::{Faults, Loss, MemoryFs, SimRng};
-use store::{ManualClock, SnapshotError, Store, StoreOptions, Volume};
+use store::{
+    Clock, JournalBudget, ManualClock, PointError, PointView, ReadError, RetentionPolicy, RollbackError,
+    SnapshotError, Store, StoreOptions, Volume,
+};
 
 const FAMILIES: u64 = 4;
 const SIZE: u64 = 4096;
@@ -51,6 +63,12 @@ struct Model {
     maybe: Option<(Vec<u8>, BTreeMap<String, u64>)>,
     /// Clones whose creation returned: name → the seq of "v" they cloned.
     clones: BTreeMap<String, u64>,
+    /// Rollback records: (seq, target).
+    rollbacks: Vec<(u64, u64)>,
+    /// The oldest retained point: the highest the volume ever reported, and
+    /// the highest a successful retention pass reported (so durable).
+    first_seen: u64,
+    first_durable: u64,
 }
 
 impl Model {
@@ -70,11 +88,21 @@ fn options(fs: &MemoryFs, clock: &Arc<ManualClock>, rng: &mut SimRng) -> StoreOp
     StoreOptions {
         clock: clock.clone(),
         filesystem: Some(Arc::new(fs.clone())),
-        segment_bytes: [300, 1024, 4096, 1 << 20][rng.below(4) as usize],
+        segment_bytes: [300, 500, 1024, 4096, 1 << 20][rng.below(5) as usize],
         buffer_bytes: [512, 2048, 16 << 10][rng.below(3) as usize],
         checkpoint_records: rng.range(1, 10),
         commit_interval: None,
         inline_blake3: rng.chance(1, 4),
+        retention: RetentionPolicy {
+            window: [None, Some(Duration::from_millis(rng.range(1, 20)))][rng.below(2) as usize],
+            max_journal_bytes: match rng.below(5) {
+                0 => None,
+                1 | 2 => Some(JournalBudget::Bytes(rng.range(0, 3000))),
+                _ => Some(JournalBudget::PercentOfSize(rng.range(5, 80) as u32)),
+            },
+        },
+        retention_interval: None,
+        spare_segments: rng.below(3) as usize,
         ..StoreOptions::default()
     }
 }
@@ -93,8 +121,35 @@ macro_rules! ensure {
     };
 }
 
+/// What one case exercised, summed over a run to show coverage.
+#[derive(Debug, Default, Clone, Copy)]
+struct Coverage {
+    records: u64,
+    /// Cases with at least one completed fold before the crash.
+    folded: u64,
+    /// Cases that reused a spare segment file.
+    recycled: u64,
+    /// Cases whose crash interrupted a fold (or failed one).
+    fold_interrupted: u64,
+    /// Cases that recovered with a folded base, or with a fold pending.
+    recovered_base: u64,
+    recovered_pending: u64,
+}
+
+impl std::ops::AddAssign for Coverage {
+    fn add_assign(&mut self, other: Self) {
+        self.records += other.records;
+        self.folded += other.folded;
+        self.recycled += other.recycled;
+        self.fold_interrupted += other.fold_interrupted;
+        self.recovered_base += other.recovered_base;
+        self.recovered_pending += other.recovered_pending;
+    }
+}
+
 /// Runs one case; `Err` describes the violated property.
-fn run_case(seed: u64) -> Result<u64, String> {
+fn run_case(seed: u64) -> Result<Coverage, String> {
+    let mut coverage = Coverage::default();
     let family = family_of(seed);
     let mut rng = SimRng::new(seed);
     let fs = MemoryFs::new();
@@ -108,9 +163,19 @@ fn run_case(seed: u64) -> Result<u64, String> {
         durable: 0,
         maybe: None,
         clones: BTreeMap::new(),
+        rollbacks: Vec::new(),
+        first_seen: 0,
+        first_durable: 0,
     };
+    // A point opened at some time, read after later operations: it reads
+    // its image until retention retires it, then fails, never other bytes.
+    let mut held: Option<PointView> = None;
+    // Half the cases favour folding: fewer protected points, longer runs,
+    // later crashes.
+    let fold_heavy = rng.chance(1, 2);
+    let last_sync = if fold_heavy { 30 } else { 12 };
     let faults = match family {
-        Family::CrashAtSync => Faults { crash_at_sync: Some(rng.range(1, 12)), ..Faults::default() },
+        Family::CrashAtSync => Faults { crash_at_sync: Some(rng.range(1, last_sync)), ..Faults::default() },
         Family::PowerLoss => Faults::default(),
         Family::FailedWrite => Faults {
             fail_write_at: Some((rng.range(1, 12), if rng.chance(1, 2) { libc::EIO } else { libc::ENOSPC })),
@@ -121,7 +186,11 @@ fn run_case(seed: u64) -> Result<u64, String> {
         }
     };
     fs.set_faults(faults, rng.next_u64());
-    let operations = rng.range(4, 40);
+    let operations = if fold_heavy { rng.range(10, 50) } else { rng.range(4, 40) };
+    let trace = std::env::var("REWIND_TRACE").is_ok();
+    if trace {
+        eprintln!("{family:?} {options:?}");
+    }
     let mut failed = false;
     let mut live = Some((store, volume));
     for _ in 0..operations {
@@ -132,9 +201,23 @@ fn run_case(seed: u64) -> Result<u64, String> {
         let size = model.images.last().unwrap().len() as u64;
         let poisoned = volume.poison().is_some();
         let (mut image, mut snapshots) = model.current();
+        if trace {
+            let history = volume.history();
+            eprintln!(
+                "op: head {head_before} first {} durable {} stats {:?}",
+                history.first_seq,
+                volume.durable_seq(),
+                volume.stats()
+            );
+        }
         let made_durable;
         let succeeded;
-        match rng.below(100) {
+        let mut op = rng.below(121);
+        if fold_heavy && matches!(op, 78..=82 | 86..=93) && rng.chance(3, 4) {
+            // Fewer protected points, so that folds go further.
+            op = rng.below(50);
+        }
+        match op {
             0..=49 => {
                 let length = rng.range(1, 700).min(size);
                 let offset = rng.below(size - length + 1);
@@ -190,7 +273,18 @@ fn run_case(seed: u64) -> Result<u64, String> {
             86..=91 => {
                 let target = rng.below(head_before + 1);
                 image = model.images[target as usize].clone();
-                succeeded = volume.rollback(target).is_ok();
+                match volume.rollback(target) {
+                    Err(RollbackError::Point(PointError::OutsideHistory { window, .. })) => {
+                        ensure!(target < window.first_seq || poisoned, "rollback to #{target} refused");
+                        continue;
+                    }
+                    result => {
+                        succeeded = result.is_ok();
+                        if volume.head_seq() == head_before + 1 {
+                            model.rollbacks.push((head_before + 1, target));
+                        }
+                    }
+                }
                 made_durable = succeeded;
             }
             92..=93 if model.clones.len() < 2 => {
@@ -210,6 +304,31 @@ fn run_case(seed: u64) -> Result<u64, String> {
                 succeeded = volume.resize(new_size).is_ok();
                 made_durable = succeeded;
             }
+            97..=114 => {
+                // A retention pass (folds, reclaims, rewrites the checkpoint),
+                // often after a flush: only durable records are folded.
+                if rng.chance(2, 3) && volume.flush().is_ok() {
+                    model.durable = model.head();
+                }
+                let folded = volume.enforce_retention(clock.now_nanos()).is_ok();
+                let first = check_retention(volume, &model, "after a retention pass")?;
+                ensure!(
+                    first >= model.first_seen,
+                    "first seq went back from {} to {first}",
+                    model.first_seen
+                );
+                model.first_seen = first;
+                if folded {
+                    model.first_durable = first;
+                }
+                continue;
+            }
+            115..=117 => {
+                let history = volume.history();
+                let seq = rng.range(history.first_seq, history.head_seq);
+                held = Some(volume.open_point(seq).map_err(|e| format!("open point {seq}: {e:?}"))?);
+                continue;
+            }
             _ => {
                 // Clean shutdown and restart, no crash.
                 if store.close().is_err() || fs.crashed() {
@@ -217,6 +336,8 @@ fn run_case(seed: u64) -> Result<u64, String> {
                 }
                 model.durable = model.head();
                 live = None;
+                // Its volume object is gone with the old store.
+                held = None;
                 // Reopening can meet the injected fault (recovery syncs).
                 let Ok(store) = open(&fs, &options) else {
                     break;
@@ -234,12 +355,25 @@ fn run_case(seed: u64) -> Result<u64, String> {
                     volume.head_seq(),
                     model.head()
                 );
+                // Points retired by a fold whose intent never became durable
+                // come back; those of a durable intent do not.
+                let first = check_retention(&volume, &model, "clean reopen")?;
+                ensure!(
+                    (model.first_durable..=model.first_seen).contains(&first),
+                    "clean reopen: first seq {first} outside {}..={}",
+                    model.first_durable,
+                    model.first_seen
+                );
+                model.first_seen = first;
                 live = Some((store, volume));
                 continue;
             }
         }
         if poisoned {
             ensure!(!succeeded || volume.head_seq() == head_before, "poisoned volume accepted a write");
+        }
+        if let Some(point) = &held {
+            check_held(point, volume, &model, fs.crashed())?;
         }
         // The op's record exists iff the head moved (a metadata op may have
         // appended and then failed its flush).
@@ -270,6 +404,10 @@ fn run_case(seed: u64) -> Result<u64, String> {
         }
     }
     if let Some((_, volume)) = &live {
+        let stats = volume.stats();
+        coverage.folded = u64::from(stats.folds > 0 || stats.base_seq > 0);
+        coverage.recycled = u64::from(stats.recycled_segments > 0);
+        coverage.fold_interrupted = u64::from(stats.fold_failures > 0 || stats.first_seq > stats.base_seq);
         ensure!(
             volume.durable_seq() >= model.durable,
             "durable_seq {} below acknowledged {}",
@@ -291,6 +429,9 @@ fn run_case(seed: u64) -> Result<u64, String> {
     }
     let store = open(&image_fs, &options)?;
     let volume = store.volume("v").ok_or("volume lost")?;
+    let stats = volume.stats();
+    coverage.recovered_base = u64::from(stats.base_seq > 0);
+    coverage.recovered_pending = u64::from(stats.first_seq > stats.base_seq);
     check(&store, &volume, &model, "after crash")?;
     // The recovered volume takes writes, and they do not resurrect anything
     // from before the cut (a stale record past the cut must stay dead).
@@ -305,12 +446,16 @@ fn run_case(seed: u64) -> Result<u64, String> {
         let store = open(&again_fs, &options)?;
         let volume = store.volume("v").ok_or("volume lost")?;
         ensure!(volume.head_seq() == head + 1, "second recovery head {} != {}", volume.head_seq(), head + 1);
+        let first = volume.history().first_seq;
         let mut truncated = Model {
             images: model.images[..=head as usize].to_vec(),
             snapshots: model.snapshots[..=head as usize].to_vec(),
             durable: head,
             maybe: None,
             clones: model.clones.clone(),
+            rollbacks: model.rollbacks.iter().copied().filter(|&(seq, _)| seq <= head).collect(),
+            first_seen: first,
+            first_durable: first,
         };
         let (mut image, snapshots) = truncated.current();
         image[..64].copy_from_slice(&data);
@@ -318,7 +463,50 @@ fn run_case(seed: u64) -> Result<u64, String> {
         truncated.durable = head + 1;
         check(&store, &volume, &truncated, "after second crash")?;
     }
-    Ok(model.head())
+    coverage.records = model.head();
+    Ok(coverage)
+}
+
+/// Checks that the oldest retained point passes no protected point: the
+/// snapshots, the clones' bases, and the targets of rollbacks after it.
+/// Returns the first retained seq.
+fn check_retention(volume: &Volume, model: &Model, when: &str) -> Result<u64, String> {
+    let history = volume.history();
+    let first = history.first_seq;
+    let head = history.head_seq;
+    ensure!(first <= head, "{when}: first seq {first} past head {head}");
+    for (name, &seq) in &model.snapshots[head as usize] {
+        ensure!(first <= seq, "{when}: snapshot {name} at #{seq} folded (first #{first})");
+    }
+    for (name, &seq) in &model.clones {
+        ensure!(first <= seq, "{when}: clone {name}'s base #{seq} folded (first #{first})");
+    }
+    for &(seq, target) in &model.rollbacks {
+        ensure!(
+            seq > head || seq <= first || target >= first,
+            "{when}: rollback #{seq} to #{target} kept but its target folded (first #{first})"
+        );
+    }
+    Ok(first)
+}
+
+/// A point opened earlier reads its image, or fails as retired once
+/// retention passed it; never other bytes.
+fn check_held(point: &PointView, volume: &Volume, model: &Model, crashed: bool) -> Result<(), String> {
+    let mut buf = vec![0xEE; point.size() as usize];
+    let seq = point.seq();
+    match point.read(0, &mut buf) {
+        Ok(()) => {
+            ensure!(buf == model.images[seq as usize], "held point #{seq} differs from the model");
+            Ok(())
+        }
+        Err(ReadError::Retired { .. }) => {
+            ensure!(seq < volume.history().first_seq, "held point #{seq} retired inside the history");
+            Ok(())
+        }
+        Err(ReadError::Io(_)) if crashed => Ok(()),
+        Err(error) => Err(format!("held point #{seq}: {error:?}")),
+    }
 }
 
 /// Checks a recovered volume against the model.
@@ -330,7 +518,21 @@ fn check(store: &Store, volume: &Arc<Volume>, model: &Model, when: &str) -> Resu
         model.durable
     );
     ensure!(head <= model.head(), "{when}: head {head} beyond model {}", model.head());
-    for seq in 0..=head {
+    let first = check_retention(volume, model, when)?;
+    ensure!(
+        (model.first_durable..=model.first_seen.max(model.first_durable)).contains(&first),
+        "{when}: first seq {first} outside {}..={}",
+        model.first_durable,
+        model.first_seen
+    );
+    if first > 0 {
+        ensure!(
+            matches!(volume.open_point(first - 1), Err(PointError::OutsideHistory { .. })),
+            "{when}: point #{} before the first retained one opens",
+            first - 1
+        );
+    }
+    for seq in first..=head {
         let expected = &model.images[seq as usize];
         let point = volume.open_point(seq).map_err(|e| format!("{when}: open point {seq}: {e:?}"))?;
         ensure!(
@@ -377,10 +579,10 @@ fn check(store: &Store, volume: &Arc<Volume>, model: &Model, when: &str) -> Resu
 fn run_family(family: u64) {
     if let Ok(seed) = std::env::var("REWIND_SEED") {
         let seed: u64 = seed.parse().expect("REWIND_SEED is a u64");
-        if seed % FAMILIES == family {
-            if let Err(error) = run_case(seed) {
-                panic!("REWIND_SEED={seed}: {error}");
-            }
+        if seed % FAMILIES == family
+            && let Err(error) = run_case(seed)
+        {
+            panic!("REWIND_SEED={seed}: {error}");
         }
         return;
     }
@@ -390,11 +592,11 @@ fn run_family(family: u64) {
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
         });
     let base = base - base % FAMILIES + family;
-    let mut records = 0;
+    let mut coverage = Coverage::default();
     for case in 0..cases {
         let seed = base.wrapping_add(case * FAMILIES);
         match catch_unwind(AssertUnwindSafe(|| run_case(seed))) {
-            Ok(Ok(head)) => records += head,
+            Ok(Ok(case)) => coverage += case,
             Ok(Err(error)) => panic!(
                 "crash case failed: {error}\nreplay: REWIND_SEED={seed} cargo test -p store --test crash"
             ),
@@ -403,7 +605,7 @@ fn run_family(family: u64) {
             }
         }
     }
-    println!("{:?}: {cases} crash states checked, {records} records (base seed {base})", family_of(family));
+    println!("{:?}: {cases} crash states checked, {coverage:?} (base seed {base})", family_of(family));
 }
 
 /// Power lost exactly at a random sync; unsynced bytes kept, lost or torn.
