@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 
 use crate::backend::{Filesystem, StorageBackend};
-use crate::base::BaseKind;
+use crate::base::{BaseKind, BaseMap};
 use crate::clock::Clock;
 use crate::error::{
     FlushError, History, PointError, Poison, ReadError, ResizeError, RetentionError, RollbackError,
@@ -206,6 +206,8 @@ struct RetentionCounters {
 const BLOCKED_WARNING_INTERVAL_NANOS: i64 = 10 * 60 * 1_000_000_000;
 /// Bytes copied per read/write while folding.
 const FOLD_COPY_BYTES: usize = 1 << 20;
+/// Records whose ranges a fold collects at once.
+const FOLD_BATCH_RECORDS: u64 = 1 << 20;
 /// Address space planned per index lock while folding.
 const FOLD_PLAN_BYTES: u64 = 64 << 20;
 /// Spatial lists pruned per index lock after a fold.
@@ -505,7 +507,9 @@ impl Volume {
         self.poisoned.store(true, Ordering::Release);
     }
 
+    /// Refuses writes and retention from now on; waits for a fold under way.
     pub(crate) fn mark_deleted(&self) {
+        let _fold = self.fold_lock.lock();
         self.deleted.store(true, Ordering::Release);
     }
 
@@ -1393,47 +1397,30 @@ impl Volume {
                 file
             }
         };
-        let (extents, mut map) = {
-            let index = self.index.read();
-            (index.fold_extents(target), index.base_map().clone())
-        };
+        let mut map = self.index.read().base_map().clone();
         let mut pieces = Vec::new();
         let mut buffer = Vec::new();
-        for &(start, end) in &extents {
-            let mut at = start;
-            while at < end {
-                let step_end = end.min(at.saturating_add(FOLD_PLAN_BYTES));
-                pieces.clear();
-                self.index.read().plan(target, at, step_end, &mut pieces);
-                for piece in &pieces {
-                    let (offset, length) = (piece.offset, piece.length);
-                    match piece.source {
-                        Source::Data { location } => {
-                            let mut done = 0;
-                            while done < length {
-                                let step = (length - done).min(FOLD_COPY_BYTES as u64) as usize;
-                                buffer.resize(step, 0);
-                                self.journal.read(location + done, &mut buffer)?;
-                                base_file.write_at(&buffer, offset + done)?;
-                                done += step as u64;
-                            }
-                            map.set(offset, offset + length, BaseKind::Data);
-                            report.folded_bytes += length;
-                        }
-                        Source::Zero { hole } => {
-                            base_file.punch_hole(offset, length)?;
-                            map.set(
-                                offset,
-                                offset + length,
-                                if hole { BaseKind::Hole } else { BaseKind::Zero },
-                            );
-                        }
-                        // Unchanged since the base.
-                        Source::BaseFile | Source::Base => {}
+        // The ranges the folded records touched, a batch of records at a
+        // time (bounded memory; a range touched in two batches is copied
+        // twice, with the same bytes).
+        let mut from = base_seq;
+        while from < target {
+            let to = target.min(from + FOLD_BATCH_RECORDS);
+            let extents = self.index.read().fold_extents(from, to);
+            for &(start, end) in &extents {
+                let mut at = start;
+                while at < end {
+                    let step_end = end.min(at.saturating_add(FOLD_PLAN_BYTES));
+                    pieces.clear();
+                    self.index.read().plan(target, at, step_end, &mut pieces);
+                    for piece in &pieces {
+                        report.folded_bytes +=
+                            self.fold_piece(piece, base_file.as_ref(), &mut map, &mut buffer)?;
                     }
+                    at = step_end;
                 }
-                at = step_end;
             }
+            from = to;
         }
         base_file.sync()?;
 
@@ -1493,6 +1480,39 @@ impl Volume {
             "folded"
         );
         Ok(())
+    }
+
+    /// Applies one piece of the image at the fold's target to the base file
+    /// and `map`; returns the bytes copied.
+    fn fold_piece(
+        &self,
+        piece: &Piece,
+        base_file: &dyn StorageBackend,
+        map: &mut BaseMap,
+        buffer: &mut Vec<u8>,
+    ) -> std::io::Result<u64> {
+        let (offset, length) = (piece.offset, piece.length);
+        match piece.source {
+            Source::Data { location } => {
+                let mut done = 0;
+                while done < length {
+                    let step = (length - done).min(FOLD_COPY_BYTES as u64) as usize;
+                    buffer.resize(step, 0);
+                    self.journal.read(location + done, buffer)?;
+                    base_file.write_at(buffer, offset + done)?;
+                    done += step as u64;
+                }
+                map.set(offset, offset + length, BaseKind::Data);
+                Ok(length)
+            }
+            Source::Zero { hole } => {
+                base_file.punch_hole(offset, length)?;
+                map.set(offset, offset + length, if hole { BaseKind::Hole } else { BaseKind::Zero });
+                Ok(0)
+            }
+            // Unchanged since the base.
+            Source::BaseFile | Source::Base => Ok(0),
+        }
     }
 
     /// Makes every point before `target` outside the history; readers of

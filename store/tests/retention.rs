@@ -1,0 +1,442 @@
+//! Retention through the public API: what a fold keeps, what it retires,
+//! what stops it, what it reclaims and reuses; reads that report holes; time
+//! points at the millisecond edge. Crash safety of folding is in `crash.rs`.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use store::memory::{Loss, MemoryFs, SimRng};
+use store::{
+    Clock, JournalBudget, ManualClock, PointError, ReadError, RetentionPolicy, Store, StoreOptions, Volume,
+};
+
+const T0: i64 = 1_800_000_000_000_000_000;
+const SECOND: i64 = 1_000_000_000;
+
+fn memory_options(fs: &MemoryFs, clock: &Arc<ManualClock>, retention: RetentionPolicy) -> StoreOptions {
+    StoreOptions {
+        clock: clock.clone(),
+        filesystem: Some(Arc::new(fs.clone())),
+        segment_bytes: 16 << 10,
+        buffer_bytes: 8 << 10,
+        checkpoint_records: 16,
+        commit_interval: None,
+        retention,
+        retention_interval: None,
+        ..StoreOptions::default()
+    }
+}
+
+fn open(fs: &MemoryFs, options: &StoreOptions) -> Store {
+    let options = StoreOptions { filesystem: Some(Arc::new(fs.clone())), ..options.clone() };
+    Store::open("/memory".as_ref(), options).unwrap()
+}
+
+fn image(volume: &Arc<Volume>, seq: u64) -> Vec<u8> {
+    let point = volume.open_point(seq).unwrap();
+    let mut buf = vec![0xEE; point.size() as usize];
+    point.read(0, &mut buf).unwrap();
+    buf
+}
+
+/// A byte model of a volume: its image after every seq.
+struct Model {
+    images: Vec<Vec<u8>>,
+}
+
+impl Model {
+    fn new(size: usize) -> Self {
+        Self { images: vec![vec![0; size]] }
+    }
+
+    /// Writes random bytes through the volume and the model; returns the seq.
+    fn write(&mut self, volume: &Volume, rng: &mut SimRng, offset: u64, length: usize) -> u64 {
+        let mut data = vec![0; length];
+        rng.fill(&mut data);
+        let seq = volume.write(offset, &data, false).unwrap();
+        let mut image = self.images.last().unwrap().clone();
+        image[offset as usize..offset as usize + length].copy_from_slice(&data);
+        self.images.push(image);
+        assert_eq!(seq as usize, self.images.len() - 1);
+        seq
+    }
+
+    /// A record that leaves the image as it is (snapshot, delete).
+    fn same(&mut self) {
+        self.images.push(self.images.last().unwrap().clone());
+    }
+
+    /// Every retained point equals the model; the one before is outside.
+    fn check(&self, volume: &Arc<Volume>) {
+        let history = volume.history();
+        assert_eq!(history.head_seq as usize, self.images.len() - 1);
+        for seq in history.first_seq..=history.head_seq {
+            assert!(image(volume, seq) == self.images[seq as usize], "seq {seq} differs from the model");
+        }
+        if history.first_seq > 0 {
+            assert!(matches!(
+                volume.open_point(history.first_seq - 1),
+                Err(PointError::OutsideHistory { .. })
+            ));
+        }
+    }
+}
+
+/// History older than the window is folded into the base: the oldest point
+/// moves to the last one before the window's start, its time is reported,
+/// older points are outside the history, every retained point (and the
+/// head) reads as before, also after a crash and reopen.
+#[test]
+fn window_folds_old_history_and_keeps_every_retained_point() {
+    let fs = MemoryFs::new();
+    let clock = Arc::new(ManualClock::new(T0));
+    let policy = RetentionPolicy { window: Some(Duration::from_secs(60)), max_journal_bytes: None };
+    let options = memory_options(&fs, &clock, policy);
+    let store = open(&fs, &options);
+    let volume = store.create_volume("v", 256 << 10).unwrap();
+    let mut model = Model::new(256 << 10);
+    let mut rng = SimRng::new(1);
+    for _minute in 0..5 {
+        for _ in 0..40 {
+            let offset = rng.below(60) * 4096 + rng.below(100);
+            let length = rng.range(1, 9000) as usize;
+            model.write(&volume, &mut rng, offset, length);
+            clock.advance(SECOND);
+        }
+        let offset = rng.below(50) * 4096;
+        volume.trim(offset, 20_000, false).unwrap();
+        let mut image = model.images.last().unwrap().clone();
+        image[offset as usize..offset as usize + 20_000].fill(0);
+        model.images.push(image);
+        clock.advance(20 * SECOND);
+    }
+    volume.flush().unwrap();
+    let before = volume.history();
+    assert_eq!(before.first_seq, 0);
+    let report = volume.enforce_retention(clock.now_nanos()).unwrap();
+    let after = volume.history();
+    // The window started 60 s ago: everything before its last point is folded
+    // (to a segment boundary), nothing inside the window is.
+    let window_start = clock.now_nanos() - 60 * SECOND;
+    let oldest_kept = volume.resolve_time(window_start).unwrap();
+    assert!(after.first_seq > 0 && after.first_seq <= oldest_kept, "{after:?} vs #{oldest_kept}");
+    assert_eq!(report.first_seq_after, after.first_seq);
+    assert!(report.folded_records > 0 && report.reclaimed_segments > 0, "{report:?}");
+    assert_eq!(after.first_time, volume.open_point(after.first_seq).unwrap().time());
+    assert!(volume.resolve_time(after.first_time - 1).is_err());
+    model.check(&volume);
+    let stats = volume.stats();
+    assert_eq!((stats.first_seq, stats.base_seq), (after.first_seq, after.first_seq));
+    assert!(stats.base_bytes > 0 && stats.folded_bytes > 0 && stats.reclaimed_bytes > 0, "{stats:?}");
+    // A second pass has nothing more to fold.
+    let again = volume.enforce_retention(clock.now_nanos()).unwrap();
+    assert_eq!(again.folded_records, 0);
+    // A crash keeps all of it (the fold is durable when it returns).
+    let crashed = fs.crash_image(Loss::LoseAll, 3);
+    drop((volume, store));
+    let store = open(&crashed, &options);
+    let volume = store.volume("v").unwrap();
+    assert_eq!(volume.history().first_seq, after.first_seq);
+    model.check(&volume);
+    // And so does a clean close, whose checkpoint skips the folded prefix.
+    store.close().unwrap();
+    drop((volume, store));
+    let store = open(&crashed, &options);
+    let volume = store.volume("v").unwrap();
+    let recovery = volume.recovery_stats();
+    assert_eq!(recovery.replayed, 0, "{recovery:?}");
+    assert_eq!(recovery.checkpointed, volume.head_seq() - after.first_seq);
+    model.check(&volume);
+}
+
+/// Under sustained writes on a real directory the journal stays within its
+/// budget (plus one segment), reclaimed segment files are reused for new
+/// segments, and the head and every retained point read what was written.
+#[test]
+fn budget_bounds_the_journal_and_recycles_segment_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let budget = 512 << 10;
+    let options = StoreOptions {
+        segment_bytes: 64 << 10,
+        buffer_bytes: 16 << 10,
+        commit_interval: None,
+        retention: RetentionPolicy { window: None, max_journal_bytes: Some(JournalBudget::Bytes(budget)) },
+        retention_interval: None,
+        ..StoreOptions::default()
+    };
+    let store = Store::open(dir.path(), options.clone()).unwrap();
+    let volume = store.create_volume("v", 1 << 20).unwrap();
+    let mut model = Model::new(1 << 20);
+    let mut rng = SimRng::new(2);
+    for round in 0..60 {
+        for _ in 0..40 {
+            let offset = rng.below(250) * 4096;
+            model.write(&volume, &mut rng, offset, 4096);
+        }
+        volume.flush().unwrap();
+        volume.enforce_retention(0).unwrap();
+        let stats = volume.stats();
+        assert!(stats.journal_bytes <= budget + (64 << 10), "round {round}: {stats:?}");
+    }
+    let stats = volume.stats();
+    assert!(stats.folds > 10 && stats.recycled_segments > 10, "{stats:?}");
+    assert!(stats.spare_segments <= 2);
+    let files = std::fs::read_dir(dir.path().join("volumes/v")).unwrap().count();
+    assert!(files < 20, "{files} files: segments are reclaimed");
+    model.check(&volume);
+    drop((volume, store));
+    let store = Store::open(dir.path(), options).unwrap();
+    model.check(&store.volume("v").unwrap());
+}
+
+/// Captures log lines (for the warning tests).
+#[derive(Clone, Default)]
+struct Log(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Log {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A named snapshot stops folding even when the journal is over budget:
+/// the volume keeps serving, the snapshot and everything after stay
+/// readable, the stats say which point blocks, and a warning says so
+/// (once, not at every pass). Deleting the snapshot lets the next pass fold.
+#[test]
+fn snapshots_stop_folding_and_say_so_loudly() {
+    let fs = MemoryFs::new();
+    let clock = Arc::new(ManualClock::new(T0));
+    let policy = RetentionPolicy { window: None, max_journal_bytes: Some(JournalBudget::Bytes(32 << 10)) };
+    let store = open(&fs, &memory_options(&fs, &clock, policy));
+    let volume = store.create_volume("v", 128 << 10).unwrap();
+    let mut model = Model::new(128 << 10);
+    let mut rng = SimRng::new(3);
+    for _ in 0..10 {
+        let offset = rng.below(30) * 4096;
+        model.write(&volume, &mut rng, offset, 4096);
+    }
+    let snapshot = volume.create_snapshot("clean").unwrap();
+    model.same();
+    for _ in 0..100 {
+        let offset = rng.below(30) * 4096;
+        model.write(&volume, &mut rng, offset, 4096);
+    }
+    volume.flush().unwrap();
+    let log = Log::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).finish();
+    tracing::subscriber::with_default(subscriber, || {
+        for _ in 0..3 {
+            let report = volume.enforce_retention(clock.now_nanos()).unwrap();
+            assert_eq!(report.blocked_at, Some(snapshot.seq));
+        }
+    });
+    let logged = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    assert_eq!(logged.matches("WARN").count(), 1, "{logged}");
+    assert!(logged.contains("protected point #11") && logged.contains("a named snapshot"), "{logged}");
+    let stats = volume.stats();
+    assert_eq!(stats.retention_blocked_at, Some(snapshot.seq));
+    assert!(stats.journal_bytes > 32 << 10);
+    // Folded up to the snapshot, not past it.
+    assert!(volume.history().first_seq <= snapshot.seq);
+    assert!(volume.history().first_seq > 0);
+    model.check(&volume);
+    volume.delete_snapshot("clean").unwrap();
+    model.same();
+    volume.enforce_retention(clock.now_nanos()).unwrap();
+    assert!(volume.history().first_seq > snapshot.seq);
+    assert_eq!(volume.stats().retention_blocked_at, None);
+    model.check(&volume);
+}
+
+/// A snapshot folded into the base (it is the base's own record) is still
+/// listed, and still pins its point, after a crash and reopen.
+#[test]
+fn a_snapshot_at_the_base_survives_reopen() {
+    let fs = MemoryFs::new();
+    let clock = Arc::new(ManualClock::new(T0));
+    let policy = RetentionPolicy { window: None, max_journal_bytes: Some(JournalBudget::Bytes(0)) };
+    let options = StoreOptions { segment_bytes: 200, ..memory_options(&fs, &clock, policy) };
+    let store = open(&fs, &options);
+    let volume = store.create_volume("v", 64 << 10).unwrap();
+    volume.write(0, b"before", false).unwrap();
+    let snapshot = volume.create_snapshot("s").unwrap();
+    volume.write(0, b"after!", true).unwrap();
+    volume.enforce_retention(0).unwrap();
+    assert_eq!(volume.history().first_seq, snapshot.seq);
+    drop((volume, store));
+    let store = open(&fs.crash_image(Loss::LoseAll, 1), &options);
+    let volume = store.volume("v").unwrap();
+    assert_eq!(volume.snapshot("s").map(|s| s.seq), Some(snapshot.seq));
+    assert_eq!(&image(&volume, snapshot.seq)[..6], b"before");
+    assert_eq!(&image(&volume, volume.head_seq())[..6], b"after!");
+    volume.enforce_retention(0).unwrap();
+    assert_eq!(volume.history().first_seq, snapshot.seq);
+}
+
+/// A clone's base point is protected like a snapshot while the clone
+/// exists, the clone reads its base throughout, and deleting the clone
+/// releases the point.
+#[test]
+fn clone_bases_are_protected_until_the_clone_is_deleted() {
+    let fs = MemoryFs::new();
+    let clock = Arc::new(ManualClock::new(T0));
+    let policy = RetentionPolicy { window: None, max_journal_bytes: Some(JournalBudget::Bytes(0)) };
+    let options = StoreOptions { segment_bytes: 4096, ..memory_options(&fs, &clock, policy) };
+    let store = open(&fs, &options);
+    let parent = store.create_volume("parent", 64 << 10).unwrap();
+    let mut rng = SimRng::new(4);
+    let mut model = Model::new(64 << 10);
+    for _ in 0..20 {
+        let offset = rng.below(15) * 4096;
+        model.write(&parent, &mut rng, offset, 4096);
+    }
+    let base = parent.head_seq();
+    let clone = store.clone_volume("parent", base, "child").unwrap();
+    for _ in 0..40 {
+        let offset = rng.below(15) * 4096;
+        model.write(&parent, &mut rng, offset, 4096);
+    }
+    parent.flush().unwrap();
+    let report = parent.enforce_retention(0).unwrap();
+    assert_eq!(report.blocked_at, Some(base));
+    assert!(parent.history().first_seq <= base);
+    let mut buf = vec![0; 64 << 10];
+    clone.read(0, &mut buf).unwrap();
+    assert!(buf == model.images[base as usize]);
+    // Across a reopen too: the clone's superblock pins it again.
+    drop((parent, clone, store));
+    let store = open(&fs, &options);
+    let parent = store.volume("parent").unwrap();
+    parent.enforce_retention(0).unwrap();
+    assert!(parent.history().first_seq <= base);
+    store.delete_volume("child", false).unwrap();
+    parent.enforce_retention(0).unwrap();
+    assert!(parent.history().first_seq > base);
+    model.check(&parent);
+    // Cloning a retired point is refused.
+    assert!(store.clone_volume("parent", base, "late").is_err());
+}
+
+/// A point opened before retention retired it fails its reads with
+/// `Retired` (never other bytes), a rollback to it is refused, and a point
+/// still retained keeps reading its image.
+#[test]
+fn retired_points_fail_instead_of_reading_other_bytes() {
+    let fs = MemoryFs::new();
+    let clock = Arc::new(ManualClock::new(T0));
+    let policy = RetentionPolicy { window: None, max_journal_bytes: Some(JournalBudget::Bytes(0)) };
+    let store = open(&fs, &memory_options(&fs, &clock, policy));
+    let volume = store.create_volume("v", 64 << 10).unwrap();
+    let mut rng = SimRng::new(5);
+    let mut model = Model::new(64 << 10);
+    for _ in 0..30 {
+        let offset = rng.below(15) * 4096;
+        model.write(&volume, &mut rng, offset, 4096);
+    }
+    let old = volume.open_point(3).unwrap();
+    let new = volume.open_point(volume.head_seq()).unwrap();
+    volume.flush().unwrap();
+    volume.enforce_retention(0).unwrap();
+    let first = volume.history().first_seq;
+    assert!(first > 3);
+    let mut buf = vec![0; 64 << 10];
+    assert!(
+        matches!(old.read(0, &mut buf), Err(ReadError::Retired { seq: 3, first_seq }) if first_seq == first)
+    );
+    assert!(old.extents(0, 4096).is_err());
+    new.read(0, &mut buf).unwrap();
+    assert!(buf == *model.images.last().unwrap());
+    assert!(volume.rollback(3).is_err());
+    assert!(volume.rollback(first).is_ok());
+}
+
+/// `read_sparse` returns exactly the zero ranges served without IO: never
+/// written, trimmed and written-zero ranges, base zeros after a fold, and a
+/// clone's parent's zeros; every other byte came from data.
+#[test]
+fn read_sparse_reports_the_ranges_served_as_zeros() {
+    let fs = MemoryFs::new();
+    let clock = Arc::new(ManualClock::new(T0));
+    let policy = RetentionPolicy { window: None, max_journal_bytes: Some(JournalBudget::Bytes(0)) };
+    let options = StoreOptions { segment_bytes: 200, ..memory_options(&fs, &clock, policy) };
+    let store = open(&fs, &options);
+    let volume = store.create_volume("v", 64 << 10).unwrap();
+    volume.write(4096, &[1; 4096], false).unwrap();
+    volume.write(16384, &[2; 8192], false).unwrap();
+    volume.trim(20480, 4096, false).unwrap();
+    volume.write_zeroes(32768, 100, false).unwrap();
+    let mut buf = vec![0xEE; 40_000];
+    let zeros = volume.read_sparse(0, &mut buf).unwrap();
+    assert_eq!(zeros, vec![(0, 4096), (8192, 8192), (20480, 19520)]);
+    // At a point, relative to the buffer's start.
+    let point = volume.open_point(1).unwrap();
+    let mut buf = vec![0xEE; 8192];
+    assert_eq!(point.read_sparse(2048, &mut buf).unwrap(), vec![(0, 2048), (6144, 2048)]);
+    // After folding everything, the same ranges come from the base.
+    volume.write(50_000, &[3; 10], true).unwrap();
+    volume.enforce_retention(0).unwrap();
+    assert!(volume.stats().base_seq >= 4);
+    let mut buf = vec![0xEE; 40_000];
+    assert_eq!(volume.read_sparse(0, &mut buf).unwrap(), vec![(0, 4096), (8192, 8192), (20480, 19520)]);
+    assert!(buf[4096..8192].iter().all(|&b| b == 1) && buf[16384..20480].iter().all(|&b| b == 2));
+    // A clone: its own write, then the parent's image (zeros included).
+    let clone = store.clone_volume("v", volume.head_seq(), "c").unwrap();
+    clone.write(0, &[9; 100], false).unwrap();
+    let mut buf = vec![0xEE; 10_000];
+    assert_eq!(clone.read_sparse(0, &mut buf).unwrap(), vec![(100, 3996), (8192, 1808)]);
+    assert!(buf[..100].iter().all(|&b| b == 9) && buf[4096..8192].iter().all(|&b| b == 1));
+}
+
+/// A time point never includes a write made after its instant, also within
+/// the same millisecond: a write at 10.0005 s is not in the point at
+/// 10.0003 s, and is in the one at 10.001 s; the point's time is at or
+/// after the write's.
+#[test]
+fn time_points_never_include_a_later_write() {
+    let fs = MemoryFs::new();
+    let clock = Arc::new(ManualClock::new(T0));
+    let store = open(&fs, &memory_options(&fs, &clock, RetentionPolicy::KEEP_ALL));
+    let volume = store.create_volume("v", 4096).unwrap();
+    clock.set(T0 + 10 * SECOND);
+    let first = volume.write(0, b"a", false).unwrap();
+    clock.set(T0 + 10 * SECOND + 500_000);
+    let second = volume.write(0, b"b", false).unwrap();
+    assert_eq!(volume.resolve_time(T0 + 10 * SECOND + 300_000).unwrap(), first);
+    assert_eq!(volume.resolve_time(T0 + 10 * SECOND + 999_999).unwrap(), first);
+    assert_eq!(volume.resolve_time(T0 + 10 * SECOND + 1_000_000).unwrap(), second);
+    assert!(volume.open_point(second).unwrap().time() >= T0 + 10 * SECOND + 500_000);
+    assert_eq!(volume.open_point(first).unwrap().time(), T0 + 10 * SECOND);
+}
+
+/// The store's retention thread folds without being asked once a journal
+/// goes over its budget (woken when a segment fills).
+#[test]
+fn the_retention_thread_folds_in_the_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = StoreOptions {
+        segment_bytes: 64 << 10,
+        commit_interval: Some(Duration::from_millis(5)),
+        retention: RetentionPolicy { window: None, max_journal_bytes: Some(JournalBudget::Bytes(256 << 10)) },
+        retention_interval: Some(Duration::from_secs(3600)),
+        ..StoreOptions::default()
+    };
+    let store = Store::open(dir.path(), options).unwrap();
+    let volume = store.create_volume("v", 1 << 20).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut i = 0u64;
+    while volume.stats().folds == 0 {
+        assert!(std::time::Instant::now() < deadline, "no fold: {:?}", volume.stats());
+        volume.write((i % 200) * 4096, &[i as u8; 4096], false).unwrap();
+        i += 1;
+        if i.is_multiple_of(64) {
+            volume.flush().unwrap();
+        }
+    }
+    assert!(volume.history().first_seq > 0);
+}
