@@ -13,7 +13,7 @@ use store::{History, PointError, Store, Volume};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::device::VolumeDevice;
+use crate::device::{OpenExports, VolumeDevice};
 
 /// Size of the volume an empty data dir starts with.
 pub const DEFAULT_VOLUME_SIZE: u64 = 1 << 30;
@@ -24,6 +24,7 @@ pub const DEFAULT_VOLUME: &str = "default";
 #[derive(Debug)]
 pub struct VolumeCatalog {
     store: Arc<Store>,
+    open: Arc<OpenExports>,
 }
 
 /// Formats unix nanoseconds as RFC 3339 (UTC, whole seconds).
@@ -101,7 +102,12 @@ impl VolumeCatalog {
             store.create_volume(DEFAULT_VOLUME, DEFAULT_VOLUME_SIZE)?;
             tracing::info!(name = DEFAULT_VOLUME, size = DEFAULT_VOLUME_SIZE, "created volume");
         }
-        Ok(VolumeCatalog { store })
+        Ok(VolumeCatalog { store, open: Arc::new(OpenExports::default()) })
+    }
+
+    /// Who holds which volume open over NBD.
+    pub fn open_exports(&self) -> &Arc<OpenExports> {
+        &self.open
     }
 
     fn volume(&self, name: &str) -> Result<Arc<Volume>, LookupError> {
@@ -137,6 +143,7 @@ impl Catalog for VolumeCatalog {
         let parsed = parse_export_name(name).map_err(|error| lookup_error(error.to_string()))?;
         let volume = self.volume(&parsed.volume)?;
         let Some(point) = parsed.point else {
+            let guard = self.open.hold(volume.name(), true);
             return Ok(Export {
                 info: ExportInfo {
                     name: volume.name().to_owned(),
@@ -147,7 +154,7 @@ impl Catalog for VolumeCatalog {
                     preferred_block: 4096,
                     fast_zero: true,
                 },
-                device: VolumeDevice::Head(volume),
+                device: VolumeDevice::head(volume, guard),
             });
         };
         let seq = resolve_point(&volume, &point).map_err(lookup_error)?;
@@ -171,7 +178,7 @@ impl Catalog for VolumeCatalog {
                 preferred_block: 4096,
                 fast_zero: false,
             },
-            device: VolumeDevice::Point(Arc::new(view)),
+            device: VolumeDevice::point(Arc::new(view), self.open.hold(volume.name(), false)),
         })
     }
 }

@@ -6,8 +6,9 @@
 //! copies, anything that waits for fdatasync) go to tokio's blocking pool so
 //! the connection keeps receiving requests meanwhile.
 
+use std::collections::HashMap;
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use nbd_server::{BlockDevice, DeviceError, Errno, Extent, IoBuffer, ZeroFlags};
 use store::{PointView, Volume};
@@ -18,11 +19,72 @@ const OFFLOAD_BYTES: usize = 128 << 10;
 /// them (NBD_REPLY_TYPE_OFFSET_HOLE).
 const HOLE_SCAN_BYTES: usize = 256 << 10;
 
-/// What an export serves: the writable head, or a read-only point.
+/// What an export serves, and the connection's hold on its volume (counted
+/// in [`OpenExports`] for as long as any clone of the device lives).
 #[derive(Debug, Clone)]
-pub enum VolumeDevice {
+pub struct VolumeDevice {
+    target: Target,
+    _hold: Arc<ExportGuard>,
+}
+
+/// The writable head, or a read-only point.
+#[derive(Debug, Clone)]
+enum Target {
     Head(Arc<Volume>),
     Point(Arc<PointView>),
+}
+
+/// NBD connections holding each volume open, so the control API can refuse
+/// (or warn about) a rollback or delete under a running VM.
+#[derive(Debug, Default)]
+pub struct OpenExports {
+    /// Volume name → (head connections, point connections).
+    counts: Mutex<HashMap<String, (usize, usize)>>,
+}
+
+/// One connection's hold on a volume; released on drop.
+#[derive(Debug)]
+pub struct ExportGuard {
+    registry: Arc<OpenExports>,
+    volume: String,
+    head: bool,
+}
+
+impl OpenExports {
+    /// Counts a connection to `volume`'s head (`head`) or one of its points.
+    pub fn hold(self: &Arc<Self>, volume: &str, head: bool) -> Arc<ExportGuard> {
+        let mut counts = self.counts.lock().unwrap_or_else(|poison| poison.into_inner());
+        let entry = counts.entry(volume.to_owned()).or_default();
+        if head {
+            entry.0 += 1;
+        } else {
+            entry.1 += 1;
+        }
+        Arc::new(ExportGuard { registry: self.clone(), volume: volume.to_owned(), head })
+    }
+
+    /// (connections to the head, connections to points) of `volume`.
+    #[expect(dead_code, reason = "the control API's rollback and delete checks use it next")]
+    pub fn count(&self, volume: &str) -> (usize, usize) {
+        let counts = self.counts.lock().unwrap_or_else(|poison| poison.into_inner());
+        counts.get(volume).copied().unwrap_or_default()
+    }
+}
+
+impl Drop for ExportGuard {
+    fn drop(&mut self) {
+        let mut counts = self.registry.counts.lock().unwrap_or_else(|poison| poison.into_inner());
+        if let Some(entry) = counts.get_mut(&self.volume) {
+            if self.head {
+                entry.0 = entry.0.saturating_sub(1);
+            } else {
+                entry.1 = entry.1.saturating_sub(1);
+            }
+            if *entry == (0, 0) {
+                counts.remove(&self.volume);
+            }
+        }
+    }
 }
 
 fn os_error(code: Option<i32>, kind: io::ErrorKind, message: String) -> DeviceError {
@@ -58,24 +120,34 @@ fn read_only() -> DeviceError {
 }
 
 impl VolumeDevice {
+    /// The live head of `volume`, read-write.
+    pub fn head(volume: Arc<Volume>, hold: Arc<ExportGuard>) -> VolumeDevice {
+        VolumeDevice { target: Target::Head(volume), _hold: hold }
+    }
+
+    /// A point, read-only.
+    pub fn point(view: Arc<PointView>, hold: Arc<ExportGuard>) -> VolumeDevice {
+        VolumeDevice { target: Target::Point(view), _hold: hold }
+    }
+
     fn read_into(&self, offset: u64, buf: &mut [u8]) -> Result<(), store::ReadError> {
-        match self {
-            VolumeDevice::Head(volume) => volume.read(offset, buf),
-            VolumeDevice::Point(point) => point.read(offset, buf),
+        match &self.target {
+            Target::Head(volume) => volume.read(offset, buf),
+            Target::Point(point) => point.read(offset, buf),
         }
     }
 
     fn extents(&self, offset: u64, length: u64) -> Result<Vec<store::Extent>, store::ReadError> {
-        match self {
-            VolumeDevice::Head(volume) => volume.extents(offset, length),
-            VolumeDevice::Point(point) => point.extents(offset, length),
+        match &self.target {
+            Target::Head(volume) => volume.extents(offset, length),
+            Target::Point(point) => point.extents(offset, length),
         }
     }
 
-    fn head(&self) -> Result<&Arc<Volume>, DeviceError> {
-        match self {
-            VolumeDevice::Head(volume) => Ok(volume),
-            VolumeDevice::Point(_) => Err(read_only()),
+    fn writable(&self) -> Result<&Arc<Volume>, DeviceError> {
+        match &self.target {
+            Target::Head(volume) => Ok(volume),
+            Target::Point(_) => Err(read_only()),
         }
     }
 
@@ -120,7 +192,7 @@ impl BlockDevice for VolumeDevice {
     }
 
     async fn write(&self, offset: u64, data: IoBuffer, fua: bool) -> Result<(), DeviceError> {
-        let volume = self.head()?;
+        let volume = self.writable()?;
         if fua || data.len() >= OFFLOAD_BYTES {
             let volume = volume.clone();
             joined(tokio::task::spawn_blocking(move || volume.write(offset, &data, fua)).await)?
@@ -132,18 +204,18 @@ impl BlockDevice for VolumeDevice {
     }
 
     async fn flush(&self) -> Result<(), DeviceError> {
-        match self {
-            VolumeDevice::Head(volume) => {
+        match &self.target {
+            Target::Head(volume) => {
                 let volume = volume.clone();
                 joined(tokio::task::spawn_blocking(move || volume.flush()).await)?.map_err(flush_error)
             }
             // A point has nothing to make durable.
-            VolumeDevice::Point(_) => Ok(()),
+            Target::Point(_) => Ok(()),
         }
     }
 
     async fn trim(&self, offset: u64, length: u64, fua: bool) -> Result<(), DeviceError> {
-        let volume = self.head()?.clone();
+        let volume = self.writable()?.clone();
         if fua {
             joined(tokio::task::spawn_blocking(move || volume.trim(offset, length, true)).await)?
         } else {
@@ -156,7 +228,7 @@ impl BlockDevice for VolumeDevice {
     async fn write_zeroes(&self, offset: u64, length: u64, flags: ZeroFlags) -> Result<(), DeviceError> {
         // Zeroing is a journal record whatever the length: always fast, so
         // FAST_ZERO never needs ENOTSUP.
-        let volume = self.head()?.clone();
+        let volume = self.writable()?.clone();
         if flags.fua {
             joined(tokio::task::spawn_blocking(move || volume.write_zeroes(offset, length, true)).await)?
         } else {

@@ -95,6 +95,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         control_path: config.control.clone(),
         nbd_listen: config.nbd_listen,
         started: std::time::SystemTime::now(),
+        open_exports: catalog.open_exports().clone(),
     });
     let controlling = tokio::spawn(control::serve(control_socket, control_state, stopped.clone()));
     let server = nbd_server::Server::new(catalog.clone(), config.nbd.clone()).with_observer(metrics);

@@ -99,8 +99,8 @@ impl RequestKind {
 
 /// Receives one call per completed request (metrics). Must be cheap.
 pub trait Observer: Send + Sync + 'static {
-    /// `bytes` is the payload moved (read or written), `ok` whether the
-    /// reply was a success.
+    /// `bytes` is the range the request covered (read, written, trimmed,
+    /// zeroed, queried; 0 for flush), `ok` whether the reply was a success.
     fn request_done(&self, kind: RequestKind, bytes: u64, latency: Duration, ok: bool);
     /// A connection reached the transmission phase (`true`) or closed after
     /// it (`false`).
@@ -462,7 +462,10 @@ enum Reply {
 struct Completion {
     cookie: u64,
     kind: RequestKind,
+    /// Payload bytes held while in flight (the per-connection budget).
     bytes: usize,
+    /// Bytes the request covered (read, written, trimmed, zeroed), for metrics.
+    covered: u64,
     started: Instant,
     reply: Reply,
 }
@@ -653,7 +656,14 @@ impl<'a, D: BlockDevice> Transmission<'a, D> {
         let structured = self.session.structured;
         let context = self.session.base_allocation.unwrap_or(0);
         let started = Instant::now();
-        let done = move |kind, bytes, reply| Completion { cookie, kind, bytes, started, reply };
+        let done = move |kind, bytes: usize, covered: u64, reply| Completion {
+            cookie,
+            kind,
+            bytes,
+            covered,
+            started,
+            reply,
+        };
         let unit = |result: Result<(), DeviceError>| match result {
             Ok(()) => Reply::Ok,
             Err(error) => Reply::Error(error),
@@ -676,7 +686,7 @@ impl<'a, D: BlockDevice> Transmission<'a, D> {
                         }
                         Err(error) => Reply::Error(error),
                     };
-                    done(RequestKind::Read, length, reply)
+                    done(RequestKind::Read, length, length as u64, reply)
                 };
                 (Box::pin(future), length)
             }
@@ -684,32 +694,32 @@ impl<'a, D: BlockDevice> Transmission<'a, D> {
                 let bytes = payload.len();
                 let future = async move {
                     let result = device.write(offset, payload, fua).await;
-                    done(RequestKind::Write, bytes, unit(result))
+                    done(RequestKind::Write, bytes, bytes as u64, unit(result))
                 };
                 (Box::pin(future), bytes)
             }
             Command::Flush => {
-                let future = async move { done(RequestKind::Flush, 0, unit(device.flush().await)) };
+                let future = async move { done(RequestKind::Flush, 0, 0, unit(device.flush().await)) };
                 (Box::pin(future), 0)
             }
             Command::Trim { offset, length, fua } => {
                 let future = async move {
                     let result = device.trim(offset, u64::from(length), fua).await;
-                    done(RequestKind::Trim, 0, unit(result))
+                    done(RequestKind::Trim, 0, u64::from(length), unit(result))
                 };
                 (Box::pin(future), 0)
             }
             Command::Cache { offset, length } => {
                 let future = async move {
                     let result = device.cache(offset, u64::from(length)).await;
-                    done(RequestKind::Cache, 0, unit(result))
+                    done(RequestKind::Cache, 0, u64::from(length), unit(result))
                 };
                 (Box::pin(future), 0)
             }
             Command::WriteZeroes { offset, length, flags } => {
                 let future = async move {
                     let result = device.write_zeroes(offset, u64::from(length), flags).await;
-                    done(RequestKind::WriteZeroes, 0, unit(result))
+                    done(RequestKind::WriteZeroes, 0, u64::from(length), unit(result))
                 };
                 (Box::pin(future), 0)
             }
@@ -723,7 +733,7 @@ impl<'a, D: BlockDevice> Transmission<'a, D> {
                         }
                         Err(error) => Reply::Error(error),
                     };
-                    done(RequestKind::BlockStatus, 0, reply)
+                    done(RequestKind::BlockStatus, 0, u64::from(length), reply)
                 };
                 (Box::pin(future), 0)
             }
@@ -733,7 +743,7 @@ impl<'a, D: BlockDevice> Transmission<'a, D> {
 
     fn observe(&self, done: &Completion) {
         let ok = !matches!(done.reply, Reply::Error(_));
-        self.observer.request_done(done.kind, done.bytes as u64, done.started.elapsed(), ok);
+        self.observer.request_done(done.kind, done.covered, done.started.elapsed(), ok);
     }
 
     fn finish(&self, done: Completion, out: &mut Outgoing) {

@@ -38,6 +38,9 @@ pub struct ControlState {
     pub control_path: PathBuf,
     pub nbd_listen: SocketAddr,
     pub started: SystemTime,
+    /// NBD connections per volume (rollback and delete check them).
+    #[expect(dead_code, reason = "the control API's rollback and delete checks use it next")]
+    pub open_exports: Arc<crate::device::OpenExports>,
 }
 
 /// A bound control socket. Dropping it removes the socket file, if the
