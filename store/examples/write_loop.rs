@@ -1,7 +1,12 @@
 //! A plain write loop for profiling the write path (`perf record`):
 //! `cargo run -p store --release --example write_loop -- DIR COUNT BLOCK [uring]`
 //! (`THREADS=N` splits the writes over N threads; CPU time is the main
-//! thread's only).
+//! thread's only). `VOLUME_MIB` (default 4096) sizes the volume,
+//! `SEQUENTIAL=1` writes in order instead of at random, `BUDGET_MIB` sets the
+//! journal budget (default: the volume's size), `SPARES=0` turns segment
+//! file reuse off; the retention thread folds in the background and the
+//! throughput of each quarter of the run is printed, so the steady state
+//! (journal at its budget) shows.
 
 use std::time::Instant;
 
@@ -15,7 +20,11 @@ fn cpu_nanos() -> u64 {
 }
 
 use store::memory::SimRng;
-use store::{EngineChoice, Store, StoreOptions};
+use store::{EngineChoice, JournalBudget, RetentionPolicy, Store, StoreOptions};
+
+fn env(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|n| n.parse().ok())
+}
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -24,30 +33,64 @@ fn main() {
     let block: usize = args.get(3).map_or(4096, |n| n.parse().unwrap());
     let engine =
         if args.get(4).is_some_and(|e| e == "uring") { EngineChoice::Uring } else { EngineChoice::File };
-    let store =
-        Store::open(dir.path(), StoreOptions { engine, commit_interval: None, ..StoreOptions::default() })
-            .unwrap();
-    let size = 4u64 << 30;
+    let size = env("VOLUME_MIB").unwrap_or(4096) << 20;
+    let mut retention = RetentionPolicy::default();
+    if let Some(budget) = env("BUDGET_MIB") {
+        retention.max_journal_bytes = Some(JournalBudget::Bytes(budget << 20));
+    }
+    let options = StoreOptions {
+        engine,
+        commit_interval: None,
+        retention,
+        retention_interval: Some(std::time::Duration::from_secs(1)),
+        spare_segments: env("SPARES").unwrap_or(2) as usize,
+        ..StoreOptions::default()
+    };
+    let store = Store::open(dir.path(), options).unwrap();
     let volume = store.create_volume("v", size).unwrap();
     let data = vec![0x5Au8; block];
     let mut rng = SimRng::new(1);
-    let threads: u64 = std::env::var("THREADS").ok().and_then(|n| n.parse().ok()).unwrap_or(1);
+    let threads: u64 = env("THREADS").unwrap_or(1);
+    let sequential = env("SEQUENTIAL").is_some_and(|s| s == 1);
+    let blocks = size / block as u64;
+    let next = std::sync::atomic::AtomicU64::new(0);
+    let offset = |rng: &mut SimRng| {
+        let block_number = if sequential {
+            next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % blocks
+        } else {
+            rng.below(blocks)
+        };
+        block_number * block as u64
+    };
     let started = Instant::now();
     let cpu = cpu_nanos();
     std::thread::scope(|scope| {
         for thread in 1..threads {
-            let (volume, data) = (&volume, &data);
+            let (volume, data, offset) = (&volume, &data, &offset);
             scope.spawn(move || {
                 let mut rng = SimRng::new(thread + 100);
                 for _ in 0..count / threads {
-                    let offset = rng.below(size / block as u64) * block as u64;
-                    volume.write(offset, data, false).unwrap();
+                    volume.write(offset(&mut rng), data, false).unwrap();
                 }
             });
         }
-        for _ in 0..count / threads {
-            let offset = rng.below(size / block as u64) * block as u64;
-            volume.write(offset, &data, false).unwrap();
+        let per_thread = count / threads;
+        let mut quarter_started = Instant::now();
+        for i in 0..per_thread {
+            volume.write(offset(&mut rng), &data, false).unwrap();
+            if (i + 1) % (per_thread / 4).max(1) == 0 {
+                let bytes = (per_thread / 4).max(1) * threads * block as u64;
+                let elapsed = quarter_started.elapsed();
+                println!(
+                    "  quarter {}: {:.0} MiB/s, journal {} MiB, folds {}, recycled segments {}",
+                    (i + 1) / (per_thread / 4).max(1),
+                    bytes as f64 / elapsed.as_secs_f64() / (1 << 20) as f64,
+                    volume.stats().journal_bytes >> 20,
+                    volume.stats().folds,
+                    volume.stats().recycled_segments,
+                );
+                quarter_started = Instant::now();
+            }
         }
     });
     volume.flush().unwrap();
@@ -60,6 +103,7 @@ fn main() {
         (count * block as u64) as f64 / elapsed.as_secs_f64() / (1 << 20) as f64,
         (count * block as u64) as f64 / (cpu as f64 / 1e9) / (1 << 20) as f64
     );
+    println!("{:?}", volume.stats());
     let mut buf = vec![0u8; block];
     let started = Instant::now();
     for _ in 0..count {

@@ -520,7 +520,8 @@ impl Shared {
             recovery.checkpoint,
             base.file,
             base.intent,
-            Some(self.wake.clone()),
+            // Without the thread nobody would answer a stalled writer.
+            self.options.retention_interval.map(|_| self.wake.clone()),
             VolumeTuning {
                 checkpoint_records: self.options.checkpoint_records.max(1),
                 retention: self.options.retention,

@@ -149,6 +149,9 @@ pub struct VolumeStats {
     /// Folds that failed (IO errors on the base image); the next pass
     /// redoes them.
     pub fold_failures: u64,
+    /// Writes that waited for a fold because the journal was past twice
+    /// its budget (write backpressure).
+    pub write_stalls: u64,
 }
 
 /// Volume-level tunables, from the store's options.
@@ -199,8 +202,11 @@ struct RetentionCounters {
     reclaimed_segments: AtomicU64,
     reclaimed_bytes: AtomicU64,
     failures: AtomicU64,
+    stalls: AtomicU64,
 }
 
+/// Longest a write waits for a fold when the journal is past twice its budget.
+const WRITE_STALL_MAX: std::time::Duration = std::time::Duration::from_secs(1);
 /// How often the warning that protected points keep the journal over its
 /// budget repeats while nothing changes.
 const BLOCKED_WARNING_INTERVAL_NANOS: i64 = 10 * 60 * 1_000_000_000;
@@ -250,6 +256,11 @@ pub struct Volume {
     wake: Option<Arc<RetentionWake>>,
     /// The journal budget in bytes (u64::MAX: none), for the write path.
     budget: AtomicU64,
+    /// The last retention pass could not fold enough (a protected point, or
+    /// an IO error): writers over the budget must not wait for it.
+    cannot_fold: AtomicBool,
+    /// Signalled after each fold, for writers waiting in [`Self::throttle`].
+    folded: (Mutex<()>, Condvar),
     head: AtomicU64,
     durable: AtomicU64,
     size: AtomicU64,
@@ -421,6 +432,8 @@ impl Volume {
             intent_written: AtomicU64::new(intent.unwrap_or(0)),
             wake,
             budget: AtomicU64::new(tuning.retention.budget_bytes(size).unwrap_or(u64::MAX)),
+            cannot_fold: AtomicBool::new(false),
+            folded: (Mutex::new(()), Condvar::new()),
             head: AtomicU64::new(head),
             // Recovery synced everything it indexed.
             durable: AtomicU64::new(head),
@@ -560,6 +573,7 @@ impl Volume {
             }
             seq
         };
+        self.throttle();
         if fua {
             self.flush()?;
         }
@@ -588,10 +602,38 @@ impl Volume {
         let seq =
             if length == 0 { appender.head() } else { appender.append(kind, offset, length, &[], None)? };
         drop(appender);
+        self.throttle();
         if fua {
             self.flush()?;
         }
         Ok(seq)
+    }
+
+    /// Write backpressure: past twice its budget the journal grows faster
+    /// than folds reclaim it, so the writer waits for a fold (up to a
+    /// second a write). Never when a protected point keeps the journal over
+    /// budget or the last fold failed: then the volume keeps serving.
+    fn throttle(&self) {
+        let budget = self.budget.load(Ordering::Relaxed);
+        if budget != u64::MAX && self.journal.bytes() > budget.saturating_mul(2) {
+            self.wait_for_fold(budget.saturating_mul(2));
+        }
+    }
+
+    #[cold]
+    fn wait_for_fold(&self, limit: u64) {
+        let Some(wake) = &self.wake else { return };
+        if self.cannot_fold.load(Ordering::Relaxed) {
+            return;
+        }
+        self.counters.stalls.fetch_add(1, Ordering::Relaxed);
+        wake.notify();
+        let deadline = std::time::Instant::now() + WRITE_STALL_MAX;
+        let mut folded = self.folded.0.lock();
+        while self.journal.bytes() > limit
+            && !self.cannot_fold.load(Ordering::Relaxed)
+            && !self.folded.1.wait_until(&mut folded, deadline).timed_out()
+        {}
     }
 
     /// Makes every write that returned before this call durable. Concurrent
@@ -1170,6 +1212,7 @@ impl Volume {
             spare_segments: self.journal.spare_count() as u64,
             retention_blocked_at: self.retention.lock().blocked_at,
             fold_failures: counters.failures.load(Ordering::Relaxed),
+            write_stalls: counters.stalls.load(Ordering::Relaxed),
         }
     }
 
@@ -1251,9 +1294,14 @@ impl Volume {
         let policy = self.retention_policy();
         self.apply_policy(&policy);
         let segments = self.journal.segment_infos();
-        let durable = self.durable_seq();
         let budget = policy.budget_bytes(self.size());
         let needed_by_budget = budget.and_then(|limit| budget_seq(&segments, limit));
+        if needed_by_budget.is_some_and(|needed| needed > self.durable_seq()) && self.poison().is_none() {
+            // Only durable records are folded: over budget, do not wait for
+            // a client's (or the commit thread's) flush.
+            let _ = self.flush();
+        }
+        let durable = self.durable_seq();
         // Lock order: retention state, then the index.
         let pinned = self.retention.lock().pins.keys().next().copied().unwrap_or(u64::MAX);
         let (target, protected, base_seq) = {
@@ -1293,6 +1341,15 @@ impl Volume {
         if let Err(error) = &result {
             self.counters.failures.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(volume = %self.name, target, %error, "fold failed; the next retention pass redoes it");
+        }
+        // Stalled writers wait only while folds make progress: not when a
+        // protected point blocks, a fold failed, or nothing was foldable
+        // (say, the budget is smaller than one segment).
+        let stuck = report.folded_records == 0 && target <= base_seq;
+        self.cannot_fold.store(blocked.is_some() || result.is_err() || stuck, Ordering::Relaxed);
+        {
+            let _folded = self.folded.0.lock();
+            self.folded.1.notify_all();
         }
         result?;
         // Drop the folded entries from the index checkpoint once they
