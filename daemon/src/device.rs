@@ -15,9 +15,6 @@ use store::{PointView, Volume};
 
 /// Requests moving at least this many bytes run on the blocking pool.
 const OFFLOAD_BYTES: usize = 128 << 10;
-/// Reads at least this long ask the index for holes, so the reply can skip
-/// them (NBD_REPLY_TYPE_OFFSET_HOLE).
-const HOLE_SCAN_BYTES: usize = 256 << 10;
 
 /// What an export serves, and the connection's hold on its volume (counted
 /// in [`OpenExports`] for as long as any clone of the device lives).
@@ -130,11 +127,15 @@ impl VolumeDevice {
         VolumeDevice { target: Target::Point(view), _hold: hold }
     }
 
-    fn read_into(&self, offset: u64, buf: &mut [u8]) -> Result<(), store::ReadError> {
-        match &self.target {
-            Target::Head(volume) => volume.read(offset, buf),
-            Target::Point(point) => point.read(offset, buf),
-        }
+    /// Reads into `buf`; returns the zero runs of at least 4 KiB (smaller
+    /// ones are cheaper sent as data than as extra chunks).
+    fn read_sparse(&self, offset: u64, buf: &mut [u8]) -> Result<Vec<(usize, usize)>, store::ReadError> {
+        let mut zeros = match &self.target {
+            Target::Head(volume) => volume.read_sparse(offset, buf),
+            Target::Point(point) => point.read_sparse(offset, buf),
+        }?;
+        zeros.retain(|&(_, length)| length >= 4096);
+        Ok(zeros)
     }
 
     fn extents(&self, offset: u64, length: u64) -> Result<Vec<store::Extent>, store::ReadError> {
@@ -150,25 +151,6 @@ impl VolumeDevice {
             Target::Point(_) => Err(read_only()),
         }
     }
-
-    /// Zero runs of `[offset, offset + length)` as (start, length) relative
-    /// to `offset`.
-    fn holes(&self, offset: u64, length: usize) -> Vec<(usize, usize)> {
-        let Ok(extents) = self.extents(offset, length as u64) else { return Vec::new() };
-        let mut holes = Vec::new();
-        let mut at = 0usize;
-        for extent in extents {
-            let run = extent.length.min((length - at) as u64) as usize;
-            if extent.zero && run >= 4096 {
-                holes.push((at, run));
-            }
-            at += run;
-            if at >= length {
-                break;
-            }
-        }
-        holes
-    }
 }
 
 impl BlockDevice for VolumeDevice {
@@ -178,17 +160,15 @@ impl BlockDevice for VolumeDevice {
             let device = self.clone();
             return joined(
                 tokio::task::spawn_blocking(move || {
-                    device.read_into(offset, &mut buffer[start..])?;
-                    let holes =
-                        if length >= HOLE_SCAN_BYTES { device.holes(offset, length) } else { Vec::new() };
+                    let holes = device.read_sparse(offset, &mut buffer[start..])?;
                     Ok((buffer, holes))
                 })
                 .await,
             )?
             .map_err(read_error);
         }
-        self.read_into(offset, &mut buffer[start..]).map_err(read_error)?;
-        Ok((buffer, Vec::new()))
+        let holes = self.read_sparse(offset, &mut buffer[start..]).map_err(read_error)?;
+        Ok((buffer, holes))
     }
 
     async fn write(&self, offset: u64, data: IoBuffer, fua: bool) -> Result<(), DeviceError> {

@@ -231,3 +231,33 @@ fn fio_nbd_engine_verifies_crc32c() {
     assert_eq!(job["write"]["io_bytes"], 64u64 << 20);
     assert_eq!(job["read"]["io_bytes"], 64u64 << 20, "verify pass did not read everything back");
 }
+
+#[test]
+fn structured_reads_send_unwritten_ranges_as_holes() {
+    // libnbd's pread_structured sees each chunk: an unwritten 1 MiB range
+    // arrives as OFFSET_HOLE chunks (no data on the wire), a half-written
+    // one as data plus hole, and DF forces a single data chunk.
+    let daemon = Daemon::start();
+    let script = r#"
+import sys, nbd
+h = nbd.NBD(); h.connect_uri(sys.argv[1])
+h.pwrite(b"\x42" * 65536, 8 << 20)
+def chunks(count, offset, flags=0):
+    seen = []
+    def cb(buf, off, status, err):
+        seen.append(("hole" if status == nbd.READ_HOLE else "data", off, len(buf)))
+        return 0
+    data = h.pread_structured(count, offset, cb, flags)
+    return seen, data
+seen, data = chunks(1 << 20, 16 << 20)
+assert data == bytes(1 << 20) and all(kind == "hole" for kind, _, _ in seen), seen
+seen, data = chunks(1 << 20, (8 << 20) - (512 << 10))
+kinds = sorted({kind for kind, _, _ in seen})
+assert kinds == ["data", "hole"], seen
+assert data[(512 << 10):(512 << 10) + 65536] == b"\x42" * 65536
+seen, data = chunks(65536, 16 << 20, nbd.CMD_FLAG_DF)
+assert [kind for kind, _, _ in seen] == ["data"], seen
+print("ok")
+"#;
+    assert_eq!(nbd_python(script, &daemon.uri("default")).trim(), "ok");
+}
