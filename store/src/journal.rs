@@ -9,7 +9,7 @@
 //! on tmpfs and in the page cache, overwriting allocated pages is many times
 //! faster than filling new ones).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -133,6 +133,62 @@ pub struct Writer {
     /// never reused, so a reused file's stale header can never name the
     /// segment it now is.
     highest_number: Option<u64>,
+    /// Seq of the last record appended (reserved or buffered).
+    last_seq: u64,
+    /// Records appended after a large record whose data is still being
+    /// written outside the lock (that one included), in seq order. Empty in
+    /// the common case: then every appended record is visible.
+    pending: VecDeque<Pending>,
+    /// The last visible record: every record up to it has its bytes in the
+    /// buffer or a segment file. What a flush may cover.
+    visible: DurableMark,
+}
+
+impl Writer {
+    /// Seq of the last record appended (visible or not).
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+}
+
+/// A record appended but not yet visible (see [`Writer::pending`]).
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    /// Its mark: seq, header crc, location, end.
+    mark: DurableMark,
+    /// Its bytes are written (always, for buffered records).
+    done: bool,
+}
+
+/// A large record reserved in a segment, to be written outside the writer
+/// lock by [`LargeWrite::write`], then completed by [`Journal::complete`].
+#[derive(Debug)]
+pub struct LargeWrite {
+    pub seq: u64,
+    /// Journal location of its header.
+    pub location: u64,
+    file: Arc<dyn StorageBackend>,
+    position: u64,
+    head: [u8; RECORD_HEADER_LEN],
+    padding: usize,
+}
+
+impl LargeWrite {
+    /// Writes the record (header, `payload`, padding) in one vectored call.
+    /// Call without the writer lock.
+    pub fn write(&self, payload: &[u8]) -> io::Result<()> {
+        self.file.write_vectored_at(&[&self.head, payload, &[0; 8][..self.padding]], self.position)
+    }
+}
+
+/// Where [`Journal::append`] put a record.
+#[derive(Debug)]
+pub enum Appended {
+    /// In the write buffer (or written): `visible` if every earlier record
+    /// is, so the head may move to it now.
+    Buffered { location: u64, visible: bool },
+    /// Reserved: the caller writes it without the lock, then completes it.
+    Reserved(LargeWrite),
 }
 
 impl std::fmt::Debug for Writer {
@@ -150,7 +206,7 @@ impl std::fmt::Debug for Writer {
 #[derive(Debug)]
 pub struct SyncTicket {
     files: Vec<Arc<dyn StorageBackend>>,
-    /// The last record covered (its seq filled in by the caller).
+    /// The last record covered (seq 0: none).
     pub mark: DurableMark,
 }
 
@@ -299,10 +355,18 @@ impl Journal {
         }
     }
 
-    /// Appends one record whose payload is sealed ([`Self::seal_payload`]);
-    /// returns the location of its header. The caller holds the writer lock
-    /// (`writer`) and assigns seqs in order.
-    pub fn append(&self, writer: &mut Writer, header: &mut RecordHeader, payload: &[u8]) -> io::Result<u64> {
+    /// Appends one record whose payload is sealed ([`Self::seal_payload`]).
+    /// The caller holds the writer lock (`writer`) and assigns seqs in
+    /// order. A record of more than a quarter of the buffer is only
+    /// reserved: its bytes are written by the caller after releasing the
+    /// lock ([`LargeWrite::write`], then [`Self::complete`]), so that
+    /// writers of large records do not serialize on the copy.
+    pub fn append(
+        &self,
+        writer: &mut Writer,
+        header: &mut RecordHeader,
+        payload: &[u8],
+    ) -> io::Result<Appended> {
         let span = layout::record_span(payload.len());
         if writer.segment.is_none()
             || (writer.position > SEGMENT_HEADER_LEN as u64
@@ -315,32 +379,100 @@ impl Journal {
         debug_assert_eq!(header.payload_crc, crc32c::crc32c(payload));
         let location = layout::location(writer.segment_number, writer.position);
         let padding = (span as usize) - RECORD_HEADER_LEN - payload.len();
-        let crc;
+        let end = layout::location(writer.segment_number, writer.position + span);
         if span as usize <= self.options.buffer_bytes / 4 {
             if writer.buffer.len() + span as usize > self.options.buffer_bytes {
                 self.write_out(writer)?;
             }
             let at = writer.buffer.len();
             writer.buffer.resize(at + RECORD_HEADER_LEN, 0);
-            crc = header.encode(&mut writer.buffer[at..]);
+            let crc = header.encode(&mut writer.buffer[at..]);
             writer.buffer.extend_from_slice(payload);
             writer.buffer.extend_from_slice(&[0; 8][..padding]);
-        } else {
-            self.write_out(writer)?;
-            let mut head = [0; RECORD_HEADER_LEN];
-            crc = header.encode(&mut head);
-            let segment = writer.segment.clone().expect("rolled above");
-            writer.current_dirty = true;
-            segment.write_vectored_at(&[&head, payload, &[0; 8][..padding]], writer.position)?;
-            writer.buffer_start = writer.position + span;
-            self.written_below
-                .store(layout::location(writer.segment_number, writer.buffer_start), Ordering::Release);
+            writer.chain = crc;
+            writer.last_location = location;
+            writer.position += span;
+            writer.last_seq = header.seq;
+            self.bytes.fetch_add(span, Ordering::Relaxed);
+            let visible = writer.pending.is_empty();
+            if !visible {
+                let mark =
+                    DurableMark { seq: header.seq, chain: crc, last_location: location, end_location: end };
+                writer.pending.push_back(Pending { mark, done: true });
+            }
+            return Ok(Appended::Buffered { location, visible });
         }
+        // Everything before the reserved bytes goes to the file first, so
+        // that the region's start is where the written part ends.
+        self.write_out(writer)?;
+        if writer.pending.is_empty() {
+            writer.visible = self.last_mark(writer);
+        }
+        let mut head = [0; RECORD_HEADER_LEN];
+        let crc = header.encode(&mut head);
+        let segment = writer.segment.clone().expect("rolled above");
+        writer.current_dirty = true;
+        let large =
+            LargeWrite { seq: header.seq, location, file: segment, position: writer.position, head, padding };
+        let mark = DurableMark { seq: header.seq, chain: crc, last_location: location, end_location: end };
+        writer.pending.push_back(Pending { mark, done: false });
         writer.chain = crc;
         writer.last_location = location;
         writer.position += span;
+        writer.buffer_start = writer.position;
+        writer.last_seq = header.seq;
         self.bytes.fetch_add(span, Ordering::Relaxed);
-        Ok(location)
+        Ok(Appended::Reserved(large))
+    }
+
+    /// Marks a reserved record written (its file needs a sync again) and
+    /// makes visible every record up to the first one still being written.
+    /// Returns the new last visible seq, if it moved. Call with the writer
+    /// lock, after [`LargeWrite::write`] succeeded.
+    pub fn complete(&self, writer: &mut Writer, large: &LargeWrite) -> Option<u64> {
+        if let Some(entry) = writer.pending.iter_mut().find(|entry| entry.mark.seq == large.seq) {
+            entry.done = true;
+        }
+        // A flush since the reservation may have synced this file without
+        // these bytes: it must be synced again.
+        let current = writer.segment.as_ref().is_some_and(|segment| Arc::ptr_eq(segment, &large.file));
+        if current {
+            writer.current_dirty = true;
+        } else if !writer.unsynced.iter().any(|file| Arc::ptr_eq(file, &large.file)) {
+            writer.unsynced.push(large.file.clone());
+        }
+        let mut moved = None;
+        while writer.pending.front().is_some_and(|entry| entry.done) {
+            let entry = writer.pending.pop_front().expect("checked");
+            writer.visible = entry.mark;
+            moved = Some(entry.mark.seq);
+        }
+        self.settle_written_below(writer);
+        moved
+    }
+
+    /// The mark of the last record appended.
+    fn last_mark(&self, writer: &Writer) -> DurableMark {
+        DurableMark {
+            seq: writer.last_seq,
+            chain: writer.chain,
+            last_location: writer.last_location,
+            end_location: layout::location(writer.segment_number, writer.position),
+        }
+    }
+
+    /// The last visible record's mark (what a flush may cover).
+    fn visible_mark(&self, writer: &Writer) -> DurableMark {
+        if writer.pending.is_empty() { self.last_mark(writer) } else { writer.visible }
+    }
+
+    /// Publishes how far reads may go to the files without the lock: up to
+    /// the buffer, or to the first record still being written.
+    fn settle_written_below(&self, writer: &Writer) {
+        let buffered = layout::location(writer.segment_number, writer.buffer_start);
+        let unwritten = writer.pending.iter().find(|entry| !entry.done).map(|entry| entry.mark.last_location);
+        let below = unwritten.map_or(buffered, |location| location.min(buffered));
+        self.written_below.store(below, Ordering::Release);
     }
 
     /// Hands the buffered records to the segment file. On failure the buffer
@@ -355,8 +487,7 @@ impl Journal {
         segment.write_at(&writer.buffer, writer.buffer_start)?;
         writer.buffer_start += writer.buffer.len() as u64;
         writer.buffer.clear();
-        self.written_below
-            .store(layout::location(writer.segment_number, writer.buffer_start), Ordering::Release);
+        self.settle_written_below(writer);
         Ok(())
     }
 
@@ -416,12 +547,14 @@ impl Journal {
         self.bytes.fetch_add(SEGMENT_HEADER_LEN as u64, Ordering::Relaxed);
         writer.buffer_start = 0;
         writer.position = SEGMENT_HEADER_LEN as u64;
-        self.written_below.store(layout::location(number, 0), Ordering::Release);
+        self.settle_written_below(writer);
         Ok(())
     }
 
-    /// Writes out the buffer and captures what a sync must cover. Call with
-    /// the writer lock; then call [`SyncTicket::sync`] without it.
+    /// Writes out the buffer and captures what a sync must cover: every
+    /// visible record (records still being written outside the lock, and
+    /// those after them, wait for a later sync). Call with the writer lock;
+    /// then call [`SyncTicket::sync`] without it.
     pub fn prepare_sync(&self, writer: &mut Writer) -> io::Result<SyncTicket> {
         self.write_out(writer)?;
         let mut files = std::mem::take(&mut writer.unsynced);
@@ -431,15 +564,7 @@ impl Journal {
             files.push(segment.clone());
         }
         writer.current_dirty = false;
-        Ok(SyncTicket {
-            files,
-            mark: DurableMark {
-                seq: 0,
-                chain: writer.chain,
-                last_location: writer.last_location,
-                end_location: layout::location(writer.segment_number, writer.position),
-            },
-        })
+        Ok(SyncTicket { files, mark: self.visible_mark(writer) })
     }
 
     /// Reads and checks the whole record at `location` (header at the start).
@@ -459,7 +584,7 @@ impl Journal {
 }
 
 /// The newest durable record, as a checkpoint chunk must name it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DurableMark {
     pub seq: u64,
     /// Header crc of record `seq`.
@@ -782,6 +907,9 @@ pub fn recover(
             current_dirty: false,
             recycled: false,
             highest_number: None,
+            last_seq: base_seq,
+            pending: VecDeque::new(),
+            visible: DurableMark::default(),
         }),
     };
     let mut last_location = trusted.map_or(0, |chunk| chunk.last_location);
@@ -1002,6 +1130,7 @@ pub fn recover(
     *journal.spares.lock() = spares;
     writer.chain = chain;
     writer.last_location = last_location;
+    writer.last_seq = base_seq.max(next_seq - 1);
     let mark = (next_seq > base_seq + 1 && end.is_some()).then(|| DurableMark {
         seq: next_seq - 1,
         chain,

@@ -15,7 +15,7 @@ use crate::error::{
     SnapshotError, VerifyError, WriteError,
 };
 use crate::index::{Index, MAX_VOLUME_SIZE, NewRecord, Piece, Source};
-use crate::journal::{Checkpoint, DurableMark, Journal, Writer};
+use crate::journal::{Appended, Checkpoint, DurableMark, Journal, LargeWrite, Writer};
 use crate::layout::{
     BaseMapFile, FLAG_BLAKE3, FoldIntent, INDEX_ENTRY_LEN, MAX_RECORD_PAYLOAD, MAX_SNAPSHOT_NAME,
     RecordHeader, RecordKind,
@@ -247,6 +247,9 @@ pub struct Volume {
     counters: RetentionCounters,
     /// The newest durable record, for index checkpoints.
     durable_mark: Mutex<Option<DurableMark>>,
+    /// Signalled (with the writer lock) when the head moves past records
+    /// that were being written outside the lock, or the volume is poisoned.
+    published: Condvar,
     /// No new use (rollback target, clone base) of a point before this: a
     /// fold to it has been decided. At least the first seq.
     floor: AtomicU64,
@@ -318,8 +321,9 @@ struct Appender<'a> {
 }
 
 impl Appender<'_> {
+    /// Seq of the last record appended (it may not be visible yet).
     fn head(&self) -> u64 {
-        self.volume.head.load(Ordering::Acquire)
+        self.writer.last_seq()
     }
 
     fn append(
@@ -329,28 +333,30 @@ impl Appender<'_> {
         length: u64,
         payload: &[u8],
         name: Option<&str>,
-    ) -> Result<u64, WriteError> {
+    ) -> Result<(u64, Option<LargeWrite>), WriteError> {
         let mut header = RecordHeader::new(kind, offset, length);
         self.volume.journal.seal_payload(&mut header, payload);
         self.append_sealed(header, payload, name)
     }
 
     /// Appends a record whose payload crc (and blake3) the caller computed
-    /// before taking the lock.
+    /// before taking the lock. A large record comes back reserved: the
+    /// caller must write it with [`Volume::finish`] after dropping the lock.
     fn append_sealed(
         &mut self,
         mut header: RecordHeader,
         payload: &[u8],
         name: Option<&str>,
-    ) -> Result<u64, WriteError> {
+    ) -> Result<(u64, Option<LargeWrite>), WriteError> {
         let volume = self.volume;
         let (kind, offset, length) = (header.kind, header.offset, header.length);
         let seq = self.head() + 1;
         let time = volume.clock.now_nanos().max(volume.last_time.load(Ordering::Relaxed));
         header.seq = seq;
         header.time = time;
-        let location = match volume.journal.append(&mut self.writer, &mut header, payload) {
-            Ok(location) => location,
+        let (location, visible, large) = match volume.journal.append(&mut self.writer, &mut header, payload) {
+            Ok(Appended::Buffered { location, visible }) => (location, visible, None),
+            Ok(Appended::Reserved(large)) => (large.location, false, Some(large)),
             Err(error) => {
                 volume.set_poison(&error);
                 return Err(WriteError::Io(error));
@@ -367,8 +373,10 @@ impl Appender<'_> {
             &NewRecord { kind, offset, length, location, payload_length: payload.len() as u32, time },
             name,
         );
-        volume.head.store(seq, Ordering::Release);
-        Ok(seq)
+        if visible {
+            volume.head.store(seq, Ordering::Release);
+        }
+        Ok((seq, large))
     }
 }
 
@@ -428,6 +436,7 @@ impl Volume {
             retention: Mutex::new(RetentionState::default()),
             counters: RetentionCounters::default(),
             durable_mark: Mutex::new(durable_mark),
+            published: Condvar::new(),
             floor: AtomicU64::new(first_seq),
             intent_written: AtomicU64::new(intent.unwrap_or(0)),
             wake,
@@ -558,7 +567,13 @@ impl Volume {
             let header = seal(offset, data);
             let mut appender = self.appender()?;
             self.check_range(offset, data.len() as u64)?;
-            if data.is_empty() { appender.head() } else { appender.append_sealed(header, data, None)? }
+            let (seq, large) = if data.is_empty() {
+                (appender.head(), None)
+            } else {
+                appender.append_sealed(header, data, None)?
+            };
+            drop(appender);
+            self.finish(seq, large.map(|large| (large, data)))?
         } else {
             let headers: Vec<RecordHeader> = data
                 .chunks(MAX_RECORD_PAYLOAD)
@@ -568,10 +583,17 @@ impl Volume {
             let mut appender = self.appender()?;
             self.check_range(offset, data.len() as u64)?;
             let mut seq = appender.head();
+            let mut reserved = Vec::new();
             for (header, part) in headers.into_iter().zip(data.chunks(MAX_RECORD_PAYLOAD)) {
-                seq = appender.append_sealed(header, part, None)?;
+                let (appended, large) = appender.append_sealed(header, part, None)?;
+                seq = appended;
+                reserved.extend(large.map(|large| (large, part)));
             }
-            seq
+            drop(appender);
+            for (large, part) in reserved {
+                self.finish(large.seq, Some((large, part)))?;
+            }
+            self.finish(seq, None)?
         };
         self.throttle();
         if fua {
@@ -599,12 +621,55 @@ impl Volume {
     ) -> Result<u64, WriteError> {
         let mut appender = self.appender()?;
         self.check_range(offset, length)?;
-        let seq =
-            if length == 0 { appender.head() } else { appender.append(kind, offset, length, &[], None)? };
+        let (seq, large) = if length == 0 {
+            (appender.head(), None)
+        } else {
+            appender.append(kind, offset, length, &[], None)?
+        };
         drop(appender);
+        let seq = self.finish(seq, large.map(|large| (large, &[][..])))?;
         self.throttle();
         if fua {
             self.flush()?;
+        }
+        Ok(seq)
+    }
+
+    /// Ends an append: writes a reserved large record (without the writer
+    /// lock, so concurrent writers copy in parallel), then waits until
+    /// `seq` is visible, i.e. every record up to it is written (to the
+    /// buffer or the file). Records become visible in seq order, so a
+    /// later record is never visible, or made durable by a flush, while an
+    /// earlier one is unwritten.
+    fn finish(&self, seq: u64, large: Option<(LargeWrite, &[u8])>) -> Result<u64, WriteError> {
+        if let Some((large, payload)) = large {
+            let written = large.write(payload);
+            let mut writer = self.journal.writer.lock();
+            match written {
+                Ok(()) => {
+                    if let Some(visible) = self.journal.complete(&mut writer, &large) {
+                        self.head.fetch_max(visible, Ordering::AcqRel);
+                    }
+                    self.published.notify_all();
+                }
+                Err(error) => {
+                    // The head can never pass this record: refuse writes
+                    // (and wake those waiting behind it).
+                    self.set_poison(&error);
+                    self.published.notify_all();
+                    return Err(WriteError::Io(error));
+                }
+            }
+        }
+        if self.head_seq() >= seq {
+            return Ok(seq);
+        }
+        let mut writer = self.journal.writer.lock();
+        while self.head_seq() < seq {
+            if self.poisoned.load(Ordering::Acquire) {
+                return Err(WriteError::Poisoned(self.poison().expect("poisoned has a cause")));
+            }
+            self.published.wait(&mut writer);
         }
         Ok(seq)
     }
@@ -668,9 +733,12 @@ impl Volume {
         self.syncs.fetch_add(1, Ordering::Relaxed);
         let (ticket, seq) = {
             let mut writer = self.journal.writer.lock();
-            let seq = self.head_seq();
             match self.journal.prepare_sync(&mut writer) {
-                Ok(ticket) => (ticket, seq),
+                Ok(ticket) => {
+                    let seq = ticket.mark.seq;
+                    debug_assert_eq!(seq, self.head_seq());
+                    (ticket, seq)
+                }
                 Err(error) => {
                     self.set_poison(&error);
                     return Err(FlushError::Io(error));
@@ -685,7 +753,7 @@ impl Volume {
         }
         self.durable.store(seq, Ordering::Release);
         if seq > 0 {
-            *self.durable_mark.lock() = Some(DurableMark { seq, ..ticket.mark });
+            *self.durable_mark.lock() = Some(ticket.mark);
         }
         // A fold may be rewriting the checkpoint: then skip this one rather
         // than make every flusher wait (the next leader appends more).
@@ -977,10 +1045,11 @@ impl Volume {
         if self.index.read().snapshots().contains_key(name) {
             return Err(SnapshotError::Exists(name.to_owned()));
         }
-        let seq = appender
+        let (seq, large) = appender
             .append(RecordKind::Snapshot, 0, 0, name.as_bytes(), Some(name))
             .map_err(SnapshotError::Write)?;
         drop(appender);
+        self.finish(seq, large.map(|large| (large, name.as_bytes()))).map_err(SnapshotError::Write)?;
         self.flush().map_err(|error| SnapshotError::Write(error.into()))?;
         Ok(Snapshot { name: name.to_owned(), seq, time: self.index.read().time(seq) })
     }
@@ -1008,10 +1077,11 @@ impl Volume {
         if !self.index.read().snapshots().contains_key(name) {
             return Err(SnapshotError::NotFound(name.to_owned()));
         }
-        appender
+        let (seq, large) = appender
             .append(RecordKind::SnapshotDelete, 0, 0, name.as_bytes(), Some(name))
             .map_err(SnapshotError::Write)?;
         drop(appender);
+        self.finish(seq, large.map(|large| (large, name.as_bytes()))).map_err(SnapshotError::Write)?;
         self.flush().map_err(|error| SnapshotError::Write(error.into()))
     }
 
@@ -1027,10 +1097,11 @@ impl Volume {
             drop(appender);
             return Err(RollbackError::Point(self.outside(format!("#{seq}"))));
         }
-        let new_seq =
+        let (new_seq, large) =
             appender.append(RecordKind::Rollback, seq, previous, &[], None).map_err(RollbackError::Write)?;
         self.size.store(self.index.read().size_at(new_seq), Ordering::Release);
         drop(appender);
+        self.finish(new_seq, large.map(|large| (large, &[][..]))).map_err(RollbackError::Write)?;
         self.flush().map_err(|error| RollbackError::Write(error.into()))?;
         Ok(RollbackOutcome { new_seq, previous_head_seq: previous })
     }
@@ -1044,10 +1115,11 @@ impl Volume {
         }
         let mut appender = self.appender().map_err(ResizeError::Write)?;
         let old = self.size();
-        let seq =
+        let (seq, large) =
             appender.append(RecordKind::Resize, new_size, old, &[], None).map_err(ResizeError::Write)?;
         self.size.store(new_size, Ordering::Release);
         drop(appender);
+        self.finish(seq, large.map(|large| (large, &[][..]))).map_err(ResizeError::Write)?;
         self.flush().map_err(|error| ResizeError::Write(error.into()))?;
         Ok(seq)
     }
