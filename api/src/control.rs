@@ -6,12 +6,14 @@
 //! serves). Change both together.
 //!
 //! Conventions:
-//! - Every time is RFC 3339 in UTC (`2026-11-28T02:13:50.123456Z`); every
-//!   size is in bytes (`*_bytes`); every point is also given by its seq,
-//!   the exact handle (`#SEQ` in point syntax).
+//! - Every time is RFC 3339 in UTC with milliseconds
+//!   (`2026-11-28T02:13:50.123Z`, [`crate::format_time`]), valid as a point;
+//!   every size is in bytes (`*_bytes`); every point is also given by its
+//!   seq, the exact handle (`#SEQ` in point syntax).
 //! - Every error is an [`ErrorBody`] with a 4xx or 5xx status: 400 bad
 //!   input, 404 the volume or snapshot the URL names does not exist, 409 a
-//!   conflict (name taken, a clone still needs the volume), 422 a
+//!   conflict (name taken, a clone still needs the volume, NBD clients are
+//!   connected; `?force=true` overrides the last two), 422 a
 //!   well-formed point that is not in the history (outside the retained
 //!   window, or an unknown snapshot name), 500 an IO failure in the daemon.
 
@@ -75,7 +77,19 @@ pub struct CreateSnapshot {
     pub name: String,
 }
 
-/// `POST /v1/volumes/{volume}/rollback`.
+/// `?force=true` of `DELETE /v1/volumes/{volume}`,
+/// `POST /v1/volumes/{volume}/rollback` and `POST /v1/volumes/{volume}/reopen`:
+/// go ahead although NBD clients are connected (and, for delete, although
+/// clones read through the volume).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Force {
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// `POST /v1/volumes/{volume}/rollback`. Refused (409) while NBD clients
+/// are connected to the head, unless `?force=true`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rollback {
@@ -107,6 +121,15 @@ pub struct CloneOrigin {
     pub seq: u64,
 }
 
+/// NBD connections open to a volume.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NbdConnections {
+    /// To the live head (read-write): a VM's disk.
+    pub head: u64,
+    /// To points of its history (read-only exports).
+    pub points: u64,
+}
+
 /// A volume as `volume list` shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VolumeInfo {
@@ -120,15 +143,18 @@ pub struct VolumeInfo {
     pub durable_seq: u64,
     /// Points that can be opened (`head.seq - first.seq + 1`).
     pub points: u64,
-    pub snapshots: u64,
-    /// Bytes of the volume's files on disk (journal, index checkpoint).
+    /// Named snapshots (`GET /v1/volumes/{volume}/snapshots` lists them).
+    pub snapshot_count: u64,
+    /// Bytes of the volume's journal segment files.
     pub journal_bytes: u64,
     /// Set when the volume is a clone of another volume's point.
     pub clone_of: Option<CloneOrigin>,
     /// Live volumes that are clones of this one.
     pub clones: Vec<String>,
-    /// Why the volume refuses writes (an earlier IO error), if it does.
+    /// Why the volume refuses writes (an earlier IO error), if it does;
+    /// `POST /v1/volumes/{volume}/reopen` clears it once the cause is fixed.
     pub write_error: Option<String>,
+    pub nbd_connections: NbdConnections,
 }
 
 /// `GET /v1/volumes`.
@@ -146,11 +172,25 @@ pub struct RecoveryInfo {
     pub cut_bytes: u64,
 }
 
+/// `POST /v1/volumes`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeCreated {
+    pub volume: VolumeInfo,
+    /// Where the volume's head is served, read-write.
+    pub uri: String,
+}
+
 /// `GET /v1/volumes/{volume}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VolumeDetail {
     pub volume: VolumeInfo,
-    pub snapshot_list: Vec<SnapshotInfo>,
+    pub snapshots: Vec<SnapshotInfo>,
+    /// Journal segment files (`volume.journal_bytes` is their size).
+    pub journal_segments: u64,
+    /// Bytes of data in the base image that retention folds old history into.
+    pub base_bytes: u64,
+    /// The journal budget retention keeps to, if any.
+    pub journal_budget_bytes: Option<u64>,
     pub index_memory_bytes: u64,
     pub recovery: RecoveryInfo,
     /// Export name of the live head (`nbd://ADDR/NAME`).
@@ -163,8 +203,9 @@ pub struct Resized {
     pub volume: String,
     pub old_size_bytes: u64,
     pub new_size_bytes: u64,
-    /// Seq of the resize record.
-    pub seq: u64,
+    /// Seq of the resize record; `None` when the volume already had that
+    /// size (nothing was written).
+    pub seq: Option<u64>,
 }
 
 /// `DELETE /v1/volumes/{volume}`.
@@ -173,6 +214,22 @@ pub struct Deleted {
     pub volume: String,
     /// Clones that still read through the (now hidden) volume.
     pub clones_kept: Vec<String>,
+    /// NBD connections that were open to the volume (only with force):
+    /// their requests now fail.
+    pub nbd_connections: u64,
+}
+
+/// `POST /v1/volumes/{volume}/reopen`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reopened {
+    /// The volume as it is now, opened afresh from its files.
+    pub volume: VolumeInfo,
+    /// The IO error the volume refused writes after, now cleared.
+    pub cleared_write_error: Option<String>,
+    /// NBD connections to the head opened before the reopen (only with
+    /// force): they still hold the old volume, so their writes keep failing
+    /// until their clients reconnect.
+    pub stale_nbd_connections: u64,
 }
 
 /// `POST /v1/volumes/{volume}/flush`.
@@ -185,6 +242,15 @@ pub struct Flushed {
 /// A named snapshot.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotInfo {
+    pub name: String,
+    pub seq: u64,
+    pub time: String,
+}
+
+/// `POST /v1/volumes/{volume}/snapshots`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotCreated {
+    pub volume: String,
     pub name: String,
     pub seq: u64,
     pub time: String,
@@ -217,6 +283,9 @@ pub struct RolledBack {
     pub previous_head: PointInfo,
     /// The point to roll back to in order to undo this (`#SEQ`).
     pub undo_to: String,
+    /// NBD connections that were open to the head (only with force): their
+    /// clients now read the rolled-back image under their feet.
+    pub nbd_connections: u64,
 }
 
 /// `POST /v1/volumes/{volume}/clone`.

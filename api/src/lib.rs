@@ -8,5 +8,7 @@ pub mod control;
 pub mod point;
 pub mod size;
 
-pub use point::{ExportName, Point, PointError, parse_export_name, validate_volume_name};
+pub use point::{
+    ExportName, Point, PointError, format_time, normalize_time, parse_export_name, validate_volume_name,
+};
 pub use size::{SizeError, format_size, parse_size};

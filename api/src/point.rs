@@ -4,10 +4,14 @@
 //! | --- | --- |
 //! | `#SEQ` | as of journal sequence number SEQ |
 //! | `2026-11-28T02:13:50Z` | as of that instant (RFC 3339, any offset) |
-//! | `-90s`, `-15m`, `-2h`, `-1d`, `-1h30m` | that long before now |
+//! | `-90s`, `-15m`, `-2h`, `-1d`, `-1w`, `-1h30m` | that long before now |
 //! | anything else | a named snapshot |
 //!
 //! An export name is `VOL` (the live head) or `VOL@POINT`.
+//!
+//! Times are printed by [`format_time`], always with milliseconds (the
+//! resolution of the journal's index), so a printed time pasted back as a
+//! point resolves to the point it was printed for.
 
 use std::fmt;
 use std::time::Duration;
@@ -40,8 +44,21 @@ pub enum PointError {
     /// The text looks like a time but is not valid RFC 3339.
     #[error("`{0}` is not an RFC 3339 time: write e.g. 2026-11-28T02:13:50Z")]
     BadTime(String),
+    /// An RFC 3339 time without `Z` or an offset: which zone is meant is
+    /// a guess we do not make.
+    #[error("`{0}` has no time zone: add Z for UTC ({0}Z) or an offset ({0}+01:00)")]
+    NoOffset(String),
+    /// A relative time without its leading `-` (`90s`).
+    #[error("`{0}` is not a point: did you mean -{0}? (a time relative to now starts with -)")]
+    MissingMinus(String),
+    /// A whole number (`812`): a seq needs its `#`.
+    #[error("`{0}` is not a point: write #{0} for sequence number {0}, or -{0}s for {0} seconds ago")]
+    BareNumber(String),
+    /// A time after now (`+5m`): the history ends at the head.
+    #[error("`{0}` is in the future, and the history ends now: did you mean -{past}?", past = .0.trim_start_matches('+'))]
+    Future(String),
     /// A relative point that does not parse.
-    #[error("`{0}` is not a relative time: write e.g. -90s, -15m, -2h, -1d or -1h30m")]
+    #[error("`{0}` is not a relative time: write e.g. -90s, -15m, -2h, -1d, -1w or -1h30m")]
     BadRelative(String),
     /// A volume or snapshot name with characters we do not allow.
     #[error("`{0}` is not a valid name: use 1 to 64 of A-Z a-z 0-9 . _ - (not starting with . or -)")]
@@ -68,10 +85,24 @@ impl Point {
                 .map(Point::Ago)
                 .ok_or_else(|| PointError::BadRelative(text.to_owned()));
         }
+        if let Some(relative) = text.strip_prefix('+') {
+            return Err(match parse_relative(relative) {
+                Some(_) => PointError::Future(text.to_owned()),
+                None => PointError::BadRelative(text.to_owned()),
+            });
+        }
         if text.as_bytes().first().is_some_and(u8::is_ascii_digit) {
-            return OffsetDateTime::parse(text, &Rfc3339)
-                .map(Point::Time)
-                .map_err(|_| PointError::BadTime(text.to_owned()));
+            return OffsetDateTime::parse(text, &Rfc3339).map(Point::Time).map_err(|_| {
+                if text.bytes().all(|b| b.is_ascii_digit()) {
+                    PointError::BareNumber(text.to_owned())
+                } else if parse_relative(text).is_some() {
+                    PointError::MissingMinus(text.to_owned())
+                } else if OffsetDateTime::parse(&format!("{text}Z"), &Rfc3339).is_ok() {
+                    PointError::NoOffset(text.to_owned())
+                } else {
+                    PointError::BadTime(text.to_owned())
+                }
+            });
         }
         validate_name(text)?;
         Ok(Point::Snapshot(text.to_owned()))
@@ -103,6 +134,44 @@ impl fmt::Display for Point {
             }
             Point::Snapshot(name) => f.write_str(name),
         }
+    }
+}
+
+/// `unix_nanos` as RFC 3339 in UTC with milliseconds,
+/// `2026-11-28T02:13:50.512Z`: the one format `rewindd` and `rewind` print
+/// times in. Index times are whole milliseconds, so a printed point time
+/// is exact; other times are cut to the millisecond (never later than the
+/// instant they stand for).
+pub fn format_time(unix_nanos: i64) -> String {
+    let millis = unix_nanos.div_euclid(1_000_000);
+    match OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1_000_000) {
+        // i64 nanoseconds span 1677 to 2262: always a four-digit year.
+        Ok(time) => format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+            time.year(),
+            u8::from(time.month()),
+            time.day(),
+            time.hour(),
+            time.minute(),
+            time.second(),
+            time.millisecond()
+        ),
+        Err(_) => format!("{unix_nanos} unix ns"),
+    }
+}
+
+/// Reformats an RFC 3339 time (any offset, any precision) the way
+/// [`format_time`] does; text that is not one comes back unchanged.
+pub fn normalize_time(rfc3339: &str) -> String {
+    match OffsetDateTime::parse(rfc3339, &Rfc3339) {
+        Ok(time) => {
+            let nanos = time.unix_timestamp_nanos();
+            match i64::try_from(nanos) {
+                Ok(nanos) => format_time(nanos),
+                Err(_) => rfc3339.to_owned(),
+            }
+        }
+        Err(_) => rfc3339.to_owned(),
     }
 }
 
@@ -201,10 +270,32 @@ mod tests {
             ("2026-13-01T00:00:00Z", "RFC 3339"),
             ("a/b", "A-Z"),
             ("", "VOL@SNAP"),
+            ("90s", "did you mean -90s?"),
+            ("1h30m", "did you mean -1h30m?"),
+            ("+5m", "in the future, and the history ends now: did you mean -5m?"),
+            ("+5x", "not a relative time"),
+            ("2026-11-28T17:12:00", "add Z for UTC (2026-11-28T17:12:00Z)"),
+            ("2026-11-28T17:12:00.5", "no time zone"),
+            ("812", "write #812"),
         ] {
             let error = Point::parse(text).unwrap_err().to_string();
             assert!(error.contains(hint), "{text}: {error}");
+            assert!(error.starts_with(&format!("`{text}`")) || text.is_empty(), "echoes the input: {error}");
         }
+    }
+
+    #[test]
+    fn printed_times_have_milliseconds_and_parse_back() {
+        // One format everywhere: milliseconds always shown, cut (never
+        // rounded up past the instant), and valid as a point.
+        assert_eq!(format_time(1_795_832_030_000_000_000), "2026-11-28T02:13:50.000Z");
+        assert_eq!(format_time(1_795_832_030_512_000_000), "2026-11-28T02:13:50.512Z");
+        assert_eq!(format_time(1_795_832_030_512_999_999), "2026-11-28T02:13:50.512Z");
+        assert_eq!(format_time(-1), "1969-12-31T23:59:59.999Z");
+        assert_eq!(normalize_time("2026-11-28T03:13:50.25+01:00"), "2026-11-28T02:13:50.250Z");
+        assert_eq!(normalize_time("not a time"), "not a time");
+        let Ok(Point::Time(time)) = Point::parse(&format_time(1_795_832_030_512_000_000)) else { panic!() };
+        assert_eq!(time.unix_timestamp_nanos(), 1_795_832_030_512_000_000);
     }
 
     #[test]
@@ -225,6 +316,16 @@ mod tests {
         fn any_text_parses_or_fails_without_panicking(text in ".{0,80}") {
             // Export names arrive from the network: no input may panic.
             let _ = parse_export_name(&text);
+        }
+
+        #[test]
+        fn formatted_times_parse_back_to_the_millisecond(nanos in any::<i64>()) {
+            // Whatever the instant, its printed form is a point at that
+            // millisecond.
+            let Ok(Point::Time(time)) = Point::parse(&format_time(nanos)) else {
+                return Err(TestCaseError::fail(format_time(nanos)));
+            };
+            prop_assert_eq!(time.unix_timestamp_nanos(), i128::from(nanos.div_euclid(1_000_000)) * 1_000_000);
         }
 
         #[test]

@@ -16,6 +16,9 @@ pub enum SizeError {
     /// Zero bytes.
     #[error("size must be greater than zero")]
     Zero,
+    /// A minus sign (`-5G`).
+    #[error("`{0}` is negative: a size is a positive amount, e.g. 5G")]
+    Negative(String),
     /// Not a whole number of 512-byte sectors.
     #[error("`{0}` is {1} bytes, not a multiple of 512")]
     Unaligned(String, u64),
@@ -24,6 +27,9 @@ pub enum SizeError {
 /// Parses a size with an optional unit into bytes.
 pub fn parse_size(text: &str) -> Result<u64, SizeError> {
     let trimmed = text.trim();
+    if trimmed.starts_with('-') {
+        return Err(SizeError::Negative(text.to_owned()));
+    }
     let split = trimmed.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(trimmed.len());
     let (number, unit) = trimmed.split_at(split);
     let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
@@ -122,7 +128,8 @@ mod tests {
         assert!(matches!(parse_size("0"), Err(SizeError::Zero)));
         assert!(matches!(parse_size("1000"), Err(SizeError::Unaligned(_, 1000))));
         assert!(matches!(parse_size("99999999999P"), Err(SizeError::TooLarge(_))));
-        assert!(parse_size("-1G").is_err());
+        assert!(matches!(parse_size("-1G"), Err(SizeError::Negative(_))));
+        assert!(parse_size("-5G").unwrap_err().to_string().contains("`-5G` is negative"));
     }
 
     #[test]

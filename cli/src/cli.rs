@@ -9,6 +9,17 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use rewind_api::Point;
 
+/// The forms of POINT, for the help of every command that takes one (and
+/// so for their man pages).
+const POINT_FORMS: &str = "POINT is any point in the volume's history:\n  \
+    #SEQ                   a journal sequence number, the exact handle (quote it in a shell: '#812')\n  \
+    2026-11-28T02:13:50Z   an RFC 3339 time, with Z or an offset (+01:00); printed times are valid\n  \
+    -90s, -15m, -2h, -1d   that long before now (units s, m, h, d, w; combined: -1h30m)\n  \
+    NAME                   a snapshot";
+
+/// Longest `--interval`: 365 days.
+const MAX_INTERVAL_SECONDS: u64 = 365 * 86_400;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "rewind",
@@ -37,24 +48,29 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Create, list, show, resize and delete volumes
+    /// Create, list, show, resize, reopen and delete volumes
     #[command(subcommand)]
     Volume(VolumeCommand),
     /// Bookmark the head of a volume by name, list and delete bookmarks
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
     /// Writes and bytes per interval, and the points to go back to
+    #[command(after_help = POINT_FORMS)]
     Timeline(TimelineArgs),
     /// Make a volume's head the image at POINT (undoable: prints how)
+    #[command(after_help = POINT_FORMS)]
     Rollback(RollbackArgs),
     /// Create a writable copy-on-write clone of a point
+    #[command(after_help = POINT_FORMS)]
     Clone(CloneArgs),
     /// Print the nbd:// URI that serves a point, read-only
+    #[command(after_help = POINT_FORMS)]
     Export(ExportArgs),
     /// The daemon: version, addresses, volumes, connections
     Status,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions {
+        /// The shell to complete for
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
@@ -90,32 +106,54 @@ pub struct Unavailable {
 pub enum VolumeCommand {
     /// Create an empty volume (reads as zeros), served at nbd://ADDR/NAME
     Create {
+        /// Name of the new volume: 1 to 64 of A-Z a-z 0-9 . _ - (not starting with . or -)
         #[arg(value_parser = volume_name)]
         name: String,
         /// Size with a unit: 20GiB, 512M, 1T (K/M/G/T are powers of 1024; KB/MB/GB powers of 1000)
-        #[arg(long, value_parser = size)]
+        #[arg(long, value_parser = size, allow_hyphen_values = true)]
         size: u64,
     },
-    /// Every volume, with its size, history and journal
+    /// Every volume, with its size, history, journal and NBD connections
     List,
-    /// One volume: history, snapshots, clones, journal, NBD URI
+    /// One volume: history, snapshots, clones, journal, NBD URI and connections
     Show {
+        /// The volume
         #[arg(value_parser = volume_name)]
         name: String,
     },
     /// Change a volume's size (shrinking is undoable with a rollback)
     Resize {
+        /// The volume
         #[arg(value_parser = volume_name)]
         name: String,
         /// New size with a unit: 30GiB, 512M
-        #[arg(long, value_parser = size)]
+        #[arg(long, value_parser = size, allow_hyphen_values = true)]
         size: u64,
     },
-    /// Delete a volume and all its history
-    Delete {
+    /// Reopen a volume that refuses writes after an IO error (ENOSPC, EIO), once the cause is fixed
+    #[command(long_about = "Reopen a volume that refuses writes after an IO error (ENOSPC, EIO), once the \
+        cause is fixed (disk space freed, disk replaced): the volume is opened afresh from its files, as a \
+        daemon restart would, and takes writes again. Every write acknowledged as durable is kept.\n\n\
+        NBD clients connected to the head keep the old volume, and their writes keep failing until they \
+        reconnect: the reopen is refused while any are connected, unless --force.")]
+    Reopen {
+        /// The volume
         #[arg(value_parser = volume_name)]
         name: String,
-        /// Delete even if clones read through it: it disappears, but its data is kept until its last clone is deleted
+        /// Reopen even if NBD clients are connected to the head (they must reconnect to write again)
+        #[arg(long)]
+        force: bool,
+    },
+    /// Delete a volume and all its history
+    #[command(long_about = "Delete a volume and all its history.\n\n\
+        Refused while NBD clients are connected to the volume (its head or its points) or clones read \
+        through it; --force overrides both.")]
+    Delete {
+        /// The volume
+        #[arg(value_parser = volume_name)]
+        name: String,
+        /// Delete even if NBD clients are connected (their requests then fail) or clones read through it
+        /// (it disappears, but its data is kept until its last clone is deleted)
         #[arg(long)]
         force: bool,
     },
@@ -125,20 +163,25 @@ pub enum VolumeCommand {
 pub enum SnapshotCommand {
     /// Bookmark the volume's head as it is now; kept until deleted
     Create {
+        /// The volume
         #[arg(value_parser = volume_name)]
         volume: String,
+        /// Name of the snapshot: starts with a letter or _, then A-Z a-z 0-9 . _ -
         #[arg(value_parser = snapshot_name)]
         name: String,
     },
     /// A volume's snapshots
     List {
+        /// The volume
         #[arg(value_parser = volume_name)]
         volume: String,
     },
     /// Delete a snapshot (its point stays in the history while retained)
     Delete {
+        /// The volume
         #[arg(value_parser = volume_name)]
         volume: String,
+        /// The snapshot
         #[arg(value_parser = any_name)]
         name: String,
     },
@@ -146,30 +189,37 @@ pub enum SnapshotCommand {
 
 #[derive(Debug, Args)]
 pub struct TimelineArgs {
+    /// The volume
     #[arg(value_parser = volume_name)]
     pub volume: String,
     /// Start of the timeline: a POINT, e.g. -24h, -15m, 2026-11-28T02:00:00Z
     #[arg(long, default_value = "-24h", allow_hyphen_values = true, value_parser = point, value_name = "POINT")]
     pub since: String,
-    /// Length of each row: 30s, 5m, 1h, 1d [default: picked for about 48 rows]
+    /// Length of each row, 1s to 365d: 30s, 5m, 1h, 1d, 1w [default: picked for about 48 rows]
     #[arg(long, value_parser = duration_seconds, value_name = "DURATION")]
     pub interval: Option<u64>,
 }
 
 #[derive(Debug, Args)]
 pub struct RollbackArgs {
+    /// The volume
     #[arg(value_parser = volume_name)]
     pub volume: String,
-    /// The point whose image the head gets
+    /// The point whose image the head gets (forms below)
     #[arg(long, allow_hyphen_values = true, value_parser = point, value_name = "POINT")]
     pub to: String,
+    /// Roll back even if NBD clients are connected to the head: a running VM's next write corrupts its
+    /// filesystem, so stop it first
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct CloneArgs {
+    /// The volume to clone
     #[arg(value_parser = volume_name)]
     pub volume: String,
-    /// The point to clone
+    /// The point to clone (forms below)
     #[arg(long, allow_hyphen_values = true, value_parser = point, value_name = "POINT")]
     pub at: String,
     /// Name of the new volume
@@ -179,9 +229,10 @@ pub struct CloneArgs {
 
 #[derive(Debug, Args)]
 pub struct ExportArgs {
+    /// The volume
     #[arg(value_parser = volume_name)]
     pub volume: String,
-    /// The point to serve
+    /// The point to serve (forms below)
     #[arg(long, allow_hyphen_values = true, value_parser = point, value_name = "POINT")]
     pub at: String,
 }
@@ -212,15 +263,22 @@ fn size(text: &str) -> Result<u64, String> {
     rewind_api::parse_size(text).map_err(|error| error.to_string())
 }
 
-/// `90s`, `15m`, `1h`, `1d`, `1h30m` or plain seconds.
+/// `90s`, `15m`, `1h`, `1d`, `1w`, `1h30m` or plain seconds: 1 s to 365 d.
 fn duration_seconds(text: &str) -> Result<u64, String> {
-    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
-        return text.parse().map_err(|_| format!("`{text}` is too long"));
+    let seconds = if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        text.parse().unwrap_or(u64::MAX)
+    } else {
+        match Point::parse(&format!("-{text}")) {
+            Ok(Point::Ago(duration)) => duration.as_secs(),
+            _ => return Err(format!("`{text}` is not a duration: write e.g. 30s, 5m, 1h, 1d, 1w or 1h30m")),
+        }
+    };
+    if seconds == 0 || seconds > MAX_INTERVAL_SECONDS {
+        return Err(format!(
+            "`{text}` is out of range: an interval is 1s to 365d (e.g. 30s, 5m, 1h, 1d, 1w)"
+        ));
     }
-    match Point::parse(&format!("-{text}")) {
-        Ok(Point::Ago(duration)) if duration.as_secs() > 0 => Ok(duration.as_secs()),
-        _ => Err(format!("`{text}` is not a duration: write e.g. 30s, 5m, 1h, 1d or 1h30m")),
-    }
+    Ok(seconds)
 }
 
 #[cfg(test)]
@@ -245,6 +303,9 @@ mod tests {
             "rewind volume resize db --size 512M",
             "rewind volume delete db",
             "rewind volume delete db --force",
+            "rewind volume reopen db",
+            "rewind volume reopen db --force",
+            "rewind rollback db --to -15m --force",
             "rewind snapshot create db before-upgrade",
             "rewind snapshot list db",
             "rewind snapshot delete db before-upgrade",
@@ -278,6 +339,15 @@ mod tests {
             ("rewind export db --at 2026-13-01T00:00:00Z", "RFC 3339"),
             ("rewind snapshot create db 2026", "point in time"),
             ("rewind timeline db --interval 5x", "duration"),
+            ("rewind timeline db --interval 0", "1s to 365d"),
+            ("rewind timeline db --interval 0s", "1s to 365d"),
+            ("rewind timeline db --interval 366d", "1s to 365d"),
+            ("rewind timeline db --interval 1y", "1w"),
+            ("rewind volume create db --size -5G", "`-5G` is negative"),
+            ("rewind volume resize db --size -5G", "`-5G` is negative"),
+            ("rewind rollback db --to 90s", "did you mean -90s?"),
+            ("rewind rollback db --to +5m", "in the future"),
+            ("rewind export db --at 2026-11-28T17:12:00", "add Z for UTC"),
         ] {
             let words: Vec<&str> = line.split(' ').collect();
             let error = Cli::try_parse_from(&words).unwrap_err();
@@ -287,11 +357,46 @@ mod tests {
     }
 
     #[test]
+    fn point_taking_commands_list_the_point_forms_in_their_help() {
+        // `rewind rollback --help` (and so its man page) says what a POINT is.
+        let mut command = Cli::command();
+        for name in ["rollback", "clone", "export", "timeline"] {
+            let help = command.find_subcommand_mut(name).unwrap().render_help().to_string();
+            assert!(
+                help.contains("#SEQ") && help.contains("-90s") && help.contains("RFC 3339"),
+                "{name}: {help}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_argument_has_a_description() {
+        // `<VOLUME>` alone says nothing: each argument of each command has help.
+        fn walk(command: &clap::Command, path: &str) {
+            for argument in command.get_arguments() {
+                let id = argument.get_id().as_str();
+                if argument.is_hide_set() || matches!(id, "help" | "version") {
+                    continue;
+                }
+                assert!(argument.get_help().is_some(), "{path} {id} has no help");
+            }
+            for sub in command.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()));
+            }
+        }
+        walk(&Cli::command(), "rewind");
+    }
+
+    #[test]
     fn durations_take_units_or_seconds() {
         assert_eq!(duration_seconds("90"), Ok(90));
         assert_eq!(duration_seconds("5m"), Ok(300));
         assert_eq!(duration_seconds("1h30m"), Ok(5400));
+        assert_eq!(duration_seconds("365d"), Ok(31_536_000));
+        assert_eq!(duration_seconds("1w"), Ok(604_800));
         assert!(duration_seconds("0s").is_err());
+        assert!(duration_seconds("0").is_err());
+        assert!(duration_seconds("99999999999999999999999").is_err());
         assert!(duration_seconds("").is_err());
     }
 }

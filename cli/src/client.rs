@@ -6,6 +6,7 @@
 //! carries the daemon's own message and hint.
 
 use std::io;
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -134,6 +135,9 @@ impl Client {
             _ => "DIR".into(),
         };
         let start = format!("start one with: rewindd --data-dir {data_dir}");
+        if let Some(failure) = self.not_a_socket(from) {
+            return failure;
+        }
         let (what, hint) = match error.kind() {
             io::ErrorKind::NotFound => (
                 "no such socket: is rewindd running?".to_owned(),
@@ -151,6 +155,40 @@ impl Client {
             _ => (error.to_string(), start),
         };
         Failure::new(format!("cannot reach rewindd at {path} ({from}): {what}"), Some(hint))
+    }
+
+    /// When the path exists but is no socket (a data dir, a config file),
+    /// says so: "not running" would send the user after the wrong problem.
+    fn not_a_socket(&self, from: &str) -> Option<Failure> {
+        let path = &self.socket;
+        let file_type = std::fs::metadata(path).ok()?.file_type();
+        if file_type.is_socket() {
+            return None;
+        }
+        let what = if file_type.is_dir() {
+            "a directory"
+        } else if file_type.is_file() {
+            "a regular file"
+        } else {
+            "a special file"
+        };
+        let candidate = path.join("control.sock");
+        let hint = if file_type.is_dir()
+            && std::fs::metadata(&candidate).is_ok_and(|m| m.file_type().is_socket())
+        {
+            format!(
+                "did you mean --control {}? (a daemon's socket is DATA_DIR/control.sock)",
+                candidate.display()
+            )
+        } else {
+            "point rewind at the daemon's control socket: DATA_DIR/control.sock, or the --control PATH rewindd \
+             was started with"
+                .to_owned()
+        };
+        Some(Failure::new(
+            format!("cannot reach rewindd at {} ({from}): it is {what}, not a socket", path.display()),
+            Some(hint),
+        ))
     }
 
     fn broken(&self, error: &dyn std::error::Error) -> Failure {

@@ -17,9 +17,9 @@ use std::process::ExitCode;
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches};
 use rewind_api::control::{
-    CloneVolume, Cloned, CreateSnapshot, CreateVolume, Deleted, Exported, Resized, Rollback, RolledBack,
-    SizeArg, SnapshotDeleted, SnapshotInfo, SnapshotList, Status, Timeline, VolumeDetail, VolumeInfo,
-    VolumeList, nbd_uri, percent_encode,
+    CloneVolume, Cloned, CreateSnapshot, CreateVolume, Deleted, Exported, NbdConnections, Reopened, Resized,
+    Rollback, RolledBack, SizeArg, SnapshotCreated, SnapshotDeleted, SnapshotList, Status, Timeline,
+    VolumeCreated, VolumeDetail, VolumeInfo, VolumeList, percent_encode,
 };
 use rewind_api::format_size;
 use serde::Serialize;
@@ -28,7 +28,7 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::cli::{Cli, Command, SnapshotCommand, VolumeCommand};
 use crate::client::{Client, DEFAULT_SOCKET, Failure, SocketSource, with_progress};
-use crate::output::{Table, duration, shell_word, short_time};
+use crate::output::{Table, display_time, duration, plural, shell_word};
 
 const EXIT_FAILED: u8 = 1;
 const EXIT_USAGE: u8 = 2;
@@ -79,10 +79,30 @@ fn usage_error(error: clap::Error) -> ExitCode {
     let body = body.split("\n\nFor more information").next().unwrap_or(body);
     let line = body.split_whitespace().collect::<Vec<_>>().join(" ");
     let line = line.strip_prefix("error: ").unwrap_or(&line).to_owned();
-    // One line, as PRODUCT.md promises; `--help` is where the usage is.
-    let failure = Failure::new(line, None);
-    report(&failure, std::env::args().any(|arg| arg == "--json"));
+    // One line, as PRODUCT.md promises; `--help` is where the usage is,
+    // and the hint (shown with --json, where it costs no extra line) says so.
+    let hint = format!("{} --help shows the usage", command_path(std::env::args().skip(1)));
+    let failure = Failure::new(line, Some(hint));
+    if std::env::args().any(|arg| arg == "--json") {
+        report(&failure, true);
+    } else {
+        eprintln!("rewind: {}", failure.error);
+    }
     ExitCode::from(EXIT_USAGE)
+}
+
+/// The (sub)command the words name, as far as they name one:
+/// `volume create db --size x` → `rewind volume create`.
+fn command_path(words: impl Iterator<Item = String>) -> String {
+    let mut command = Cli::command();
+    let mut path = String::from("rewind");
+    for word in words.filter(|word| !word.starts_with('-')) {
+        let Some(sub) = command.find_subcommand(&word).cloned() else { continue };
+        path.push(' ');
+        path.push_str(sub.get_name());
+        command = sub;
+    }
+    path
 }
 
 fn report(failure: &Failure, json: bool) {
@@ -134,7 +154,8 @@ async fn run(cli: Cli, client: &Client) -> Result<(), Failure> {
         }
         Command::Rollback(args) => {
             let request = Rollback { to: args.to.clone() };
-            let path = format!("{}/rollback", volume_path(&args.volume));
+            let force = if args.force { "?force=true" } else { "" };
+            let path = format!("{}/rollback{force}", volume_path(&args.volume));
             let message = format!("rolling back {} to {}", args.volume, args.to);
             let done: RolledBack = with_progress(&message, progress, client.post(&path, &request)).await?;
             let control = match client.source() {
@@ -144,18 +165,29 @@ async fn run(cli: Cli, client: &Client) -> Result<(), Failure> {
                 _ => String::new(),
             };
             print(json, &done, |done| {
-                format!(
+                // Clients were connected and the user went ahead: the undo
+                // must not stop at them.
+                let force = if done.nbd_connections > 0 { " --force" } else { "" };
+                let mut text = format!(
                     "Rolled back {volume} to #{target} ({target_time}): the head is now #{new} with that image.\n\
                      The previous head #{previous} ({previous_time}) is kept in the history.\n\
-                     Undo with: rewind rollback {volume} --to {undo}{control}\n",
+                     Undo with: rewind rollback {volume} --to {undo}{force}{control}\n",
                     volume = done.volume,
                     target = done.target.seq,
-                    target_time = short_time(&done.target.time),
+                    target_time = display_time(&done.target.time),
                     new = done.new_head.seq,
                     previous = done.previous_head.seq,
-                    previous_time = short_time(&done.previous_head.time),
+                    previous_time = display_time(&done.previous_head.time),
                     undo = shell_word(&done.undo_to),
-                )
+                );
+                if done.nbd_connections > 0 {
+                    text.push_str(&format!(
+                        "Warning: {} to the head saw the image change under it; restart what uses it (a VM: \
+                         reboot it, and check its filesystem).\n",
+                        plural(done.nbd_connections, "NBD connection")
+                    ));
+                }
+                text
             });
             Ok(())
         }
@@ -169,7 +201,7 @@ async fn run(cli: Cli, client: &Client) -> Result<(), Failure> {
                     "Cloned {} at #{} ({}) as {}: {}, writable.\nServe it: {}\n",
                     cloned.source,
                     cloned.point.seq,
-                    short_time(&cloned.point.time),
+                    display_time(&cloned.point.time),
                     cloned.volume.name,
                     format_size(cloned.volume.size_bytes),
                     cloned.uri
@@ -187,7 +219,7 @@ async fn run(cli: Cli, client: &Client) -> Result<(), Failure> {
                     "{} as of #{} ({}), {}, read-only:",
                     exported.volume,
                     exported.point.seq,
-                    short_time(&exported.point.time),
+                    display_time(&exported.point.time),
                     format_size(exported.size_bytes)
                 );
                 format!("{}\n", exported.uri)
@@ -228,17 +260,15 @@ async fn volume(command: VolumeCommand, client: &Client, json: bool) -> Result<(
         VolumeCommand::Create { name, size } => {
             let request = CreateVolume { name: name.clone(), size: SizeArg::Bytes(size) };
             let message = format!("creating volume {name}");
-            let info: VolumeInfo =
+            let created: VolumeCreated =
                 with_progress(&message, progress, client.post("/v1/volumes", &request)).await?;
-            // The NBD address is only for the sentence: the volume exists
-            // whether or not the status request works.
-            let status: Option<Status> = if json { None } else { client.get("/v1/status").await.ok() };
-            print(json, &info, |info| {
-                let mut text = format!("Created volume {} ({}).\n", info.name, format_size(info.size_bytes));
-                if let Some(status) = &status {
-                    text.push_str(&format!("Serve it: {}\n", nbd_uri(&status.nbd_listen, &info.name)));
-                }
-                text
+            print(json, &created, |created| {
+                format!(
+                    "Created volume {} ({}).\nServe it: {}\n",
+                    created.volume.name,
+                    format_size(created.volume.size_bytes),
+                    created.uri
+                )
             });
         }
         VolumeCommand::List => {
@@ -253,27 +283,33 @@ async fn volume(command: VolumeCommand, client: &Client, json: bool) -> Result<(
                     "POINTS",
                     "SNAPSHOTS",
                     "JOURNAL",
+                    "NBD",
                     "CLONE OF",
                 ]);
+                let mut notes = String::new();
                 for volume in &list.volumes {
                     table.row(vec![
                         volume.name.clone(),
                         format_size(volume.size_bytes),
                         format!("#{}", volume.head.seq),
-                        short_time(&volume.head.time),
+                        last_write(volume),
                         volume.points.to_string(),
-                        volume.snapshots.to_string(),
+                        volume.snapshot_count.to_string(),
                         format_size(volume.journal_bytes),
+                        connections_cell(volume.nbd_connections),
                         volume
                             .clone_of
                             .as_ref()
                             .map_or("-".into(), |origin| format!("{}@#{}", origin.volume, origin.seq)),
                     ]);
+                    if let Some(error) = &volume.write_error {
+                        notes.push_str(&refuses_writes(&volume.name, error));
+                    }
                 }
                 if list.volumes.is_empty() {
                     "No volumes. Create one with: rewind volume create NAME --size 20GiB\n".into()
                 } else {
-                    table.render()
+                    table.render() + &notes
                 }
             });
         }
@@ -288,18 +324,60 @@ async fn volume(command: VolumeCommand, client: &Client, json: bool) -> Result<(
             let resized: Resized =
                 with_progress(&format!("resizing {name}"), progress, client.post(&path, &request)).await?;
             print(json, &resized, |resized| {
+                let Some(seq) = resized.seq else {
+                    return format!(
+                        "{} is already {}: nothing to do.\n",
+                        resized.volume,
+                        format_size(resized.new_size_bytes)
+                    );
+                };
                 let mut text = format!(
-                    "Resized {} from {} to {} (#{}).\n",
+                    "Resized {} from {} to {} (#{seq}).\n",
                     resized.volume,
                     format_size(resized.old_size_bytes),
                     format_size(resized.new_size_bytes),
-                    resized.seq
                 );
                 if resized.new_size_bytes < resized.old_size_bytes {
                     text.push_str(&format!(
-                        "The cut tail is still in the history; to get it back: rewind rollback {} --to {}\n",
+                        "The cut tail is still in the history. To get it back (this also discards the writes \
+                         made after the resize): rewind rollback {} --to {}\n",
                         resized.volume,
-                        shell_word(&format!("#{}", resized.seq.saturating_sub(1)))
+                        shell_word(&format!("#{}", seq.saturating_sub(1)))
+                    ));
+                }
+                text
+            });
+        }
+        VolumeCommand::Reopen { name, force } => {
+            let path = format!("{}/reopen{}", volume_path(&name), if force { "?force=true" } else { "" });
+            let reopened: Reopened = with_progress(
+                &format!("reopening {name}"),
+                progress,
+                client.post(&path, &serde_json::json!({})),
+            )
+            .await?;
+            print(json, &reopened, |reopened| {
+                let volume = &reopened.volume;
+                let mut text = match (&reopened.cleared_write_error, &volume.write_error) {
+                    (_, Some(error)) => format!(
+                        "Reopened {}, but it refuses writes again: {error}.\nFix the cause first, then run \
+                         rewind volume reopen {} again.\n",
+                        volume.name, volume.name
+                    ),
+                    (Some(cleared), None) => format!(
+                        "Reopened {} at #{}: it takes writes again (it had refused them after: {cleared}).\n",
+                        volume.name, volume.head.seq
+                    ),
+                    (None, None) => format!(
+                        "Reopened {} at #{} (it was not refusing writes).\n",
+                        volume.name, volume.head.seq
+                    ),
+                };
+                if reopened.stale_nbd_connections > 0 {
+                    text.push_str(&format!(
+                        "Warning: {} to the head still use the old volume: their writes keep failing \
+                         until their clients reconnect.\n",
+                        plural(reopened.stale_nbd_connections, "NBD connection")
                     ));
                 }
                 text
@@ -310,7 +388,7 @@ async fn volume(command: VolumeCommand, client: &Client, json: bool) -> Result<(
             let deleted: Deleted =
                 with_progress(&format!("deleting {name}"), progress, client.delete(&path)).await?;
             print(json, &deleted, |deleted| {
-                if deleted.clones_kept.is_empty() {
+                let mut text = if deleted.clones_kept.is_empty() {
                     format!("Deleted volume {} and its history.\n", deleted.volume)
                 } else {
                     format!(
@@ -318,7 +396,14 @@ async fn volume(command: VolumeCommand, client: &Client, json: bool) -> Result<(
                         deleted.volume,
                         deleted.clones_kept.join(", ")
                     )
+                };
+                if deleted.nbd_connections > 0 {
+                    text.push_str(&format!(
+                        "Warning: {} to it now fail.\n",
+                        plural(deleted.nbd_connections, "NBD connection")
+                    ));
                 }
+                text
             });
         }
     }
@@ -331,14 +416,16 @@ async fn snapshot(command: SnapshotCommand, client: &Client, json: bool) -> Resu
             let path = format!("{}/snapshots", volume_path(&volume));
             let message = format!("snapshotting {volume}");
             let request = CreateSnapshot { name };
-            let snapshot: SnapshotInfo = with_progress(&message, !json, client.post(&path, &request)).await?;
+            let snapshot: SnapshotCreated =
+                with_progress(&message, !json, client.post(&path, &request)).await?;
             print(json, &snapshot, |snapshot| {
                 format!(
                     "Created snapshot {name} of {volume} at #{seq} ({time}); kept until deleted.\n\
                      Serve it: rewind export {volume} --at {name}\n",
                     name = snapshot.name,
+                    volume = snapshot.volume,
                     seq = snapshot.seq,
-                    time = short_time(&snapshot.time)
+                    time = display_time(&snapshot.time)
                 )
             });
         }
@@ -356,7 +443,7 @@ async fn snapshot(command: SnapshotCommand, client: &Client, json: bool) -> Resu
                     table.row(vec![
                         snapshot.name.clone(),
                         format!("#{}", snapshot.seq),
-                        short_time(&snapshot.time),
+                        display_time(&snapshot.time),
                     ]);
                 }
                 table.render()
@@ -386,9 +473,9 @@ fn human_timeline(timeline: &Timeline) -> String {
         "{}: history #{} ({}) to #{} ({}); {} per row\n",
         timeline.volume,
         timeline.first.seq,
-        short_time(&timeline.first.time),
+        display_time(&timeline.first.time),
         timeline.head.seq,
-        short_time(&timeline.head.time),
+        display_time(&timeline.head.time),
         duration(timeline.interval_seconds)
     );
     let interval = i128::from(timeline.interval_seconds) * 1_000_000_000;
@@ -404,7 +491,7 @@ fn human_timeline(timeline: &Timeline) -> String {
             .map(|snapshot| snapshot.name.as_str())
             .collect();
         table.row(vec![
-            short_time(&bucket.start),
+            display_time(&bucket.start),
             bucket.writes.to_string(),
             format_size(bucket.bytes),
             bucket.last_seq.map_or("-".into(), |seq| format!("#{seq}")),
@@ -417,17 +504,39 @@ fn human_timeline(timeline: &Timeline) -> String {
 
 fn human_status(status: &Status) -> String {
     format!(
-        "rewindd {} (pid {}), up {}\n  data dir   {}\n  control    {}\n  NBD        {} ({} connection{})\n  volumes    {} ({} of journal)\n",
+        "rewindd {} (pid {}), up {}\n  data dir   {}\n  control    {}\n  NBD        {} ({})\n  volumes    {} ({} of journal)\n",
         status.version,
         status.pid,
         duration(status.uptime_seconds),
         status.data_dir,
         status.control_socket,
         status.nbd_listen,
-        status.nbd_connections,
-        if status.nbd_connections == 1 { "" } else { "s" },
+        plural(status.nbd_connections, "connection"),
         status.volumes,
         format_size(status.journal_bytes)
+    )
+}
+
+/// The head's time, or `-` for a volume nothing was recorded in since it
+/// was created (its head is still #0).
+fn last_write(volume: &VolumeInfo) -> String {
+    if volume.head.seq == 0 { "-".into() } else { display_time(&volume.head.time) }
+}
+
+/// `-`, `1 head`, `2 head, 1 point`.
+fn connections_cell(connections: NbdConnections) -> String {
+    match (connections.head, connections.points) {
+        (0, 0) => "-".into(),
+        (head, 0) => format!("{head} head"),
+        (0, points) => plural(points, "point"),
+        (head, points) => format!("{head} head, {}", plural(points, "point")),
+    }
+}
+
+fn refuses_writes(volume: &str, error: &str) -> String {
+    format!(
+        "{volume} refuses writes after an IO error ({error}); fix the cause (free disk space, check the disk), \
+         then: rewind volume reopen {volume}\n"
     )
 }
 
@@ -439,20 +548,26 @@ fn human_volume(detail: &VolumeDetail) -> String {
     line(
         "history",
         format!(
-            "#{} ({}) to #{} ({}), {} points",
+            "#{} ({}) to #{} ({}), {}",
             volume.first.seq,
-            short_time(&volume.first.time),
+            display_time(&volume.first.time),
             volume.head.seq,
-            short_time(&volume.head.time),
-            volume.points
+            display_time(&volume.head.time),
+            plural(volume.points, "point")
         ),
     );
+    line("last write", last_write(volume));
     line("durable", format!("#{}", volume.durable_seq));
+    let budget = detail
+        .journal_budget_bytes
+        .map_or(String::new(), |budget| format!(" (budget {})", format_size(budget)));
     line(
         "journal",
         format!(
-            "{} on disk, index {} in memory",
+            "{} in {}{budget}, base image {}, index {} in memory",
             format_size(volume.journal_bytes),
+            plural(detail.journal_segments, "segment"),
+            format_size(detail.base_bytes),
             format_size(detail.index_memory_bytes)
         ),
     );
@@ -461,16 +576,40 @@ fn human_volume(detail: &VolumeDetail) -> String {
     }
     line("clones", if volume.clones.is_empty() { "none".into() } else { volume.clones.join(", ") });
     line("serve at", detail.uri.clone());
+    let connections = volume.nbd_connections;
+    line(
+        "NBD",
+        if connections.head + connections.points == 0 {
+            "no connections".into()
+        } else {
+            format!(
+                "{} to the head, {} to points",
+                plural(connections.head, "connection"),
+                connections.points
+            )
+        },
+    );
     if let Some(error) = &volume.write_error {
-        line("WRITE ERROR", format!("{error} (refuses writes until rewindd restarts)"));
+        line(
+            "WRITE ERROR",
+            format!(
+                "{error}: refuses writes; fix the cause (free disk space, check the disk), then: \
+                 rewind volume reopen {}",
+                volume.name
+            ),
+        );
     }
-    if detail.snapshot_list.is_empty() {
+    if detail.snapshots.is_empty() {
         out.push_str("No snapshots.\n");
     } else {
         out.push_str("Snapshots\n");
         let mut table = Table::new(&["NAME", "SEQ", "TIME"]);
-        for snapshot in &detail.snapshot_list {
-            table.row(vec![snapshot.name.clone(), format!("#{}", snapshot.seq), short_time(&snapshot.time)]);
+        for snapshot in &detail.snapshots {
+            table.row(vec![
+                snapshot.name.clone(),
+                format!("#{}", snapshot.seq),
+                display_time(&snapshot.time),
+            ]);
         }
         for row in table.render().lines() {
             out.push_str(&format!("  {row}\n"));

@@ -48,13 +48,17 @@ impl Table {
     }
 }
 
-/// `2026-11-28T02:13:50.123Z` → `2026-11-28T02:13:50Z`: whole seconds,
-/// still valid as a POINT.
-pub fn short_time(rfc3339: &str) -> String {
-    match rfc3339.split_once('.') {
-        Some((seconds, rest)) if rest.ends_with('Z') => format!("{seconds}Z"),
-        _ => rfc3339.to_owned(),
-    }
+/// A time from the daemon in the one format every table and sentence
+/// uses, `2026-11-28T02:13:50.123Z`: milliseconds (the index's resolution),
+/// so a printed time pasted back as a POINT resolves to the point it was
+/// printed for.
+pub fn display_time(rfc3339: &str) -> String {
+    rewind_api::normalize_time(rfc3339)
+}
+
+/// "1 point", "2 points".
+pub fn plural(count: u64, noun: &str) -> String {
+    if count == 1 { format!("1 {noun}") } else { format!("{count} {noun}s") }
 }
 
 /// `3h 12m`, `45s`, `2d 3h`.
@@ -103,8 +107,11 @@ mod tests {
 
     #[test]
     fn times_and_durations_read_well() {
-        assert_eq!(short_time("2026-11-28T02:13:50.123Z"), "2026-11-28T02:13:50Z");
-        assert_eq!(short_time("2026-11-28T02:13:50Z"), "2026-11-28T02:13:50Z");
+        assert_eq!(display_time("2026-11-28T02:13:50.123Z"), "2026-11-28T02:13:50.123Z");
+        assert_eq!(display_time("2026-11-28T02:13:50Z"), "2026-11-28T02:13:50.000Z");
+        assert_eq!(display_time("2026-11-28T02:13:50.1234567Z"), "2026-11-28T02:13:50.123Z");
+        assert_eq!(plural(1, "point"), "1 point");
+        assert_eq!(plural(0, "point"), "0 points");
         assert_eq!(duration(45), "45s");
         assert_eq!(duration(3 * 3600 + 12 * 60), "3h 12m");
         assert_eq!(duration(2 * 86_400 + 3 * 3600), "2d 3h");

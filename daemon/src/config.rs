@@ -1,7 +1,10 @@
 //! Configuration: built-in defaults, then the TOML file (`--config`), then
 //! flags. `rewindd --print-config` prints the result.
+//!
+//! Everything is checked here, before the daemon touches the disk or the
+//! network: a bad flag or file value is one `rewindd: ...` line and exit 2.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -9,26 +12,48 @@ use anyhow::Context;
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 
+/// Data dir when none is given (relative to the working directory).
+pub const DEFAULT_DATA_DIR: &str = "rewind-data";
+/// NBD listen address when none is given (10809 is NBD's IANA port).
+pub const DEFAULT_NBD_LISTEN: &str = "127.0.0.1:10809";
+/// Replication listen address when none is given.
+pub const DEFAULT_REPLICATION_LISTEN: &str = "127.0.0.1:10810";
+
+/// Bounds of the `[nbd]` settings: beyond them a value is a typo, not a
+/// tuning (and 0 would make the server refuse everything).
+const MAX_CONNECTIONS_RANGE: std::ops::RangeInclusive<usize> = 1..=65_536;
+const HANDSHAKE_TIMEOUT_MS_RANGE: std::ops::RangeInclusive<u64> = 100..=600_000;
+const MAX_INFLIGHT_REQUESTS_RANGE: std::ops::RangeInclusive<usize> = 1..=65_536;
+
 /// Command-line flags. Every flag overrides the config file.
 #[derive(Debug, Parser)]
-#[command(name = "rewindd", version, about = "Serve rewind volumes over NBD")]
+#[command(
+    name = "rewindd",
+    version,
+    about = "Serve rewind volumes over NBD",
+    long_about = "Serve rewind volumes over NBD, with a control API (the rewind CLI) on a Unix socket.\n\n\
+        An empty data dir gets one volume, default, 1 GiB: nbdinfo nbd://127.0.0.1/default works right \
+        after the first start. SIGTERM or SIGINT: finish in-flight requests, make acknowledged writes \
+        durable, exit 0."
+)]
 pub struct Args {
-    /// Where volumes, journals and the daemon's identity live.
+    /// Where volumes, journals and the daemon's identity live [default: ./rewind-data]
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// NBD listen address.
+    /// NBD listen address, HOST:PORT; a host name is resolved [default: 127.0.0.1:10809]
     #[arg(long, value_name = "ADDR")]
-    pub nbd_listen: Option<SocketAddr>,
-    /// Control socket path (default: DATA_DIR/control.sock).
+    pub nbd_listen: Option<String>,
+    /// Control socket path (the rewind CLI's) [default: DATA_DIR/control.sock]
     #[arg(long, value_name = "PATH")]
     pub control: Option<PathBuf>,
-    /// Replication (QUIC, UDP) listen address.
+    /// Replication (QUIC, UDP) listen address; replication is not available yet, so nothing listens
+    /// [default: 127.0.0.1:10810]
     #[arg(long, value_name = "ADDR")]
-    pub replication_listen: Option<SocketAddr>,
-    /// TOML config file; flags override it.
+    pub replication_listen: Option<String>,
+    /// TOML config file; flags override it (--print-config shows every key)
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Print the effective configuration as TOML and exit.
+    /// Print the effective configuration as TOML and exit
     #[arg(long)]
     pub print_config: bool,
 }
@@ -38,9 +63,9 @@ pub struct Args {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     data_dir: Option<PathBuf>,
-    nbd_listen: Option<SocketAddr>,
+    nbd_listen: Option<String>,
     control: Option<PathBuf>,
-    replication_listen: Option<SocketAddr>,
+    replication_listen: Option<String>,
     nbd: Option<FileNbd>,
 }
 
@@ -52,22 +77,30 @@ struct FileNbd {
     max_inflight_requests: Option<usize>,
 }
 
+/// A listen address as given (`localhost:10809`) and what it resolves to.
+#[derive(Clone, Debug)]
+pub struct ListenAddress {
+    pub text: String,
+    /// Never empty; bind tries them in order.
+    pub addresses: Vec<SocketAddr>,
+}
+
 /// The effective configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
     pub data_dir: PathBuf,
-    pub nbd_listen: SocketAddr,
+    pub nbd_listen: ListenAddress,
     pub control: PathBuf,
-    pub replication_listen: SocketAddr,
+    pub replication_listen: ListenAddress,
     pub nbd: nbd_server::ServerConfig,
 }
 
 #[derive(Serialize)]
 struct PrintedConfig<'a> {
     data_dir: &'a Path,
-    nbd_listen: SocketAddr,
+    nbd_listen: &'a str,
     control: &'a Path,
-    replication_listen: SocketAddr,
+    replication_listen: &'a str,
     nbd: PrintedNbd,
 }
 
@@ -78,51 +111,103 @@ struct PrintedNbd {
     max_inflight_requests: usize,
 }
 
+/// Resolves `HOST:PORT` (an IP address or a host name). `origin` names
+/// where the value came from, for the error.
+fn resolve(text: &str, origin: &str) -> anyhow::Result<ListenAddress> {
+    let example = "write HOST:PORT, e.g. 127.0.0.1:10809, [::1]:10809 or localhost:10809";
+    let addresses: Vec<SocketAddr> = match text.to_socket_addrs() {
+        Ok(addresses) => addresses.collect(),
+        Err(error) => anyhow::bail!("{origin} {text}: {error} ({example})"),
+    };
+    if addresses.is_empty() {
+        anyhow::bail!("{origin} {text}: the name resolves to no address ({example})");
+    }
+    Ok(ListenAddress { text: text.to_owned(), addresses })
+}
+
+/// Checks an `[nbd]` value against its range.
+fn in_range<T: PartialOrd + std::fmt::Display>(
+    key: &str,
+    value: T,
+    range: &std::ops::RangeInclusive<T>,
+    file: &Path,
+) -> anyhow::Result<T> {
+    if range.contains(&value) {
+        Ok(value)
+    } else {
+        anyhow::bail!(
+            "config file {}: [nbd] {key} = {value} is out of range: use {} to {}",
+            file.display(),
+            range.start(),
+            range.end()
+        )
+    }
+}
+
 impl Config {
     /// Defaults, overlaid by the file named in `args`, overlaid by flags.
+    /// Host names are resolved here.
     pub fn load(args: &Args) -> anyhow::Result<Config> {
         let file = match &args.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("cannot read config file {}", path.display()))?;
-                toml::from_str::<FileConfig>(&text)
-                    .with_context(|| format!("config file {} is not valid", path.display()))?
+                toml::from_str::<FileConfig>(&text).map_err(|error| {
+                    // toml's message spans lines (a snippet of the file):
+                    // one line here, as for every other start-up error.
+                    let reason = error.message().trim().to_owned();
+                    let at = error
+                        .span()
+                        .map(|span| {
+                            let line = text[..span.start.min(text.len())].lines().count().max(1);
+                            format!(" (line {line})")
+                        })
+                        .unwrap_or_default();
+                    anyhow::anyhow!("config file {} is not valid{at}: {reason}", path.display())
+                })?
             }
             None => FileConfig::default(),
         };
-        let data_dir = args.data_dir.clone().or(file.data_dir).unwrap_or_else(|| "rewind-data".into());
+        let data_dir = args.data_dir.clone().or(file.data_dir).unwrap_or_else(|| DEFAULT_DATA_DIR.into());
         let control = args.control.clone().or(file.control).unwrap_or_else(|| data_dir.join("control.sock"));
+        let file_origin = |key: &str| match &args.config {
+            Some(path) => format!("{key} in {}:", path.display()),
+            None => format!("{key}:"),
+        };
+        let nbd_listen = match (&args.nbd_listen, &file.nbd_listen) {
+            (Some(text), _) => resolve(text, "--nbd-listen")?,
+            (None, Some(text)) => resolve(text, &file_origin("nbd_listen"))?,
+            (None, None) => resolve(DEFAULT_NBD_LISTEN, "default NBD address")?,
+        };
+        let replication_listen = match (&args.replication_listen, &file.replication_listen) {
+            (Some(text), _) => resolve(text, "--replication-listen")?,
+            (None, Some(text)) => resolve(text, &file_origin("replication_listen"))?,
+            (None, None) => resolve(DEFAULT_REPLICATION_LISTEN, "default replication address")?,
+        };
         let mut nbd = nbd_server::ServerConfig::default();
-        if let Some(file_nbd) = file.nbd {
+        if let (Some(file_nbd), Some(path)) = (file.nbd, &args.config) {
             if let Some(value) = file_nbd.max_connections {
-                nbd.max_connections = value;
+                nbd.max_connections = in_range("max_connections", value, &MAX_CONNECTIONS_RANGE, path)?;
             }
             if let Some(value) = file_nbd.handshake_timeout_ms {
+                let value = in_range("handshake_timeout_ms", value, &HANDSHAKE_TIMEOUT_MS_RANGE, path)?;
                 nbd.handshake_timeout = Duration::from_millis(value);
             }
             if let Some(value) = file_nbd.max_inflight_requests {
-                nbd.max_inflight_requests = value.max(1);
+                nbd.max_inflight_requests =
+                    in_range("max_inflight_requests", value, &MAX_INFLIGHT_REQUESTS_RANGE, path)?;
             }
         }
-        Ok(Config {
-            nbd_listen: args.nbd_listen.or(file.nbd_listen).unwrap_or(([127, 0, 0, 1], 10809).into()),
-            replication_listen: args
-                .replication_listen
-                .or(file.replication_listen)
-                .unwrap_or(([127, 0, 0, 1], 10810).into()),
-            data_dir,
-            control,
-            nbd,
-        })
+        Ok(Config { data_dir, nbd_listen, control, replication_listen, nbd })
     }
 
     /// The configuration as a TOML file that `--config` accepts.
     pub fn to_toml(&self) -> String {
         let printed = PrintedConfig {
             data_dir: &self.data_dir,
-            nbd_listen: self.nbd_listen,
+            nbd_listen: &self.nbd_listen.text,
             control: &self.control,
-            replication_listen: self.replication_listen,
+            replication_listen: &self.replication_listen.text,
             nbd: PrintedNbd {
                 max_connections: self.nbd.max_connections,
                 handshake_timeout_ms: self.nbd.handshake_timeout.as_millis() as u64,
@@ -130,5 +215,64 @@ impl Config {
             },
         };
         toml::to_string(&printed).unwrap_or_else(|error| format!("# cannot print config: {error}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(flags: &[&str]) -> Args {
+        Args::try_parse_from(std::iter::once("rewindd").chain(flags.iter().copied())).unwrap()
+    }
+
+    fn load_file(text: &str) -> anyhow::Result<Config> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rewindd.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load(&args(&["--config", path.to_str().unwrap()]))
+    }
+
+    #[test]
+    fn listen_addresses_take_host_names() {
+        // `localhost:PORT` resolves (to loopback); a bad port or no port is
+        // a one-line error that says how to write an address.
+        let config = Config::load(&args(&["--nbd-listen", "localhost:23821"])).unwrap();
+        assert!(config.nbd_listen.addresses.iter().all(|a| a.ip().is_loopback() && a.port() == 23821));
+        assert_eq!(config.nbd_listen.text, "localhost:23821");
+        for bad in ["localhost:99999", "localhost", "127.0.0.1"] {
+            let error = format!("{:#}", Config::load(&args(&["--nbd-listen", bad])).unwrap_err());
+            assert!(error.starts_with(&format!("--nbd-listen {bad}: ")), "{error}");
+            assert!(error.contains("write HOST:PORT") && !error.contains('\n'), "{error}");
+        }
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let config = Config::load(&args(&[])).unwrap();
+        assert_eq!(config.data_dir, Path::new("rewind-data"));
+        assert_eq!(config.control, Path::new("rewind-data/control.sock"));
+        assert_eq!(config.nbd_listen.addresses, ["127.0.0.1:10809".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(config.replication_listen.addresses, ["127.0.0.1:10810".parse::<SocketAddr>().unwrap()]);
+    }
+
+    #[test]
+    fn nonsense_nbd_settings_are_refused_at_load() {
+        // 0 connections would refuse every client; 0 in flight would hang
+        // every request: refuse them, and absurd ones, with the valid range.
+        for (text, key) in [
+            ("[nbd]\nmax_connections = 0\n", "max_connections = 0"),
+            ("[nbd]\nmax_inflight_requests = 0\n", "max_inflight_requests = 0"),
+            ("[nbd]\nhandshake_timeout_ms = 0\n", "handshake_timeout_ms = 0"),
+            ("[nbd]\nmax_connections = 10000000\n", "max_connections = 10000000"),
+        ] {
+            let error = format!("{:#}", load_file(text).unwrap_err());
+            assert!(error.contains(key) && error.contains("out of range: use"), "{text}: {error}");
+        }
+        let error = format!("{:#}", load_file("[nbd]\nmax_connections = -1\n").unwrap_err());
+        assert!(error.contains("is not valid (line 2)") && !error.contains('\n'), "{error}");
+        let config = load_file("[nbd]\nmax_connections = 8\nhandshake_timeout_ms = 500\n").unwrap();
+        assert_eq!(config.nbd.max_connections, 8);
+        assert_eq!(config.nbd.handshake_timeout, Duration::from_millis(500));
     }
 }

@@ -61,7 +61,6 @@ impl OpenExports {
     }
 
     /// (connections to the head, connections to points) of `volume`.
-    #[expect(dead_code, reason = "the control API's rollback and delete checks use it next")]
     pub fn count(&self, volume: &str) -> (usize, usize) {
         let counts = self.counts.lock().unwrap_or_else(|poison| poison.into_inner());
         counts.get(volume).copied().unwrap_or_default()

@@ -1,8 +1,11 @@
 //! `rewindd`: serves rewind volumes over NBD.
 //!
-//! Start-up: read flags and the optional config file, open (or create) the
-//! data dir, create volume `default` (1 GiB) if there is none, bind the
-//! control socket and the NBD port, serve. SIGTERM/SIGINT: stop accepting,
+//! Start-up: read flags and the optional config file (host names resolved,
+//! values checked: exit 2), bind the NBD port, bind the control socket (its
+//! directory, by default the data dir, is created for it), then open (or
+//! create) the store and create volume `default` (1 GiB) if there is none,
+//! serve. Binding comes first so that a port or socket in use leaves nothing
+//! behind: not even an empty data dir. SIGTERM/SIGINT: stop accepting,
 //! finish in-flight requests (NBD and control), flush every volume, remove
 //! the control socket, exit 0.
 
@@ -12,6 +15,7 @@ mod control;
 mod device;
 mod metrics;
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -23,7 +27,10 @@ use crate::catalog::VolumeCatalog;
 use crate::config::{Args, Config};
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(error) => return usage_error(error),
+    };
     let config = match Config::load(&args) {
         Ok(config) => config,
         Err(error) => {
@@ -53,6 +60,23 @@ fn main() -> ExitCode {
     }
 }
 
+/// Help and version go out as clap prints them; a bad flag is one
+/// `rewindd: ...` line and exit 2, like every other start-up error.
+fn usage_error(error: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(error.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        let _ = error.print();
+        return ExitCode::SUCCESS;
+    }
+    let rendered = error.render().to_string();
+    let body = rendered.split("\n\nUsage:").next().unwrap_or(&rendered);
+    let body = body.split("\n\nFor more information").next().unwrap_or(body);
+    let line = body.split_whitespace().collect::<Vec<_>>().join(" ");
+    let line = line.strip_prefix("error: ").unwrap_or(&line);
+    eprintln!("rewindd: {line} (rewindd --help shows the flags)");
+    ExitCode::from(2)
+}
+
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("REWIND_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -67,24 +91,24 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let _file_size_signal =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(libc::SIGXFSZ))
             .context("cannot install SIGXFSZ handler")?;
+    check_data_dir(&config.data_dir)?;
+    // Nothing on disk yet: a port in use leaves nothing behind.
+    let listener = bind_nbd(&config).await?;
+    let nbd_listen = listener.local_addr().context("cannot read the NBD listen address")?;
+    // Bound before the store starts its threads: binding sets the process
+    // umask. Its directory (the data dir, by default) is created for it;
+    // if the bind fails, the directories made for it go again.
+    let made = missing_dirs(config.control.parent().unwrap_or(Path::new("")));
+    let control_socket =
+        control::ControlSocket::bind(&config.control).inspect_err(|_| remove_empty(&made))?;
     let store = open_store(&config)?;
     let catalog = Arc::new(VolumeCatalog::new(store.clone())?);
-    // Bound before anything else runs: binding sets the process umask.
-    let control_socket = control::ControlSocket::bind(&config.control)?;
-    let listener = tokio::net::TcpListener::bind(config.nbd_listen).await.map_err(|error| {
-        let hint = if error.kind() == std::io::ErrorKind::AddrInUse {
-            " (another rewindd or NBD server is using it; stop it or pass --nbd-listen ADDR)"
-        } else {
-            ""
-        };
-        anyhow::anyhow!("cannot listen for NBD on {}: {error}{hint}", config.nbd_listen)
-    })?;
     tracing::info!(
         data_dir = %config.data_dir.display(),
-        nbd = %config.nbd_listen,
+        nbd = %nbd_listen,
         control = %control_socket.path().display(),
         "rewindd serving; try: nbdinfo nbd://{}/default",
-        config.nbd_listen
+        control::client_address(nbd_listen)
     );
     let (stop, stopped) = watch::channel(false);
     let metrics = Arc::new(metrics::Metrics::new());
@@ -93,7 +117,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         data_dir: config.data_dir.clone(),
         control_path: config.control.clone(),
-        nbd_listen: config.nbd_listen,
+        nbd_listen,
         started: std::time::SystemTime::now(),
         open_exports: catalog.open_exports().clone(),
     });
@@ -114,10 +138,82 @@ async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A data dir that exists must be a directory (a typo pointing at a file
+/// would otherwise fail later with a less direct message).
+fn check_data_dir(dir: &Path) -> anyhow::Result<()> {
+    match std::fs::metadata(dir) {
+        Ok(metadata) if !metadata.is_dir() => {
+            anyhow::bail!("data dir {} is not a directory; pass --data-dir DIR", dir.display())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Binds the NBD port: the first address the listen address resolves to
+/// that binds.
+async fn bind_nbd(config: &Config) -> anyhow::Result<tokio::net::TcpListener> {
+    let listen = &config.nbd_listen;
+    let mut last_error = None;
+    for address in &listen.addresses {
+        match tokio::net::TcpListener::bind(address).await {
+            Ok(listener) => return Ok(listener),
+            Err(error) => last_error = Some((address, error)),
+        }
+    }
+    let Some((address, error)) = last_error else {
+        anyhow::bail!("cannot listen for NBD on {}: it resolves to no address", listen.text);
+    };
+    let hint = if error.kind() == std::io::ErrorKind::AddrInUse {
+        " (another rewindd or NBD server is using it; stop it or pass --nbd-listen ADDR)"
+    } else {
+        " (pass --nbd-listen ADDR)"
+    };
+    let shown = if listen.text == address.to_string() {
+        listen.text.clone()
+    } else {
+        format!("{} ({address})", listen.text)
+    };
+    anyhow::bail!("cannot listen for NBD on {shown}: {error}{hint}")
+}
+
+/// The directories `dir` and its ancestors that do not exist yet, deepest
+/// first.
+fn missing_dirs(dir: &Path) -> Vec<PathBuf> {
+    dir.ancestors()
+        .filter(|ancestor| !ancestor.as_os_str().is_empty())
+        .take_while(|ancestor| std::fs::symlink_metadata(ancestor).is_err())
+        .map(Path::to_owned)
+        .collect()
+}
+
+/// Removes directories made by a start-up that then failed, deepest first,
+/// as long as they are empty (never anything someone put there meanwhile).
+fn remove_empty(dirs: &[PathBuf]) {
+    for dir in dirs {
+        if std::fs::remove_dir(dir).is_err() {
+            return;
+        }
+    }
+}
+
 /// Opens the store in the data dir (blocking: recovery replays journals).
 fn open_store(config: &Config) -> anyhow::Result<Arc<store::Store>> {
-    let store = store::Store::open(&config.data_dir, store::StoreOptions::default())
-        .with_context(|| format!("cannot open data dir {}", config.data_dir.display()))?;
+    let dir = config.data_dir.display().to_string();
+    let store = store::Store::open(&config.data_dir, store::StoreOptions::default()).map_err(|error| {
+        // The store's error names the path it failed on: say it once.
+        match error {
+            store::OpenError::Io { path, source } if path == dir => {
+                anyhow::anyhow!("cannot open data dir {dir}: {source}")
+            }
+            store::OpenError::Io { path, source } => {
+                anyhow::anyhow!("cannot open data dir {dir}: {path}: {source}")
+            }
+            store::OpenError::Locked { .. } => anyhow::anyhow!(
+                "data dir {dir} is in use by another process (another rewindd?); stop it, or pass --data-dir DIR"
+            ),
+            error @ store::OpenError::Corrupt { .. } => anyhow::anyhow!("cannot open data dir {dir}: {error}"),
+        }
+    })?;
     for volume in store.volumes() {
         let stats = volume.recovery_stats();
         tracing::info!(

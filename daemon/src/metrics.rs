@@ -2,16 +2,18 @@
 //!
 //! NBD counters and latency histograms are fed by the NBD server through
 //! [`nbd_server::Observer`] (lock-free atomics: one call per request on the
-//! hot path). Volume gauges are read from the store when scraped. The names
-//! and their meaning are listed in `docs/metrics.md`; keep the two in step.
+//! hot path). Volume gauges and counters are read from the store
+//! ([`store::Volume::stats`]) when scraped. The names and their meaning are
+//! listed in `docs/metrics.md`; keep the two in step.
 
 use std::fmt::Write as _;
-use std::path::Path;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use nbd_server::{Observer, RequestKind};
-use store::Store;
+use store::{Store, Volume, VolumeStats};
+
+use crate::device::OpenExports;
 
 /// Upper bounds of the latency histogram buckets, in seconds (`le`).
 const LATENCY_BOUNDS_SECONDS: [f64; 17] = [
@@ -73,25 +75,170 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
-/// Bytes of the files under `dir` (a volume's journal segments, index
-/// checkpoint and superblock). The store does not report this itself.
-pub fn directory_bytes(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
-    let mut total = 0u64;
-    for entry in entries.flatten() {
-        match entry.metadata() {
-            Ok(metadata) if metadata.is_dir() => total = total.saturating_add(directory_bytes(&entry.path())),
-            Ok(metadata) => total = total.saturating_add(metadata.len()),
-            Err(_) => {}
-        }
-    }
-    total
+/// One per-volume series: its name, type, help, and its value for a volume
+/// (`None`: no sample for that volume).
+struct VolumeSeries {
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+    value: fn(&Volume, &VolumeStats) -> Option<u64>,
 }
 
-/// Where the store keeps a volume's files.
-pub fn volume_dir(data_dir: &Path, volume: &str) -> std::path::PathBuf {
-    data_dir.join(store::store::VOLUMES_DIR).join(volume)
-}
+/// Every per-volume series but the NBD connection gauge (labelled by
+/// export kind too). Counters count since the volume was opened (daemon
+/// start or `rewind volume reopen`): Prometheus's `rate()` handles the reset.
+const VOLUME_SERIES: &[VolumeSeries] = &[
+    VolumeSeries {
+        name: "rewind_volume_size_bytes",
+        kind: "gauge",
+        help: "Size of the volume's live head.",
+        value: |volume, _| Some(volume.size()),
+    },
+    VolumeSeries {
+        name: "rewind_volume_head_seq",
+        kind: "gauge",
+        help: "Newest journal sequence number (the head's point).",
+        value: |_, stats| Some(stats.head_seq),
+    },
+    VolumeSeries {
+        name: "rewind_volume_durable_seq",
+        kind: "gauge",
+        help: "Newest sequence number known durable.",
+        value: |_, stats| Some(stats.durable_seq),
+    },
+    VolumeSeries {
+        name: "rewind_volume_first_seq",
+        kind: "gauge",
+        help: "Oldest point that can still be opened (retention moves it forward).",
+        value: |_, stats| Some(stats.first_seq),
+    },
+    VolumeSeries {
+        name: "rewind_volume_base_seq",
+        kind: "gauge",
+        help: "Seq the base image holds: records up to it were folded into it.",
+        value: |_, stats| Some(stats.base_seq),
+    },
+    VolumeSeries {
+        name: "rewind_volume_journal_records",
+        kind: "gauge",
+        help: "Journal records in the retained history.",
+        value: |_, stats| Some(stats.head_seq.saturating_sub(stats.first_seq)),
+    },
+    VolumeSeries {
+        name: "rewind_volume_points",
+        kind: "gauge",
+        help: "Points in time that can be opened (every seq of the retained history).",
+        value: |_, stats| Some(stats.head_seq.saturating_sub(stats.first_seq) + 1),
+    },
+    VolumeSeries {
+        name: "rewind_volume_journal_bytes",
+        kind: "gauge",
+        help: "Bytes of the volume's journal segment files.",
+        value: |_, stats| Some(stats.journal_bytes),
+    },
+    VolumeSeries {
+        name: "rewind_volume_journal_segments",
+        kind: "gauge",
+        help: "Journal segment files.",
+        value: |_, stats| Some(stats.segments),
+    },
+    VolumeSeries {
+        name: "rewind_volume_journal_budget_bytes",
+        kind: "gauge",
+        help: "Journal budget retention keeps to (no sample: no budget).",
+        value: |_, stats| stats.journal_budget_bytes,
+    },
+    VolumeSeries {
+        name: "rewind_volume_base_bytes",
+        kind: "gauge",
+        help: "Bytes of data in the base image that old history is folded into.",
+        value: |_, stats| Some(stats.base_bytes),
+    },
+    VolumeSeries {
+        name: "rewind_volume_spare_segments",
+        kind: "gauge",
+        help: "Reclaimed segment files kept for reuse.",
+        value: |_, stats| Some(stats.spare_segments),
+    },
+    VolumeSeries {
+        name: "rewind_volume_retention_blocked",
+        kind: "gauge",
+        help: "1 if the journal is over its budget and a protected point (snapshot, clone base, rollback target) stops retention from folding, else 0.",
+        value: |_, stats| Some(u64::from(stats.retention_blocked_at.is_some())),
+    },
+    VolumeSeries {
+        name: "rewind_volume_snapshots",
+        kind: "gauge",
+        help: "Named snapshots.",
+        value: |_, stats| Some(stats.snapshots),
+    },
+    VolumeSeries {
+        name: "rewind_volume_index_memory_bytes",
+        kind: "gauge",
+        help: "Approximate memory held by the volume's index.",
+        value: |_, stats| Some(stats.index_bytes),
+    },
+    VolumeSeries {
+        name: "rewind_volume_write_error",
+        kind: "gauge",
+        help: "1 if the volume refuses writes after an IO error (fix the cause, then: rewind volume reopen VOLUME), else 0.",
+        value: |volume, _| Some(u64::from(volume.poison().is_some())),
+    },
+    VolumeSeries {
+        name: "rewind_volume_flushes_total",
+        kind: "counter",
+        help: "Flushes asked of the volume (NBD and control flushes, FUA writes, metadata records).",
+        value: |_, stats| Some(stats.flushes),
+    },
+    VolumeSeries {
+        name: "rewind_volume_syncs_total",
+        kind: "counter",
+        help: "fdatasync rounds run for the volume's journal (concurrent flushes share one).",
+        value: |_, stats| Some(stats.syncs),
+    },
+    VolumeSeries {
+        name: "rewind_volume_folds_total",
+        kind: "counter",
+        help: "Retention folds completed.",
+        value: |_, stats| Some(stats.folds),
+    },
+    VolumeSeries {
+        name: "rewind_volume_fold_failures_total",
+        kind: "counter",
+        help: "Retention folds that failed (IO errors on the base image; the next pass redoes them).",
+        value: |_, stats| Some(stats.fold_failures),
+    },
+    VolumeSeries {
+        name: "rewind_volume_folded_records_total",
+        kind: "counter",
+        help: "Journal records folded into the base image.",
+        value: |_, stats| Some(stats.folded_records),
+    },
+    VolumeSeries {
+        name: "rewind_volume_folded_bytes_total",
+        kind: "counter",
+        help: "Bytes copied from the journal into the base image by folds.",
+        value: |_, stats| Some(stats.folded_bytes),
+    },
+    VolumeSeries {
+        name: "rewind_volume_reclaimed_segments_total",
+        kind: "counter",
+        help: "Journal segments reclaimed by retention.",
+        value: |_, stats| Some(stats.reclaimed_segments),
+    },
+    VolumeSeries {
+        name: "rewind_volume_reclaimed_bytes_total",
+        kind: "counter",
+        help: "Bytes of the journal segments reclaimed by retention.",
+        value: |_, stats| Some(stats.reclaimed_bytes),
+    },
+    VolumeSeries {
+        name: "rewind_volume_recycled_segments_total",
+        kind: "counter",
+        help: "Journal segments started in a reused segment file.",
+        value: |_, stats| Some(stats.recycled_segments),
+    },
+];
 
 impl Metrics {
     pub fn new() -> Metrics {
@@ -116,7 +263,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition (format 0.0.4) of every metric.
-    pub fn render(&self, store: &Store, data_dir: &Path) -> String {
+    pub fn render(&self, store: &Store, open: &OpenExports) -> String {
         let mut out = String::with_capacity(8 << 10);
         header(&mut out, "rewind_build_info", "gauge", "Always 1; the version label names the build.");
         let _ = writeln!(out, "rewind_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
@@ -199,61 +346,37 @@ impl Metrics {
         let _ =
             writeln!(out, "rewind_control_flushes_total {}", self.control_flushes.load(Ordering::Relaxed));
 
-        self.render_volumes(&mut out, store, data_dir);
+        render_volumes(&mut out, store, open);
         out
     }
+}
 
-    fn render_volumes(&self, out: &mut String, store: &Store, data_dir: &Path) {
-        struct Row {
-            name: String,
-            values: [u64; 9],
-        }
-        let volumes = store.volumes();
-        header(out, "rewind_volumes", "gauge", "Volumes the daemon serves.");
-        let _ = writeln!(out, "rewind_volumes {}", volumes.len());
-        let rows: Vec<Row> = volumes
-            .iter()
-            .map(|volume| {
-                let history = volume.history();
-                Row {
-                    name: escape_label(volume.name()),
-                    values: [
-                        volume.size(),
-                        history.head_seq,
-                        volume.durable_seq(),
-                        history.head_seq.saturating_sub(history.first_seq),
-                        directory_bytes(&volume_dir(data_dir, volume.name())),
-                        history.head_seq.saturating_sub(history.first_seq) + 1,
-                        volume.snapshots().len() as u64,
-                        volume.index_memory_bytes() as u64,
-                        u64::from(volume.poison().is_some()),
-                    ],
-                }
-            })
-            .collect();
-        let series: [(&str, &str); 9] = [
-            ("rewind_volume_size_bytes", "Size of the volume's live head."),
-            ("rewind_volume_head_seq", "Newest journal sequence number (the head's point)."),
-            ("rewind_volume_durable_seq", "Newest sequence number known durable."),
-            ("rewind_volume_journal_records", "Journal records in the retained history."),
-            (
-                "rewind_volume_journal_bytes",
-                "Bytes of the volume's files on disk (journal, index checkpoint).",
-            ),
-            (
-                "rewind_volume_points",
-                "Points in time that can be opened (every seq of the retained history).",
-            ),
-            ("rewind_volume_snapshots", "Named snapshots."),
-            ("rewind_volume_index_memory_bytes", "Approximate memory held by the volume's index."),
-            ("rewind_volume_write_error", "1 if the volume refuses writes after an IO error, else 0."),
-        ];
-        for (column, (name, help)) in series.iter().enumerate() {
-            header(out, name, "gauge", help);
-            for row in &rows {
-                let _ = writeln!(out, "{name}{{volume=\"{}\"}} {}", row.name, row.values[column]);
+fn render_volumes(out: &mut String, store: &Store, open: &OpenExports) {
+    let volumes = store.volumes();
+    header(out, "rewind_volumes", "gauge", "Volumes the daemon serves.");
+    let _ = writeln!(out, "rewind_volumes {}", volumes.len());
+    // One consistent reading per volume for all its series.
+    let rows: Vec<(String, &Volume, VolumeStats)> =
+        volumes.iter().map(|volume| (escape_label(volume.name()), &**volume, volume.stats())).collect();
+    for series in VOLUME_SERIES {
+        header(out, series.name, series.kind, series.help);
+        for (label, volume, stats) in &rows {
+            if let Some(value) = (series.value)(volume, stats) {
+                let _ = writeln!(out, "{}{{volume=\"{label}\"}} {value}", series.name);
             }
         }
+    }
+    header(
+        out,
+        "rewind_volume_nbd_connections",
+        "gauge",
+        "NBD connections open to the volume, by export: the live head or points of its history.",
+    );
+    for (label, volume, _) in &rows {
+        let (head, points) = open.count(volume.name());
+        let _ = writeln!(out, "rewind_volume_nbd_connections{{volume=\"{label}\",export=\"head\"}} {head}");
+        let _ =
+            writeln!(out, "rewind_volume_nbd_connections{{volume=\"{label}\",export=\"points\"}} {points}");
     }
 }
 
@@ -296,8 +419,11 @@ mod tests {
         let store =
             Store::open(dir.path(), store::StoreOptions { commit_interval: None, ..Default::default() })
                 .unwrap();
-        store.create_volume("db", 1 << 20).unwrap();
-        let text = metrics.render(&store, dir.path());
+        let volume = store.create_volume("db", 1 << 20).unwrap();
+        volume.write(0, &[1; 4096], true).unwrap();
+        let open = std::sync::Arc::new(OpenExports::default());
+        let _hold = open.hold("db", true);
+        let text = metrics.render(&store, &open);
         assert!(text.contains("rewind_nbd_requests_total{kind=\"read\",result=\"ok\"} 2\n"), "{text}");
         assert!(text.contains("rewind_nbd_requests_total{kind=\"read\",result=\"error\"} 1\n"));
         assert!(text.contains("rewind_nbd_bytes_total{kind=\"read\"} 8192\n"));
@@ -310,7 +436,15 @@ mod tests {
         assert!(text.contains("rewind_nbd_request_duration_seconds_count{kind=\"read\"} 3\n"));
         assert!(text.contains("rewind_nbd_connections 1\n"));
         assert!(text.contains("rewind_volume_size_bytes{volume=\"db\"} 1048576\n"));
-        assert!(text.contains("rewind_volume_points{volume=\"db\"} 1\n"));
+        assert!(text.contains("rewind_volume_points{volume=\"db\"} 2\n"), "{text}");
+        assert!(text.contains("rewind_volume_syncs_total{volume=\"db\"} 1\n"), "{text}");
+        assert!(text.contains("rewind_volume_journal_segments{volume=\"db\"} 1\n"), "{text}");
+        assert!(text.contains("rewind_volume_nbd_connections{volume=\"db\",export=\"head\"} 1\n"));
+        assert!(text.contains("rewind_volume_nbd_connections{volume=\"db\",export=\"points\"} 0\n"));
+        // The journal's bytes are the store's figure, not a directory walk.
+        let journal_bytes = volume.stats().journal_bytes;
+        assert!(journal_bytes >= 4096);
+        assert!(text.contains(&format!("rewind_volume_journal_bytes{{volume=\"db\"}} {journal_bytes}\n")));
         // Every sample line belongs to a metric announced by a TYPE line.
         let typed: Vec<&str> = text
             .lines()

@@ -8,8 +8,8 @@ mod cli_support;
 use std::time::Duration;
 
 use cli_support::{
-    nbd_digest, nbd_write, now_rfc3339, rewind, rewind_command, rewind_fails, rewind_json, rewind_ok, socket,
-    texts,
+    HeldConnection, nbd_digest, nbd_write, now_rfc3339, rewind, rewind_command, rewind_fails, rewind_json,
+    rewind_ok, socket, texts, wait_disconnected,
 };
 use rewind_tests::{Daemon, nbd_python, run};
 
@@ -32,7 +32,16 @@ fn volume_create_list_show_resize_delete() {
     let table = rewind_ok(&daemon, &["volume", "list"]);
     assert!(table.starts_with("NAME"), "a table with a header: {table}");
     assert!(table.lines().any(|line| line.starts_with("db ") && line.contains("64 MiB")), "{table}");
-    assert!(table.lines().any(|line| line.starts_with("default ") && line.contains("1 GiB")), "{table}");
+    let default_row = table.lines().find(|line| line.starts_with("default ")).expect("default listed");
+    let cells: Vec<&str> = default_row.split_whitespace().collect();
+    // NAME SIZE(2) HEAD LAST-WRITE POINTS ...: never written, so no last write.
+    assert_eq!(&cells[..6], ["default", "1", "GiB", "#0", "-", "1"], "{table}");
+    let shown = rewind_ok(&daemon, &["volume", "show", "default"]);
+    assert!(shown.contains(", 1 point\n"), "singular: {shown}");
+    assert!(
+        shown.lines().any(|line| line.split_whitespace().collect::<Vec<_>>() == ["last", "write", "-"]),
+        "{shown}"
+    );
     let list = rewind_json(&daemon, &["volume", "list"]);
     let names: Vec<&str> =
         list["volumes"].as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
@@ -42,10 +51,16 @@ fn volume_create_list_show_resize_delete() {
     let shown = rewind_ok(&daemon, &["volume", "show", "db"]);
     assert!(shown.contains("Volume db"), "{shown}");
     assert!(shown.contains("#0 (") && shown.contains("to #1 ("), "history window: {shown}");
+    assert!(shown.contains(", 2 points\n"), "{shown}");
     let detail = rewind_json(&daemon, &["volume", "show", "db"]);
     assert_eq!(detail["volume"]["size_bytes"], 64 * MIB);
     assert_eq!(detail["volume"]["head"]["seq"], 1);
     assert_eq!(detail["uri"], daemon.uri("db"));
+    assert_eq!(detail["volume"]["snapshot_count"], 0);
+    assert_eq!(detail["snapshots"], serde_json::json!([]));
+    assert_eq!(detail["volume"]["nbd_connections"], serde_json::json!({"head": 0, "points": 0}));
+    assert_eq!(detail["journal_segments"], 1);
+    assert!(detail["volume"]["journal_bytes"].as_u64().unwrap() >= 4096, "{detail}");
 
     let resized = rewind_ok(&daemon, &["volume", "resize", "db", "--size", "128M"]);
     assert!(resized.contains("from 64 MiB to 128 MiB"), "{resized}");
@@ -58,13 +73,24 @@ fn volume_create_list_show_resize_delete() {
         shrunk_text.contains("rewind rollback db --to '#"),
         "a shrink says how to undo it: {shrunk_text}"
     );
+    assert!(shrunk_text.contains("also discards the writes made after the resize"), "{shrunk_text}");
+    // The same size again is a no-op: no record, no new point.
+    let head = rewind_json(&daemon, &["volume", "show", "db"])["volume"]["head"]["seq"].clone();
+    let same = rewind_ok(&daemon, &["volume", "resize", "db", "--size", "16MiB"]);
+    assert_eq!(same, "db is already 16 MiB: nothing to do.\n");
+    assert_eq!(
+        rewind_json(&daemon, &["volume", "resize", "db", "--size", "16M"])["seq"],
+        serde_json::Value::Null
+    );
+    assert_eq!(rewind_json(&daemon, &["volume", "show", "db"])["volume"]["head"]["seq"], head);
 
     let deleted = rewind_ok(&daemon, &["volume", "delete", "db"]);
     assert!(deleted.contains("Deleted volume db"), "{deleted}");
     let after = rewind_json(&daemon, &["volume", "list"]);
     assert_eq!(after["volumes"].as_array().unwrap().len(), 1);
     let json = rewind_json(&daemon, &["volume", "create", "db2", "--size", "1G"]);
-    assert_eq!(json["size_bytes"], 1u64 << 30);
+    assert_eq!(json["volume"]["size_bytes"], 1u64 << 30);
+    assert_eq!(json["uri"], daemon.uri("db2"), "create gives the URI, as clone does");
     assert_eq!(rewind_json(&daemon, &["volume", "delete", "db2"])["volume"], "db2");
 }
 
@@ -86,6 +112,13 @@ fn bad_arguments_exit_2_with_a_one_line_reason() {
         (&["export", "default", "--at", ""][..], "empty point"),
         (&["timeline", "default", "--since", "yesterday!"][..], "is not a valid name"),
         (&["volume", "frobnicate"][..], "unrecognized subcommand"),
+        (&["timeline", "default", "--interval", "0"][..], "an interval is 1s to 365d"),
+        (&["timeline", "default", "--interval", "1y"][..], "1w"),
+        (&["volume", "create", "db", "--size", "-5G"][..], "`-5G` is negative"),
+        (&["rollback", "default", "--to", "90s"][..], "did you mean -90s?"),
+        (&["rollback", "default", "--to", "+5m"][..], "is in the future"),
+        (&["export", "default", "--at", "2026-11-28T17:12:00"][..], "add Z for UTC (2026-11-28T17:12:00Z)"),
+        (&["export", "default", "--at", "812"][..], "write #812"),
     ] {
         let stderr = rewind_fails(&daemon, args, 2);
         assert_eq!(stderr.lines().count(), 1, "rewind {args:?}: one line, got:\n{stderr}");
@@ -98,6 +131,7 @@ fn bad_arguments_exit_2_with_a_one_line_reason() {
     assert_eq!(output.status.code(), Some(2));
     let error: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON error");
     assert!(error["error"].as_str().unwrap().contains("is not a size"), "{error}");
+    assert_eq!(error["hint"], "rewind volume create --help shows the usage", "same keys as every error");
     // Help and version are not errors.
     assert!(rewind_ok(&daemon, &["--help"]).contains("rollback"));
     assert!(rewind_ok(&daemon, &["--version"]).starts_with("rewind "));
@@ -121,7 +155,8 @@ fn unknown_volumes_and_snapshots_are_named_with_what_exists() {
     ] {
         let stderr = rewind_fails(&daemon, args, 1);
         assert!(stderr.contains("no volume named nosuch (volumes: default)"), "rewind {args:?}: {stderr}");
-        assert!(stderr.contains("hint: "), "rewind {args:?} says what to do: {stderr}");
+        assert!(stderr.contains("hint: rewind volume list"), "rewind {args:?} says what to do: {stderr}");
+        assert!(!stderr.contains("volume create"), "a typo is likelier than a missing volume: {stderr}");
     }
     let stderr = rewind_fails(&daemon, &["snapshot", "delete", "default", "nosuch"], 1);
     assert!(stderr.contains("no snapshot named nosuch on default"), "{stderr}");
@@ -159,6 +194,67 @@ fn points_outside_history_name_the_retained_window() {
     }
     let stderr = rewind_fails(&daemon, &["rollback", "default", "--to", "-30d"], 1);
     assert!(stderr.contains("-30d is outside"), "relative points are shown as written: {stderr}");
+    let stderr = rewind_fails(&daemon, &["export", "default", "--at", "-90s"], 1);
+    assert!(stderr.contains("rewind: -90s is outside"), "not -1m30s: {stderr}");
+    // The window's times are printed as the tables print them.
+    let window = regex_like_times(&stderr);
+    assert_eq!(window.len(), 2, "two times with milliseconds: {stderr}");
+    let stderr = rewind_fails(&daemon, &["export", "default", "--at", "2999-01-01T00:00:00Z"], 1);
+    assert!(stderr.contains("2999-01-01T00:00:00Z is in the future"), "{stderr}");
+}
+
+/// The `YYYY-MM-DDTHH:MM:SS.mmmZ` times in `text`.
+fn regex_like_times(text: &str) -> Vec<String> {
+    let bytes = text.as_bytes();
+    let shape = b"dddd-dd-ddTdd:dd:dd.dddZ";
+    (0..bytes.len().saturating_sub(shape.len() - 1))
+        .filter(|&at| {
+            shape.iter().zip(&bytes[at..]).all(|(want, got)| match want {
+                b'd' => got.is_ascii_digit(),
+                other => other == got,
+            })
+        })
+        .map(|at| text[at..at + shape.len()].to_owned())
+        .collect()
+}
+
+#[test]
+fn printed_times_are_valid_points_for_the_point_they_name() {
+    // Every time the CLI prints has milliseconds, the index's resolution:
+    // the time printed for a snapshot, pasted back as --at, exports that
+    // snapshot's seq (with whole seconds it would resolve to an earlier one).
+    let daemon = Daemon::start();
+    for fill in 1..=3 {
+        nbd_write(&daemon.uri("default"), 0, 4096, fill);
+    }
+    let created = rewind_ok(&daemon, &["snapshot", "create", "default", "mark"]);
+    let printed = regex_like_times(&created);
+    assert_eq!(printed.len(), 1, "{created}");
+    assert!(created.contains("at #4 ("), "{created}");
+    let exported = rewind_json(&daemon, &["export", "default", "--at", &printed[0]]);
+    assert_eq!(exported["point"]["seq"], 4, "{printed:?} resolves to the snapshot's point");
+    assert_eq!(exported["point"]["time"], printed[0].as_str(), "JSON uses the same format");
+    // The table and JSON forms of the same snapshot agree.
+    let table = rewind_ok(&daemon, &["snapshot", "list", "default"]);
+    assert_eq!(regex_like_times(&table), printed, "{table}");
+    let json = rewind_json(&daemon, &["snapshot", "create", "default", "mark2"]);
+    assert_eq!(json["volume"], "default", "snapshot create names its volume");
+    let time = json["time"].as_str().unwrap();
+    assert_eq!(regex_like_times(time), [time], "{json}");
+    // Every time in every answer has that one shape.
+    for args in
+        [&["volume", "list"][..], &["volume", "show", "default"], &["timeline", "default"], &["status"]]
+    {
+        let text = rewind_json(&daemon, args).to_string();
+        for (at, _) in text.match_indices("T") {
+            let candidate = text[..at].rsplit('"').next().unwrap_or("");
+            if candidate.len() == 10 && candidate.as_bytes()[4] == b'-' {
+                let end = text[at..].find('"').map_or(text.len(), |end| at + end);
+                let time = &text[at - 10..end];
+                assert_eq!(regex_like_times(time), [time], "rewind {args:?}: {time}");
+            }
+        }
+    }
 }
 
 #[test]
@@ -230,6 +326,148 @@ fn deleting_a_volume_a_clone_needs_is_refused_unless_forced() {
     assert_eq!(names, ["child", "default"]);
     assert_eq!(nbd_digest(&daemon.uri("child"), 4 * MIB), expected, "the clone still reads the cloned point");
     rewind_ok(&daemon, &["volume", "delete", "child"]);
+}
+
+#[test]
+fn rollback_delete_and_reopen_refuse_while_a_client_is_connected() {
+    // A libnbd client holding the head open stands for a running VM: the
+    // volume shows the connection; rollback, reopen and delete are refused
+    // (exit 1, naming the count and saying to stop the VM); --force rolls
+    // back anyway, and the client's next write lands on the rolled-back
+    // image; once it disconnects, delete goes ahead. A client on a point
+    // blocks delete only.
+    let daemon = Daemon::start();
+    rewind_ok(&daemon, &["volume", "create", "emr", "--size", "1MiB"]);
+    nbd_write(&daemon.uri("emr"), 0, 4096, b'c');
+    rewind_ok(&daemon, &["snapshot", "create", "emr", "clean"]);
+    nbd_write(&daemon.uri("emr"), 8192, 4096, b'x');
+    let clean = nbd_digest(&daemon.uri("emr@clean"), MIB);
+
+    let mut vm = HeldConnection::open(&daemon.uri("emr"));
+    let shown = rewind_json(&daemon, &["volume", "show", "emr"]);
+    assert_eq!(shown["volume"]["nbd_connections"], serde_json::json!({"head": 1, "points": 0}));
+    let table = rewind_ok(&daemon, &["volume", "list"]);
+    let row = table.lines().find(|line| line.starts_with("emr ")).unwrap();
+    assert!(row.contains("1 head"), "{table}");
+    assert!(rewind_ok(&daemon, &["volume", "show", "emr"]).contains("1 connection to the head"));
+
+    let stderr = rewind_fails(&daemon, &["rollback", "emr", "--to", "clean"], 1);
+    assert!(stderr.contains("volume emr has 1 NBD connection open to its head"), "{stderr}");
+    assert!(stderr.contains("hint: stop the VM") && stderr.contains("--force"), "{stderr}");
+    let stderr = rewind_fails(&daemon, &["volume", "delete", "emr"], 1);
+    assert!(stderr.contains("volume emr has 1 NBD connection open (1 to its head, 0 to points)"), "{stderr}");
+    let stderr = rewind_fails(&daemon, &["volume", "reopen", "emr"], 1);
+    assert!(stderr.contains("1 NBD connection open to its head"), "{stderr}");
+    assert_eq!(
+        rewind_json(&daemon, &["volume", "show", "emr"])["volume"]["head"]["seq"],
+        3,
+        "nothing changed"
+    );
+
+    let forced = rewind(&daemon, &["rollback", "emr", "--to", "clean", "--force"]);
+    let (stdout, _) = texts(&forced);
+    assert!(forced.status.success(), "{stdout}");
+    assert!(stdout.contains("Warning: 1 NBD connection to the head saw the image change"), "{stdout}");
+    assert!(stdout.contains("--force --control"), "the undo command goes past the client too: {stdout}");
+    assert_eq!(nbd_digest(&daemon.uri("emr"), MIB), clean);
+    assert_eq!(vm.write(), "written", "the forced client keeps writing, now on the rolled-back image");
+    vm.close();
+    wait_disconnected(&daemon, "emr");
+
+    let reader = HeldConnection::open(&daemon.uri("emr@clean"));
+    assert_eq!(
+        rewind_json(&daemon, &["volume", "show", "emr"])["volume"]["nbd_connections"],
+        serde_json::json!({"head": 0, "points": 1})
+    );
+    rewind_ok(&daemon, &["rollback", "emr", "--to", "clean"]);
+    let stderr = rewind_fails(&daemon, &["volume", "delete", "emr"], 1);
+    assert!(stderr.contains("1 NBD connection open (0 to its head, 1 to points)"), "{stderr}");
+    let deleted = rewind_json(&daemon, &["volume", "delete", "emr", "--force"]);
+    assert_eq!(deleted["nbd_connections"], 1);
+    reader.close();
+    let list = rewind_json(&daemon, &["volume", "list"]);
+    assert_eq!(list["volumes"].as_array().unwrap().len(), 1, "{list}");
+}
+
+#[test]
+fn a_volume_that_refuses_writes_is_reopened_without_a_restart() {
+    // The daemon runs under a 24 MiB soft file-size limit: writes past it
+    // fail as on a full disk and the volume refuses writes. Every message
+    // about it points at `rewind volume reopen`; once the limit is lifted
+    // (the disk "freed"), reopen makes the volume take writes again, with
+    // everything flushed before the failure intact, and no restart.
+    let dir = tempfile::tempdir().unwrap();
+    let daemon =
+        Daemon::start_wrapped(&dir.path().join("data"), &[], &["prlimit", "--fsize=25165824:unlimited"]);
+    let script = r#"
+import sys, nbd
+h = nbd.NBD(); h.connect_uri(sys.argv[1])
+flushed = 0
+for i in range(64):
+    try:
+        h.pwrite(bytes([i + 1]) * (1 << 20), i << 20); h.flush(); flushed = i + 1
+    except nbd.Error as e:
+        print(flushed, e.errno); break
+"#;
+    let outcome = nbd_python(script, &daemon.uri("default"));
+    let (flushed, errno) = outcome.trim().split_once(' ').expect("a write failed");
+    assert_eq!(errno, "ENOSPC", "{outcome}");
+    let flushed: u64 = flushed.parse().unwrap();
+
+    let shown = rewind_ok(&daemon, &["volume", "show", "default"]);
+    assert!(shown.contains("WRITE ERROR") && shown.contains("rewind volume reopen default"), "{shown}");
+    let listed = rewind_ok(&daemon, &["volume", "list"]);
+    assert!(listed.contains("default refuses writes") && listed.contains("rewind volume reopen default"));
+    let stderr = rewind_fails(&daemon, &["snapshot", "create", "default", "s"], 1);
+    assert!(stderr.contains("hint: ") && stderr.contains("then: rewind volume reopen default"), "{stderr}");
+    assert!(!stderr.contains("restart"), "{stderr}");
+
+    let pid = daemon.child.as_ref().unwrap().id().to_string();
+    run_ok_quietly(&["prlimit", "--pid", &pid, "--fsize=unlimited"]);
+    let reopened = rewind_ok(&daemon, &["volume", "reopen", "default"]);
+    assert!(
+        reopened.contains("Reopened default at #") && reopened.contains("it takes writes again"),
+        "{reopened}"
+    );
+    assert!(
+        reopened.contains("No space left on device") || reopened.contains("File too large"),
+        "{reopened}"
+    );
+    let detail = rewind_json(&daemon, &["volume", "show", "default"]);
+    assert_eq!(detail["volume"]["write_error"], serde_json::Value::Null, "{detail}");
+    let check = format!(
+        "import sys, nbd\nh = nbd.NBD(); h.connect_uri(sys.argv[1])\n\
+         bad = [i for i in range({flushed}) if h.pread(1 << 20, i << 20) != bytes([i + 1]) * (1 << 20)]\n\
+         h.pwrite(b'y' * 4096, 0); h.flush()\nprint(len(bad), h.pread(4096, 0) == b'y' * 4096)"
+    );
+    assert_eq!(nbd_python(&check, &daemon.uri("default")).trim(), "0 True");
+    let again = rewind_json(&daemon, &["volume", "reopen", "default"]);
+    assert_eq!(again["cleared_write_error"], serde_json::Value::Null, "a healthy volume reopens as it is");
+    assert_eq!(again["stale_nbd_connections"], 0);
+}
+
+fn run_ok_quietly(args: &[&str]) {
+    let output = run(std::process::Command::new(args[0]).args(&args[1..]), Duration::from_secs(30));
+    assert!(output.status.success(), "{args:?}: {:?}", texts(&output));
+}
+
+#[test]
+fn control_paths_that_are_not_sockets_are_named_as_such() {
+    // --control at a directory (a data dir) or a regular file is not "a
+    // daemon that is not running": say what the path is instead.
+    let daemon = Daemon::start();
+    let dir = daemon.data_dir.to_str().unwrap();
+    let output = run(&mut rewind_command(&["--control", dir, "status"]), Duration::from_secs(30));
+    let (_, stderr) = texts(&output);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("it is a directory, not a socket"), "{stderr}");
+    assert!(stderr.contains(&format!("did you mean --control {dir}/control.sock?")), "{stderr}");
+    assert!(!stderr.contains("not running"), "{stderr}");
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let path = file.path().to_str().unwrap();
+    let output = run(&mut rewind_command(&["--control", path, "volume", "list"]), Duration::from_secs(30));
+    let (_, stderr) = texts(&output);
+    assert!(stderr.contains("it is a regular file, not a socket"), "{stderr}");
 }
 
 #[test]
@@ -370,6 +608,12 @@ fn timeline_counts_writes_and_bytes_per_interval() {
     assert!(text.lines().any(|line| line.contains("mark")), "the snapshot is on its row: {text}");
     let stderr = rewind_fails(&daemon, &["timeline", "default", "--since", "2999-01-01T00:00:00Z"], 1);
     assert!(stderr.contains("is in the future"), "{stderr}");
+    // An hour per row, from a day ago: the one row starts when the volume
+    // was created, not at the whole hour before it.
+    let timeline = rewind_json(&daemon, &["timeline", "default", "--since", "-1d", "--interval", "1h"]);
+    let created = &timeline["first"]["time"];
+    assert_eq!(&timeline["buckets"][0]["start"], created, "{timeline}");
+    assert_eq!(&timeline["since"], created, "{timeline}");
 }
 
 #[test]
@@ -405,6 +649,15 @@ fn completions_and_man_pages_come_from_the_clap_definitions() {
     for page in ["rewind.1", "rewind-volume-create.1", "rewind-rollback.1", "rewind-snapshot-list.1"] {
         assert!(dir.path().join(page).exists(), "{page} written");
     }
+    let rollback = std::fs::read_to_string(dir.path().join("rewind-rollback.1")).unwrap();
+    assert!(rollback.contains("#SEQ") && rollback.contains("RFC 3339") && rollback.contains("\\-90s"));
+    let help = run(&mut rewind_command(&["rollback", "--help"]), Duration::from_secs(30));
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("POINT is any point")
+            && help.contains("-1h30m")
+            && help.contains("<VOLUME>  The volume")
+    );
 }
 
 #[test]

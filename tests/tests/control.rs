@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use cli_support::{http, nbd_write, socket, tcp_bridge};
+use cli_support::{HeldConnection, http, nbd_write, socket, tcp_bridge, wait_disconnected};
 use rewind_tests::{Daemon, binary, free_port, run};
 
 fn json(body: &str) -> serde_json::Value {
@@ -123,6 +123,39 @@ fn errors_are_json_with_the_documented_status_codes() {
 }
 
 #[test]
+fn connected_clients_make_rollback_delete_and_reopen_conflicts_unless_forced() {
+    // With an NBD client on the head, rollback, reopen and delete answer 409
+    // naming the count and saying what to do; ?force=true goes ahead and
+    // the answer reports the connections it went past.
+    let daemon = Daemon::start();
+    let path = socket(&daemon);
+    let vm = HeldConnection::open(&daemon.uri("default"));
+    let (status, body) = http(&path, "POST", "/v1/volumes/default/rollback", Some(r##"{"to":"#0"}"##));
+    assert_eq!(status, 409, "{body}");
+    let body = json(&body);
+    assert!(body["error"].as_str().unwrap().contains("1 NBD connection open to its head"), "{body}");
+    assert!(body["hint"].as_str().unwrap().contains("?force=true"), "{body}");
+    for (method, route) in [("POST", "/v1/volumes/default/reopen"), ("DELETE", "/v1/volumes/default")] {
+        let (status, body) = http(&path, method, route, None);
+        assert_eq!(status, 409, "{method} {route}: {body}");
+    }
+    let (status, body) =
+        http(&path, "POST", "/v1/volumes/default/rollback?force=true", Some(r##"{"to":"#0"}"##));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["nbd_connections"], 1);
+    let (status, body) = http(&path, "POST", "/v1/volumes/default/reopen?force=true", None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["stale_nbd_connections"], 1);
+    vm.close();
+    wait_disconnected(&daemon, "default");
+    let (status, body) = http(&path, "POST", "/v1/volumes/default/reopen", None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["volume"]["name"], "default");
+    let (status, body) = http(&path, "POST", "/v1/volumes/nosuch/reopen", None);
+    assert_eq!(status, 404, "{body}");
+}
+
+#[test]
 fn served_openapi_document_is_docs_openapi_json_and_every_route_answers() {
     // The daemon serves docs/openapi.json byte for byte, and every method
     // and path in it reaches a handler (no "no route", no 405). The unit
@@ -150,7 +183,7 @@ fn served_openapi_document_is_docs_openapi_json_and_every_route_answers() {
             probed += 1;
         }
     }
-    assert_eq!(probed, 16, "every documented operation probed");
+    assert_eq!(probed, 17, "every documented operation probed");
 }
 
 #[test]
@@ -186,6 +219,23 @@ fn metrics_count_nbd_requests_and_describe_volumes() {
     assert_eq!(value(r#"rewind_volume_snapshots{volume="default"}"#), 0.0);
     assert_eq!(value(r#"rewind_volume_size_bytes{volume="default"}"#), (1u64 << 30) as f64);
     assert!(value(r#"rewind_volume_journal_bytes{volume="default"}"#) >= 12288.0);
+    // Journal bytes are the store's own figure, the same the API reports.
+    let (_, detail) = http(&path, "GET", "/v1/volumes/default", None);
+    let detail = json(&detail);
+    assert_eq!(
+        value(r#"rewind_volume_journal_bytes{volume="default"}"#),
+        detail["volume"]["journal_bytes"].as_f64().unwrap()
+    );
+    assert_eq!(value(r#"rewind_volume_journal_segments{volume="default"}"#), 1.0);
+    assert_eq!(value(r#"rewind_volume_first_seq{volume="default"}"#), 0.0);
+    assert_eq!(value(r#"rewind_volume_retention_blocked{volume="default"}"#), 0.0);
+    assert_eq!(value(r#"rewind_volume_folds_total{volume="default"}"#), 0.0);
+    assert!(
+        value(r#"rewind_volume_flushes_total{volume="default"}"#) >= 3.0,
+        "two NBD flushes and one control"
+    );
+    assert!(value(r#"rewind_volume_syncs_total{volume="default"}"#) >= 1.0);
+    assert_eq!(value(r#"rewind_volume_nbd_connections{volume="default",export="head"}"#), 0.0);
     // Every metric is documented.
     let documented =
         std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/metrics.md"))
@@ -247,7 +297,7 @@ fn schemathesis_finds_no_server_errors_and_every_response_matches_the_schema() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "schemathesis failed ({}):\n{stdout}\n{stderr}", output.status);
-    assert!(stdout.contains("Tested: 16"), "every operation tested:\n{stdout}");
+    assert!(stdout.contains("Tested: 17"), "every operation tested:\n{stdout}");
     eprintln!(
         "{}",
         stdout.lines().rev().take(12).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")

@@ -1,8 +1,15 @@
 //! One function per route of [`super::routes::ROUTES`].
 //!
 //! Store calls that may wait for the disk (create, clone, delete, snapshot,
-//! rollback, resize, flush, timeline scans) run on tokio's blocking pool so
-//! the runtime's threads keep serving NBD.
+//! rollback, resize, flush, reopen, timeline scans) run on tokio's blocking
+//! pool so the runtime's threads keep serving NBD.
+//!
+//! Rollback, delete and reopen check the NBD connections open to the volume
+//! first ([`crate::device::OpenExports`]) and refuse with 409 unless forced:
+//! a rollback or delete under a running VM corrupts its filesystem. The
+//! check and the operation are not atomic: a client that connects in
+//! between is not seen (the guard is against the VM the user forgot, not
+//! against a race).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,23 +18,21 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use rewind_api::Point;
 use rewind_api::control::{
-    CloneOrigin, CloneVolume, Cloned, CreateSnapshot, CreateVolume, Deleted, Exported, Flushed, PointInfo,
-    RecoveryInfo, ResizeVolume, Resized, Rollback, RolledBack, SnapshotDeleted, SnapshotInfo, SnapshotList,
-    Status, Timeline, TimelineBucket, VolumeDetail, VolumeInfo, VolumeList, nbd_uri,
+    CloneOrigin, CloneVolume, Cloned, CreateSnapshot, CreateVolume, Deleted, Exported, Flushed, Force,
+    NbdConnections, PointInfo, RecoveryInfo, Reopened, ResizeVolume, Resized, Rollback, RolledBack,
+    SnapshotCreated, SnapshotDeleted, SnapshotInfo, SnapshotList, Status, Timeline, TimelineBucket,
+    VolumeCreated, VolumeDetail, VolumeInfo, VolumeList, nbd_uri,
 };
+use rewind_api::{Point, format_time};
 use serde::Deserialize;
 use store::{
-    CloneError, CreateError, DeleteError, ResizeError, RollbackError, SnapshotError, Volume, WriteError,
+    CloneError, CreateError, DeleteError, History, OpenError, PointError, ResizeError, RollbackError,
+    SnapshotError, Volume, WriteError,
 };
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use super::routes::{ApiJson, ApiPath, ApiQuery, OPENAPI_DOCUMENT};
 use super::{ApiError, ControlState};
-use crate::catalog::resolve_point;
-use crate::metrics::{directory_bytes, volume_dir};
 
 type ApiResult<T> = Result<T, ApiError>;
 type AppState = State<Arc<ControlState>>;
@@ -39,15 +44,21 @@ const TIMELINE_INTERVALS: [u64; 17] =
 const TIMELINE_TARGET_ROWS: i64 = 48;
 /// Most rows a timeline returns.
 const TIMELINE_MAX_ROWS: i64 = 10_000;
+/// Longest timeline interval: 365 days (`365d`, `52w` in CLI units).
+const TIMELINE_MAX_INTERVAL_SECONDS: u64 = 365 * 86_400;
 
 // ---- helpers ------------------------------------------------------------
 
-/// RFC 3339 in UTC with the full precision of `unix_nanos`.
+/// The API's one time format: RFC 3339 UTC with milliseconds, exact for
+/// points (index times are whole milliseconds), so it reads back as the
+/// same point.
 pub fn rfc3339(unix_nanos: i64) -> String {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_nanos))
-        .ok()
-        .and_then(|time| time.format(&Rfc3339).ok())
-        .unwrap_or_else(|| format!("{unix_nanos}ns"))
+    format_time(unix_nanos)
+}
+
+/// "1 connection", "2 connections".
+fn plural(count: u64, noun: &str) -> String {
+    if count == 1 { format!("1 {noun}") } else { format!("{count} {noun}s") }
 }
 
 fn now_nanos() -> i64 {
@@ -82,30 +93,114 @@ fn lookup(state: &ControlState, name: &str) -> ApiResult<Arc<Volume>> {
     state.store.volume(name).ok_or_else(|| unknown_volume(state, name))
 }
 
+/// 404 naming the volumes that do exist (a typo is the usual cause).
 fn unknown_volume(state: &ControlState, name: &str) -> ApiError {
     let names: Vec<String> = state.store.volumes().iter().map(|v| v.name().to_owned()).collect();
-    let known =
-        if names.is_empty() { "there are none".to_owned() } else { format!("volumes: {}", names.join(", ")) };
-    ApiError::not_found(format!("no volume named {name} ({known})"))
-        .hint(format!("create it with: rewind volume create {name} --size 20GiB"))
+    if names.is_empty() {
+        return ApiError::not_found(format!("no volume named {name} (there are none)"))
+            .hint(format!("create one with: rewind volume create {name} --size 20GiB"));
+    }
+    ApiError::not_found(format!("no volume named {name} (volumes: {})", names.join(", ")))
+        .hint("rewind volume list shows each volume; pass one of their names")
 }
 
 fn parse_point(text: &str) -> ApiResult<Point> {
     Point::parse(text).map_err(|error| ApiError::bad_request(error.to_string()))
 }
 
-/// Resolves a point to a seq, or 422: the point is well-formed but not in
-/// the history (outside the retained window, which the message names; or
-/// no such snapshot). Not 404: the volume the URL names exists.
-fn resolve(volume: &Volume, point: &Point) -> ApiResult<u64> {
-    resolve_point(volume, point).map_err(|message| match point {
-        Point::Snapshot(_) => ApiError::outside_history(message)
-            .hint(format!("rewind snapshot list {} shows the snapshots", volume.name())),
-        _ => ApiError::outside_history(message).hint(format!(
-            "pick a point inside the retained history; rewind timeline {} shows it",
-            volume.name()
-        )),
-    })
+/// "retained history is #0 (2026-11-28T02:00:00.000Z) to #812 (...)".
+fn describe_window(window: &History) -> String {
+    format!(
+        "retained history is #{} ({}) to #{} ({})",
+        window.first_seq,
+        rfc3339(window.first_time),
+        window.head_seq,
+        rfc3339(window.head_time)
+    )
+}
+
+/// 422 for a point outside the history, naming the point as the user
+/// wrote it (`text`, not a normalised form) and the retained window.
+fn outside_history(volume: &Volume, text: &str, window: &History) -> ApiError {
+    ApiError::outside_history(format!(
+        "{text} is outside the history of {}: {}",
+        volume.name(),
+        describe_window(window)
+    ))
+    .hint(format!("pick a point inside the retained history; rewind timeline {} shows it", volume.name()))
+}
+
+/// Resolves `point` (parsed from `text`) to a seq, or 422: the point is
+/// well-formed but not in the history (outside the retained window, which
+/// the message names; or no such snapshot). Not 404: the volume the URL
+/// names exists.
+fn resolve(volume: &Volume, point: &Point, text: &str) -> ApiResult<u64> {
+    let at_time = |nanos: i64| {
+        volume.resolve_time(nanos).map_err(|error| match error {
+            PointError::OutsideHistory { window, .. } if nanos > window.head_time.max(now_nanos()) => {
+                ApiError::outside_history(format!(
+                    "{text} is in the future: the history of {} ends now, at #{} ({})",
+                    volume.name(),
+                    window.head_seq,
+                    rfc3339(window.head_time)
+                ))
+                .hint(format!("rewind export {} --at -1s reads the latest point", volume.name()))
+            }
+            PointError::OutsideHistory { window, .. } => outside_history(volume, text, &window),
+            PointError::UnknownSnapshot(name) => unknown_snapshot(volume, &name),
+        })
+    };
+    match point {
+        Point::Seq(seq) => {
+            let history = volume.history();
+            if *seq < history.first_seq || *seq > history.head_seq {
+                return Err(outside_history(volume, text, &history));
+            }
+            Ok(*seq)
+        }
+        Point::Time(time) => {
+            let nanos = time.unix_timestamp_nanos();
+            // Past 2262 or before 1677 (i64 nanoseconds): saturate, keeping the side.
+            at_time(i64::try_from(nanos).unwrap_or(if nanos > 0 { i64::MAX } else { i64::MIN }))
+        }
+        Point::Ago(ago) => {
+            at_time(now_nanos().saturating_sub(i64::try_from(ago.as_nanos()).unwrap_or(i64::MAX)))
+        }
+        Point::Snapshot(name) => {
+            volume.snapshot(name).map(|snapshot| snapshot.seq).ok_or_else(|| unknown_snapshot(volume, name))
+        }
+    }
+}
+
+fn unknown_snapshot(volume: &Volume, name: &str) -> ApiError {
+    let names: Vec<String> = volume.snapshots().into_iter().map(|s| s.name).collect();
+    let message = if names.is_empty() {
+        format!("no snapshot named {name} on {} (it has none)", volume.name())
+    } else {
+        format!("no snapshot named {name} on {}; it has: {}", volume.name(), names.join(", "))
+    };
+    ApiError::outside_history(message)
+        .hint(format!("rewind snapshot list {} shows the snapshots", volume.name()))
+}
+
+/// NBD connections open to `name`.
+fn connections(state: &ControlState, name: &str) -> NbdConnections {
+    let (head, points) = state.open_exports.count(name);
+    NbdConnections { head: head as u64, points: points as u64 }
+}
+
+/// 409 unless forced: `head` NBD connections are open to the head of
+/// `volume`, which `what` (a rollback, a reopen) would pull the image from
+/// under.
+fn refuse_under_clients(volume: &str, head: u64, what: &str, consequence: &str, command: &str) -> ApiError {
+    ApiError::conflict(format!(
+        "volume {volume} has {} open to its head: {consequence}",
+        plural(head, "NBD connection")
+    ))
+    .hint(format!(
+        "stop the VM (or disconnect the NBD clients) first, then {what} again; to go ahead anyway: \
+         {command} --force (API: ?force=true)"
+    ))
 }
 
 fn time_of(volume: &Arc<Volume>, seq: u64) -> i64 {
@@ -135,6 +230,7 @@ fn clones_of(state: &ControlState, name: &str) -> Vec<String> {
 
 fn volume_info(state: &ControlState, volume: &Arc<Volume>) -> VolumeInfo {
     let history = volume.history();
+    let stats = volume.stats();
     VolumeInfo {
         name: volume.name().to_owned(),
         size_bytes: volume.size(),
@@ -142,21 +238,31 @@ fn volume_info(state: &ControlState, volume: &Arc<Volume>) -> VolumeInfo {
         head: PointInfo { seq: history.head_seq, time: rfc3339(history.head_time) },
         durable_seq: volume.durable_seq(),
         points: history.head_seq.saturating_sub(history.first_seq) + 1,
-        snapshots: volume.snapshots().len() as u64,
-        journal_bytes: directory_bytes(&volume_dir(&state.data_dir, volume.name())),
+        snapshot_count: stats.snapshots,
+        journal_bytes: stats.journal_bytes,
         clone_of: volume.clone_parent().map(|(volume, seq)| CloneOrigin { volume, seq }),
         clones: clones_of(state, volume.name()),
         write_error: volume.poison().map(|poison| poison.to_string()),
+        nbd_connections: connections(state, volume.name()),
     }
+}
+
+/// What to do about a volume that refuses writes.
+fn reopen_hint(volume: &str) -> String {
+    format!(
+        "the volume refuses writes after an IO error; fix the cause (free disk space, check the disk), \
+         then: rewind volume reopen {volume}"
+    )
 }
 
 /// A failed journal append (snapshot, rollback, resize records).
 fn write_failure(volume: &str, what: &str, error: WriteError) -> ApiError {
     match error {
         WriteError::Deleted => ApiError::not_found(format!("volume {volume} was deleted")),
-        WriteError::Poisoned(_) => ApiError::internal(&format!("cannot {what} {volume}"), &error).hint(
-            "the volume refuses writes after an IO error; fix the disk (free space, hardware) and restart rewindd",
-        ),
+        // This write poisoned the volume, or an earlier one did.
+        WriteError::Poisoned(_) | WriteError::Io(_) => {
+            ApiError::internal(&format!("cannot {what} {volume}"), &error).hint(reopen_hint(volume))
+        }
         error => ApiError::internal(&format!("cannot {what} {volume}"), &error),
     }
 }
@@ -172,8 +278,7 @@ pub async fn status(State(state): AppState) -> Json<Status> {
     let started = state.started.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let uptime = state.started.elapsed().unwrap_or_default();
     let volumes = state.store.volumes();
-    let journal_bytes =
-        volumes.iter().map(|volume| directory_bytes(&volume_dir(&state.data_dir, volume.name()))).sum();
+    let journal_bytes = volumes.iter().map(|volume| volume.stats().journal_bytes).sum();
     Json(Status {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         pid: std::process::id(),
@@ -190,9 +295,9 @@ pub async fn status(State(state): AppState) -> Json<Status> {
 
 pub async fn metrics(State(state): AppState) -> ApiResult<impl IntoResponse> {
     let state_for_render = state.clone();
-    // Journal sizes come from the file system: off the async threads.
+    // Volume stats take each index's read lock: off the async threads.
     let text = blocking(move || {
-        state_for_render.metrics.render(&state_for_render.store, &state_for_render.data_dir)
+        state_for_render.metrics.render(&state_for_render.store, &state_for_render.open_exports)
     })
     .await?;
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text))
@@ -233,7 +338,8 @@ pub async fn create_volume(
         }
     })?;
     tracing::info!(volume = volume.name(), size, "created volume");
-    Ok((StatusCode::CREATED, Json(volume_info(&state, &volume))))
+    let uri = nbd_uri(&client_address(state.nbd_listen), volume.name());
+    Ok((StatusCode::CREATED, Json(VolumeCreated { volume: volume_info(&state, &volume), uri })))
 }
 
 pub async fn show_volume(
@@ -244,10 +350,14 @@ pub async fn show_volume(
     let state = state.clone();
     blocking(move || {
         let recovery = volume.recovery_stats();
+        let stats = volume.stats();
         Json(VolumeDetail {
             volume: volume_info(&state, &volume),
-            snapshot_list: volume.snapshots().into_iter().map(snapshot_info).collect(),
-            index_memory_bytes: volume.index_memory_bytes() as u64,
+            snapshots: volume.snapshots().into_iter().map(snapshot_info).collect(),
+            journal_segments: stats.segments,
+            base_bytes: stats.base_bytes,
+            journal_budget_bytes: stats.journal_budget_bytes,
+            index_memory_bytes: stats.index_bytes,
             recovery: RecoveryInfo {
                 checkpointed_records: recovery.checkpointed,
                 replayed_records: recovery.replayed,
@@ -260,20 +370,35 @@ pub async fn show_volume(
     .await
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DeleteQuery {
-    #[serde(default)]
-    force: bool,
-}
-
 pub async fn delete_volume(
     State(state): AppState,
     ApiPath(name): ApiPath<String>,
-    ApiQuery(query): ApiQuery<DeleteQuery>,
+    ApiQuery(query): ApiQuery<Force>,
 ) -> ApiResult<Json<Deleted>> {
     lookup(&state, &name)?;
     let clones = clones_of(&state, &name);
+    let open = connections(&state, &name);
+    let open_total = open.head + open.points;
+    if open_total > 0 && !query.force {
+        let mut reasons = vec![format!(
+            "{} open ({} to its head, {} to points)",
+            plural(open_total, "NBD connection"),
+            open.head,
+            open.points
+        )];
+        let mut first = vec!["stop the VM (or disconnect the NBD clients)"];
+        if !clones.is_empty() {
+            reasons.push(format!("clones that read through it: {}", clones.join(", ")));
+            first.push("delete the clones");
+        }
+        return Err(ApiError::conflict(format!("volume {name} has {}", reasons.join(", and "))).hint(
+            format!(
+                "{} first; or force it (rewind volume delete {name} --force; API: ?force=true): \
+                 connected clients then get errors, and clones keep its data until the last one is deleted",
+                first.join(" and ")
+            ),
+        ));
+    }
     let store_state = state.clone();
     let volume = name.clone();
     let deleted = blocking(move || store_state.store.delete_volume(&volume, query.force)).await?;
@@ -285,12 +410,51 @@ pub async fn delete_volume(
         ))
         .hint(format!(
             "delete the clones first, or force it (rewind volume delete {volume} --force; API: ?force=true): \
-             {volume} disappears but its data is kept until its last clone is deleted"
+             {volume} disappears but its data is kept until its last clone is deleted; --force also \
+             deletes it under connected NBD clients"
         )),
         error @ DeleteError::Io(_) => ApiError::internal(&format!("cannot delete volume {name}"), &error),
     })?;
-    tracing::info!(volume = name, force = query.force, "deleted volume");
-    Ok(Json(Deleted { volume: name, clones_kept: clones }))
+    tracing::info!(volume = name, force = query.force, nbd_connections = open_total, "deleted volume");
+    Ok(Json(Deleted { volume: name, clones_kept: clones, nbd_connections: open_total }))
+}
+
+pub async fn reopen_volume(
+    State(state): AppState,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(query): ApiQuery<Force>,
+) -> ApiResult<Json<Reopened>> {
+    let volume = lookup(&state, &name)?;
+    // Connections hold the old volume object: after a reopen their writes
+    // keep failing until the client reconnects.
+    let head = connections(&state, &name).head;
+    if head > 0 && !query.force {
+        return Err(refuse_under_clients(
+            &name,
+            head,
+            "reopen it",
+            "they would keep the old volume, and their writes would keep failing until they reconnect",
+            &format!("rewind volume reopen {name}"),
+        ));
+    }
+    let cleared = volume.poison().map(|poison| poison.to_string());
+    drop(volume);
+    let store_state = state.clone();
+    let reopening = name.clone();
+    let reopened = blocking(move || store_state.store.reopen_volume(&reopening)).await?;
+    let volume = reopened.map_err(|error| match error {
+        OpenError::Corrupt { reason, .. } if reason == "no such volume" => unknown_volume(&state, &name),
+        error => ApiError::internal(&format!("cannot reopen volume {name}"), &error).hint(format!(
+            "the volume refuses writes until it opens; fix the cause (the log has it), then run \
+             rewind volume reopen {name} again (or restart rewindd)"
+        )),
+    })?;
+    tracing::info!(volume = name, cleared = ?cleared, stale_connections = head, "reopened volume");
+    Ok(Json(Reopened {
+        volume: volume_info(&state, &volume),
+        cleared_write_error: cleared,
+        stale_nbd_connections: head,
+    }))
 }
 
 pub async fn resize_volume(
@@ -301,13 +465,17 @@ pub async fn resize_volume(
     let volume = lookup(&state, &name)?;
     let size = request.size.bytes().map_err(size_error)?;
     let old_size = volume.size();
+    if size == old_size {
+        // Nothing to record: a resize record would only add a point.
+        return Ok(Json(Resized { volume: name, old_size_bytes: old_size, new_size_bytes: size, seq: None }));
+    }
     let resized = blocking(move || volume.resize(size)).await?;
     let seq = resized.map_err(|error| match error {
         error @ ResizeError::InvalidSize { .. } => ApiError::bad_request(error.to_string()),
         ResizeError::Write(error) => write_failure(&name, "resize", error),
     })?;
     tracing::info!(volume = name, old_size, size, seq, "resized volume");
-    Ok(Json(Resized { volume: name, old_size_bytes: old_size, new_size_bytes: size, seq }))
+    Ok(Json(Resized { volume: name, old_size_bytes: old_size, new_size_bytes: size, seq: Some(seq) }))
 }
 
 pub async fn flush_volume(
@@ -361,7 +529,15 @@ pub async fn create_snapshot(
         SnapshotError::Write(error) => write_failure(&name, "snapshot", error),
     })?;
     tracing::info!(volume = name, snapshot = snapshot.name, seq = snapshot.seq, "created snapshot");
-    Ok((StatusCode::CREATED, Json(snapshot_info(snapshot))))
+    Ok((
+        StatusCode::CREATED,
+        Json(SnapshotCreated {
+            volume: name,
+            name: snapshot.name,
+            seq: snapshot.seq,
+            time: rfc3339(snapshot.time),
+        }),
+    ))
 }
 
 pub async fn delete_snapshot(
@@ -391,14 +567,28 @@ pub async fn delete_snapshot(
 pub async fn rollback(
     State(state): AppState,
     ApiPath(name): ApiPath<String>,
+    ApiQuery(query): ApiQuery<Force>,
     ApiJson(request): ApiJson<Rollback>,
 ) -> ApiResult<Json<RolledBack>> {
     let volume = lookup(&state, &name)?;
     let point = parse_point(&request.to)?;
-    let target = resolve(&volume, &point)?;
+    let target = resolve(&volume, &point, &request.to)?;
+    let head = connections(&state, &name).head;
+    if head > 0 && !query.force {
+        return Err(refuse_under_clients(
+            &name,
+            head,
+            "roll back",
+            "its image would change under a running VM, whose next write corrupts its filesystem",
+            &format!("rewind rollback {name} --to POINT"),
+        ));
+    }
     let rolling = volume.clone();
     let outcome = blocking(move || rolling.rollback(target)).await?.map_err(|error| match error {
-        RollbackError::Point(error) => ApiError::outside_history(error.to_string()),
+        RollbackError::Point(PointError::OutsideHistory { window, .. }) => {
+            outside_history(&volume, &request.to, &window)
+        }
+        RollbackError::Point(PointError::UnknownSnapshot(snapshot)) => unknown_snapshot(&volume, &snapshot),
         RollbackError::Write(error) => write_failure(&name, "roll back", error),
     })?;
     tracing::info!(
@@ -406,6 +596,7 @@ pub async fn rollback(
         target,
         new_seq = outcome.new_seq,
         previous_head = outcome.previous_head_seq,
+        nbd_connections = head,
         "rolled back"
     );
     Ok(Json(RolledBack {
@@ -414,6 +605,7 @@ pub async fn rollback(
         new_head: point_info(&volume, outcome.new_seq),
         previous_head: point_info(&volume, outcome.previous_head_seq),
         undo_to: format!("#{}", outcome.previous_head_seq),
+        nbd_connections: head,
     }))
 }
 
@@ -425,13 +617,16 @@ pub async fn clone_volume(
     let source = lookup(&state, &name)?;
     let point = parse_point(&request.at)?;
     rewind_api::validate_volume_name(&request.name).map_err(bad_name)?;
-    let seq = resolve(&source, &point)?;
+    let seq = resolve(&source, &point, &request.at)?;
     let store_state = state.clone();
     let (source_name, new_name) = (name.clone(), request.name.clone());
     let cloned = blocking(move || store_state.store.clone_volume(&source_name, seq, &new_name)).await?;
     let clone = cloned.map_err(|error| match error {
         CloneError::SourceNotFound(source) => unknown_volume(&state, &source),
-        CloneError::Point(error) => ApiError::outside_history(error.to_string()),
+        CloneError::Point(PointError::OutsideHistory { window, .. }) => {
+            outside_history(&source, &request.at, &window)
+        }
+        CloneError::Point(PointError::UnknownSnapshot(snapshot)) => unknown_snapshot(&source, &snapshot),
         CloneError::Create(CreateError::Exists(taken)) => {
             ApiError::conflict(format!("volume {taken} already exists"))
                 .hint("pick another name for the clone")
@@ -469,14 +664,17 @@ pub async fn export_point(
 ) -> ApiResult<Json<Exported>> {
     let volume = lookup(&state, &name)?;
     let point = parse_point(&query.at)?;
-    let seq = resolve(&volume, &point)?;
+    let seq = resolve(&volume, &point, &query.at)?;
     // A snapshot keeps its name; every other form is pinned to its seq, so
     // a relative point (`-15m`) does not drift while the URI is in use.
     let export_name = match &point {
         Point::Snapshot(snapshot) => format!("{name}@{snapshot}"),
         _ => format!("{name}@#{seq}"),
     };
-    let view = volume.open_point(seq).map_err(|error| ApiError::outside_history(error.to_string()))?;
+    let view = volume.open_point(seq).map_err(|error| match error {
+        PointError::OutsideHistory { window, .. } => outside_history(&volume, &query.at, &window),
+        PointError::UnknownSnapshot(snapshot) => unknown_snapshot(&volume, &snapshot),
+    })?;
     Ok(Json(Exported {
         volume: name,
         point: PointInfo { seq, time: rfc3339(view.time()) },
@@ -511,20 +709,21 @@ pub async fn timeline(
             // Past 2262 or before 1677 (i64 nanoseconds): saturate, keeping the side.
             i64::try_from(nanos).unwrap_or(if nanos > 0 { i64::MAX } else { i64::MIN })
         }
-        Point::Seq(_) | Point::Snapshot(_) => time_of(&volume, resolve(&volume, &since_point)?),
+        Point::Seq(_) | Point::Snapshot(_) => time_of(&volume, resolve(&volume, &since_point, &since_text)?),
     };
     if requested > now {
-        return Err(ApiError::bad_request(format!("since {since_text} is in the future")));
+        return Err(ApiError::bad_request(format!("since {since_text} is in the future"))
+            .hint("a timeline shows the past: pass a time before now, e.g. -6h or -1d"));
     }
     // Nothing happened before the volume existed: start there.
     let since = requested.max(history.first_time);
     let end = now.max(history.head_time);
     let span_seconds = (end - since) / 1_000_000_000;
     let interval_seconds = match query.interval {
-        Some(seconds) if (1..=31_536_000).contains(&seconds) => seconds,
+        Some(seconds) if (1..=TIMELINE_MAX_INTERVAL_SECONDS).contains(&seconds) => seconds,
         Some(seconds) => {
             return Err(ApiError::bad_request(format!(
-                "interval {seconds} is not between 1 second and 1 year (31536000)"
+                "interval {seconds} is not between 1 and {TIMELINE_MAX_INTERVAL_SECONDS} seconds (1s to 365d)"
             )));
         }
         None => TIMELINE_INTERVALS
@@ -533,14 +732,16 @@ pub async fn timeline(
             .unwrap_or(604_800),
     };
     let interval = interval_seconds as i64 * 1_000_000_000;
-    // Rows start on whole intervals (02:00, 03:00), not at odd instants.
+    // Rows start on whole intervals (02:00, 03:00), not at odd instants;
+    // but the first row does not start before the history does.
     let since = since - since.rem_euclid(interval);
+    let first_row_start = since.max(history.first_time);
     let rows = (end - since) / interval + 1;
     if rows > TIMELINE_MAX_ROWS {
         return Err(ApiError::bad_request(format!(
-            "that is {rows} intervals of {interval_seconds} s; the most is {TIMELINE_MAX_ROWS}"
+            "that is {rows} rows of {interval_seconds} seconds; the most is {TIMELINE_MAX_ROWS}"
         ))
-        .hint("pass a larger interval or a later since"));
+        .hint("pass a larger interval (--interval 1h, 1d or 1w) or a later since (--since -6h or -1d)"));
     }
     let scanning = volume.clone();
     let buckets = blocking(move || {
@@ -555,7 +756,7 @@ pub async fn timeline(
             .map(|bucket| {
                 let until = bucket.start.saturating_add(interval - 1).min(now);
                 TimelineBucket {
-                    start: rfc3339(bucket.start),
+                    start: rfc3339(bucket.start.max(first_row_start)),
                     writes: bucket.writes,
                     bytes: bucket.bytes,
                     last_seq: scanning.resolve_time(until).ok(),
@@ -568,7 +769,7 @@ pub async fn timeline(
         volume.snapshots().into_iter().filter(|snapshot| snapshot.time >= since).map(snapshot_info).collect();
     Ok(Json(Timeline {
         volume: name,
-        since: rfc3339(since),
+        since: rfc3339(first_row_start),
         interval_seconds,
         first: PointInfo { seq: history.first_seq, time: rfc3339(history.first_time) },
         head: PointInfo { seq: history.head_seq, time: rfc3339(history.head_time) },
@@ -590,8 +791,9 @@ mod tests {
     }
 
     #[test]
-    fn times_keep_their_precision() {
-        assert_eq!(rfc3339(1_795_832_030_000_000_000), "2026-11-28T02:13:50Z");
-        assert_eq!(rfc3339(1_795_832_030_250_000_000), "2026-11-28T02:13:50.25Z");
+    fn times_always_have_milliseconds() {
+        // One format for every time the API returns.
+        assert_eq!(rfc3339(1_795_832_030_000_000_000), "2026-11-28T02:13:50.000Z");
+        assert_eq!(rfc3339(1_795_832_030_250_000_000), "2026-11-28T02:13:50.250Z");
     }
 }

@@ -28,6 +28,7 @@ use tokio::sync::watch;
 use crate::metrics::Metrics;
 
 pub use error::ApiError;
+pub use handlers::client_address;
 
 /// What the handlers share.
 #[derive(Debug)]
@@ -39,7 +40,6 @@ pub struct ControlState {
     pub nbd_listen: SocketAddr,
     pub started: SystemTime,
     /// NBD connections per volume (rollback and delete check them).
-    #[expect(dead_code, reason = "the control API's rollback and delete checks use it next")]
     pub open_exports: Arc<crate::device::OpenExports>,
 }
 

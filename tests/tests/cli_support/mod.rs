@@ -160,3 +160,78 @@ pub fn nbd_digest(uri: &str, length: u64) -> String {
     .trim()
     .to_owned()
 }
+
+/// An NBD connection held open by a libnbd client (a stand-in for a
+/// running VM) until dropped.
+pub struct HeldConnection {
+    child: std::process::Child,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl HeldConnection {
+    /// Connects to `uri` and returns once the export is open (the daemon
+    /// counts the connection from then on).
+    pub fn open(uri: &str) -> HeldConnection {
+        use std::io::BufRead;
+        use std::process::Stdio;
+        let script = "import sys, nbd\nh = nbd.NBD(); h.connect_uri(sys.argv[1])\nprint('connected', flush=True)\n\
+                      for line in sys.stdin:\n    \
+                      if line.startswith('write'):\n        \
+                      try:\n            h.pwrite(b'w' * 4096, 0); h.flush(); print('written', flush=True)\n        \
+                      except nbd.Error as e:\n            print('failed', e.errno, flush=True)\n\
+                      h.shutdown()";
+        let mut child = Command::new(rewind_tests::SYSTEM_PYTHON)
+            .args(["-c", script, uri])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start a libnbd client");
+        let mut stdout = std::io::BufReader::new(child.stdout.take().expect("piped"));
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("client output");
+        assert_eq!(line.trim(), "connected", "the client could not connect to {uri}");
+        HeldConnection { child, stdout }
+    }
+
+    /// Writes 4 KiB at offset 0 and flushes; "written" or "failed ERRNO".
+    pub fn write(&mut self) -> String {
+        use std::io::BufRead;
+        let stdin = self.child.stdin.as_mut().expect("piped");
+        stdin.write_all(b"write\n").and_then(|()| stdin.flush()).expect("send to client");
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("client output");
+        line.trim().to_owned()
+    }
+
+    /// Disconnects and waits for the client to exit.
+    pub fn close(mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for HeldConnection {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits (at most 10 s) until the daemon counts no NBD connection to
+/// `volume`: a client's exit reaches the daemon a moment later.
+pub fn wait_disconnected(daemon: &Daemon, volume: &str) {
+    let path = format!("/v1/volumes/{volume}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = http(&socket(daemon), "GET", &path, None);
+        let detail: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        if detail["volume"]["nbd_connections"] == serde_json::json!({"head": 0, "points": 0}) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "connections to {volume} never closed: {detail}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
