@@ -247,7 +247,8 @@ fn metrics_count_nbd_requests_and_describe_volumes() {
 }
 
 /// The schemathesis executable: `$SCHEMATHESIS`, else `schemathesis` on
-/// PATH. `.ci/run` installs it (from PyPI, into a virtualenv).
+/// PATH. `scripts/install-schemathesis` installs it (from PyPI, into a
+/// virtualenv); `./scripts/test` and `.ci/run` call it.
 fn schemathesis() -> PathBuf {
     if let Some(path) = std::env::var_os("SCHEMATHESIS") {
         return PathBuf::from(path);
@@ -259,9 +260,8 @@ fn schemathesis() -> PathBuf {
         .find(|candidate| candidate.is_file());
     on_path.unwrap_or_else(|| {
         panic!(
-            "schemathesis not found: set SCHEMATHESIS=/path/to/schemathesis, or install it: \
-             python3 -m venv ~/.cache/rewind/schemathesis-4.32.5 && ~/.cache/rewind/schemathesis-4.32.5/bin/pip \
-             install schemathesis==4.32.5 (.ci/run does this)"
+            "schemathesis not found: run the tests with ./scripts/test (it installs schemathesis), \
+             or set SCHEMATHESIS=\"$(./scripts/install-schemathesis)\""
         )
     })
 }
