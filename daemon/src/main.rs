@@ -95,10 +95,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
     // Nothing on disk yet: a port in use leaves nothing behind.
     let listener = bind_nbd(&config).await?;
     let nbd_listen = listener.local_addr().context("cannot read the NBD listen address")?;
-    // Bound before the store starts its threads: binding sets the process
-    // umask. Its directory (the data dir, by default) is created for it;
-    // if the bind fails, the directories made for it go again.
-    let made = missing_dirs(config.control.parent().unwrap_or(Path::new("")));
+    // The data dir, then the control socket in it (by default): bound
+    // before the store starts its threads, as binding sets the process
+    // umask. If the bind fails, the directories made for it go again.
+    let mut made = missing_dirs(config.control.parent().unwrap_or(Path::new("")));
+    made.extend(missing_dirs(&config.data_dir));
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|error| anyhow::anyhow!("cannot create data dir {}: {error}", config.data_dir.display()))
+        .inspect_err(|_| remove_empty(&made))?;
     let control_socket =
         control::ControlSocket::bind(&config.control).inspect_err(|_| remove_empty(&made))?;
     let store = open_store(&config)?;
@@ -186,13 +190,12 @@ fn missing_dirs(dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Removes directories made by a start-up that then failed, deepest first,
-/// as long as they are empty (never anything someone put there meanwhile).
+/// Removes directories made by a start-up that then failed, in order
+/// (deepest first), each only if it is empty: never anything someone put
+/// there meanwhile.
 fn remove_empty(dirs: &[PathBuf]) {
     for dir in dirs {
-        if std::fs::remove_dir(dir).is_err() {
-            return;
-        }
+        let _ = std::fs::remove_dir(dir);
     }
 }
 

@@ -189,9 +189,9 @@ fn connections(state: &ControlState, name: &str) -> NbdConnections {
     NbdConnections { head: head as u64, points: points as u64 }
 }
 
-/// 409 unless forced: `head` NBD connections are open to the head of
-/// `volume`, which `what` (a rollback, a reopen) would pull the image from
-/// under.
+/// The 409 for `head` NBD connections open to `volume`'s head, which `what`
+/// ("roll back", "reopen it") would change or replace under them;
+/// `command` is the CLI command that would go ahead with `--force`.
 fn refuse_under_clients(volume: &str, head: u64, what: &str, consequence: &str, command: &str) -> ApiError {
     ApiError::conflict(format!(
         "volume {volume} has {} open to its head: {consequence}",
@@ -410,8 +410,7 @@ pub async fn delete_volume(
         ))
         .hint(format!(
             "delete the clones first, or force it (rewind volume delete {volume} --force; API: ?force=true): \
-             {volume} disappears but its data is kept until its last clone is deleted; --force also \
-             deletes it under connected NBD clients"
+             {volume} disappears but its data is kept until its last clone is deleted"
         )),
         error @ DeleteError::Io(_) => ApiError::internal(&format!("cannot delete volume {name}"), &error),
     })?;
@@ -443,7 +442,8 @@ pub async fn reopen_volume(
     let reopening = name.clone();
     let reopened = blocking(move || store_state.store.reopen_volume(&reopening)).await?;
     let volume = reopened.map_err(|error| match error {
-        OpenError::Corrupt { reason, .. } if reason == "no such volume" => unknown_volume(&state, &name),
+        // Deleted meanwhile.
+        OpenError::Corrupt { .. } if state.store.volume(&name).is_none() => unknown_volume(&state, &name),
         error => ApiError::internal(&format!("cannot reopen volume {name}"), &error).hint(format!(
             "the volume refuses writes until it opens; fix the cause (the log has it), then run \
              rewind volume reopen {name} again (or restart rewindd)"
