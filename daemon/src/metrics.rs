@@ -233,6 +233,12 @@ const VOLUME_SERIES: &[VolumeSeries] = &[
         value: |_, stats| Some(stats.reclaimed_bytes),
     },
     VolumeSeries {
+        name: "rewind_volume_write_stalls_total",
+        kind: "counter",
+        help: "Writes that waited for a fold because the journal was past twice its budget (backpressure).",
+        value: |_, stats| Some(stats.write_stalls),
+    },
+    VolumeSeries {
         name: "rewind_volume_recycled_segments_total",
         kind: "counter",
         help: "Journal segments started in a reused segment file.",
@@ -438,6 +444,7 @@ mod tests {
         assert!(text.contains("rewind_volume_size_bytes{volume=\"db\"} 1048576\n"));
         assert!(text.contains("rewind_volume_points{volume=\"db\"} 2\n"), "{text}");
         assert!(text.contains("rewind_volume_syncs_total{volume=\"db\"} 1\n"), "{text}");
+        assert!(text.contains("rewind_volume_write_stalls_total{volume=\"db\"} 0\n"), "{text}");
         assert!(text.contains("rewind_volume_journal_segments{volume=\"db\"} 1\n"), "{text}");
         assert!(text.contains("rewind_volume_nbd_connections{volume=\"db\",export=\"head\"} 1\n"));
         assert!(text.contains("rewind_volume_nbd_connections{volume=\"db\",export=\"points\"} 0\n"));
