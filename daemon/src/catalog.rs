@@ -8,10 +8,8 @@
 use std::sync::Arc;
 
 use nbd_server::{Catalog, Export, ExportInfo, Listing, LookupError};
-use rewind_api::{Point, parse_export_name};
+use rewind_api::{Point, format_time, parse_export_name};
 use store::{History, PointError, Store, Volume};
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use crate::device::{OpenExports, VolumeDevice};
 
@@ -25,14 +23,6 @@ pub const DEFAULT_VOLUME: &str = "default";
 pub struct VolumeCatalog {
     store: Arc<Store>,
     open: Arc<OpenExports>,
-}
-
-/// Formats unix nanoseconds as RFC 3339 (UTC, whole seconds).
-pub fn format_time(unix_nanos: i64) -> String {
-    OffsetDateTime::from_unix_timestamp(unix_nanos.div_euclid(1_000_000_000))
-        .ok()
-        .and_then(|time| time.format(&Rfc3339).ok())
-        .unwrap_or_else(|| format!("{unix_nanos} ns"))
 }
 
 /// "retained history: #0 (2026-11-28T02:00:00Z) to #812 (2026-11-28T02:14:03Z)"
@@ -56,11 +46,12 @@ fn lookup_error(message: impl Into<String>) -> LookupError {
 }
 
 /// Resolves a point of `volume` to a seq, or says why not in words a user
-/// can act on (the retained window, the snapshot names).
-pub fn resolve_point(volume: &Volume, point: &Point) -> Result<u64, String> {
+/// can act on (the retained window, the snapshot names). `typed` is the
+/// point as the client wrote it, echoed in messages.
+pub fn resolve_point(volume: &Volume, point: &Point, typed: &str) -> Result<u64, String> {
     let outside = |error: PointError| match error {
         PointError::OutsideHistory { window, .. } => {
-            format!("{point} is outside the history of {}: {}", volume.name(), describe_window(&window))
+            format!("{typed} is outside the history of {}: {}", volume.name(), describe_window(&window))
         }
         PointError::UnknownSnapshot(name) => format!("no snapshot named {name} on {}", volume.name()),
     };
@@ -69,7 +60,7 @@ pub fn resolve_point(volume: &Volume, point: &Point) -> Result<u64, String> {
             let history = volume.history();
             if *seq < history.first_seq || *seq > history.head_seq {
                 return Err(format!(
-                    "{point} is outside the history of {}: {}",
+                    "{typed} is outside the history of {}: {}",
                     volume.name(),
                     describe_window(&history)
                 ));
@@ -157,7 +148,8 @@ impl Catalog for VolumeCatalog {
                 device: VolumeDevice::head(volume, guard),
             });
         };
-        let seq = resolve_point(&volume, &point).map_err(lookup_error)?;
+        let typed = name.split_once('@').map_or("", |(_, typed)| typed);
+        let seq = resolve_point(&volume, &point, typed).map_err(lookup_error)?;
         // Opening a point builds its read plan; keep it off the async threads.
         let opened = tokio::task::spawn_blocking(move || volume.open_point(seq).map(|view| (volume, view)))
             .await
