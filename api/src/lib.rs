@@ -9,6 +9,7 @@ pub mod point;
 pub mod size;
 
 pub use point::{
-    ExportName, Point, PointError, format_time, normalize_time, parse_export_name, validate_volume_name,
+    ExportName, Point, PointError, format_time, normalize_time, parse_duration, parse_export_name,
+    validate_volume_name,
 };
 pub use size::{SizeError, format_size, parse_size};

@@ -81,12 +81,12 @@ impl Point {
             return digits.parse().map(Point::Seq).map_err(|_| PointError::BadSeq(text.to_owned()));
         }
         if let Some(relative) = text.strip_prefix('-') {
-            return parse_relative(relative)
+            return parse_duration(relative)
                 .map(Point::Ago)
                 .ok_or_else(|| PointError::BadRelative(text.to_owned()));
         }
         if let Some(relative) = text.strip_prefix('+') {
-            return Err(match parse_relative(relative) {
+            return Err(match parse_duration(relative) {
                 Some(_) => PointError::Future(text.to_owned()),
                 None => PointError::BadRelative(text.to_owned()),
             });
@@ -95,7 +95,7 @@ impl Point {
             return OffsetDateTime::parse(text, &Rfc3339).map(Point::Time).map_err(|_| {
                 if text.bytes().all(|b| b.is_ascii_digit()) {
                     PointError::BareNumber(text.to_owned())
-                } else if parse_relative(text).is_some() {
+                } else if parse_duration(text).is_some() {
                     PointError::MissingMinus(text.to_owned())
                 } else if OffsetDateTime::parse(&format!("{text}Z"), &Rfc3339).is_ok() {
                     PointError::NoOffset(text.to_owned())
@@ -175,8 +175,9 @@ pub fn normalize_time(rfc3339: &str) -> String {
     }
 }
 
-/// `90s`, `15m`, `2h`, `1d`, `1w`, `1h30m`: a sum of number-unit pairs.
-fn parse_relative(text: &str) -> Option<Duration> {
+/// `90s`, `15m`, `2h`, `1d`, `1w`, `1h30m`: a sum of number-unit pairs
+/// (the syntax of relative points, without the `-`).
+pub fn parse_duration(text: &str) -> Option<Duration> {
     if text.is_empty() {
         return None;
     }

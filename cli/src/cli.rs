@@ -268,9 +268,11 @@ fn duration_seconds(text: &str) -> Result<u64, String> {
     let seconds = if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
         text.parse().unwrap_or(u64::MAX)
     } else {
-        match Point::parse(&format!("-{text}")) {
-            Ok(Point::Ago(duration)) => duration.as_secs(),
-            _ => return Err(format!("`{text}` is not a duration: write e.g. 30s, 5m, 1h, 1d, 1w or 1h30m")),
+        match rewind_api::parse_duration(text) {
+            Some(duration) => duration.as_secs(),
+            None => {
+                return Err(format!("`{text}` is not a duration: write e.g. 30s, 5m, 1h, 1d, 1w or 1h30m"));
+            }
         }
     };
     if seconds == 0 || seconds > MAX_INTERVAL_SECONDS {

@@ -67,6 +67,113 @@ struct FileConfig {
     control: Option<PathBuf>,
     replication_listen: Option<String>,
     nbd: Option<FileNbd>,
+    store: Option<FileStore>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileStore {
+    engine: Option<String>,
+    retention_window: Option<String>,
+    journal_budget: Option<String>,
+    retention_interval: Option<String>,
+    spare_segments: Option<usize>,
+}
+
+/// How volumes are stored: the `[store]` section.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreSettings {
+    pub engine: store::EngineChoice,
+    pub retention: store::RetentionPolicy,
+    pub retention_interval: Duration,
+    pub spare_segments: usize,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        let options = store::StoreOptions::default();
+        StoreSettings {
+            engine: options.engine,
+            retention: options.retention,
+            retention_interval: options.retention_interval.unwrap_or(Duration::from_secs(10)),
+            spare_segments: options.spare_segments,
+        }
+    }
+}
+
+impl StoreSettings {
+    /// The store's options with these settings.
+    pub fn options(&self) -> store::StoreOptions {
+        store::StoreOptions {
+            engine: self.engine,
+            retention: self.retention,
+            retention_interval: Some(self.retention_interval),
+            spare_segments: self.spare_segments,
+            ..store::StoreOptions::default()
+        }
+    }
+}
+
+/// `auto`, `file` (pread/pwrite) or `uring`.
+fn parse_engine(text: &str) -> Option<store::EngineChoice> {
+    match text {
+        "auto" => Some(store::EngineChoice::Auto),
+        "file" => Some(store::EngineChoice::File),
+        "uring" => Some(store::EngineChoice::Uring),
+        _ => None,
+    }
+}
+
+fn engine_name(engine: store::EngineChoice) -> &'static str {
+    match engine {
+        store::EngineChoice::Auto => "auto",
+        store::EngineChoice::File => "file",
+        store::EngineChoice::Uring | store::EngineChoice::UringIfAvailable => "uring",
+    }
+}
+
+/// `24h`, `7d`, `1h30m`, or `forever`.
+fn parse_window(text: &str) -> Option<Option<Duration>> {
+    if text == "forever" {
+        return Some(None);
+    }
+    rewind_api::parse_duration(text).filter(|d| !d.is_zero()).map(Some)
+}
+
+fn format_duration(duration: Duration) -> String {
+    let mut seconds = duration.as_secs();
+    let mut text = String::new();
+    for (unit, size) in [("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)] {
+        if seconds >= size {
+            text.push_str(&format!("{}{unit}", seconds / size));
+            seconds %= size;
+        }
+    }
+    if text.is_empty() { "0s".into() } else { text }
+}
+
+/// `100%` of the volume's size, a size such as `20GiB`, or `unlimited`.
+fn parse_budget(text: &str) -> Option<Option<store::JournalBudget>> {
+    if text == "unlimited" {
+        return Some(None);
+    }
+    if let Some(percent) = text.strip_suffix('%') {
+        return percent
+            .trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|p| (1..=100_000).contains(p))
+            .map(|p| Some(store::JournalBudget::PercentOfSize(p)));
+    }
+    rewind_api::parse_size(text).ok().map(|bytes| Some(store::JournalBudget::Bytes(bytes)))
+}
+
+fn format_budget(budget: Option<store::JournalBudget>) -> String {
+    match budget {
+        None => "unlimited".into(),
+        Some(store::JournalBudget::PercentOfSize(percent)) => format!("{percent}%"),
+        Some(store::JournalBudget::Bytes(bytes)) => bytes.to_string(),
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -93,6 +200,7 @@ pub struct Config {
     pub control: PathBuf,
     pub replication_listen: ListenAddress,
     pub nbd: nbd_server::ServerConfig,
+    pub store: StoreSettings,
 }
 
 #[derive(Serialize)]
@@ -102,6 +210,16 @@ struct PrintedConfig<'a> {
     control: &'a Path,
     replication_listen: &'a str,
     nbd: PrintedNbd,
+    store: PrintedStore,
+}
+
+#[derive(Serialize)]
+struct PrintedStore {
+    engine: &'static str,
+    retention_window: String,
+    journal_budget: String,
+    retention_interval: String,
+    spare_segments: usize,
 }
 
 #[derive(Serialize)]
@@ -136,7 +254,7 @@ fn in_range<T: PartialOrd + std::fmt::Display>(
         Ok(value)
     } else {
         anyhow::bail!(
-            "config file {}: [nbd] {key} = {value} is out of range: use {} to {}",
+            "config file {}: {key} = {value} is out of range: use {} to {}",
             file.display(),
             range.start(),
             range.end()
@@ -187,18 +305,52 @@ impl Config {
         let mut nbd = nbd_server::ServerConfig::default();
         if let (Some(file_nbd), Some(path)) = (file.nbd, &args.config) {
             if let Some(value) = file_nbd.max_connections {
-                nbd.max_connections = in_range("max_connections", value, &MAX_CONNECTIONS_RANGE, path)?;
+                nbd.max_connections = in_range("[nbd] max_connections", value, &MAX_CONNECTIONS_RANGE, path)?;
             }
             if let Some(value) = file_nbd.handshake_timeout_ms {
-                let value = in_range("handshake_timeout_ms", value, &HANDSHAKE_TIMEOUT_MS_RANGE, path)?;
+                let value = in_range("[nbd] handshake_timeout_ms", value, &HANDSHAKE_TIMEOUT_MS_RANGE, path)?;
                 nbd.handshake_timeout = Duration::from_millis(value);
             }
             if let Some(value) = file_nbd.max_inflight_requests {
                 nbd.max_inflight_requests =
-                    in_range("max_inflight_requests", value, &MAX_INFLIGHT_REQUESTS_RANGE, path)?;
+                    in_range("[nbd] max_inflight_requests", value, &MAX_INFLIGHT_REQUESTS_RANGE, path)?;
             }
         }
-        Ok(Config { data_dir, nbd_listen, control, replication_listen, nbd })
+        let mut store = StoreSettings::default();
+        if let (Some(file_store), Some(path)) = (file.store, &args.config) {
+            let bad = |key: &str, value: &str, expect: &str| {
+                anyhow::anyhow!(
+                    "config file {}: [store] {key} = {value:?} is not valid: {expect}",
+                    path.display()
+                )
+            };
+            if let Some(text) = file_store.engine {
+                store.engine =
+                    parse_engine(&text).ok_or_else(|| bad("engine", &text, "use auto, file or uring"))?;
+            }
+            if let Some(text) = file_store.retention_window {
+                store.retention.window = parse_window(&text)
+                    .ok_or_else(|| bad("retention_window", &text, "write e.g. 24h, 7d, 1h30m or forever"))?;
+            }
+            if let Some(text) = file_store.journal_budget {
+                store.retention.max_journal_bytes = parse_budget(&text).ok_or_else(|| {
+                    bad(
+                        "journal_budget",
+                        &text,
+                        "write a percentage of the volume size (100%), a size (20GiB) or unlimited",
+                    )
+                })?;
+            }
+            if let Some(text) = file_store.retention_interval {
+                store.retention_interval = rewind_api::parse_duration(&text)
+                    .filter(|d| !d.is_zero() && d.as_secs() <= 3600)
+                    .ok_or_else(|| bad("retention_interval", &text, "write 1s to 1h, e.g. 10s"))?;
+            }
+            if let Some(value) = file_store.spare_segments {
+                store.spare_segments = in_range("[store] spare_segments", value, &(0..=64), path)?;
+            }
+        }
+        Ok(Config { data_dir, nbd_listen, control, replication_listen, nbd, store })
     }
 
     /// The configuration as a TOML file that `--config` accepts.
@@ -212,6 +364,13 @@ impl Config {
                 max_connections: self.nbd.max_connections,
                 handshake_timeout_ms: self.nbd.handshake_timeout.as_millis() as u64,
                 max_inflight_requests: self.nbd.max_inflight_requests,
+            },
+            store: PrintedStore {
+                engine: engine_name(self.store.engine),
+                retention_window: self.store.retention.window.map_or("forever".into(), format_duration),
+                journal_budget: format_budget(self.store.retention.max_journal_bytes),
+                retention_interval: format_duration(self.store.retention_interval),
+                spare_segments: self.store.spare_segments,
             },
         };
         toml::to_string(&printed).unwrap_or_else(|error| format!("# cannot print config: {error}\n"))
@@ -274,5 +433,44 @@ mod tests {
         let config = load_file("[nbd]\nmax_connections = 8\nhandshake_timeout_ms = 500\n").unwrap();
         assert_eq!(config.nbd.max_connections, 8);
         assert_eq!(config.nbd.handshake_timeout, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn store_settings_parse_print_and_round_trip() {
+        // [store] values in their documented forms load into the store's
+        // options, print back in the same forms, and the printed config
+        // loads to the same settings; nonsense is one line naming the key.
+        let config = load_file(
+            "[store]\nengine = \"uring\"\nretention_window = \"7d\"\njournal_budget = \"20GiB\"\n\
+             retention_interval = \"30s\"\nspare_segments = 4\n",
+        )
+        .unwrap();
+        assert_eq!(config.store.engine, store::EngineChoice::Uring);
+        assert_eq!(config.store.retention.window, Some(Duration::from_secs(7 * 86_400)));
+        assert_eq!(config.store.retention.max_journal_bytes, Some(store::JournalBudget::Bytes(20 << 30)));
+        assert_eq!(config.store.retention_interval, Duration::from_secs(30));
+        assert_eq!(config.store.options().spare_segments, 4);
+        let printed = config.to_toml();
+        assert!(printed.contains("retention_window = \"7d\""), "{printed}");
+        assert_eq!(load_file(&printed).unwrap().store, config.store);
+
+        let forever =
+            load_file("[store]\nretention_window = \"forever\"\njournal_budget = \"unlimited\"\n").unwrap();
+        assert_eq!(forever.store.retention, store::RetentionPolicy::KEEP_ALL);
+        let defaults = Config::load(&args(&[])).unwrap();
+        assert_eq!(defaults.store.retention, store::RetentionPolicy::default());
+        assert!(defaults.to_toml().contains("journal_budget = \"100%\""));
+
+        for (text, key) in [
+            ("engine = \"fast\"", "[store] engine"),
+            ("retention_window = \"0s\"", "[store] retention_window"),
+            ("journal_budget = \"lots\"", "[store] journal_budget"),
+            ("journal_budget = \"0%\"", "[store] journal_budget"),
+            ("retention_interval = \"2h\"", "[store] retention_interval"),
+            ("spare_segments = 1000", "[store] spare_segments"),
+        ] {
+            let error = format!("{:#}", load_file(&format!("[store]\n{text}\n")).unwrap_err());
+            assert!(error.contains(key) && !error.contains('\n'), "{text}: {error}");
+        }
     }
 }

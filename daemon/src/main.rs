@@ -202,7 +202,7 @@ fn remove_empty(dirs: &[PathBuf]) {
 /// Opens the store in the data dir (blocking: recovery replays journals).
 fn open_store(config: &Config) -> anyhow::Result<Arc<store::Store>> {
     let dir = config.data_dir.display().to_string();
-    let store = store::Store::open(&config.data_dir, store::StoreOptions::default()).map_err(|error| {
+    let store = store::Store::open(&config.data_dir, config.store.options()).map_err(|error| {
         // The store's error names the path it failed on: say it once.
         match error {
             store::OpenError::Io { path, source } if path == dir => {
