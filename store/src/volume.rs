@@ -818,9 +818,7 @@ impl Volume {
 
     /// Reads the head.
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), ReadError> {
-        let seq = self.head_seq();
-        let size = self.index.read().size_at(seq);
-        self.read_image(seq, size, offset, buf, None)
+        self.read_head(offset, buf, None)
     }
 
     /// Reads the head like [`Self::read`], and returns the ranges of `buf`
@@ -829,18 +827,45 @@ impl Volume {
     /// ranges, zeros of the base. An NBD server can send them as hole
     /// chunks without asking the index again.
     pub fn read_sparse(&self, offset: u64, buf: &mut [u8]) -> Result<Vec<(usize, usize)>, ReadError> {
-        let seq = self.head_seq();
-        let size = self.index.read().size_at(seq);
         let mut zeros = Vec::new();
-        self.read_image(seq, size, offset, buf, Some(&mut zeros))?;
+        self.read_head(offset, buf, Some(&mut zeros))?;
         Ok(zeros)
     }
 
     /// Allocation status of the head, for NBD `base:allocation`.
     pub fn extents(&self, offset: u64, length: u64) -> Result<Vec<Extent>, ReadError> {
-        let seq = self.head_seq();
-        let size = self.index.read().size_at(seq);
-        self.image_extents(seq, size, offset, length)
+        loop {
+            let seq = self.head_seq();
+            let size = self.index.read().size_at(seq);
+            match self.image_extents(seq, size, offset, length) {
+                // See `read_head`.
+                Err(ReadError::Retired { .. }) => continue,
+                result => return result,
+            }
+        }
+    }
+
+    /// Reads the image at the head. A fold may retire the seq this read
+    /// loaded as the head before the read plans it (the head moved on and
+    /// a fold passed it meanwhile); the head itself is never retired (a
+    /// fold's target is at most the durable seq), so read the new head.
+    fn read_head(
+        &self,
+        offset: u64,
+        buf: &mut [u8],
+        mut zeros: Option<&mut Vec<(usize, usize)>>,
+    ) -> Result<(), ReadError> {
+        loop {
+            let seq = self.head_seq();
+            let size = self.index.read().size_at(seq);
+            if let Some(zeros) = zeros.as_deref_mut() {
+                zeros.clear();
+            }
+            match self.read_image(seq, size, offset, buf, zeros.as_deref_mut()) {
+                Err(ReadError::Retired { .. }) => continue,
+                result => return result,
+            }
+        }
     }
 
     /// The read plan of the image at `seq`. The caller holds the gate until
