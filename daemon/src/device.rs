@@ -8,10 +8,35 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use nbd_server::{BlockDevice, DeviceError, Errno, Extent, IoBuffer, ZeroFlags};
 use store::{PointView, Volume};
+
+/// Flushes run inline while recent syncs took less than this: on tmpfs or
+/// a battery-backed cache an fdatasync costs microseconds, less than the
+/// hand-off to the blocking pool; on a disk it costs milliseconds.
+const INLINE_SYNC_NANOS: u64 = 50_000;
+
+/// Moving average of recent sync durations (ns); unknown (MAX) at start,
+/// so the first syncs are offloaded and measured.
+static RECENT_SYNC_NANOS: AtomicU64 = AtomicU64::new(u64::MAX);
+
+fn sync_is_cheap() -> bool {
+    RECENT_SYNC_NANOS.load(Ordering::Relaxed) < INLINE_SYNC_NANOS
+}
+
+/// Runs `operation` (which syncs) and folds its duration into the average.
+fn timed_sync<T>(operation: impl FnOnce() -> T) -> T {
+    let started = std::time::Instant::now();
+    let result = operation();
+    let elapsed = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    let old = RECENT_SYNC_NANOS.load(Ordering::Relaxed);
+    let new = if old == u64::MAX { elapsed } else { old - old / 8 + elapsed / 8 };
+    RECENT_SYNC_NANOS.store(new, Ordering::Relaxed);
+    result
+}
 
 /// Requests moving at least this many bytes run on the blocking pool.
 const OFFLOAD_BYTES: usize = 128 << 10;
@@ -172,10 +197,17 @@ impl BlockDevice for VolumeDevice {
 
     async fn write(&self, offset: u64, data: IoBuffer, fua: bool) -> Result<(), DeviceError> {
         let volume = self.writable()?;
-        if fua || data.len() >= OFFLOAD_BYTES {
+        if data.len() >= OFFLOAD_BYTES || (fua && !sync_is_cheap()) {
             let volume = volume.clone();
-            joined(tokio::task::spawn_blocking(move || volume.write(offset, &data, fua)).await)?
-                .map_err(write_error)?;
+            let write = move || volume.write(offset, &data, fua);
+            let result = if fua {
+                tokio::task::spawn_blocking(move || timed_sync(write)).await
+            } else {
+                tokio::task::spawn_blocking(write).await
+            };
+            joined(result)?.map_err(write_error)?;
+        } else if fua {
+            timed_sync(|| volume.write(offset, &data, true)).map_err(write_error)?;
         } else {
             volume.write(offset, &data, false).map_err(write_error)?;
         }
@@ -184,9 +216,11 @@ impl BlockDevice for VolumeDevice {
 
     async fn flush(&self) -> Result<(), DeviceError> {
         match &self.target {
+            Target::Head(volume) if sync_is_cheap() => timed_sync(|| volume.flush()).map_err(flush_error),
             Target::Head(volume) => {
                 let volume = volume.clone();
-                joined(tokio::task::spawn_blocking(move || volume.flush()).await)?.map_err(flush_error)
+                joined(tokio::task::spawn_blocking(move || timed_sync(|| volume.flush())).await)?
+                    .map_err(flush_error)
             }
             // A point has nothing to make durable.
             Target::Point(_) => Ok(()),
