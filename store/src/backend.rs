@@ -48,6 +48,59 @@ pub trait StorageBackend: Send + Sync + fmt::Debug {
     fn punch_hole(&self, offset: u64, length: u64) -> io::Result<()> {
         write_zeros(self, offset, length)
     }
+    /// Allocates disk space for `length` bytes at `offset` (`fallocate(2)`
+    /// with mode 0), so that writes there later cannot fail for lack of
+    /// space; the part past the file's end extends the file with zeros.
+    /// Bytes already in the file are unchanged. Call it before a write that
+    /// must not fail once acknowledged (the journal reserves its tail so).
+    ///
+    /// Fails with ENOSPC, EDQUOT or EFBIG ([`is_no_space`]) when the space
+    /// is not there; part of the range may then be allocated and the file
+    /// extended over that part (ext4 does so), which a retry allocates
+    /// again. Like a write, durable only after [`Self::sync`].
+    fn allocate(&self, offset: u64, length: u64) -> io::Result<()> {
+        allocate_by_writing(self, offset, length)
+    }
+}
+
+/// Whether an error says the filesystem has no room for more bytes: ENOSPC,
+/// EDQUOT (quota), EFBIG (the file may grow no further: `RLIMIT_FSIZE`, or
+/// the filesystem's largest file).
+pub fn is_no_space(error: &io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT | libc::EFBIG))
+        || error.kind() == io::ErrorKind::StorageFull
+}
+
+/// Block size [`allocate_by_writing`] assumes (the largest common
+/// filesystem block; smaller blocks are covered too).
+const ALLOCATION_BLOCK: u64 = 4096;
+
+/// The portable [`StorageBackend::allocate`], for filesystems without
+/// `fallocate` (as glibc's `posix_fallocate` emulates it): writes zeros over
+/// the part past the file's end, and inside the file writes one zero byte
+/// into each block that reads as zero there (a hole, or a block whose data
+/// starts with a zero: rewriting it changes nothing), which allocates it.
+pub fn allocate_by_writing<B: StorageBackend + ?Sized>(file: &B, offset: u64, length: u64) -> io::Result<()> {
+    static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+    let end = offset.checked_add(length).ok_or(io::ErrorKind::InvalidInput)?;
+    let file_end = file.len()?;
+    let mut block = offset - offset % ALLOCATION_BLOCK;
+    while block < end.min(file_end) {
+        let at = block.max(offset);
+        let mut byte = [0];
+        file.read_at(&mut byte, at)?;
+        if byte[0] == 0 {
+            file.write_at(&byte, at)?;
+        }
+        block += ALLOCATION_BLOCK;
+    }
+    let mut at = offset.max(file_end);
+    while at < end {
+        let step = (end - at).min(ZEROS.len() as u64) as usize;
+        file.write_at(&ZEROS[..step], at)?;
+        at += step as u64;
+    }
+    Ok(())
 }
 
 /// Writes zeros over `length` bytes at `offset`, up to the file's end only:
@@ -188,6 +241,19 @@ impl StorageBackend for FileBackend {
             result => result,
         }
     }
+
+    fn allocate(&self, offset: u64, length: u64) -> io::Result<()> {
+        match crate::uring::allocate(&self.file, offset, length) {
+            Err(error) if unsupported(&error) => allocate_by_writing(self, offset, length),
+            result => result,
+        }
+    }
+}
+
+/// Whether `fallocate` failed because the filesystem does not do it (then
+/// the engines fall back to writing).
+pub(crate) fn unsupported(error: &io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::EOPNOTSUPP | libc::ENOSYS))
 }
 
 /// A [`Filesystem`] rooted at a directory of the real disk.

@@ -126,6 +126,12 @@ pub enum WriteError {
     /// This write failed: the volume is now poisoned.
     #[error("journal write failed")]
     Io(#[source] io::Error),
+    /// The disk has no space for this write's journal record (ENOSPC,
+    /// EDQUOT, or EFBIG from the filesystem): the write was not applied,
+    /// and nothing else changed. The volume stays writable: the same call
+    /// succeeds once space is freed (retryable). Reported as ENOSPC.
+    #[error("no disk space for the journal; the write was not applied (free space, then retry)")]
+    NoSpace(#[source] io::Error),
     /// The volume was deleted.
     #[error("volume was deleted")]
     Deleted,
@@ -138,6 +144,7 @@ impl WriteError {
             Self::OutOfBounds { .. } => Some(libc::EINVAL),
             Self::Poisoned(poison) => poison.raw_os_error.or(Some(libc::EIO)),
             Self::Io(error) => error.raw_os_error().or(Some(libc::EIO)),
+            Self::NoSpace(_) => Some(libc::ENOSPC),
             Self::Deleted => Some(libc::ESHUTDOWN),
         }
     }
@@ -148,14 +155,16 @@ impl WriteError {
             Self::OutOfBounds { .. } => io::ErrorKind::InvalidInput,
             Self::Poisoned(poison) => poison.kind,
             Self::Io(error) => error.kind(),
+            Self::NoSpace(_) => io::ErrorKind::StorageFull,
             Self::Deleted => io::ErrorKind::NotFound,
         }
     }
 
-    /// Whether the same call may succeed later without reopening (never:
-    /// an IO error poisons the volume; bounds do not change by retrying).
+    /// Whether the same call may succeed later without reopening: only
+    /// [`Self::NoSpace`], once space is freed (an IO error poisons the
+    /// volume; bounds do not change by retrying).
     pub fn is_retryable(&self) -> bool {
-        false
+        matches!(self, Self::NoSpace(_))
     }
 }
 

@@ -3,6 +3,14 @@
 //! by step in docs/journal.md; the comments here name the crash each step
 //! guards against.
 //!
+//! Every record's bytes are **reserved** on disk before the record is
+//! appended: the current segment's file is allocated ([`StorageBackend::allocate`],
+//! `fallocate`) ahead of the journal's tail in chunks of
+//! [`JournalOptions::reserve_bytes`], so that writing out an acknowledged
+//! record cannot fail for lack of space. When the space is not there the
+//! append fails with [`AppendError::NoSpace`] before anything changed, and
+//! the journal takes appends again once space is freed.
+//!
 //! Retention folds a prefix of the history into the base image and then
 //! [`Journal::reclaim`]s the segments that hold only folded records; their
 //! files become *spares* that the next segments reuse (rename + overwrite:
@@ -16,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::backend::{Filesystem, StorageBackend};
+use crate::backend::{Filesystem, StorageBackend, is_no_space};
 use crate::index::{Index, NewRecord};
 use crate::layout::{
     self, FLAG_BLAKE3, INDEX_CHUNK_HEADER_LEN, INDEX_CHUNK_MAX_ENTRIES, INDEX_ENTRY_LEN, IndexChunkHeader,
@@ -58,6 +66,38 @@ pub struct JournalOptions {
     pub inline_blake3: bool,
     /// Reclaimed segment files kept for reuse.
     pub spare_segments: usize,
+    /// Disk space allocated ahead of the journal's tail at a time (never
+    /// past the segment size). A record is appended only once its bytes
+    /// are allocated.
+    pub reserve_bytes: u64,
+}
+
+/// Why [`Journal::append`] failed.
+#[derive(Debug)]
+pub enum AppendError {
+    /// No disk space could be allocated for the record ([`is_no_space`]):
+    /// nothing was appended, the journal is as it was, and appends succeed
+    /// again once space is freed.
+    NoSpace(io::Error),
+    /// Writing out earlier records or starting a segment failed: what
+    /// reached the disk is unknown (the volume must refuse writes).
+    Io(io::Error),
+}
+
+impl AppendError {
+    /// Classifies an allocation's error: lack of space, or IO failure.
+    fn allocation(error: io::Error) -> Self {
+        if is_no_space(&error) { Self::NoSpace(error) } else { Self::Io(error) }
+    }
+}
+
+/// Space assumed allocated in a reused (spare) segment file: its length,
+/// rounded down to a 4 KiB block. Every byte of a spare was written by an
+/// earlier segment, except at most the few padding bytes recovery may have
+/// restored with `set_len` (a hole) at its very end; the block holding them
+/// is allocated again.
+fn spare_allocated(len: u64) -> u64 {
+    len - len % 4096
 }
 
 /// One segment file of the journal.
@@ -129,6 +169,11 @@ pub struct Writer {
     /// The current segment reuses a spare file: stale bytes follow the
     /// records and are cut off when the segment is finished.
     recycled: bool,
+    /// Segment position below which the current segment's file has disk
+    /// space allocated: every appended record ends at or below it (the
+    /// reserved region past `position` reads as zeros, or as a reused
+    /// file's stale bytes, and is cut off when the segment is finished).
+    allocated: u64,
     /// Highest segment number used or found (spares included): numbers are
     /// never reused, so a reused file's stale header can never name the
     /// segment it now is.
@@ -361,19 +406,25 @@ impl Journal {
     /// reserved: its bytes are written by the caller after releasing the
     /// lock ([`LargeWrite::write`], then [`Self::complete`]), so that
     /// writers of large records do not serialize on the copy.
+    ///
+    /// The record's bytes are allocated on disk first: without the space
+    /// it fails with [`AppendError::NoSpace`] and nothing changed.
     pub fn append(
         &self,
         writer: &mut Writer,
         header: &mut RecordHeader,
         payload: &[u8],
-    ) -> io::Result<Appended> {
+    ) -> Result<Appended, AppendError> {
         let span = layout::record_span(payload.len());
         if writer.segment.is_none()
             || (writer.position > SEGMENT_HEADER_LEN as u64
                 && writer.position + span > self.segment_bytes.load(Ordering::Relaxed))
         {
-            self.roll(writer, header.seq)?;
+            self.roll(writer, header.seq, span)?;
+        } else {
+            self.reserve(writer, writer.position + span)?;
         }
+        debug_assert!(writer.position + span <= writer.allocated);
         header.payload_length = payload.len() as u32;
         header.chain = writer.chain;
         debug_assert_eq!(header.payload_crc, crc32c::crc32c(payload));
@@ -382,7 +433,7 @@ impl Journal {
         let end = layout::location(writer.segment_number, writer.position + span);
         if span as usize <= self.options.buffer_bytes / 4 {
             if writer.buffer.len() + span as usize > self.options.buffer_bytes {
-                self.write_out(writer)?;
+                self.write_out(writer).map_err(AppendError::Io)?;
             }
             let at = writer.buffer.len();
             writer.buffer.resize(at + RECORD_HEADER_LEN, 0);
@@ -404,7 +455,7 @@ impl Journal {
         }
         // Everything before the reserved bytes goes to the file first, so
         // that the region's start is where the written part ends.
-        self.write_out(writer)?;
+        self.write_out(writer).map_err(AppendError::Io)?;
         if writer.pending.is_empty() {
             writer.visible = self.last_mark(writer);
         }
@@ -491,56 +542,184 @@ impl Journal {
         Ok(())
     }
 
-    /// Starts a new segment whose first record will be `first_seq`, in a
+    /// Makes room for `total` bytes of records appended back to back (one
+    /// write split into several records), so that either all of them are
+    /// appended or none: if they fit in one segment but not in what is
+    /// left of the current one, starts the next segment now; then reserves
+    /// their space. Records too big together for one segment are reserved
+    /// one at a time by [`Self::append`] (a lack of space may then refuse a
+    /// later one after earlier ones were appended).
+    pub fn reserve_records(&self, writer: &mut Writer, total: u64) -> Result<(), AppendError> {
+        let limit = self.segment_bytes.load(Ordering::Relaxed);
+        if SEGMENT_HEADER_LEN as u64 + total > limit {
+            return Ok(());
+        }
+        if writer.segment.is_none()
+            || (writer.position > SEGMENT_HEADER_LEN as u64 && writer.position + total > limit)
+        {
+            self.roll(writer, writer.last_seq + 1, total)
+        } else {
+            self.reserve(writer, writer.position + total)
+        }
+    }
+
+    /// Allocates the current segment's file up to at least segment
+    /// position `end`. Nothing changes when it fails.
+    fn reserve(&self, writer: &mut Writer, end: u64) -> Result<(), AppendError> {
+        if end <= writer.allocated {
+            return Ok(());
+        }
+        let segment = writer.segment.clone().expect("a segment to reserve in");
+        writer.allocated = self.allocate_ahead(segment.as_ref(), writer.allocated, end)?;
+        Ok(())
+    }
+
+    /// Allocates `file` from `allocated` to at least `end`: a whole
+    /// [`JournalOptions::reserve_bytes`] ahead (up to the segment size)
+    /// when the space is there, else exactly to `end`; past a lack of
+    /// space, the spare files are removed (they only save page
+    /// allocations) and it tries once more. Returns the new allocated end.
+    fn allocate_ahead(
+        &self,
+        file: &dyn StorageBackend,
+        allocated: u64,
+        end: u64,
+    ) -> Result<u64, AppendError> {
+        if end <= allocated {
+            return Ok(allocated);
+        }
+        let limit = self.segment_bytes.load(Ordering::Relaxed).max(end);
+        let ahead = allocated.saturating_add(self.options.reserve_bytes).min(limit).max(end);
+        let mut spares_released = false;
+        loop {
+            let mut no_space = match file.allocate(allocated, ahead - allocated) {
+                Ok(()) => return Ok(ahead),
+                Err(error) => AppendError::allocation(error),
+            };
+            if ahead > end && matches!(no_space, AppendError::NoSpace(_)) {
+                no_space = match file.allocate(allocated, end - allocated) {
+                    Ok(()) => return Ok(end),
+                    Err(error) => AppendError::allocation(error),
+                };
+            }
+            if matches!(no_space, AppendError::NoSpace(_)) && !spares_released {
+                spares_released = true;
+                if self.release_spares() > 0 {
+                    continue;
+                }
+            }
+            return Err(no_space);
+        }
+    }
+
+    /// Removes every spare segment file, freeing its space; returns how
+    /// many there were.
+    fn release_spares(&self) -> usize {
+        let names = std::mem::take(&mut *self.spares.lock());
+        let count = names.len();
+        for name in names {
+            if let Err(error) = self.fs.remove_file(&format!("{}/{name}", self.dir)) {
+                tracing::warn!(dir = self.dir, name, %error, "cannot remove a spare segment file");
+            }
+        }
+        if count > 0 {
+            tracing::warn!(dir = self.dir, count, "journal out of disk space: spare segment files removed");
+        }
+        count
+    }
+
+    /// Starts a new segment whose first record will be `first_seq` and
+    /// reserves space for its header and `span` bytes of records, in a
     /// spare file when there is one.
+    ///
+    /// The new file is made ready (created or renamed from a spare,
+    /// allocated, its directory entry synced) before the current segment is
+    /// touched: if there is no space, the new file is removed (or the spare
+    /// renamed back) and the journal goes on in the current segment, as if
+    /// the call had not happened.
     ///
     /// Crash cases: the file may exist with a torn or missing header (or,
     /// reused, with its old header naming another segment number); then
     /// recovery finds no record in it, keeps the previous segment's tail and
     /// removes this file (or makes it a spare again).
-    fn roll(&self, writer: &mut Writer, first_seq: u64) -> io::Result<()> {
-        self.write_out(writer)?;
+    fn roll(&self, writer: &mut Writer, first_seq: u64, span: u64) -> Result<(), AppendError> {
+        self.write_out(writer).map_err(AppendError::Io)?;
+        let number = writer.highest_number.map_or(0, |highest| highest + 1);
+        // A number is never used twice, even by a file removed again below.
+        writer.highest_number = Some(number);
+        let path = format!("{}/{}", self.dir, segment_name(number));
+        let need = SEGMENT_HEADER_LEN as u64 + span;
+        let spare = self.spares.lock().pop();
+        let prepared = match &spare {
+            Some(name) => {
+                // Reuse: rename, then overwrite from the start. Never
+                // truncate: the point is to keep the file's pages (and so
+                // their space).
+                let spare_path = format!("{}/{name}", self.dir);
+                if let Err(error) = self.fs.rename(&spare_path, &path) {
+                    self.spares.lock().push(name.clone());
+                    return Err(AppendError::allocation(error));
+                }
+                let prepared = self
+                    .fs
+                    .open_file(&path, false)
+                    .and_then(|file| Ok((spare_allocated(file.len()?), file)))
+                    .map_err(AppendError::Io)
+                    .and_then(|(allocated, file)| {
+                        Ok((self.allocate_ahead(file.as_ref(), allocated, need)?, file))
+                    });
+                // Not synced: a crash may leave the spare under its new
+                // name, with its old header; recovery makes it a spare again.
+                if prepared.is_err() && self.fs.rename(&path, &spare_path).is_ok() {
+                    self.spares.lock().push(name.clone());
+                }
+                prepared?
+            }
+            None => {
+                let file = self.fs.open_file(&path, true).map_err(AppendError::allocation)?;
+                let allocated = file
+                    .set_len(0)
+                    .map_err(AppendError::Io)
+                    .and_then(|()| self.allocate_ahead(file.as_ref(), 0, need));
+                match allocated {
+                    Ok(allocated) => (allocated, file),
+                    Err(error) => {
+                        // Not synced: a crash may leave the empty file,
+                        // which recovery removes.
+                        let _ = self.fs.remove_file(&path);
+                        return Err(error);
+                    }
+                }
+            }
+        };
+        let (allocated, file) = prepared;
+        // The segment's directory entry must be durable before any record in
+        // it is acknowledged durable: sync the directory now, once per segment.
+        self.fs.sync_dir(&self.dir).map_err(AppendError::Io)?;
         if let Some(segment) = writer.segment.take() {
-            if writer.recycled {
-                // Stale bytes of the reused file follow our records: cut
-                // them so recovery sees this segment end at its file end.
-                // The truncation is synced with the segment, before any
-                // record of the next segment can be acknowledged durable.
-                segment.set_len(writer.position)?;
+            if writer.recycled || writer.allocated > writer.position {
+                // Cut what follows our records (stale bytes of a reused
+                // file, zeros of the unused reservation) so recovery sees
+                // this segment end at its file end. The truncation is
+                // synced with the segment, before any record of the next
+                // segment can be acknowledged durable.
+                segment.set_len(writer.position).map_err(AppendError::Io)?;
                 writer.current_dirty = true;
             }
             if writer.current_dirty {
                 writer.unsynced.push(segment);
             }
         }
-        let number = writer.highest_number.map_or(0, |highest| highest + 1);
-        writer.highest_number = Some(number);
-        let path = format!("{}/{}", self.dir, segment_name(number));
-        let spare = self.spares.lock().pop();
-        let file = match spare {
-            Some(name) => {
-                // Reuse: rename, then overwrite from the start. Never
-                // truncate: the point is to keep the file's pages.
-                self.fs.rename(&format!("{}/{name}", self.dir), &path)?;
-                writer.recycled = true;
-                self.recycled.fetch_add(1, Ordering::Relaxed);
-                self.fs.open_file(&path, false)?
-            }
-            None => {
-                writer.recycled = false;
-                let file = self.fs.open_file(&path, true)?;
-                file.set_len(0)?;
-                file
-            }
-        };
-        // The segment's directory entry must be durable before any record in
-        // it is acknowledged durable: sync the directory now, once per segment.
-        self.fs.sync_dir(&self.dir)?;
+        writer.recycled = spare.is_some();
+        if writer.recycled {
+            self.recycled.fetch_add(1, Ordering::Relaxed);
+        }
         self.segments.write().insert(number, Segment { file: file.clone(), first_seq });
         self.rolled.store(true, Ordering::Relaxed);
         let header = SegmentHeader { volume_id: self.volume_id, number, first_seq, chain: writer.chain };
         writer.segment_number = number;
         writer.segment = Some(file);
+        writer.allocated = allocated;
         writer.current_dirty = true;
         writer.buffer.clear();
         writer.buffer.extend_from_slice(&header.encode());
@@ -738,6 +917,24 @@ pub struct Recovery {
     pub replayed_bytes: u64,
     /// Bytes cut off the tail (torn or stale records).
     pub cut_bytes: u64,
+    /// Bytes of zeros past the last record (an unused space reservation)
+    /// released.
+    pub reserved_bytes: u64,
+}
+
+/// Whether `file` holds only zeros from `from` to `len` (its end).
+fn zeros_to_end(file: &dyn StorageBackend, from: u64, len: u64) -> io::Result<bool> {
+    let mut buffer = vec![0; (len.saturating_sub(from)).min(1 << 20) as usize];
+    let mut at = from;
+    while at < len {
+        let step = (len - at).min(buffer.len() as u64) as usize;
+        file.read_at(&mut buffer[..step], at)?;
+        if buffer[..step].iter().any(|&byte| byte != 0) {
+            return Ok(false);
+        }
+        at += step as u64;
+    }
+    Ok(true)
 }
 
 fn invalid(reason: &str) -> io::Error {
@@ -906,6 +1103,7 @@ pub fn recover(
             unsynced: Vec::new(),
             current_dirty: false,
             recycled: false,
+            allocated: 0,
             highest_number: None,
             last_seq: base_seq,
             pending: VecDeque::new(),
@@ -959,8 +1157,11 @@ pub fn recover(
     let mut replayed = 0u64;
     let mut replayed_bytes = 0u64;
     let mut cut_bytes = 0u64;
+    let mut reserved_bytes = 0u64;
     // The segment that ends the journal and where its records end.
     let mut end: Option<(u64, u64)> = None;
+    // Earlier segments with bytes past their records, and where these end.
+    let mut tails: Vec<(u64, u64)> = Vec::new();
     let mut touched: Vec<u64> = Vec::new();
     let numbers: Vec<u64> = segments.keys().copied().collect();
     let start_index = match (replay_from, start_segment) {
@@ -1033,12 +1234,24 @@ pub fn recover(
         }
         end = Some((number, position));
         cursor += 1;
-        // Continue into the next segment only if this one ended cleanly at
-        // its file end (the last record's zero padding may be missing: a
-        // torn write can stop right after the payload); a torn record in
-        // the middle ends the journal.
+        // Continue into the next segment if this one ended cleanly at its
+        // file end (the last record's zero padding may be missing: a torn
+        // write can stop right after the payload), or if the next one's
+        // header continues the journal exactly where this one's records
+        // stop: what follows them here is then no record of ours (the
+        // unused part of a space reservation, or a reused file's stale
+        // bytes, whose cut a crash undid) and is cut off. A torn or damaged
+        // record before the segment's last one ends the journal: the next
+        // header names a later first seq.
         if position < reader.file_len {
-            break;
+            let continues = numbers.get(cursor).is_some_and(|&next| {
+                headers.get(&next)
+                    == Some(&SegmentHeader { volume_id, number: next, first_seq: next_seq, chain })
+            });
+            if !continues {
+                break;
+            }
+            tails.push((number, position));
         }
     }
 
@@ -1046,20 +1259,28 @@ pub fn recover(
     // aside every later segment (they hold only unacknowledged records, or
     // history past a rotten record), reclaim every earlier folded one.
     let mut writer = journal.writer.lock();
-    if let Some((number, position)) = end {
+    for &(number, position) in tails.iter().chain(&end) {
         let file = segments[&number].clone();
         let len = file.len()?;
         if len != position {
-            // Cut a torn tail (or a reused file's stale bytes), or restore
-            // the missing padding of the last record, so the next record
-            // starts exactly at `position`.
-            cut_bytes += len.saturating_sub(position);
+            // Cut a torn tail, a reservation's zeros or a reused file's
+            // stale bytes, or restore the missing padding of the last
+            // record, so the next record starts exactly at `position`.
+            if len > position && zeros_to_end(file.as_ref(), position, len)? {
+                reserved_bytes += len - position;
+            } else {
+                cut_bytes += len.saturating_sub(position);
+            }
             file.set_len(position)?;
         }
+    }
+    if let Some((number, position)) = end {
         writer.segment_number = number;
-        writer.segment = Some(file);
+        writer.segment = Some(segments[&number].clone());
         writer.position = position;
         writer.buffer_start = position;
+        // The file now ends at the records: the next append reserves.
+        writer.allocated = position;
     }
     // New segments are numbered after every file found (a segment that does
     // not continue the journal, e.g. one whose header was torn before
@@ -1095,7 +1316,15 @@ pub fn recover(
             continue;
         }
         let len = file.len().unwrap_or(0);
-        cut_bytes += len;
+        // Nothing but zeros past the header: a segment started (its space
+        // reserved) whose first records never landed.
+        let empty = len <= SEGMENT_HEADER_LEN as u64
+            || zeros_to_end(file.as_ref(), SEGMENT_HEADER_LEN as u64, len).unwrap_or(false);
+        if empty {
+            reserved_bytes += len;
+        } else {
+            cut_bytes += len;
+        }
         // A reused spare whose new header never landed still carries the
         // header of the (older) segment it was.
         let mut head = [0; SEGMENT_HEADER_LEN];
@@ -1103,7 +1332,7 @@ pub fn recover(
             && file.read_at(&mut head, 0).is_ok()
             && SegmentHeader::decode(&head)
                 .is_some_and(|header| header.volume_id == volume_id && header.number < number);
-        if len <= SEGMENT_HEADER_LEN as u64 {
+        if empty {
             fs.remove_file(&path)?;
         } else if reused_spare && spares.len() < options.spare_segments {
             // A spare renamed into place whose new header never landed: it
@@ -1172,7 +1401,15 @@ pub fn recover(
         mark,
     };
     if replayed > 0 || cut_bytes > 0 {
-        tracing::info!(dir, checkpointed, replayed, replayed_bytes, cut_bytes, "journal recovered");
+        tracing::info!(
+            dir,
+            checkpointed,
+            replayed,
+            replayed_bytes,
+            cut_bytes,
+            reserved_bytes,
+            "journal recovered"
+        );
     }
-    Ok(Recovery { journal, checkpoint, checkpointed, replayed, replayed_bytes, cut_bytes })
+    Ok(Recovery { journal, checkpoint, checkpointed, replayed, replayed_bytes, cut_bytes, reserved_bytes })
 }

@@ -1,6 +1,7 @@
 //! An in-memory [`Filesystem`] for tests that models which bytes are durable
-//! and injects faults: crash at the Nth sync, fail the Nth write or sync with
-//! an errno (EIO, ENOSPC), tear or lose whatever was not synced.
+//! and injects faults: crash at the Nth sync, fail the Nth write, allocation
+//! or sync with an errno (EIO, ENOSPC), tear or lose whatever was not synced,
+//! and run out of space ([`MemoryFs::set_capacity`]).
 //!
 //! Each file keeps what the process sees (`current`), what survived the last
 //! sync (`durable`) and the writes in between (`pending`). A crash is modelled
@@ -8,6 +9,17 @@
 //! find: the durable bytes plus a seeded choice of the pending writes, each
 //! kept, lost, or torn. Directory entries are durable at once (we assume the
 //! journal syncs directories where it matters; docs/journal.md).
+//!
+//! Space is modelled in blocks of [`BLOCK_BYTES`], as a filesystem allocates
+//! it: a write allocates the blocks it touches, [`StorageBackend::allocate`]
+//! allocates a range ahead of writes (growing the file like `fallocate` mode
+//! 0), extending a file with `set_len` leaves a hole (no blocks), and
+//! shrinking it or punching a hole frees blocks. With a capacity, a write
+//! that needs more blocks than are free writes the prefix that fits and
+//! fails with ENOSPC (a short write, then ENOSPC), and an allocation that
+//! does not fit allocates a prefix, grows the file over it and fails (as
+//! ext4 does). Only linked files count: a removed file's blocks are free at
+//! once, even while a handle is open.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -16,6 +28,9 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::backend::{Filesystem, StorageBackend};
+
+/// The allocation unit of [`MemoryFs`]'s space model.
+pub const BLOCK_BYTES: u64 = 512;
 
 /// A small, fast, seeded random generator (splitmix64), so that a test
 /// failure replays exactly from its seed.
@@ -75,6 +90,9 @@ pub struct Faults {
     pub fail_sync_at: Option<(u64, i32)>,
     /// The Nth read fails with this errno.
     pub fail_read_at: Option<(u64, i32)>,
+    /// The Nth allocation ([`StorageBackend::allocate`]) fails with this
+    /// errno, allocating nothing.
+    pub fail_allocate_at: Option<(u64, i32)>,
 }
 
 /// What a crash does to the writes that were not synced.
@@ -101,6 +119,22 @@ struct FileData {
     current: Vec<u8>,
     durable: Vec<u8>,
     pending: Vec<Pending>,
+    /// Which blocks of the file have space allocated.
+    blocks: Vec<bool>,
+}
+
+impl FileData {
+    fn allocated_blocks(&self) -> u64 {
+        self.blocks.iter().filter(|&&allocated| allocated).count() as u64
+    }
+
+    /// Frees the blocks from `first` on; returns how many were allocated.
+    fn free_from(&mut self, first: u64) -> u64 {
+        let first = (first as usize).min(self.blocks.len());
+        let freed = self.blocks[first..].iter().filter(|&&allocated| allocated).count();
+        self.blocks.truncate(first);
+        freed as u64
+    }
 }
 
 #[derive(Debug, Default)]
@@ -116,6 +150,10 @@ struct FsState {
     syncs: u64,
     writes: u64,
     reads: u64,
+    allocations: u64,
+    /// Blocks that linked files may hold (None: unlimited), and hold now.
+    capacity: Option<u64>,
+    used: u64,
     crashed: bool,
     rng: Option<SimRng>,
     sync_delay: std::time::Duration,
@@ -157,8 +195,49 @@ fn errno(code: i32) -> io::Error {
 impl FsState {
     fn orphan(&mut self, id: u64) {
         if let Some(file) = self.files.remove(&id) {
+            self.used -= file.allocated_blocks();
             self.orphans.insert(id, file);
         }
+    }
+
+    /// Allocates the blocks of `offset..end` of file `id`, in order, while
+    /// the capacity lasts. Returns where the allocated prefix ends: `end`
+    /// when all of it is (never below `offset`).
+    fn allocate_range(&mut self, id: u64, offset: u64, end: u64) -> io::Result<u64> {
+        if offset >= end {
+            return Ok(end);
+        }
+        let linked = self.files.contains_key(&id);
+        let (capacity, mut used) = (self.capacity, self.used);
+        let file = self.file_mut(id)?;
+        let last = end.div_ceil(BLOCK_BYTES) as usize;
+        if file.blocks.len() < last {
+            file.blocks.resize(last, false);
+        }
+        let mut reached = end;
+        for block in (offset / BLOCK_BYTES) as usize..last {
+            if file.blocks[block] {
+                continue;
+            }
+            if linked && capacity.is_some_and(|capacity| used >= capacity) {
+                reached = (block as u64 * BLOCK_BYTES).max(offset);
+                break;
+            }
+            file.blocks[block] = true;
+            used += u64::from(linked);
+        }
+        self.used = used;
+        Ok(reached)
+    }
+
+    /// Frees the blocks of file `id` from `first` on.
+    fn free_from(&mut self, id: u64, first: u64) -> io::Result<()> {
+        let linked = self.files.contains_key(&id);
+        let freed = self.file_mut(id)?.free_from(first);
+        if linked {
+            self.used -= freed;
+        }
+        Ok(())
     }
 
     fn file_mut(&mut self, id: u64) -> io::Result<&mut FileData> {
@@ -187,7 +266,20 @@ impl MemoryFs {
         state.syncs = 0;
         state.writes = 0;
         state.reads = 0;
+        state.allocations = 0;
         state.rng = Some(SimRng::new(seed));
+    }
+
+    /// Limits the space linked files may hold to `bytes` (rounded down to
+    /// whole blocks); `None`: unlimited. Lowering it below what is used
+    /// frees nothing: later allocations fail until enough is freed.
+    pub fn set_capacity(&self, bytes: Option<u64>) {
+        self.state.lock().capacity = bytes.map(|bytes| bytes / BLOCK_BYTES);
+    }
+
+    /// Bytes of space the linked files hold (whole blocks).
+    pub fn used_bytes(&self) -> u64 {
+        self.state.lock().used * BLOCK_BYTES
     }
 
     /// Makes every sync take this long (to test group commit).
@@ -207,7 +299,9 @@ impl MemoryFs {
     }
 
     /// The filesystem a reboot would find now: durable bytes plus the
-    /// pending writes that `loss` (driven by `seed`) lets through.
+    /// pending writes that `loss` (driven by `seed`) lets through. Every
+    /// byte of its files is allocated, and its capacity is unlimited (the
+    /// reboot found space).
     pub fn crash_image(&self, loss: Loss, seed: u64) -> MemoryFs {
         let state = self.state.lock();
         let mut rng = SimRng::new(seed);
@@ -233,14 +327,17 @@ impl MemoryFs {
                     },
                 }
             }
-            files.insert(id, FileData { current: data.clone(), durable: data, pending: Vec::new() });
+            let blocks = vec![true; data.len().div_ceil(BLOCK_BYTES as usize)];
+            files.insert(id, FileData { current: data.clone(), durable: data, pending: Vec::new(), blocks });
         }
+        let used = files.values().map(FileData::allocated_blocks).sum();
         MemoryFs {
             state: Arc::new(Mutex::new(FsState {
                 paths: state.paths.clone(),
                 dirs: state.dirs.clone(),
                 files,
                 next_id: state.next_id,
+                used,
                 ..FsState::default()
             })),
         }
@@ -440,15 +537,22 @@ impl StorageBackend for MemoryFile {
             return Err(errno(libc::EIO));
         }
         state.writes += 1;
-        let mut op = Pending::Write { offset, data: data.to_vec() };
+        let mut keep = data.len();
         let mut failure = None;
         if let Some((n, code)) = state.faults.fail_write_at
             && state.writes == n
         {
-            let keep = state.rng.as_mut().map_or(0, |rng| rng.below(data.len() as u64 + 1)) as usize;
-            op = Pending::Write { offset, data: data[..keep].to_vec() };
+            keep = state.rng.as_mut().map_or(0, |rng| rng.below(data.len() as u64 + 1)) as usize;
             failure = Some(errno(code));
         }
+        // A short write where the space ends, then ENOSPC.
+        let end = offset.checked_add(keep as u64).ok_or(io::ErrorKind::InvalidInput)?;
+        let reached = state.allocate_range(self.id, offset, end)?;
+        if reached < end {
+            keep = (reached - offset) as usize;
+            failure = Some(errno(libc::ENOSPC));
+        }
+        let op = Pending::Write { offset, data: data[..keep].to_vec() };
         let file = state.file_mut(self.id)?;
         apply(&mut file.current, &op);
         file.pending.push(op);
@@ -495,7 +599,64 @@ impl StorageBackend for MemoryFile {
         let op = Pending::SetLen(len);
         apply(&mut file.current, &op);
         file.pending.push(op);
+        // Shrinking frees the blocks past the end; growing leaves a hole.
+        state.free_from(self.id, len.div_ceil(BLOCK_BYTES))
+    }
+
+    fn punch_hole(&self, offset: u64, length: u64) -> io::Result<()> {
+        let mut state = self.state.lock();
+        if state.crashed {
+            return Err(errno(libc::EIO));
+        }
+        state.writes += 1;
+        if let Some((n, code)) = state.faults.fail_write_at
+            && state.writes == n
+        {
+            return Err(errno(code));
+        }
+        let file = state.file_mut(self.id)?;
+        let len = file.current.len() as u64;
+        let end = offset.saturating_add(length).min(len);
+        if offset >= end {
+            return Ok(());
+        }
+        let op = Pending::Write { offset, data: vec![0; (end - offset) as usize] };
+        apply(&mut file.current, &op);
+        file.pending.push(op);
+        // Whole blocks inside the range become a hole.
+        let (first, last) = (offset.div_ceil(BLOCK_BYTES) as usize, (end / BLOCK_BYTES) as usize);
+        let mut freed = 0;
+        for block in first..last.min(file.blocks.len()) {
+            freed += u64::from(std::mem::take(&mut file.blocks[block]));
+        }
+        if state.files.contains_key(&self.id) {
+            state.used -= freed;
+        }
         Ok(())
+    }
+
+    fn allocate(&self, offset: u64, length: u64) -> io::Result<()> {
+        let mut state = self.state.lock();
+        if state.crashed {
+            return Err(errno(libc::EIO));
+        }
+        state.allocations += 1;
+        if let Some((n, code)) = state.faults.fail_allocate_at
+            && state.allocations == n
+        {
+            return Err(errno(code));
+        }
+        let end = offset.checked_add(length).ok_or(io::ErrorKind::InvalidInput)?;
+        let reached = state.allocate_range(self.id, offset, end)?;
+        let file = state.file_mut(self.id)?;
+        if reached > offset && reached > file.current.len() as u64 {
+            // Mode 0 grows the file over what it allocated, even when it
+            // then runs out of space.
+            let op = Pending::SetLen(reached);
+            apply(&mut file.current, &op);
+            file.pending.push(op);
+        }
+        if reached < end { Err(errno(libc::ENOSPC)) } else { Ok(()) }
     }
 
     fn len(&self) -> io::Result<u64> {

@@ -22,6 +22,10 @@ pub const VOLUMES_DIR: &str = "volumes";
 pub const SUPERBLOCK_FILE: &str = "volume";
 const HIDDEN_PREFIX: &str = ".deleted-";
 
+/// Default of [`StoreOptions::reserve_bytes`] (docs/journal.md, "Space",
+/// has the measurements behind it).
+pub const DEFAULT_RESERVE_BYTES: u64 = 4 << 20;
+
 /// How to open a store.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
@@ -52,6 +56,11 @@ pub struct StoreOptions {
     pub retention_interval: Option<Duration>,
     /// Reclaimed segment files each volume keeps for reuse.
     pub spare_segments: usize,
+    /// Journal space each volume allocates on disk ahead of its tail at a
+    /// time (`fallocate`), so that a full disk refuses writes with ENOSPC
+    /// before acknowledging them instead of losing them at write-out
+    /// (docs/journal.md, "Space"). Never more than a segment.
+    pub reserve_bytes: u64,
 }
 
 impl Default for StoreOptions {
@@ -68,6 +77,7 @@ impl Default for StoreOptions {
             retention: RetentionPolicy::default(),
             retention_interval: Some(Duration::from_secs(10)),
             spare_segments: 2,
+            reserve_bytes: DEFAULT_RESERVE_BYTES,
         }
     }
 }
@@ -373,6 +383,7 @@ impl Shared {
             buffer_bytes: self.options.buffer_bytes,
             inline_blake3: self.options.inline_blake3,
             spare_segments: self.options.spare_segments,
+            reserve_bytes: self.options.reserve_bytes.max(1),
         }
     }
 
@@ -532,6 +543,7 @@ impl Shared {
                 replayed: recovery.replayed,
                 replayed_bytes: recovery.replayed_bytes,
                 cut_bytes: recovery.cut_bytes,
+                reserved_bytes: recovery.reserved_bytes,
             },
         )))
     }

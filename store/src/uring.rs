@@ -1,6 +1,7 @@
 //! The io_uring engine: one ring on a dedicated thread, fed by a bounded
 //! channel. All of the crate's `unsafe` lives in this module, including the
-//! two plain system calls std lacks ([`punch_hole`], [`write_vectored_all_at`]).
+//! plain system calls std lacks ([`punch_hole`], [`allocate`],
+//! [`write_vectored_all_at`]).
 //!
 //! The calling thread blocks until its operation completes, so the buffer it
 //! lent to the kernel outlives the operation: that is the whole soundness
@@ -181,6 +182,31 @@ pub fn punch_hole(file: &File, offset: u64, length: u64) -> io::Result<()> {
     if result == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
+/// Allocates `length` bytes at `offset` in `file` (`fallocate(2)` mode 0:
+/// the file grows, with zeros, if the range ends past it). Fails with
+/// EOPNOTSUPP where the filesystem cannot, ENOSPC where the space is not
+/// there.
+pub fn allocate(file: &File, offset: u64, length: u64) -> io::Result<()> {
+    let (Ok(offset), Ok(length)) = (i64::try_from(offset), i64::try_from(length)) else {
+        return Err(io::ErrorKind::InvalidInput.into());
+    };
+    if length == 0 {
+        return Ok(());
+    }
+    loop {
+        // SAFETY: fallocate reads only its integer arguments; the descriptor
+        // is owned by `file`, which is borrowed for the whole call.
+        let result = unsafe { libc::fallocate(file.as_raw_fd(), 0, offset, length) };
+        if result == 0 {
+            return Ok(());
+        }
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    }
+}
+
 /// Writes the slices back to back from `offset` with `pwritev` (one system
 /// call for a record's header, payload and padding), retrying short writes.
 pub fn write_vectored_all_at(file: &File, parts: &[&[u8]], offset: u64) -> io::Result<()> {
@@ -329,6 +355,30 @@ impl StorageBackend for UringBackend {
                 crate::backend::write_zeros(self, offset, length)
             }
             result => result,
+        }
+    }
+
+    fn allocate(&self, offset: u64, length: u64) -> io::Result<()> {
+        if length == 0 {
+            return Ok(());
+        }
+        let entry = opcode::Fallocate::new(self.fd(), length).offset(offset).mode(0).build();
+        // SAFETY: fallocate lends no buffer to the kernel; the descriptor is
+        // owned by `self`, which outlives the call.
+        match unsafe { self.ring.submit(entry, Vec::new()) }.and_then(check) {
+            Ok(_) => Ok(()),
+            Err(error)
+                if crate::backend::unsupported(&error) || error.raw_os_error() == Some(libc::EINVAL) =>
+            {
+                // EINVAL: a kernel whose ring lacks IORING_OP_FALLOCATE.
+                match allocate(&self.file, offset, length) {
+                    Err(error) if crate::backend::unsupported(&error) => {
+                        crate::backend::allocate_by_writing(self, offset, length)
+                    }
+                    result => result,
+                }
+            }
+            Err(error) => Err(error),
         }
     }
 }

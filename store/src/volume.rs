@@ -15,9 +15,9 @@ use crate::error::{
     SnapshotError, VerifyError, WriteError,
 };
 use crate::index::{Index, MAX_VOLUME_SIZE, NewRecord, Piece, Source};
-use crate::journal::{Appended, Checkpoint, DurableMark, Journal, LargeWrite, Writer};
+use crate::journal::{AppendError, Appended, Checkpoint, DurableMark, Journal, LargeWrite, Writer};
 use crate::layout::{
-    BaseMapFile, FLAG_BLAKE3, FoldIntent, INDEX_ENTRY_LEN, MAX_RECORD_PAYLOAD, MAX_SNAPSHOT_NAME,
+    self, BaseMapFile, FLAG_BLAKE3, FoldIntent, INDEX_ENTRY_LEN, MAX_RECORD_PAYLOAD, MAX_SNAPSHOT_NAME,
     RecordHeader, RecordKind,
 };
 use crate::retention::{
@@ -102,6 +102,9 @@ pub struct RecoveryStats {
     pub replayed_bytes: u64,
     /// Bytes cut off the tail (torn or unacknowledged records).
     pub cut_bytes: u64,
+    /// Bytes of unused journal space reservation (zeros past the last
+    /// record) released.
+    pub reserved_bytes: u64,
 }
 
 /// Counters and sizes of a volume, for metrics.
@@ -152,6 +155,10 @@ pub struct VolumeStats {
     /// Writes that waited for a fold because the journal was past twice
     /// its budget (write backpressure).
     pub write_stalls: u64,
+    /// Writes (and metadata operations) refused with ENOSPC because the
+    /// disk had no space for their journal records (the volume stays
+    /// writable).
+    pub no_space_refusals: u64,
 }
 
 /// Volume-level tunables, from the store's options.
@@ -203,6 +210,9 @@ struct RetentionCounters {
     reclaimed_bytes: AtomicU64,
     failures: AtomicU64,
     stalls: AtomicU64,
+    /// Writes refused for lack of disk space (not a retention counter, but
+    /// kept with the volume's other counters).
+    no_space: AtomicU64,
 }
 
 /// Longest a write waits for a fold when the journal is past twice its budget.
@@ -357,7 +367,12 @@ impl Appender<'_> {
         let (location, visible, large) = match volume.journal.append(&mut self.writer, &mut header, payload) {
             Ok(Appended::Buffered { location, visible }) => (location, visible, None),
             Ok(Appended::Reserved(large)) => (large.location, false, Some(large)),
-            Err(error) => {
+            Err(AppendError::NoSpace(error)) => {
+                // Nothing was appended: refuse this write, keep the volume.
+                volume.counters.no_space.fetch_add(1, Ordering::Relaxed);
+                return Err(WriteError::NoSpace(error));
+            }
+            Err(AppendError::Io(error)) => {
                 volume.set_poison(&error);
                 return Err(WriteError::Io(error));
             }
@@ -582,16 +597,43 @@ impl Volume {
                 .collect();
             let mut appender = self.appender()?;
             self.check_range(offset, data.len() as u64)?;
+            // Space for all the records first, so that a full disk refuses
+            // the whole write, not a part of it.
+            let total = data.chunks(MAX_RECORD_PAYLOAD).map(|part| layout::record_span(part.len())).sum();
+            match self.journal.reserve_records(&mut appender.writer, total) {
+                Ok(()) => {}
+                Err(AppendError::NoSpace(error)) => {
+                    self.counters.no_space.fetch_add(1, Ordering::Relaxed);
+                    return Err(WriteError::NoSpace(error));
+                }
+                Err(AppendError::Io(error)) => {
+                    self.set_poison(&error);
+                    return Err(WriteError::Io(error));
+                }
+            }
             let mut seq = appender.head();
             let mut reserved = Vec::new();
+            let mut failure = None;
             for (header, part) in headers.into_iter().zip(data.chunks(MAX_RECORD_PAYLOAD)) {
-                let (appended, large) = appender.append_sealed(header, part, None)?;
-                seq = appended;
-                reserved.extend(large.map(|large| (large, part)));
+                match appender.append_sealed(header, part, None) {
+                    Ok((appended, large)) => {
+                        seq = appended;
+                        reserved.extend(large.map(|large| (large, part)));
+                    }
+                    Err(error) => {
+                        failure = Some(error);
+                        break;
+                    }
+                }
             }
             drop(appender);
+            // Records already appended are written even if a later one
+            // failed: the writers queued behind them wait for them.
             for (large, part) in reserved {
                 self.finish(large.seq, Some((large, part)))?;
+            }
+            if let Some(error) = failure {
+                return Err(error);
             }
             self.finish(seq, None)?
         };
@@ -1310,6 +1352,7 @@ impl Volume {
             retention_blocked_at: self.retention.lock().blocked_at,
             fold_failures: counters.failures.load(Ordering::Relaxed),
             write_stalls: counters.stalls.load(Ordering::Relaxed),
+            no_space_refusals: counters.no_space.load(Ordering::Relaxed),
         }
     }
 

@@ -11,6 +11,15 @@
 //! and no protected point (snapshot, clone base, rollback target) was
 //! folded past.
 //!
+//! A third of the cases run on a nearly full disk (a MemoryFs capacity a
+//! few blocks above what the new volume uses, sometimes raised later, as
+//! when space is freed): a write the journal has no space for must be
+//! refused with ENOSPC before it is acknowledged, change nothing (no seq,
+//! not in any point, before or after a crash) and leave the volume
+//! writable; without injected faults the volume is never poisoned and every
+//! flush succeeds (every acknowledged record's space was reserved, so its
+//! write-out cannot fail).
+//!
 //! Each test runs `REWIND_CRASH_CASES` cases (default 50,000; four tests).
 //! A failure prints its seed; `REWIND_SEED=N cargo test -p store --test crash`
 //! replays exactly that case (the seed picks the fault family too).
@@ -23,8 +32,8 @@ use std::time::Duration;
 
 use store::memory::{Faults, Loss, MemoryFs, SimRng};
 use store::{
-    Clock, JournalBudget, ManualClock, PointError, PointView, ReadError, RetentionPolicy, RollbackError,
-    SnapshotError, Store, StoreOptions, Volume,
+    Clock, JournalBudget, ManualClock, PointError, PointView, ReadError, ResizeError, RetentionPolicy,
+    RollbackError, SnapshotError, Store, StoreOptions, Volume, WriteError,
 };
 
 const FAMILIES: u64 = 4;
@@ -36,7 +45,8 @@ enum Family {
     CrashAtSync,
     /// No fault; the machine loses power at a random moment.
     PowerLoss,
-    /// The Nth write fails (EIO or ENOSPC), then power is lost later.
+    /// The Nth write or space allocation fails (EIO or ENOSPC), then power
+    /// is lost later.
     FailedWrite,
     /// The Nth sync fails (EIO), then power is lost later.
     FailedSync,
@@ -103,6 +113,7 @@ fn options(fs: &MemoryFs, clock: &Arc<ManualClock>, rng: &mut SimRng) -> StoreOp
         },
         retention_interval: None,
         spare_segments: rng.below(3) as usize,
+        reserve_bytes: [1, 256, 4096, 16 << 10][rng.below(4) as usize],
         ..StoreOptions::default()
     }
 }
@@ -134,6 +145,10 @@ struct Coverage {
     /// Cases that recovered with a folded base, or with a fold pending.
     recovered_base: u64,
     recovered_pending: u64,
+    /// Cases where the disk was full: an operation was refused with ENOSPC;
+    /// and of those, cases where a write succeeded after a refusal.
+    refused: u64,
+    resumed: u64,
 }
 
 impl std::ops::AddAssign for Coverage {
@@ -144,7 +159,19 @@ impl std::ops::AddAssign for Coverage {
         self.fold_interrupted += other.fold_interrupted;
         self.recovered_base += other.recovered_base;
         self.recovered_pending += other.recovered_pending;
+        self.refused += other.refused;
+        self.resumed += other.resumed;
     }
+}
+
+/// Whether an operation was refused because the disk had no space for its
+/// record (then it must have changed nothing).
+fn no_space(error: &WriteError) -> bool {
+    let refused = matches!(error, WriteError::NoSpace(_));
+    if refused {
+        assert!(error.is_retryable() && error.raw_os_error() == Some(libc::ENOSPC));
+    }
+    refused
 }
 
 /// Runs one case; `Err` describes the violated property.
@@ -177,15 +204,26 @@ fn run_case(seed: u64) -> Result<Coverage, String> {
     let faults = match family {
         Family::CrashAtSync => Faults { crash_at_sync: Some(rng.range(1, last_sync)), ..Faults::default() },
         Family::PowerLoss => Faults::default(),
-        Family::FailedWrite => Faults {
-            fail_write_at: Some((rng.range(1, 12), if rng.chance(1, 2) { libc::EIO } else { libc::ENOSPC })),
-            ..Faults::default()
-        },
+        Family::FailedWrite => {
+            let fault = Some((rng.range(1, 12), if rng.chance(1, 2) { libc::EIO } else { libc::ENOSPC }));
+            if rng.chance(1, 3) {
+                Faults { fail_allocate_at: fault, ..Faults::default() }
+            } else {
+                Faults { fail_write_at: fault, ..Faults::default() }
+            }
+        }
         Family::FailedSync => {
             Faults { fail_sync_at: Some((rng.range(1, 10), libc::EIO)), ..Faults::default() }
         }
     };
     fs.set_faults(faults, rng.next_u64());
+    // A nearly full disk: a few blocks free (records are up to 800 bytes,
+    // blocks 512).
+    let full_disk = rng.chance(1, 3);
+    if full_disk {
+        fs.set_capacity(Some(fs.used_bytes() + rng.range(1, 24) * store::memory::BLOCK_BYTES));
+    }
+    let mut refusals = 0u64;
     let operations = if fold_heavy { rng.range(10, 50) } else { rng.range(4, 40) };
     let trace = std::env::var("REWIND_TRACE").is_ok();
     if trace {
@@ -212,6 +250,8 @@ fn run_case(seed: u64) -> Result<Coverage, String> {
         }
         let made_durable;
         let succeeded;
+        // The op was refused for lack of space (so it must change nothing).
+        let mut refused = false;
         let mut op = rng.below(121);
         if fold_heavy && matches!(op, 78..=82 | 86..=93) && rng.chance(3, 4) {
             // Fewer protected points, so that folds go further.
@@ -226,6 +266,7 @@ fn run_case(seed: u64) -> Result<Coverage, String> {
                 let fua = rng.chance(1, 5);
                 let result = volume.write(offset, &data, fua);
                 image[offset as usize..(offset + length) as usize].copy_from_slice(&data);
+                refused = result.as_ref().is_err_and(no_space);
                 succeeded = result.is_ok();
                 made_durable = fua && succeeded;
             }
@@ -239,6 +280,7 @@ fn run_case(seed: u64) -> Result<Coverage, String> {
                     volume.trim(offset, length, fua)
                 };
                 image[offset as usize..(offset + length) as usize].fill(0);
+                refused = result.as_ref().is_err_and(no_space);
                 succeeded = result.is_ok();
                 made_durable = fua && succeeded;
             }
@@ -257,6 +299,7 @@ fn run_case(seed: u64) -> Result<Coverage, String> {
                     result => {
                         ensure!(!exists || poisoned, "duplicate snapshot {name} accepted");
                         snapshots.insert(name, head_before + 1);
+                        refused = matches!(&result, Err(SnapshotError::Write(error)) if no_space(error));
                         succeeded = result.is_ok();
                     }
                 }
@@ -267,7 +310,9 @@ fn run_case(seed: u64) -> Result<Coverage, String> {
                     continue;
                 };
                 snapshots.remove(&name);
-                succeeded = volume.delete_snapshot(&name).is_ok();
+                let result = volume.delete_snapshot(&name);
+                refused = matches!(&result, Err(SnapshotError::Write(error)) if no_space(error));
+                succeeded = result.is_ok();
                 made_durable = succeeded;
             }
             86..=91 => {
@@ -279,6 +324,7 @@ fn run_case(seed: u64) -> Result<Coverage, String> {
                         continue;
                     }
                     result => {
+                        refused = matches!(&result, Err(RollbackError::Write(error)) if no_space(error));
                         succeeded = result.is_ok();
                         if volume.head_seq() == head_before + 1 {
                             model.rollbacks.push((head_before + 1, target));
@@ -301,7 +347,9 @@ fn run_case(seed: u64) -> Result<Coverage, String> {
             92..=96 => {
                 let new_size = rng.range(1024, 2 * SIZE);
                 image.resize(new_size as usize, 0);
-                succeeded = volume.resize(new_size).is_ok();
+                let result = volume.resize(new_size);
+                refused = matches!(&result, Err(ResizeError::Write(error)) if no_space(error));
+                succeeded = result.is_ok();
                 made_durable = succeeded;
             }
             97..=114 => {
@@ -371,6 +419,38 @@ fn run_case(seed: u64) -> Result<Coverage, String> {
         }
         if poisoned {
             ensure!(!succeeded || volume.head_seq() == head_before, "poisoned volume accepted a write");
+        }
+        if family == Family::PowerLoss {
+            // No injected fault: a full disk refuses, it never poisons.
+            ensure!(volume.poison().is_none(), "volume poisoned without a fault: {:?}", volume.poison());
+            ensure!(succeeded || refused, "op {op} failed without a fault (and not for space)");
+        }
+        if matches!(family, Family::CrashAtSync | Family::FailedSync) {
+            // Only the injected EIO poisons, never the full disk.
+            let errno = volume.poison().and_then(|poison| poison.raw_os_error);
+            ensure!(errno.is_none_or(|errno| errno == libc::EIO), "volume poisoned with errno {errno:?}");
+        }
+        if refused {
+            // Refused before anything changed: no seq, the head's image as
+            // before, the volume still writable.
+            ensure!(full_disk || family == Family::FailedWrite, "refused for space with space to spare");
+            ensure!(volume.head_seq() == head_before, "op {op} refused for space moved the head");
+            ensure!(volume.poison().is_none(), "op {op} refused for space poisoned the volume");
+            let expected = model.images.last().unwrap();
+            let mut buf = vec![0xEE; expected.len()];
+            volume.read(0, &mut buf).map_err(|e| format!("head read after a refusal: {e:?}"))?;
+            ensure!(&buf == expected, "op {op} refused for space changed the head's image");
+            refusals += 1;
+            if full_disk && rng.chance(1, 6) {
+                // Space is freed (or the disk grows).
+                fs.set_capacity(
+                    [None, Some(fs.used_bytes() + rng.range(1, 40) * 512)][rng.below(2) as usize],
+                );
+            }
+            continue;
+        }
+        if succeeded && refusals > 0 && head_after_refusal(volume, head_before) {
+            coverage.resumed = 1;
         }
         if let Some(point) = &held {
             check_held(point, volume, &model, fs.crashed())?;
@@ -464,7 +544,13 @@ fn run_case(seed: u64) -> Result<Coverage, String> {
         check(&store, &volume, &truncated, "after second crash")?;
     }
     coverage.records = model.head();
+    coverage.refused = u64::from(refusals > 0);
     Ok(coverage)
+}
+
+/// Whether the last op appended a record (a write went through).
+fn head_after_refusal(volume: &Volume, head_before: u64) -> bool {
+    volume.head_seq() > head_before
 }
 
 /// Checks that the oldest retained point passes no protected point: the
