@@ -356,4 +356,42 @@ mod tests {
         file.read_at(&mut buf, 3).unwrap();
         assert_eq!(&buf, b"h\0\0\0\0\0world");
     }
+
+    /// Space allocated with fallocate (and with the portable fallback, over
+    /// a hole) is really allocated (the file's block count covers it), the
+    /// file grows with zeros past its end, and its bytes are unchanged.
+    #[test]
+    fn allocate_reserves_blocks_and_keeps_bytes() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let fs = RealFs::new(dir.path(), Engine::File).unwrap();
+        let blocks = |name: &str| fs::metadata(dir.path().join(name)).unwrap().blocks() * 512;
+        let file = fs.open_file("a", true).unwrap();
+        file.write_at(b"data", 0).unwrap();
+        file.allocate(2, 1 << 20).unwrap();
+        assert_eq!(file.len().unwrap(), 2 + (1 << 20));
+        assert!(blocks("a") >= 1 << 20, "{} bytes allocated", blocks("a"));
+        let mut buf = [0xEE; 6];
+        file.read_at(&mut buf, 0).unwrap();
+        assert_eq!(&buf, b"data\0\0");
+        // Inside the file nothing moves.
+        file.allocate(0, 4).unwrap();
+        assert_eq!(file.len().unwrap(), 2 + (1 << 20));
+
+        let holey = fs.open_file("b", true).unwrap();
+        holey.write_at(b"head", 0).unwrap();
+        holey.set_len(256 << 10).unwrap();
+        holey.write_at(b"tail", (256 << 10) - 4).unwrap();
+        let before = blocks("b");
+        allocate_by_writing(holey.as_ref(), 0, 512 << 10).unwrap();
+        assert_eq!(holey.len().unwrap(), 512 << 10);
+        assert!(blocks("b") >= (512 << 10) && blocks("b") > before, "{} bytes allocated", blocks("b"));
+        let mut buf = [0; 4];
+        holey.read_at(&mut buf, 0).unwrap();
+        assert_eq!(&buf, b"head");
+        holey.read_at(&mut buf, (256 << 10) - 4).unwrap();
+        assert_eq!(&buf, b"tail");
+        assert!(is_no_space(&io::Error::from_raw_os_error(libc::EDQUOT)));
+        assert!(!is_no_space(&io::Error::from_raw_os_error(libc::EIO)));
+    }
 }

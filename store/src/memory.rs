@@ -693,6 +693,45 @@ mod tests {
         assert_eq!(fs.list_dir("v").unwrap(), vec!["a".to_owned()]);
     }
 
+    /// With a capacity, writes and allocations take blocks until none is
+    /// left, then write (or allocate, growing the file) the prefix that
+    /// fits and fail with ENOSPC; shrinking, punching and removing free
+    /// blocks; a set_len extension is a hole that takes none.
+    #[test]
+    fn capacity_bounds_allocated_blocks() {
+        let fs = MemoryFs::new();
+        let file = fs.open_file("a", true).unwrap();
+        fs.set_capacity(Some(4 * BLOCK_BYTES));
+        file.write_at(&[1; 600], 0).unwrap();
+        assert_eq!(fs.used_bytes(), 2 * BLOCK_BYTES);
+        file.set_len(10 * BLOCK_BYTES).unwrap();
+        assert_eq!(fs.used_bytes(), 2 * BLOCK_BYTES, "a hole takes no space");
+        // Two more blocks fit, a third does not: "b" grows to two blocks.
+        let file = fs.open_file("b", true).unwrap();
+        let error = file.allocate(0, 3 * BLOCK_BYTES).unwrap_err();
+        assert_eq!(error.raw_os_error(), Some(libc::ENOSPC));
+        assert_eq!(file.len().unwrap(), 2 * BLOCK_BYTES);
+        assert_eq!(fs.used_bytes(), 4 * BLOCK_BYTES);
+        // Allocated blocks take writes; the next block short-writes.
+        file.write_at(&[2; 1024], 0).unwrap();
+        let error = file.write_at(&[3; 1024], 2 * BLOCK_BYTES - 100).unwrap_err();
+        assert_eq!(error.raw_os_error(), Some(libc::ENOSPC));
+        assert_eq!(file.len().unwrap(), 2 * BLOCK_BYTES, "only the prefix that fits landed");
+        // Punching block 0 of "a" and removing "b" free their blocks.
+        let a = fs.open_file("a", false).unwrap();
+        a.punch_hole(0, BLOCK_BYTES).unwrap();
+        assert_eq!(fs.used_bytes(), 3 * BLOCK_BYTES);
+        fs.remove_file("b").unwrap();
+        assert_eq!(fs.used_bytes(), BLOCK_BYTES);
+        a.set_len(0).unwrap();
+        assert_eq!(fs.used_bytes(), 0);
+        // A crash image holds every byte of its files and has no capacity.
+        a.write_at(&[4; 2000], 0).unwrap();
+        let image = fs.crash_image(Loss::KeepAll, 1);
+        assert_eq!(image.used_bytes(), 4 * BLOCK_BYTES);
+        image.open_file("a", false).unwrap().allocate(0, 1 << 20).unwrap();
+    }
+
     /// The Nth sync crashes the filesystem and the failed write's errno
     /// comes back unchanged.
     #[test]

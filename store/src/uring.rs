@@ -412,5 +412,15 @@ mod tests {
         assert_eq!(backend.len().unwrap(), 17);
         let error = backend.read_at(&mut buf, 12).unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof);
+        // fallocate through the ring: the file grows with zeros.
+        backend.allocate(15, 1 << 20).unwrap();
+        assert_eq!(backend.len().unwrap(), 15 + (1 << 20));
+        backend.read_at(&mut buf, 10).unwrap();
+        assert_eq!(&buf, b"abcdefg");
+        let mut zeros = [0xEE; 8];
+        backend.read_at(&mut zeros, 17).unwrap();
+        assert_eq!(zeros, [0; 8]);
+        use std::os::unix::fs::MetadataExt;
+        assert!(backend.file.metadata().unwrap().blocks() * 512 >= 1 << 20);
     }
 }

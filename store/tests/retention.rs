@@ -189,6 +189,65 @@ fn budget_bounds_the_journal_and_recycles_segment_files() {
     model.check(&store.volume("v").unwrap());
 }
 
+/// On a full disk the journal gives up its spare segment files (kept only
+/// to save page allocations) before it refuses a write: a write is refused
+/// with ENOSPC only once no spare is left, and every acknowledged write
+/// reads back.
+#[test]
+fn full_disk_releases_spare_segments_before_refusing() {
+    let fs = MemoryFs::new();
+    let clock = Arc::new(ManualClock::new(T0));
+    let retention = RetentionPolicy { window: None, max_journal_bytes: Some(JournalBudget::Bytes(32 << 10)) };
+    let options = StoreOptions {
+        segment_bytes: 8 << 10,
+        reserve_bytes: 1,
+        spare_segments: 2,
+        ..memory_options(&fs, &clock, retention)
+    };
+    let store = open(&fs, &options);
+    let volume = store.create_volume("v", 64 << 10).unwrap();
+    let mut model = Model::new(64 << 10);
+    let mut rng = SimRng::new(7);
+    // A journal of about 80 KiB folded at once to its 32 KiB budget: more
+    // segments are reclaimed than spares are kept.
+    for _ in 0..80 {
+        let (length, offset) = (rng.range(500, 1500) as usize, rng.below(60) * 1000);
+        model.write(&volume, &mut rng, offset, length);
+    }
+    volume.flush().unwrap();
+    volume.enforce_retention(T0).unwrap();
+    assert_eq!(volume.stats().spare_segments, 2);
+    fs.set_capacity(Some(fs.used_bytes()));
+    let mut released = false;
+    for _ in 0..200 {
+        let before = volume.stats();
+        let length = rng.range(500, 1500) as usize;
+        let mut data = vec![0; length];
+        rng.fill(&mut data);
+        let offset = rng.below(60) * 1000;
+        match volume.write(offset, &data, false) {
+            Ok(seq) => {
+                let mut image = model.images.last().unwrap().clone();
+                image[offset as usize..offset as usize + length].copy_from_slice(&data);
+                model.images.push(image);
+                assert_eq!(seq as usize, model.images.len() - 1);
+            }
+            Err(error) => {
+                assert!(matches!(error, store::WriteError::NoSpace(_)), "{error:?}");
+                assert_eq!(before.spare_segments, 0, "refused while spare files held space");
+                break;
+            }
+        }
+        let after = volume.stats();
+        let reused = after.recycled_segments - before.recycled_segments;
+        released |= after.spare_segments + reused < before.spare_segments;
+    }
+    assert!(released, "no spare file was given up for space");
+    assert!(volume.write(0, &[1; 1000], false).is_err(), "the disk never filled");
+    volume.flush().unwrap();
+    model.check(&volume);
+}
+
 /// Captures log lines (for the warning tests).
 #[derive(Clone, Default)]
 struct Log(Arc<Mutex<Vec<u8>>>);

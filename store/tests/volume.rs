@@ -172,6 +172,149 @@ fn enospc_poisons_and_keeps_flushed_writes() {
     assert_eq!(read(&volume, 0, 4), b"okpt");
 }
 
+/// On a full disk a write is refused with ENOSPC before it is acknowledged
+/// (no seq, nothing in the image), the volume stays writable, a flush
+/// makes every acknowledged write durable, a metadata record and a
+/// multi-record write are refused whole, and once space is freed the same
+/// writes go through without a reopen.
+#[test]
+fn full_disk_refuses_writes_before_acknowledging_them() {
+    use store::memory::Loss;
+    use store::{SnapshotError, Volume};
+    let fs = MemoryFs::new();
+    let clock = Arc::new(ManualClock::new(T0));
+    let options = StoreOptions {
+        segment_bytes: 32 << 20,
+        reserve_bytes: 8 << 10,
+        retention: store::RetentionPolicy::KEEP_ALL,
+        ..memory_options(&fs, &clock)
+    };
+    let store = Store::open("/unused".as_ref(), options.clone()).unwrap();
+    let volume = store.create_volume("v", 64 << 20).unwrap();
+    fs.set_capacity(Some(fs.used_bytes() + (10 << 20)));
+    let mut acknowledged = 0u64;
+    let refusal = loop {
+        match volume.write(acknowledged * 1000, &[acknowledged as u8 | 1; 1000], false) {
+            Ok(seq) => assert_eq!(seq, acknowledged + 1),
+            Err(error) => break error,
+        }
+        acknowledged += 1;
+    };
+    assert!(matches!(refusal, WriteError::NoSpace(_)), "{refusal:?}");
+    assert_eq!(refusal.raw_os_error(), Some(libc::ENOSPC));
+    assert!(refusal.is_retryable());
+    assert!(acknowledged > 9000, "{acknowledged} writes before the disk was full");
+    assert_eq!(volume.head_seq(), acknowledged);
+    assert!(volume.poison().is_none());
+    assert_eq!(read(&volume, acknowledged * 1000, 1000), vec![0; 1000]);
+    // Smaller records may still fit: trims (of zeros) until none does.
+    let mut trims = 0;
+    while volume.trim(60 << 20, 512, false).is_ok() {
+        trims += 1;
+    }
+    assert!(matches!(volume.create_snapshot("full"), Err(SnapshotError::Write(WriteError::NoSpace(_)))));
+    volume.flush().unwrap();
+    assert_eq!(volume.stats().no_space_refusals, 3);
+    let acknowledged_seqs = acknowledged + trims;
+    let check = |volume: &Volume, count: u64| {
+        for i in (0..count).step_by(97).chain([count - 1]) {
+            assert_eq!(read(volume, i * 1000, 1000), vec![i as u8 | 1; 1000], "write {i}");
+        }
+    };
+    // Power loss now: every acknowledged write was flushed.
+    let image = fs.crash_image(Loss::LoseAll, 1);
+    let recovered = Store::open(
+        "/unused".as_ref(),
+        StoreOptions { filesystem: Some(Arc::new(image)), ..options.clone() },
+    )
+    .unwrap();
+    let again = recovered.volume("v").unwrap();
+    assert_eq!(again.head_seq(), acknowledged_seqs);
+    check(&again, acknowledged);
+    assert_eq!(read(&again, acknowledged * 1000, 1000), vec![0; 1000]);
+    drop((again, recovered));
+
+    // 12 MiB = two records, which fit one segment: refused whole, though
+    // the first would fit alone.
+    let head = volume.head_seq();
+    fs.set_capacity(Some(fs.used_bytes() + (10 << 20)));
+    let big = vec![7u8; 12 << 20];
+    let error = volume.write(32 << 20, &big, false).unwrap_err();
+    assert!(matches!(error, WriteError::NoSpace(_)), "{error:?}");
+    assert_eq!(volume.head_seq(), head, "part of a refused write was appended");
+    assert_eq!(read(&volume, 32 << 20, 16), vec![0; 16]);
+
+    // Space freed: the same writes go through, no reopen needed.
+    fs.set_capacity(None);
+    let seq = volume.write(acknowledged * 1000, &[acknowledged as u8 | 1; 1000], false).unwrap();
+    assert_eq!(seq, head + 1);
+    assert_eq!(volume.write(32 << 20, &big, true).unwrap(), head + 3);
+    volume.create_snapshot("full").unwrap();
+    drop((volume, store));
+    let store = Store::open("/unused".as_ref(), options).unwrap();
+    let volume = store.volume("v").unwrap();
+    check(&volume, acknowledged + 1);
+    assert_eq!(read(&volume, (32 << 20) + (12 << 20) - 4, 8), [7, 7, 7, 7, 0, 0, 0, 0]);
+}
+
+/// Recovery treats zeros past a segment's records (an unused space
+/// reservation) as the segment's end, not as damage: it continues into the
+/// next segment when that one's header continues the journal (a crash lost
+/// the cut of a finished segment), cuts the zeros of the last one, and
+/// removes a segment that holds nothing but zeros past its header; nothing
+/// is set aside as `*.cut-N`, nothing counted as cut.
+#[test]
+fn recovery_takes_reserved_zeros_for_the_end_of_a_segment() {
+    use store::Filesystem;
+    let fs = MemoryFs::new();
+    let clock = Arc::new(ManualClock::new(T0));
+    let options = StoreOptions {
+        segment_bytes: 4096,
+        reserve_bytes: 4096,
+        checkpoint_records: 1 << 20,
+        ..memory_options(&fs, &clock)
+    };
+    let store = Store::open("/unused".as_ref(), options.clone()).unwrap();
+    let volume = store.create_volume("v", 1 << 20).unwrap();
+    for i in 0..20u64 {
+        volume.write(i * 1000, &[i as u8 + 1; 1000], true).unwrap();
+    }
+    // Dropped without close: recovery replays every segment.
+    drop((volume, store));
+    let dir = "volumes/v";
+    let segments: Vec<String> =
+        fs.list_dir(dir).unwrap().into_iter().filter(|name| name.starts_with("seg-")).collect();
+    assert!(segments.len() >= 4, "{segments:?}");
+    let last = segments.last().unwrap().clone();
+    // Zeros after a middle segment's records and after the last one's.
+    for name in [&segments[1], &last] {
+        let file = fs.open_file(&format!("{dir}/{name}"), false).unwrap();
+        let len = file.len().unwrap();
+        file.set_len(len + 3000).unwrap();
+        file.sync().unwrap();
+    }
+    // A segment started after the last one: its header never landed.
+    let number: u64 = last["seg-".len()..last.len() - ".log".len()].parse().unwrap();
+    let started = fs.open_file(&format!("{dir}/seg-{:010}.log", number + 1), true).unwrap();
+    started.set_len(4096).unwrap();
+    started.sync().unwrap();
+    let store = Store::open("/unused".as_ref(), options).unwrap();
+    let volume = store.volume("v").unwrap();
+    assert_eq!(volume.head_seq(), 20);
+    for i in 0..20u64 {
+        assert_eq!(read(&volume, i * 1000, 1000), vec![i as u8 + 1; 1000]);
+    }
+    let recovery = volume.recovery_stats();
+    assert_eq!(recovery.cut_bytes, 0);
+    // The last segment had an unused reservation of its own.
+    assert!(recovery.reserved_bytes > 3000 + 3000 + 4096, "{recovery:?}");
+    let names = fs.list_dir(dir).unwrap();
+    assert!(!names.iter().any(|name| name.contains(".cut-")), "{names:?}");
+    assert!(!names.contains(&format!("seg-{:010}.log", number + 1)), "{names:?}");
+    volume.write(0, b"after", true).unwrap();
+    assert_eq!(read(&volume, 0, 5), b"after");
+}
+
 /// Concurrent writers, readers and flushers on a real directory: readers
 /// only ever see whole versions of a block (never garbage), every flushed
 /// write is present after a reopen, and concurrent flushes share syncs.
