@@ -4,9 +4,11 @@
 //! thread's only). `VOLUME_MIB` (default 4096) sizes the volume,
 //! `SEQUENTIAL=1` writes in order instead of at random, `BUDGET_MIB` sets the
 //! journal budget (default: the volume's size), `SPARES=0` turns segment
-//! file reuse off; the retention thread folds in the background and the
-//! throughput of each quarter of the run is printed, so the steady state
-//! (journal at its budget) shows.
+//! file reuse off, `RESERVE_KIB` sets how much journal space is allocated
+//! ahead of the tail at a time; the retention thread folds in the
+//! background and the throughput of each quarter of the run is printed, so
+//! the steady state (journal at its budget) shows, then the latency
+//! percentiles of the main thread's writes.
 
 use std::time::Instant;
 
@@ -44,6 +46,7 @@ fn main() {
         retention,
         retention_interval: Some(std::time::Duration::from_secs(1)),
         spare_segments: env("SPARES").unwrap_or(2) as usize,
+        reserve_bytes: env("RESERVE_KIB").map_or(StoreOptions::default().reserve_bytes, |kib| kib << 10),
         ..StoreOptions::default()
     };
     let store = Store::open(dir.path(), options).unwrap();
@@ -62,6 +65,7 @@ fn main() {
         };
         block_number * block as u64
     };
+    let mut latencies: Vec<u64> = Vec::with_capacity((count / threads) as usize);
     let started = Instant::now();
     let cpu = cpu_nanos();
     std::thread::scope(|scope| {
@@ -77,7 +81,9 @@ fn main() {
         let per_thread = count / threads;
         let mut quarter_started = Instant::now();
         for i in 0..per_thread {
+            let write_started = Instant::now();
             volume.write(offset(&mut rng), &data, false).unwrap();
+            latencies.push(write_started.elapsed().as_nanos() as u64);
             if (i + 1) % (per_thread / 4).max(1) == 0 {
                 let bytes = (per_thread / 4).max(1) * threads * block as u64;
                 let elapsed = quarter_started.elapsed();
@@ -102,6 +108,15 @@ fn main() {
         cpu as f64 / 1e3 / count as f64,
         (count * block as u64) as f64 / elapsed.as_secs_f64() / (1 << 20) as f64,
         (count * block as u64) as f64 / (cpu as f64 / 1e9) / (1 << 20) as f64
+    );
+    latencies.sort_unstable();
+    let percentile = |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize] as f64 / 1e3;
+    println!(
+        "write latency: p50 {:.1} µs, p99 {:.1} µs, p99.9 {:.1} µs, max {:.0} µs",
+        percentile(0.5),
+        percentile(0.99),
+        percentile(0.999),
+        percentile(1.0)
     );
     println!("{:?}", volume.stats());
     let mut buf = vec![0u8; block];

@@ -11,6 +11,11 @@
 //! within a journal budget: older history is folded into the volume's base
 //! image by a background thread, and the freed journal segments are reused.
 //!
+//! A full disk refuses writes with ENOSPC ([`WriteError::NoSpace`]) before
+//! acknowledging them: every journal record's disk space is allocated
+//! before it is appended, so nothing acknowledged is lost for lack of space
+//! (docs/journal.md, "Space").
+//!
 //! What this crate does not do: networking (the NBD server calls it),
 //! thinning old history to one point per minute/hour/day or compacting
 //! between protected points (folding is the only reclamation), replication.
