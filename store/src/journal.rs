@@ -696,7 +696,7 @@ impl Journal {
         // The segment's directory entry must be durable before any record in
         // it is acknowledged durable: sync the directory now, once per segment.
         self.fs.sync_dir(&self.dir).map_err(AppendError::Io)?;
-        if let Some(segment) = writer.segment.take() {
+        if let Some(segment) = writer.segment.clone() {
             if writer.recycled || writer.allocated > writer.position {
                 // Cut what follows our records (stale bytes of a reused
                 // file, zeros of the unused reservation) so recovery sees
@@ -706,6 +706,7 @@ impl Journal {
                 segment.set_len(writer.position).map_err(AppendError::Io)?;
                 writer.current_dirty = true;
             }
+            writer.segment = None;
             if writer.current_dirty {
                 writer.unsynced.push(segment);
             }
@@ -822,11 +823,12 @@ impl Checkpoint {
             last_location: mark.last_location,
         }
         .seal(&mut chunk);
-        if let Err(error) = file.write_at(&chunk, self.position) {
-            // Never append after a chunk that may be half written.
-            self.file = None;
-            return Err(error);
-        }
+        // On failure nothing advances, so nothing is appended after a chunk
+        // that may be half written: the next chunk starts at the same place
+        // (same first seq, more entries, so it covers every byte this one
+        // wrote). A crash meanwhile leaves a chunk whose crc fails: recovery
+        // replays more. So a full disk only pauses checkpoints.
+        file.write_at(&chunk, self.position)?;
         self.position += chunk.len() as u64;
         self.next_seq = last_seq + 1;
         Ok(())
