@@ -257,6 +257,43 @@ fn full_disk_refuses_writes_before_acknowledging_them() {
     assert_eq!(read(&volume, (32 << 20) + (12 << 20) - 4, 8), [7, 7, 7, 7, 0, 0, 0, 0]);
 }
 
+/// `Store::reopen_volume` recovers a volume on a full disk (while it is
+/// still full: recovery only cuts and truncates) with every acknowledged
+/// write; cutting the unused reservation frees its space, and once more
+/// space is freed the reopened volume takes the refused writes.
+#[test]
+fn reopen_on_a_full_disk_keeps_acknowledged_writes() {
+    let fs = MemoryFs::new();
+    let clock = Arc::new(ManualClock::new(T0));
+    let options = StoreOptions { reserve_bytes: 16 << 10, ..memory_options(&fs, &clock) };
+    let store = Store::open("/unused".as_ref(), options).unwrap();
+    let volume = store.create_volume("v", 1 << 20).unwrap();
+    fs.set_capacity(Some(fs.used_bytes() + (200 << 10)));
+    let mut written = 0u64;
+    while volume.write(written * 1000, &[written as u8 | 1; 1000], false).is_ok() {
+        written += 1;
+    }
+    let volume = store.reopen_volume("v").unwrap();
+    assert_eq!(volume.head_seq(), written);
+    assert!(volume.recovery_stats().reserved_bytes > 0, "{:?}", volume.recovery_stats());
+    assert_eq!(volume.recovery_stats().cut_bytes, 0);
+    for i in 0..written {
+        assert_eq!(read(&volume, i * 1000, 1000), vec![i as u8 | 1; 1000], "write {i}");
+    }
+    let error = loop {
+        match volume.write(written * 1000, &[written as u8 | 1; 1000], false) {
+            Ok(_) => written += 1,
+            Err(error) => break error,
+        }
+    };
+    assert!(matches!(error, WriteError::NoSpace(_)), "{error:?}");
+    fs.set_capacity(None);
+    volume.write(written * 1000, &[written as u8 | 1; 1000], true).unwrap();
+    let volume = store.reopen_volume("v").unwrap();
+    assert_eq!(volume.head_seq(), written + 1);
+    assert_eq!(read(&volume, written * 1000, 1000), vec![written as u8 | 1; 1000]);
+}
+
 /// Recovery treats zeros past a segment's records (an unused space
 /// reservation) as the segment's end, not as damage: it continues into the
 /// next segment when that one's header continues the journal (a crash lost
