@@ -130,6 +130,9 @@ pub enum WriteError {
     /// EDQUOT, or EFBIG from the filesystem): the write was not applied,
     /// and nothing else changed. The volume stays writable: the same call
     /// succeeds once space is freed (retryable). Reported as ENOSPC.
+    /// (Only a write whose records cannot share one journal segment, far
+    /// bigger than any NBD request unless the journal budget is tiny, may
+    /// have had a prefix of its records applied; docs/journal.md, "Space".)
     #[error("no disk space for the journal; the write was not applied (free space, then retry)")]
     NoSpace(#[source] io::Error),
     /// The volume was deleted.
