@@ -239,6 +239,13 @@ const VOLUME_SERIES: &[VolumeSeries] = &[
         value: |_, stats| Some(stats.write_stalls),
     },
     VolumeSeries {
+        name: "rewind_volume_write_no_space_total",
+        kind: "counter",
+        help: "Writes and metadata records refused with ENOSPC because the data dir's filesystem was full \
+               (nothing was applied; the volume stays writable).",
+        value: |_, stats| Some(stats.no_space_refusals),
+    },
+    VolumeSeries {
         name: "rewind_volume_recycled_segments_total",
         kind: "counter",
         help: "Journal segments started in a reused segment file.",

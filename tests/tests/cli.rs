@@ -390,55 +390,52 @@ fn rollback_delete_and_reopen_refuse_while_a_client_is_connected() {
 }
 
 #[test]
-fn a_volume_that_refuses_writes_is_reopened_without_a_restart() {
-    // The daemon runs under a 24 MiB soft file-size limit: writes past it
-    // fail as on a full disk and the volume refuses writes. Every message
-    // about it points at `rewind volume reopen`; once the limit is lifted
-    // (the disk "freed"), reopen makes the volume take writes again, with
-    // everything flushed before the failure intact, and no restart.
+fn a_full_disk_refuses_writes_without_breaking_the_volume() {
+    // The daemon runs under a 24 MiB soft file-size limit: journal writes
+    // past it fail as on a full disk. NBD writes get ENOSPC; the volume is
+    // not marked broken (`volume show` has no write error); a snapshot
+    // either fits in the reserved space or is refused with the "free space,
+    // then retry" hint (HTTP 507). Once the limit is lifted (the disk
+    // "freed"), writes resume with no reopen and no restart, everything
+    // acknowledged before is intact, and `volume reopen` of the healthy
+    // volume is a harmless no-op.
     let dir = tempfile::tempdir().unwrap();
     let daemon =
         Daemon::start_wrapped(&dir.path().join("data"), &[], &["prlimit", "--fsize=25165824:unlimited"]);
     let script = r#"
 import sys, nbd
 h = nbd.NBD(); h.connect_uri(sys.argv[1])
-flushed = 0
+acked = 0
 for i in range(64):
     try:
-        h.pwrite(bytes([i + 1]) * (1 << 20), i << 20); h.flush(); flushed = i + 1
+        h.pwrite(bytes([i + 1]) * (1 << 20), i << 20); acked = i + 1
     except nbd.Error as e:
-        print(flushed, e.errno); break
+        print(acked, e.errno); break
 "#;
     let outcome = nbd_python(script, &daemon.uri("default"));
-    let (flushed, errno) = outcome.trim().split_once(' ').expect("a write failed");
+    let (acked, errno) = outcome.trim().split_once(' ').expect("a write failed");
     assert_eq!(errno, "ENOSPC", "{outcome}");
-    let flushed: u64 = flushed.parse().unwrap();
+    let acked: u64 = acked.parse().unwrap();
+    assert!(acked >= 8, "{outcome}");
 
-    let shown = rewind_ok(&daemon, &["volume", "show", "default"]);
-    assert!(shown.contains("WRITE ERROR") && shown.contains("rewind volume reopen default"), "{shown}");
-    let listed = rewind_ok(&daemon, &["volume", "list"]);
-    assert!(listed.contains("default refuses writes") && listed.contains("rewind volume reopen default"));
-    let stderr = rewind_fails(&daemon, &["snapshot", "create", "default", "s"], 1);
-    assert!(stderr.contains("hint: ") && stderr.contains("then: rewind volume reopen default"), "{stderr}");
-    assert!(!stderr.contains("restart"), "{stderr}");
+    let detail = rewind_json(&daemon, &["volume", "show", "default"]);
+    assert_eq!(detail["volume"]["write_error"], serde_json::Value::Null, "{detail}");
+    let snapshot = rewind(&daemon, &["snapshot", "create", "default", "s"]);
+    if !snapshot.status.success() {
+        let (_, stderr) = texts(&snapshot);
+        assert!(stderr.contains("no space left") && stderr.contains("free space"), "{stderr}");
+        assert!(!stderr.contains("reopen"), "{stderr}");
+    }
+    let (status, metrics) = cli_support::http(&socket(&daemon), "GET", "/metrics", None);
+    assert_eq!(status, 200);
+    assert!(!metrics.contains("rewind_volume_write_no_space_total{volume=\"default\"} 0\n"), "{metrics}");
 
     let pid = daemon.child.as_ref().unwrap().id().to_string();
     run_ok_quietly(&["prlimit", "--pid", &pid, "--fsize=unlimited"]);
-    let reopened = rewind_ok(&daemon, &["volume", "reopen", "default"]);
-    assert!(
-        reopened.contains("Reopened default at #") && reopened.contains("it takes writes again"),
-        "{reopened}"
-    );
-    assert!(
-        reopened.contains("No space left on device") || reopened.contains("File too large"),
-        "{reopened}"
-    );
-    let detail = rewind_json(&daemon, &["volume", "show", "default"]);
-    assert_eq!(detail["volume"]["write_error"], serde_json::Value::Null, "{detail}");
     let check = format!(
         "import sys, nbd\nh = nbd.NBD(); h.connect_uri(sys.argv[1])\n\
-         bad = [i for i in range({flushed}) if h.pread(1 << 20, i << 20) != bytes([i + 1]) * (1 << 20)]\n\
-         h.pwrite(b'y' * 4096, 0); h.flush()\nprint(len(bad), h.pread(4096, 0) == b'y' * 4096)"
+         bad = [i for i in range({acked}) if h.pread(1 << 20, i << 20) != bytes([i + 1]) * (1 << 20)]\n\
+         h.pwrite(b'y' * (1 << 20), 40 << 20); h.flush()\nprint(len(bad), h.pread(4096, 40 << 20) == b'y' * 4096)"
     );
     assert_eq!(nbd_python(&check, &daemon.uri("default")).trim(), "0 True");
     let again = rewind_json(&daemon, &["volume", "reopen", "default"]);

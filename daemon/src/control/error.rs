@@ -39,6 +39,11 @@ impl ApiError {
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, error, None)
     }
 
+    /// 507: the data dir's filesystem is full; nothing was changed.
+    pub fn no_space(error: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::INSUFFICIENT_STORAGE, error, None)
+    }
+
     /// 500: the daemon failed (IO). The cause chain goes to the log and the
     /// message; the hint points at the log.
     pub fn internal(context: &str, error: &(dyn std::error::Error + 'static)) -> ApiError {

@@ -250,7 +250,8 @@ fn volume_info(state: &ControlState, volume: &Arc<Volume>) -> VolumeInfo {
 /// What to do about a volume that refuses writes.
 fn reopen_hint(volume: &str) -> String {
     format!(
-        "the volume refuses writes after an IO error; fix the cause (free disk space, check the disk), \
+        "the volume refuses writes after an IO error (a failed write-out or sync; a full disk alone only \
+         refuses the writes that do not fit); fix the cause (check the disk, free space), \
          then: rewind volume reopen {volume}"
     )
 }
@@ -259,6 +260,11 @@ fn reopen_hint(volume: &str) -> String {
 fn write_failure(volume: &str, what: &str, error: WriteError) -> ApiError {
     match error {
         WriteError::Deleted => ApiError::not_found(format!("volume {volume} was deleted")),
+        // Refused before anything changed; the volume stays writable.
+        WriteError::NoSpace(_) => {
+            ApiError::no_space(format!("cannot {what} {volume}: no space left on device"))
+                .hint("free space on the data dir's filesystem, then retry (no reopen needed)")
+        }
         // This write poisoned the volume, or an earlier one did.
         WriteError::Poisoned(_) | WriteError::Io(_) => {
             ApiError::internal(&format!("cannot {what} {volume}"), &error).hint(reopen_hint(volume))
