@@ -14,11 +14,16 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 peers=${NBD_PEERS:-$here/../shared/tools/nbd-peers.sh}
 [[ -x $peers ]] || { echo "nbd-peers.sh not found at $peers (set NBD_PEERS)" >&2; exit 2; }
 cargo build --release --bin rewindd --bin rewind --manifest-path "$here/Cargo.toml" >&2
+cargo build --release -p nbd-server --example serve_file --manifest-path "$here/Cargo.toml" >&2
 export OUT=${OUT:-/tmp/rewind-bench-$(date +%Y%m%d-%H%M%S)}
 export PASSES=${PASSES:-2}
-export SERVERS=${SERVERS:-"rewindd qemu-nbd nbdkit"}
+# rewindd: a journaled volume holding the file's bytes (the product).
+# nbd-layer: the nbd-server crate serving the raw file with pread/pwrite
+# (issue 2's "plain-file volume": the NBD layer's own cost).
+export SERVERS=${SERVERS:-"rewindd nbd-layer qemu-nbd nbdkit"}
 export LOCAL_SERVERS=${LOCAL_SERVERS-"local-io_uring"}
-"$peers" rewindd="$here/benches/serve-rewindd.sh {FILE} {HOST} {PORT} {EXPORT}"
+"$peers" rewindd="$here/benches/serve-rewindd.sh {FILE} {HOST} {PORT} {EXPORT}" \
+    nbd-layer="$here/target/release/examples/serve_file {HOST}:{PORT} {FILE}"
 python3 - "$OUT/results.tsv" <<'PY'
 import collections, statistics, sys
 rows = [l.rstrip('\n').split('\t') for l in open(sys.argv[1]) if l.strip() and not l.startswith('#')]
@@ -34,12 +39,13 @@ for r in rows:
 med = {k: statistics.median(v) for k, v in vals.items()}
 storages = sorted({k[0] for k in med})
 workloads = ['seqwrite', 'seqread', 'randread', 'randwrite', 'randrw', 'flush', 'copy-read', 'copy-write']
-print('\n=== rewindd / best of (qemu-nbd, nbdkit); seq also / local io_uring ceiling ===')
-print('%-8s %-11s %12s %12s %8s %12s %8s' % ('storage', 'workload', 'rewindd', 'best peer', 'ratio', 'ceiling', 'ratio'))
-worst = None
-for sto in storages:
+for ours_name in ('rewindd', 'nbd-layer'):
+  print('\n=== %s / best of (qemu-nbd, nbdkit); seq also / local io_uring ceiling ===' % ours_name)
+  print('%-8s %-11s %12s %12s %8s %12s %8s' % ('storage', 'workload', ours_name, 'best peer', 'ratio', 'ceiling', 'ratio'))
+  worst = None
+  for sto in storages:
     for wl in workloads:
-        ours = med.get((sto, 'rewindd', wl))
+        ours = med.get((sto, ours_name, wl))
         peers = [med[(sto, p, wl)] for p in ('qemu-nbd', 'nbdkit') if (sto, p, wl) in med]
         if ours is None or not peers:
             continue
@@ -50,5 +56,5 @@ for sto in storages:
         cr = '%8.2f' % (ours / ceiling) if ceiling and wl.startswith('seq') else '%8s' % '-'
         cs = '%12.0f' % ceiling if ceiling and wl.startswith('seq') else '%12s' % '-'
         print('%-8s %-11s %12.0f %12.0f %8.2f %s %s' % (sto, wl, ours, best, ratio, cs, cr))
-print('worst ratio: %s' % ('%.2f' % worst if worst is not None else 'n/a'))
+  print('worst ratio: %s' % ('%.2f' % worst if worst is not None else 'n/a'))
 PY
