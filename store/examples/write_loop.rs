@@ -1,14 +1,15 @@
 //! A plain write loop for profiling the write path (`perf record`):
 //! `cargo run -p store --release --example write_loop -- DIR COUNT BLOCK [uring]`
-//! (`THREADS=N` splits the writes over N threads; CPU time is the main
-//! thread's only). `VOLUME_MIB` (default 4096) sizes the volume,
-//! `SEQUENTIAL=1` writes in order instead of at random, `BUDGET_MIB` sets the
-//! journal budget (default: the volume's size), `SPARES=0` turns segment
-//! file reuse off, `RESERVE_KIB` sets how much journal space is allocated
-//! ahead of the tail at a time; the retention thread folds in the
-//! background and the throughput of each quarter of the run is printed, so
-//! the steady state (journal at its budget) shows, then the latency
-//! percentiles of the main thread's writes.
+//! (`THREADS=N` splits the writes over N threads). `VOLUME_MIB` (default
+//! 4096) sizes the volume, `SEQUENTIAL=1` writes in order instead of at
+//! random, `BUDGET_MIB` sets the journal budget (default: the volume's
+//! size), `SPARES=0` turns segment file reuse off, `RESERVE_KIB` sets how
+//! much journal space is allocated ahead of the tail at a time, `READS=0`
+//! skips the read pass. The retention thread folds (and cleans) in the
+//! background; each quarter of the run prints its wall throughput, the
+//! writer thread's CPU and the whole process's CPU (writer plus retention)
+//! per write, so the steady state (journal at its budget) shows; then the
+//! latency percentiles of the main thread's writes and the volume's stats.
 
 use std::time::Instant;
 
@@ -19,6 +20,21 @@ fn cpu_nanos() -> u64 {
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
+}
+
+/// CPU time of the whole process (every thread: writers, retention,
+/// commit), in nanoseconds (/proc/self/schedstat sums the threads).
+fn process_cpu_nanos() -> u64 {
+    let mut total = 0;
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for task in tasks.flatten() {
+            total += std::fs::read_to_string(task.path().join("schedstat"))
+                .ok()
+                .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    total
 }
 
 use store::memory::SimRng;
@@ -68,6 +84,7 @@ fn main() {
     let mut latencies: Vec<u64> = Vec::with_capacity((count / threads) as usize);
     let started = Instant::now();
     let cpu = cpu_nanos();
+    let process_cpu = process_cpu_nanos();
     std::thread::scope(|scope| {
         for thread in 1..threads {
             let (volume, data, offset) = (&volume, &data, &offset);
@@ -79,33 +96,47 @@ fn main() {
             });
         }
         let per_thread = count / threads;
+        let quarter = (per_thread / 4).max(1);
         let mut quarter_started = Instant::now();
+        let mut quarter_cpu = cpu_nanos();
+        let mut quarter_process_cpu = process_cpu_nanos();
         for i in 0..per_thread {
             let write_started = Instant::now();
             volume.write(offset(&mut rng), &data, false).unwrap();
             latencies.push(write_started.elapsed().as_nanos() as u64);
-            if (i + 1) % (per_thread / 4).max(1) == 0 {
-                let bytes = (per_thread / 4).max(1) * threads * block as u64;
+            if (i + 1) % quarter == 0 {
+                let writes = quarter * threads;
+                let bytes = writes * block as u64;
                 let elapsed = quarter_started.elapsed();
+                let (cpu_now, process_now) = (cpu_nanos(), process_cpu_nanos());
+                let stats = volume.stats();
                 println!(
-                    "  quarter {}: {:.0} MiB/s, journal {} MiB, folds {}, recycled segments {}",
-                    (i + 1) / (per_thread / 4).max(1),
+                    "  quarter {}: {:.0} MiB/s wall, CPU/write {:.2} µs writer, {:.2} µs process; \
+                     journal {} MiB, folds {}, recycled segments {}",
+                    (i + 1) / quarter,
                     bytes as f64 / elapsed.as_secs_f64() / (1 << 20) as f64,
-                    volume.stats().journal_bytes >> 20,
-                    volume.stats().folds,
-                    volume.stats().recycled_segments,
+                    (cpu_now - quarter_cpu) as f64 / 1e3 / writes as f64,
+                    (process_now - quarter_process_cpu) as f64 / 1e3 / writes as f64,
+                    stats.journal_bytes >> 20,
+                    stats.folds,
+                    stats.recycled_segments,
                 );
                 quarter_started = Instant::now();
+                quarter_cpu = cpu_now;
+                quarter_process_cpu = process_now;
             }
         }
     });
     volume.flush().unwrap();
     let elapsed = started.elapsed();
     let cpu = cpu_nanos() - cpu;
+    let process_cpu = process_cpu_nanos() - process_cpu;
     println!(
-        "{count} writes of {block} B: {:.2} µs/write wall, {:.2} µs/write CPU, {:.0} MiB/s wall, {:.0} MiB/s per CPU-second",
+        "{count} writes of {block} B: {:.2} µs/write wall, {:.2} µs/write CPU (writer), {:.2} µs/write CPU \
+         (process), {:.0} MiB/s wall, {:.0} MiB/s per writer CPU-second",
         elapsed.as_secs_f64() * 1e6 / count as f64,
         cpu as f64 / 1e3 / count as f64,
+        process_cpu as f64 / 1e3 / count as f64,
         (count * block as u64) as f64 / elapsed.as_secs_f64() / (1 << 20) as f64,
         (count * block as u64) as f64 / (cpu as f64 / 1e9) / (1 << 20) as f64
     );
@@ -119,6 +150,9 @@ fn main() {
         percentile(1.0)
     );
     println!("{:?}", volume.stats());
+    if env("READS") == Some(0) {
+        return;
+    }
     let mut buf = vec![0u8; block];
     let started = Instant::now();
     for _ in 0..count {
