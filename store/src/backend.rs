@@ -61,6 +61,71 @@ pub trait StorageBackend: Send + Sync + fmt::Debug {
     fn allocate(&self, offset: u64, length: u64) -> io::Result<()> {
         allocate_by_writing(self, offset, length)
     }
+    /// The file's descriptor, when it is a real file (so that another file
+    /// of the store can copy from it in the kernel).
+    fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
+    /// Copies `length` bytes at `source_offset` of `source` to `offset` of
+    /// this file (cleaning moves base data from a journal segment into the
+    /// base file so). The file engines copy in the kernel
+    /// (`copy_file_range(2)`); the default reads and writes through a
+    /// buffer. Like a write, durable only after [`Self::sync`].
+    fn copy_from(
+        &self,
+        source: &dyn StorageBackend,
+        source_offset: u64,
+        length: u64,
+        offset: u64,
+    ) -> io::Result<()> {
+        copy_by_reading(self, source, source_offset, length, offset)
+    }
+}
+
+/// The portable [`StorageBackend::copy_from`]: reads and writes through a
+/// buffer of at most 1 MiB.
+pub fn copy_by_reading<B: StorageBackend + ?Sized>(
+    file: &B,
+    source: &dyn StorageBackend,
+    source_offset: u64,
+    length: u64,
+    offset: u64,
+) -> io::Result<()> {
+    let mut buffer = vec![0; length.min(1 << 20) as usize];
+    let mut done = 0;
+    while done < length {
+        let step = (length - done).min(buffer.len() as u64) as usize;
+        source.read_at(&mut buffer[..step], source_offset + done)?;
+        file.write_at(&buffer[..step], offset + done)?;
+        done += step as u64;
+    }
+    Ok(())
+}
+
+/// Whether `copy_file_range` failed because the kernel cannot copy between
+/// these files (then the engines copy through user space).
+pub(crate) fn copy_unsupported(error: &io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::EXDEV | libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP))
+}
+
+/// [`StorageBackend::copy_from`] for the engines over a real `file`: in the
+/// kernel when `source` is a real file too, else (or where the kernel
+/// refuses) through user space.
+pub(crate) fn copy_in_kernel<B: StorageBackend + ?Sized>(
+    engine: &B,
+    file: &File,
+    source: &dyn StorageBackend,
+    source_offset: u64,
+    length: u64,
+    offset: u64,
+) -> io::Result<()> {
+    if let Some(fd) = source.raw_fd() {
+        match crate::uring::copy_file_range_all(fd, source_offset, file, offset, length) {
+            Err(error) if copy_unsupported(&error) => {}
+            result => return result,
+        }
+    }
+    copy_by_reading(engine, source, source_offset, length, offset)
 }
 
 /// Whether an error says the filesystem has no room for more bytes: ENOSPC,
@@ -248,6 +313,20 @@ impl StorageBackend for FileBackend {
             result => result,
         }
     }
+
+    fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        Some(std::os::fd::AsRawFd::as_raw_fd(&self.file))
+    }
+
+    fn copy_from(
+        &self,
+        source: &dyn StorageBackend,
+        source_offset: u64,
+        length: u64,
+        offset: u64,
+    ) -> io::Result<()> {
+        copy_in_kernel(self, &self.file, source, source_offset, length, offset)
+    }
 }
 
 /// Whether `fallocate` failed because the filesystem does not do it (then
@@ -393,5 +472,31 @@ mod tests {
         assert_eq!(&buf, b"tail");
         assert!(is_no_space(&io::Error::from_raw_os_error(libc::EDQUOT)));
         assert!(!is_no_space(&io::Error::from_raw_os_error(libc::EIO)));
+    }
+
+    /// A copy between two real files (in the kernel) and from a memory file
+    /// (through a buffer) lands exactly where asked, and a copy past the
+    /// source's end fails.
+    #[test]
+    fn copy_from_copies_ranges_between_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = RealFs::new(dir.path(), Engine::File).unwrap();
+        let source = fs.open_file("source", true).unwrap();
+        let data: Vec<u8> = (0..3 << 20).map(|i: u32| (i % 251) as u8).collect();
+        source.write_at(&data, 0).unwrap();
+        let target = fs.open_file("target", true).unwrap();
+        target.copy_from(source.as_ref(), 1000, (2 << 20) + 7, 5).unwrap();
+        let mut buf = vec![0; (2 << 20) + 7];
+        target.read_at(&mut buf, 5).unwrap();
+        assert!(buf == data[1000..1000 + buf.len()]);
+        assert_eq!(target.len().unwrap(), 5 + buf.len() as u64);
+        assert!(target.copy_from(source.as_ref(), (3 << 20) - 10, 20, 0).is_err());
+        let memory = crate::memory::MemoryFs::new();
+        let memory_source = memory.open_file("m", true).unwrap();
+        memory_source.write_at(b"hello world", 0).unwrap();
+        target.copy_from(memory_source.as_ref(), 6, 5, 1).unwrap();
+        let mut word = [0; 5];
+        target.read_at(&mut word, 1).unwrap();
+        assert_eq!(&word, b"world");
     }
 }

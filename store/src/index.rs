@@ -191,6 +191,10 @@ pub struct Index {
     base_time: i64,
     base_size: u64,
     base_map: BaseMap,
+    /// Snapshots the committed base map says pin `base_seq` itself (kept
+    /// as committed: a later record may delete one, but until that record
+    /// is durable the base map must keep naming it).
+    base_snapshots: Vec<String>,
     /// Oldest point that may be opened: `base_seq`, or later while a fold to
     /// it is under way (its records are still indexed until it completes).
     first_seq: u64,
@@ -254,7 +258,7 @@ impl Index {
     /// An index whose history starts at a folded base: `base.seq` is the
     /// oldest point and the next record inserted is `base.seq + 1`.
     pub fn with_base(base: BaseState, created: i64) -> Self {
-        let snapshots = base.snapshots.into_iter().map(|name| (name, base.seq)).collect();
+        let snapshots = base.snapshots.iter().map(|name| (name.clone(), base.seq)).collect();
         Self {
             table: VecDeque::new(),
             table_first: base.seq + 1,
@@ -271,6 +275,7 @@ impl Index {
             base_time: base.time,
             base_size: base.size,
             base_map: base.map,
+            base_snapshots: base.snapshots,
             first_seq: base.seq,
             created,
         }
@@ -299,6 +304,11 @@ impl Index {
     /// Size of the base image.
     pub fn base_size(&self) -> u64 {
         self.base_size
+    }
+
+    /// Snapshots the committed base map names as pinning the base seq.
+    pub fn base_snapshots(&self) -> &[String] {
+        &self.base_snapshots
     }
 
     /// The oldest point that may be opened.
@@ -688,19 +698,21 @@ impl Index {
         merged
     }
 
-    /// Makes the image at `seq` the base: `map` is its base map (the caller
-    /// has written its data into the base file). Drops the table chunks,
+    /// Makes the image at `seq` the base: `map` is its base map, and
+    /// `snapshots` the snapshots it names as pinning `seq` (the caller has
+    /// committed both). Drops the table chunks,
     /// time runs and lineage entries only the folded records needed; the
     /// spatial lists are trimmed by [`Self::prune`] (lookups skip folded
     /// entries meanwhile). The caller checked `seq` against
     /// [`Self::fold_limit`].
-    pub fn fold(&mut self, seq: u64, map: BaseMap) {
+    pub fn fold(&mut self, seq: u64, map: BaseMap, snapshots: Vec<String>) {
         assert!(seq >= self.base_seq && seq <= self.head, "fold to {seq} outside the index");
         debug_assert!(self.rollbacks.iter().all(|&(at, target)| at <= seq || target >= seq));
         // Both answers need the records about to go.
         self.base_time = self.time(seq);
         self.base_size = self.size_at(seq);
         self.base_map = map;
+        self.base_snapshots = snapshots;
         self.base_seq = seq;
         self.first_seq = self.first_seq.max(seq);
         while !self.table.is_empty() && self.table_first + TABLE_CHUNK as u64 - 1 <= seq {
@@ -714,6 +726,12 @@ impl Index {
         self.rollbacks.retain(|&(at, _)| at > seq);
         self.resizes.retain(|&(at, _)| at > seq);
         self.snapshot_deletions.retain(|&(at, _)| at > seq);
+    }
+
+    /// Replaces the base map by one describing the same image at the same
+    /// base seq (cleaning moved data from the journal into the base file).
+    pub fn set_base_map(&mut self, map: BaseMap) {
+        self.base_map = map;
     }
 
     /// The spatial lists that still hold folded entries, as (level, chunk),
@@ -1117,31 +1135,53 @@ mod tests {
         }
 
         /// What the volume's fold does: the image at `target` over the
-        /// ranges the folded records touched, into the base file and map.
+        /// ranges the folded records touched becomes the base map, journal
+        /// data where it is (no copy); base file data under it is punched
+        /// (zeroed here, so a wrong read of it shows).
         fn fold(&mut self, index: &mut Index, target: u64) {
             let mut map = index.base_map().clone();
-            let image = self.image(index, target);
+            let old = index.base_map().clone();
             for (start, end) in index.fold_extents(index.base_seq(), target) {
                 for piece in plan(index, target, start, end) {
-                    let range = piece.offset as usize..(piece.offset + piece.length) as usize;
-                    match piece.source {
-                        Source::Data { .. } => {
-                            self.base[range.clone()].copy_from_slice(&image[range]);
-                            map.set(piece.offset, piece.offset + piece.length, crate::base::BaseKind::Data);
+                    let (piece_start, piece_end) = (piece.offset, piece.offset + piece.length);
+                    let kind = match piece.source {
+                        Source::Data { location } => {
+                            map.set_journal(piece_start, piece_end, location);
+                            None
                         }
-                        Source::Zero { hole } => {
-                            self.base[range].fill(0);
-                            let kind =
-                                if hole { crate::base::BaseKind::Hole } else { crate::base::BaseKind::Zero };
-                            map.set(piece.offset, piece.offset + piece.length, kind);
-                        }
-                        Source::BaseFile | Source::Base => {}
+                        Source::Zero { hole: true } => Some(crate::base::BaseKind::Hole),
+                        Source::Zero { hole: false } => Some(crate::base::BaseKind::Zero),
+                        Source::BaseFile | Source::Base => continue,
+                    };
+                    if let Some(kind) = kind {
+                        map.set(piece_start, piece_end, kind);
+                    }
+                    let mut under = Vec::new();
+                    old.plan(piece_start, piece_end, &mut under);
+                    for was in under.iter().filter(|was| was.source == Source::BaseFile) {
+                        self.base[was.offset as usize..(was.offset + was.length) as usize].fill(0);
                     }
                 }
             }
-            index.fold(target, map);
+            index.fold(target, map, Vec::new());
             let keys = index.prune_keys();
             index.prune(&keys[..keys.len() / 2]);
+        }
+
+        /// What cleaning does: the journal runs of the base map become base
+        /// file data (copied), so their records could go.
+        fn clean(&mut self, index: &mut Index) {
+            let mut map = index.base_map().clone();
+            let image = self.image(index, index.base_seq());
+            for segment in index.base_map().live_segments().keys().copied().collect::<Vec<_>>() {
+                for run in index.base_map().journal_runs(segment) {
+                    self.base[run.start as usize..run.end as usize]
+                        .copy_from_slice(&image[run.start as usize..run.end as usize]);
+                    map.set(run.start, run.end, crate::base::BaseKind::Data);
+                }
+            }
+            assert_eq!(map.journal_bytes(), 0);
+            index.set_base_map(map);
         }
     }
 
@@ -1149,9 +1189,10 @@ mod tests {
     /// histories over 8 MiB (writes from 1 byte to 256 KiB, zeroes and
     /// trims up to the whole volume, rollbacks, resizes) are folded at the
     /// furthest allowed seq at or below a random one, twice, with more
-    /// records in between; sampled points from the new base to the head
-    /// read the same before and after, and the lineage of the folded
-    /// prefix is gone.
+    /// records in between, and sometimes cleaned (journal runs copied into
+    /// the base file); sampled points from the new base to the head read
+    /// the same before and after, and the lineage of the folded prefix is
+    /// gone.
     #[test]
     fn folding_keeps_every_later_image() {
         use crate::memory::SimRng;
@@ -1227,6 +1268,9 @@ mod tests {
                 let before: Vec<Vec<u8>> = samples.iter().map(|&seq| bytes.image(&index, seq)).collect();
                 bytes.fold(&mut index, target);
                 assert_eq!((index.base_seq(), index.first_seq()), (target, target), "case {case}");
+                if rng.chance(1, 3) {
+                    bytes.clean(&mut index);
+                }
                 for (&seq, image) in samples.iter().zip(&before) {
                     assert!(bytes.image(&index, seq) == *image, "case {case} round {round} seq {seq}");
                 }

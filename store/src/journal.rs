@@ -266,7 +266,8 @@ impl SyncTicket {
 }
 
 impl Journal {
-    fn segment(&self, number: u64) -> io::Result<Arc<dyn StorageBackend>> {
+    /// The file of segment `number` (NotFound once it was reclaimed).
+    pub(crate) fn segment(&self, number: u64) -> io::Result<Arc<dyn StorageBackend>> {
         self.segments
             .read()
             .get(&number)
@@ -299,6 +300,11 @@ impl Journal {
         self.rolled.load(Ordering::Relaxed) && self.rolled.swap(false, Ordering::Relaxed)
     }
 
+    /// The target size of new segments.
+    pub fn segment_bytes(&self) -> u64 {
+        self.segment_bytes.load(Ordering::Relaxed)
+    }
+
     /// Sets the target size of segments started from now on (at least one
     /// record always fits: a bigger record gets a segment of its own).
     pub fn set_segment_bytes(&self, bytes: u64) {
@@ -322,20 +328,30 @@ impl Journal {
         infos
     }
 
-    /// Removes the segments that hold only records at or before
-    /// `folded_seq` (already folded into the base, so durable): every
-    /// segment whose successor starts at or before it. The current segment
-    /// always stays. Their files become spares (up to the configured number)
-    /// or are removed. The caller guarantees no reader still needs them.
+    /// Removes the segments that hold only records at or before `base_seq`
+    /// (folded, so durable) and that the base map does not point into
+    /// (`live`: segment number → live bytes): every segment whose successor
+    /// starts at or before `base_seq + 1` and is not in `live`, wherever it
+    /// is. The current segment always stays. Their files become spares (up
+    /// to the configured number) or are removed. The caller has made a base
+    /// map that no longer points into them durable, and guarantees that no
+    /// reader still needs them.
     ///
     /// Crash cases: a rename or removal that did not reach the disk leaves a
-    /// segment before the journal's start; recovery reclaims it again.
-    pub fn reclaim(&self, folded_seq: u64) -> io::Result<Reclaimed> {
+    /// segment before the journal's start that the durable base map does
+    /// not point into; recovery reclaims it again.
+    pub fn reclaim(&self, base_seq: u64, live: &BTreeMap<u64, u64>) -> io::Result<Reclaimed> {
         let doomed: Vec<(u64, Segment)> = {
             let mut segments = self.segments.write();
             let starts: Vec<(u64, u64)> = segments.iter().map(|(&n, s)| (n, s.first_seq)).collect();
-            let count = starts.windows(2).take_while(|pair| pair[1].1 <= folded_seq).count();
-            starts[..count].iter().map(|&(n, _)| (n, segments.remove(&n).expect("listed above"))).collect()
+            starts
+                .windows(2)
+                .filter(|pair| pair[1].1 <= base_seq + 1 && !live.contains_key(&pair[0].0))
+                .map(|pair| pair[0].0)
+                .collect::<Vec<u64>>()
+                .into_iter()
+                .map(|n| (n, segments.remove(&n).expect("listed above")))
+                .collect()
         };
         let mut reclaimed = Reclaimed::default();
         if doomed.is_empty() {
@@ -1019,9 +1035,21 @@ pub fn recover(
         segments.insert(number, file);
     }
     // The retained journal starts in the last segment that starts at or
-    // before the first record after the base: earlier ones are folded.
+    // before the first record after the base: earlier ones are folded, and
+    // kept only if the base map points into them.
     let start_segment =
         headers.iter().rev().find(|(_, header)| header.first_seq <= base_seq + 1).map(|(&number, _)| number);
+    // Base data in a segment that is gone (or not ours) is damage: refuse
+    // before anything is changed.
+    let live: Vec<u64> = index.base_map().live_segments().keys().copied().collect();
+    if let Some(&missing) = live.iter().find(|&&number| {
+        headers.get(&number).is_none_or(|header| header.first_seq > base_seq || start_segment.is_none())
+    }) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("base map points into segment {missing}, which is missing or damaged"),
+        ));
+    }
 
     // 1. The index checkpoint: valid chunks, in seq order, from the start.
     if fs.exists(&format!("{dir}/{INDEX_NEW_FILE}")) {
@@ -1261,7 +1289,12 @@ pub fn recover(
     // aside every later segment (they hold only unacknowledged records, or
     // history past a rotten record), reclaim every earlier folded one.
     let mut writer = journal.writer.lock();
-    for &(number, position) in tails.iter().chain(&end) {
+    // The journal ends before the base only if a folded record was damaged;
+    // the base map may point past it, into the rest of that segment, so the
+    // segment is not cut (the next record starts a new segment below).
+    let ends_before_base = next_seq <= base_seq;
+    let cut = end.filter(|_| !ends_before_base);
+    for &(number, position) in tails.iter().chain(&cut) {
         let file = segments[&number].clone();
         let len = file.len()?;
         if len != position {
@@ -1289,10 +1322,9 @@ pub fn recover(
     // anything was synced, is set aside below).
     let spare_numbers = spares.iter().filter_map(|name| parse_spare_name(name));
     writer.highest_number = numbers.iter().copied().chain(spare_numbers).max();
-    if next_seq <= base_seq {
-        // The journal ends before the base (only if folded records were
-        // damaged): nothing to continue from; the next record starts a new
-        // segment, which recovery will then start from.
+    if ends_before_base {
+        // Nothing to continue from: the next record starts a new segment,
+        // which recovery will then start from.
         writer.segment = None;
         end = None;
     }
@@ -1301,6 +1333,11 @@ pub fn recover(
     let mut kept = BTreeMap::new();
     for (number, file) in segments {
         let path = format!("{dir}/{}", segment_name(number));
+        if live.contains(&number) {
+            // A base segment (or the start segment) the base map points into.
+            kept.insert(number, Segment { file, first_seq: headers[&number].first_seq });
+            continue;
+        }
         if number < keep_from && start_segment.is_some() {
             // Folded: only records at or before the base.
             if spares.len() < options.spare_segments {

@@ -73,7 +73,7 @@
 //! Base map file `base-map` (BASE_MAP_FIXED_LEN bytes, runs, snapshot names);
 //! replaced whole (write `base-map.tmp`, fsync, rename, fsync the directory)
 //!   0  magic            [u8; 8]  b"RWNDBASE"
-//!   8  version          u32
+//!   8  version          u32      BASE_MAP_VERSION (version 1: runs without location)
 //!  12  crc32c           u32      over the whole file with this field zeroed
 //!  16  volume id        u128
 //!  32  base seq         u64      the base image is the image at this seq
@@ -83,7 +83,9 @@
 //!  64  snapshot count   u32      snapshots that pin base seq itself
 //!  68  reserved         u32      zero
 //!  72  runs             run count × BASE_RUN_LEN:
-//!                         0 start u64, 8 end u64, 16 kind u8 (BaseKind), 17 reserved [u8; 7]
+//!                         0 start u64, 8 end u64, 16 kind u8 (BaseKind), 17 reserved [u8; 7],
+//!                         24 location u64 (journal runs: location of byte `start`; else 0;
+//!                         absent in version 1, whose runs are BASE_RUN_V1_LEN bytes)
 //!  ..  snapshot names   each: length u8, then the name (UTF-8)
 //!
 //! Fold intent file `fold` (FOLD_LEN bytes); replaced whole like `base-map`
@@ -193,8 +195,13 @@ pub const BASE_MAP_FIXED_LEN: usize = BASE_MAP_RESERVED_OFFSET + 4;
 pub const BASE_RUN_START_OFFSET: usize = 0;
 pub const BASE_RUN_END_OFFSET: usize = BASE_RUN_START_OFFSET + 8;
 pub const BASE_RUN_KIND_OFFSET: usize = BASE_RUN_END_OFFSET + 8;
+pub const BASE_RUN_LOCATION_OFFSET: usize = BASE_RUN_KIND_OFFSET + 8;
 /// Bytes of one run in the base map file.
-pub const BASE_RUN_LEN: usize = BASE_RUN_KIND_OFFSET + 8;
+pub const BASE_RUN_LEN: usize = BASE_RUN_LOCATION_OFFSET + 8;
+/// Bytes of one run in a version 1 base map file (no location).
+pub const BASE_RUN_V1_LEN: usize = BASE_RUN_LOCATION_OFFSET;
+/// Version of the base map file (2: runs carry a journal location).
+pub const BASE_MAP_VERSION: u32 = 2;
 
 pub const FOLD_MAGIC: [u8; 8] = *b"RWNDFOLD";
 pub const FOLD_MAGIC_OFFSET: usize = 0;
@@ -216,7 +223,7 @@ const _: () = assert!(VOLUME_FIXED_LEN == 80);
 const _: () = assert!(INDEX_CHUNK_HEADER_LEN == 40);
 const _: () = assert!(INDEX_ENTRY_LEN == 40);
 const _: () = assert!(BASE_MAP_FIXED_LEN == 72);
-const _: () = assert!(BASE_RUN_LEN == 24);
+const _: () = assert!(BASE_RUN_LEN == 32 && BASE_RUN_V1_LEN == 24);
 const _: () = assert!(FOLD_LEN == 40);
 const _: () = assert!((RECORD_HEADER_LEN as u64).is_multiple_of(RECORD_ALIGN));
 const _: () = assert!((SEGMENT_HEADER_LEN as u64).is_multiple_of(RECORD_ALIGN));
@@ -532,7 +539,7 @@ impl BaseMapFile {
         let names: usize = self.snapshots.iter().map(|name| 1 + name.len()).sum();
         let mut out = vec![0; BASE_MAP_FIXED_LEN + self.map.len() * BASE_RUN_LEN + names];
         put(&mut out, BASE_MAP_MAGIC_OFFSET, &BASE_MAP_MAGIC);
-        put(&mut out, BASE_MAP_VERSION_OFFSET, &FORMAT_VERSION.to_le_bytes());
+        put(&mut out, BASE_MAP_VERSION_OFFSET, &BASE_MAP_VERSION.to_le_bytes());
         put(&mut out, BASE_MAP_VOLUME_ID_OFFSET, &self.volume_id.to_le_bytes());
         put(&mut out, BASE_MAP_SEQ_OFFSET, &self.seq.to_le_bytes());
         put(&mut out, BASE_MAP_TIME_OFFSET, &self.time.to_le_bytes());
@@ -540,10 +547,11 @@ impl BaseMapFile {
         put(&mut out, BASE_MAP_RUN_COUNT_OFFSET, &(self.map.len() as u64).to_le_bytes());
         put(&mut out, BASE_MAP_SNAPSHOT_COUNT_OFFSET, &(self.snapshots.len() as u32).to_le_bytes());
         let mut at = BASE_MAP_FIXED_LEN;
-        for (start, end, kind) in self.map.iter() {
-            put(&mut out, at + BASE_RUN_START_OFFSET, &start.to_le_bytes());
-            put(&mut out, at + BASE_RUN_END_OFFSET, &end.to_le_bytes());
-            out[at + BASE_RUN_KIND_OFFSET] = kind as u8;
+        for run in self.map.iter() {
+            put(&mut out, at + BASE_RUN_START_OFFSET, &run.start.to_le_bytes());
+            put(&mut out, at + BASE_RUN_END_OFFSET, &run.end.to_le_bytes());
+            out[at + BASE_RUN_KIND_OFFSET] = run.kind as u8;
+            put(&mut out, at + BASE_RUN_LOCATION_OFFSET, &run.location.to_le_bytes());
             at += BASE_RUN_LEN;
         }
         for name in &self.snapshots {
@@ -559,12 +567,14 @@ impl BaseMapFile {
 
     /// Decodes and checks the whole file; `None` if anything is off. Never panics.
     pub fn decode(bytes: &[u8]) -> Option<Self> {
-        if bytes.len() < BASE_MAP_FIXED_LEN
-            || bytes[..8] != BASE_MAP_MAGIC
-            || u32_at(bytes, BASE_MAP_VERSION_OFFSET) != FORMAT_VERSION
-        {
+        if bytes.len() < BASE_MAP_FIXED_LEN || bytes[..8] != BASE_MAP_MAGIC {
             return None;
         }
+        let run_len = match u32_at(bytes, BASE_MAP_VERSION_OFFSET) {
+            1 => BASE_RUN_V1_LEN,
+            BASE_MAP_VERSION => BASE_RUN_LEN,
+            _ => return None,
+        };
         let mut crc = crc32c::crc32c(&bytes[..BASE_MAP_CRC_OFFSET]);
         crc = crc32c::crc32c_append(crc, &[0; 4]);
         crc = crc32c::crc32c_append(crc, &bytes[BASE_MAP_CRC_OFFSET + 4..]);
@@ -576,15 +586,30 @@ impl BaseMapFile {
         let mut map = crate::base::BaseMap::new();
         let mut last_end = 0;
         for _ in 0..runs {
-            let run = bytes.get(at..at + BASE_RUN_LEN)?;
+            let run = bytes.get(at..at.checked_add(run_len)?)?;
             let (start, end) = (u64_at(run, BASE_RUN_START_OFFSET), u64_at(run, BASE_RUN_END_OFFSET));
             let kind = crate::base::BaseKind::from_u8(run[BASE_RUN_KIND_OFFSET])?;
+            let location = if run_len == BASE_RUN_LEN { u64_at(run, BASE_RUN_LOCATION_OFFSET) } else { 0 };
             if start < last_end || start >= end {
                 return None;
             }
-            map.set(start, end, kind);
+            if kind == crate::base::BaseKind::Journal {
+                // Within one segment, past its header: a damaged map must
+                // not name bytes of another segment.
+                let (_, position) = split_location(location);
+                let last = position.checked_add(end - start)?;
+                if position < SEGMENT_HEADER_LEN as u64 || last > LOCATION_POSITION_MASK + 1 {
+                    return None;
+                }
+                map.set_journal(start, end, location);
+            } else {
+                if location != 0 {
+                    return None;
+                }
+                map.set(start, end, kind);
+            }
             last_end = end;
-            at += BASE_RUN_LEN;
+            at += run_len;
         }
         let mut snapshots = Vec::new();
         for _ in 0..u32_at(bytes, BASE_MAP_SNAPSHOT_COUNT_OFFSET) {
@@ -811,6 +836,8 @@ mod tests {
         map.set(0, 4096, crate::base::BaseKind::Data);
         map.set(8192, 9000, crate::base::BaseKind::Hole);
         map.set(9000, 10_000, crate::base::BaseKind::Zero);
+        map.set_journal(20_000, 24_096, location(3, 4096));
+        map.set_journal(24_096, 30_000, location(9, 64));
         let file = BaseMapFile {
             volume_id: 7,
             seq: 99,
@@ -833,6 +860,28 @@ mod tests {
         let mut flipped = bytes;
         flipped[33] ^= 1;
         assert_eq!(FoldIntent::decode(&flipped), None);
+    }
+
+    /// A version 1 base map (runs without a location, written before base
+    /// data could stay in the journal) still decodes.
+    #[test]
+    fn version_1_base_map_decodes() {
+        let mut map = crate::base::BaseMap::new();
+        map.set(0, 4096, crate::base::BaseKind::Data);
+        map.set(8192, 9000, crate::base::BaseKind::Hole);
+        let file =
+            BaseMapFile { volume_id: 7, seq: 5, time: 9, size: 1 << 20, map, snapshots: vec!["s".into()] };
+        let v2 = file.encode();
+        let mut v1 = v2[..BASE_MAP_FIXED_LEN].to_vec();
+        for run in v2[BASE_MAP_FIXED_LEN..BASE_MAP_FIXED_LEN + 2 * BASE_RUN_LEN].chunks(BASE_RUN_LEN) {
+            v1.extend_from_slice(&run[..BASE_RUN_V1_LEN]);
+        }
+        v1.extend_from_slice(&v2[BASE_MAP_FIXED_LEN + 2 * BASE_RUN_LEN..]);
+        put(&mut v1, BASE_MAP_VERSION_OFFSET, &1u32.to_le_bytes());
+        put(&mut v1, BASE_MAP_CRC_OFFSET, &[0; 4]);
+        let crc = crc32c::crc32c(&v1);
+        put(&mut v1, BASE_MAP_CRC_OFFSET, &crc.to_le_bytes());
+        assert_eq!(BaseMapFile::decode(&v1), Some(file));
     }
 
     /// Location helpers split what they join.

@@ -8,8 +8,11 @@
 //! size. The on-disk format and the commit protocol are in docs/journal.md.
 //!
 //! Retention ([`RetentionPolicy`]) keeps every point of a recent window
-//! within a journal budget: older history is folded into the volume's base
-//! image by a background thread, and the freed journal segments are reused.
+//! within a journal budget: a background thread folds older history into
+//! the volume's base image without copying it (the base data stays in its
+//! journal segment), reclaims the segments nothing points into, and cleans
+//! segments that hold mostly dead data by copying their live data into the
+//! base file; freed segment files are reused.
 //!
 //! A full disk refuses writes with ENOSPC ([`WriteError::NoSpace`]) before
 //! acknowledging them: every journal record's disk space is allocated
@@ -18,7 +21,8 @@
 //!
 //! What this crate does not do: networking (the NBD server calls it),
 //! thinning old history to one point per minute/hour/day or compacting
-//! between protected points (folding is the only reclamation), replication.
+//! between protected points (folding the oldest history is the only
+//! reclamation), replication.
 //!
 //! Threading: everything is synchronous and thread-safe; calls are short
 //! except [`Volume::flush`] (and FUA writes), which wait for one fdatasync
@@ -48,6 +52,6 @@ pub use retention::{JournalBudget, RetentionPolicy};
 pub use store::{Store, StoreOptions, valid_volume_name};
 pub use uring::UringBackend;
 pub use volume::{
-    Bucket, Extent, FoldReport, JournalRecord, PointView, RecoveryStats, RollbackOutcome, Snapshot,
-    VerifyReport, Volume, VolumeStats,
+    Bucket, Extent, FoldReport, JournalRecord, PointView, RecoveryStats, RollbackOutcome, SegmentUsage,
+    Snapshot, VerifyReport, Volume, VolumeStats,
 };

@@ -1,7 +1,7 @@
 //! An in-memory [`Filesystem`] for tests that models which bytes are durable
-//! and injects faults: crash at the Nth sync, fail the Nth write, allocation
-//! or sync with an errno (EIO, ENOSPC), tear or lose whatever was not synced,
-//! and run out of space ([`MemoryFs::set_capacity`]).
+//! and injects faults: crash at the Nth sync or directory operation, fail the
+//! Nth write, allocation or sync with an errno (EIO, ENOSPC), tear or lose
+//! whatever was not synced, and run out of space ([`MemoryFs::set_capacity`]).
 //!
 //! Each file keeps what the process sees (`current`), what survived the last
 //! sync (`durable`) and the writes in between (`pending`). A crash is modelled
@@ -93,6 +93,11 @@ pub struct Faults {
     /// The Nth allocation ([`StorageBackend::allocate`]) fails with this
     /// errno, allocating nothing.
     pub fail_allocate_at: Option<(u64, i32)>,
+    /// The Nth rename or file removal does not happen: it fails with EIO
+    /// and every later call fails too, as if the machine lost power just
+    /// before it (a crash between two directory operations: mid-reclaim,
+    /// or between writing a replacement file and renaming it into place).
+    pub crash_at_dir_op: Option<u64>,
 }
 
 /// What a crash does to the writes that were not synced.
@@ -151,6 +156,7 @@ struct FsState {
     writes: u64,
     reads: u64,
     allocations: u64,
+    dir_ops: u64,
     /// Blocks that linked files may hold (None: unlimited), and hold now.
     capacity: Option<u64>,
     used: u64,
@@ -193,6 +199,21 @@ fn errno(code: i32) -> io::Error {
 }
 
 impl FsState {
+    /// Counts a rename or removal; fails (and crashes the filesystem) if
+    /// the machine is down or this is the one to crash at. After a crash no
+    /// directory changes: the crash image must not see any.
+    fn dir_op(&mut self) -> io::Result<()> {
+        if self.crashed {
+            return Err(errno(libc::EIO));
+        }
+        self.dir_ops += 1;
+        if self.faults.crash_at_dir_op == Some(self.dir_ops) {
+            self.crashed = true;
+            return Err(errno(libc::EIO));
+        }
+        Ok(())
+    }
+
     fn orphan(&mut self, id: u64) {
         if let Some(file) = self.files.remove(&id) {
             self.used -= file.allocated_blocks();
@@ -267,6 +288,7 @@ impl MemoryFs {
         state.writes = 0;
         state.reads = 0;
         state.allocations = 0;
+        state.dir_ops = 0;
         state.rng = Some(SimRng::new(seed));
     }
 
@@ -383,6 +405,9 @@ fn parent_of(path: &str) -> &str {
 impl Filesystem for MemoryFs {
     fn create_dir_all(&self, path: &str) -> io::Result<()> {
         let mut state = self.state.lock();
+        if state.crashed {
+            return Err(errno(libc::EIO));
+        }
         let mut at = String::new();
         for part in path.split('/').filter(|p| !p.is_empty()) {
             if !at.is_empty() {
@@ -438,6 +463,7 @@ impl Filesystem for MemoryFs {
 
     fn remove_file(&self, path: &str) -> io::Result<()> {
         let mut state = self.state.lock();
+        state.dir_op()?;
         let id = state.paths.remove(path).ok_or(io::ErrorKind::NotFound)?;
         state.orphan(id);
         Ok(())
@@ -445,6 +471,7 @@ impl Filesystem for MemoryFs {
 
     fn remove_dir_all(&self, path: &str) -> io::Result<()> {
         let mut state = self.state.lock();
+        state.dir_op()?;
         let prefix = format!("{path}/");
         let doomed: Vec<String> = state.paths.keys().filter(|p| p.starts_with(&prefix)).cloned().collect();
         for p in doomed {
@@ -458,6 +485,7 @@ impl Filesystem for MemoryFs {
 
     fn rename(&self, from: &str, to: &str) -> io::Result<()> {
         let mut state = self.state.lock();
+        state.dir_op()?;
         if let Some(id) = state.paths.remove(from) {
             if let Some(replaced) = state.paths.insert(to.to_owned(), id) {
                 state.orphan(replaced);

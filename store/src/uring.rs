@@ -1,7 +1,7 @@
 //! The io_uring engine: one ring on a dedicated thread, fed by a bounded
 //! channel. All of the crate's `unsafe` lives in this module, including the
 //! plain system calls std lacks ([`punch_hole`], [`allocate`],
-//! [`write_vectored_all_at`]).
+//! [`write_vectored_all_at`], [`copy_file_range_all`]).
 //!
 //! The calling thread blocks until its operation completes, so the buffer it
 //! lent to the kernel outlives the operation: that is the whole soundness
@@ -207,6 +207,50 @@ pub fn allocate(file: &File, offset: u64, length: u64) -> io::Result<()> {
     }
 }
 
+/// Copies `length` bytes from offset `source_offset` of the file open as
+/// `source` to `offset` of `destination`, in the kernel (`copy_file_range(2)`:
+/// no copy through user space; on filesystems that can, no copy at all).
+/// Fails with EXDEV, EINVAL, ENOSYS or EOPNOTSUPP where the kernel cannot
+/// copy between these files (the engines then copy through user space), with
+/// `UnexpectedEof` if the source ends first.
+///
+/// The caller keeps `source` open for the whole call.
+pub fn copy_file_range_all(
+    source: std::os::fd::RawFd,
+    source_offset: u64,
+    destination: &File,
+    offset: u64,
+    length: u64,
+) -> io::Result<()> {
+    let invalid = || io::Error::from(io::ErrorKind::InvalidInput);
+    let mut from = i64::try_from(source_offset).map_err(|_| invalid())?;
+    let mut to = i64::try_from(offset).map_err(|_| invalid())?;
+    let end = source_offset.checked_add(length).ok_or_else(invalid)?;
+    i64::try_from(end).map_err(|_| invalid())?;
+    let mut left = length;
+    while left > 0 {
+        let step = left.min(1 << 30) as usize;
+        // SAFETY: the kernel reads and updates the two offsets, which are
+        // locals alive for the call, and reads only integers otherwise; both
+        // descriptors are open for the whole call (`destination` is
+        // borrowed, `source` is kept open by the caller).
+        let copied =
+            unsafe { libc::copy_file_range(source, &mut from, destination.as_raw_fd(), &mut to, step, 0) };
+        if copied < 0 {
+            let error = io::Error::last_os_error();
+            if error.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(error);
+        }
+        if copied == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        left -= copied as u64;
+    }
+    Ok(())
+}
+
 /// Writes the slices back to back from `offset` with `pwritev` (one system
 /// call for a record's header, payload and padding), retrying short writes.
 pub fn write_vectored_all_at(file: &File, parts: &[&[u8]], offset: u64) -> io::Result<()> {
@@ -356,6 +400,21 @@ impl StorageBackend for UringBackend {
             }
             result => result,
         }
+    }
+
+    fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        Some(self.file.as_raw_fd())
+    }
+
+    fn copy_from(
+        &self,
+        source: &dyn StorageBackend,
+        source_offset: u64,
+        length: u64,
+        offset: u64,
+    ) -> io::Result<()> {
+        // A plain system call: copies are rare (cleaning) and need no buffer.
+        crate::backend::copy_in_kernel(self, &self.file, source, source_offset, length, offset)
     }
 
     fn allocate(&self, offset: u64, length: u64) -> io::Result<()> {

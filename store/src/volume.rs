@@ -8,14 +8,16 @@ use std::sync::{Arc, OnceLock};
 use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 
 use crate::backend::{Filesystem, StorageBackend};
-use crate::base::{BaseKind, BaseMap};
+use crate::base::{BaseKind, BaseRun};
 use crate::clock::Clock;
 use crate::error::{
     FlushError, History, PointError, Poison, ReadError, ResizeError, RetentionError, RollbackError,
     SnapshotError, VerifyError, WriteError,
 };
 use crate::index::{Index, MAX_VOLUME_SIZE, NewRecord, Piece, Source};
-use crate::journal::{AppendError, Appended, Checkpoint, DurableMark, Journal, LargeWrite, Writer};
+use crate::journal::{
+    AppendError, Appended, Checkpoint, DurableMark, Journal, LargeWrite, SegmentInfo, Writer,
+};
 use crate::layout::{
     self, BaseMapFile, FLAG_BLAKE3, FoldIntent, INDEX_ENTRY_LEN, MAX_RECORD_PAYLOAD, MAX_SNAPSHOT_NAME,
     RecordHeader, RecordKind,
@@ -128,17 +130,36 @@ pub struct VolumeStats {
     pub first_seq: u64,
     /// Seq of the base image: records at or before it were folded into it.
     pub base_seq: u64,
-    /// Bytes of data the base image holds (its sparse file's data).
+    /// Bytes of base data in the base file (its sparse file's data).
     pub base_bytes: u64,
+    /// Bytes of base data kept in journal segments (folded records' data
+    /// that nothing newer at or before the base seq replaced).
+    pub base_journal_bytes: u64,
+    /// Bytes of the history segments (the retained records; what the
+    /// budget bounds).
+    pub history_bytes: u64,
+    /// Base segments (holding only folded records, kept for their base
+    /// data), and their dead bytes (superseded data, headers, padding).
+    pub base_segments: u64,
+    pub dead_journal_bytes: u64,
     /// The journal budget in bytes, if any (from the retention policy).
     pub journal_budget_bytes: Option<u64>,
+    /// Dead bytes of base segments that cleaning tolerates.
+    pub dead_allowance_bytes: u64,
     /// Folds completed since the volume was opened.
     pub folds: u64,
     /// Records folded into the base since the volume was opened.
     pub folded_records: u64,
-    /// Bytes copied from the journal into the base image by those folds.
+    /// Bytes of data those folds made part of the base image, in place (no
+    /// copy).
     pub folded_bytes: u64,
-    /// Journal segments reclaimed since the volume was opened, and their bytes.
+    /// Base segments cleaned, and the live bytes cleaning copied from them
+    /// into the base file.
+    pub cleaned_segments: u64,
+    pub cleaned_bytes: u64,
+    /// Journal segments reclaimed since the volume was opened, and their
+    /// bytes (of which `cleaned_bytes` were copied first; the rest was
+    /// dropped without a copy).
     pub reclaimed_segments: u64,
     pub reclaimed_bytes: u64,
     /// Segments started in a reused (recycled) segment file.
@@ -149,9 +170,12 @@ pub struct VolumeStats {
     /// clone base, rollback target) keeps it from folding further: that
     /// point's seq.
     pub retention_blocked_at: Option<u64>,
-    /// Folds that failed (IO errors on the base image); the next pass
-    /// redoes them.
+    /// Folds that failed (IO errors on the base file, the intent or the
+    /// map, or while reclaiming); the next pass redoes them.
     pub fold_failures: u64,
+    /// Cleans that failed (IO errors copying into the base file or
+    /// committing the map); the next pass tries again.
+    pub clean_failures: u64,
     /// Writes that waited for a fold because the journal was past twice
     /// its budget (write backpressure).
     pub write_stalls: u64,
@@ -177,14 +201,33 @@ pub struct FoldReport {
     /// The oldest retained point before and after the pass.
     pub first_seq_before: u64,
     pub first_seq_after: u64,
-    /// Records folded into the base, and bytes copied into the base image.
+    /// Records folded into the base, and bytes of data they made part of
+    /// the base image (in place).
     pub folded_records: u64,
     pub folded_bytes: u64,
+    /// Base segments cleaned, and bytes copied into the base file.
+    pub cleaned_segments: u64,
+    pub cleaned_bytes: u64,
     /// Journal segments (and bytes) reclaimed.
     pub reclaimed_segments: u64,
     pub reclaimed_bytes: u64,
     /// The journal is over its budget and this protected point stops folding.
     pub blocked_at: Option<u64>,
+}
+
+/// One journal segment as retention sees it ([`Volume::segment_usage`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentUsage {
+    pub number: u64,
+    /// Seq of its first record.
+    pub first_seq: u64,
+    /// Bytes it occupies.
+    pub bytes: u64,
+    /// Bytes of base data (the base map's journal runs) in it.
+    pub live_bytes: u64,
+    /// A base segment: all of its records are folded, and it is kept only
+    /// for its live bytes (the rest is dead). Else a history segment.
+    pub base: bool,
 }
 
 /// Retention state of a volume, behind one small lock.
@@ -206,9 +249,12 @@ struct RetentionCounters {
     folds: AtomicU64,
     folded_records: AtomicU64,
     folded_bytes: AtomicU64,
+    cleaned_segments: AtomicU64,
+    cleaned_bytes: AtomicU64,
     reclaimed_segments: AtomicU64,
     reclaimed_bytes: AtomicU64,
     failures: AtomicU64,
+    clean_failures: AtomicU64,
     stalls: AtomicU64,
     /// Writes refused for lack of disk space (not a retention counter, but
     /// kept with the volume's other counters).
@@ -220,8 +266,8 @@ const WRITE_STALL_MAX: std::time::Duration = std::time::Duration::from_secs(1);
 /// How often the warning that protected points keep the journal over its
 /// budget repeats while nothing changes.
 const BLOCKED_WARNING_INTERVAL_NANOS: i64 = 10 * 60 * 1_000_000_000;
-/// Bytes copied per read/write while folding.
-const FOLD_COPY_BYTES: usize = 1 << 20;
+/// Segments cleaned per retention pass at most (the next pass goes on).
+const CLEAN_SEGMENTS_PER_PASS: usize = 16;
 /// Records whose ranges a fold collects at once.
 const FOLD_BATCH_RECORDS: u64 = 1 << 20;
 /// Address space planned per index lock while folding.
@@ -269,6 +315,11 @@ pub struct Volume {
     wake: Option<Arc<RetentionWake>>,
     /// The journal budget in bytes (u64::MAX: none), for the write path.
     budget: AtomicU64,
+    /// Dead bytes of base segments that cleaning tolerates.
+    dead_allowance: AtomicU64,
+    /// Base data kept in journal segments (the base map's journal runs), so
+    /// that the write path can tell history from base data lock-free.
+    base_journal_bytes: AtomicU64,
     /// The last retention pass could not fold enough (a protected point, or
     /// an IO error): writers over the budget must not wait for it.
     cannot_fold: AtomicBool,
@@ -303,6 +354,14 @@ fn push_zeros(zeros: &mut Option<&mut Vec<(usize, usize)>>, start: usize, length
         Some((last_start, last_length)) if *last_start + *last_length == start => *last_length += length,
         _ => zeros.push((start, length)),
     }
+}
+
+/// Dead bytes of base segments that cleaning tolerates under `policy`: a
+/// quarter of the budget (of the volume's size without one), and at least
+/// two segments, so that the partly dead segment of sequential overwrites
+/// never needs cleaning (docs/journal.md, "Policy").
+fn dead_allowance(policy: &RetentionPolicy, size: u64, journal: &Journal) -> u64 {
+    (policy.budget_bytes(size).unwrap_or(size) / 4).max(journal.segment_bytes().saturating_mul(2))
 }
 
 fn missing_base() -> std::io::Error {
@@ -436,6 +495,8 @@ impl Volume {
         }
         journal.set_segment_bytes(tuning.retention.segment_bytes(size, tuning.segment_bytes));
         let durable_mark = checkpoint.mark;
+        let base_journal_bytes = index.base_map().journal_bytes();
+        let allowance = dead_allowance(&tuning.retention, size, &journal);
         Self {
             name,
             id,
@@ -456,6 +517,8 @@ impl Volume {
             intent_written: AtomicU64::new(intent.unwrap_or(0)),
             wake,
             budget: AtomicU64::new(tuning.retention.budget_bytes(size).unwrap_or(u64::MAX)),
+            dead_allowance: AtomicU64::new(allowance),
+            base_journal_bytes: AtomicU64::new(base_journal_bytes),
             cannot_fold: AtomicBool::new(false),
             folded: (Mutex::new(()), Condvar::new()),
             head: AtomicU64::new(head),
@@ -716,15 +779,24 @@ impl Volume {
         Ok(seq)
     }
 
-    /// Write backpressure: past twice its budget the journal grows faster
-    /// than folds reclaim it, so the writer waits for a fold (up to a
+    /// Write backpressure: past twice its budget plus the dead allowance
+    /// (its bytes that are not base data) the journal grows faster than
+    /// retention reclaims it, so the writer waits for a pass (up to a
     /// second a write). Never when a protected point keeps the journal over
-    /// budget or the last fold failed: then the volume keeps serving.
+    /// budget or the last pass failed: then the volume keeps serving.
     fn throttle(&self) {
         let budget = self.budget.load(Ordering::Relaxed);
-        if budget != u64::MAX && self.journal.bytes() > budget.saturating_mul(2) {
-            self.wait_for_fold(budget.saturating_mul(2));
+        if budget != u64::MAX {
+            let limit = budget.saturating_mul(2).saturating_add(self.dead_allowance.load(Ordering::Relaxed));
+            if self.unfolded_bytes() > limit {
+                self.wait_for_fold(limit);
+            }
         }
+    }
+
+    /// Journal bytes that are not base data: history and dead bytes.
+    fn unfolded_bytes(&self) -> u64 {
+        self.journal.bytes().saturating_sub(self.base_journal_bytes.load(Ordering::Relaxed))
     }
 
     #[cold]
@@ -737,7 +809,7 @@ impl Volume {
         wake.notify();
         let deadline = std::time::Instant::now() + WRITE_STALL_MAX;
         let mut folded = self.folded.0.lock();
-        while self.journal.bytes() > limit
+        while self.unfolded_bytes() > limit
             && !self.cannot_fold.load(Ordering::Relaxed)
             && !self.folded.1.wait_until(&mut folded, deadline).timed_out()
         {}
@@ -1328,6 +1400,18 @@ impl Volume {
                 index.base_map().data_bytes(),
             )
         };
+        let usage = self.segment_usage();
+        let (mut history_bytes, mut base_segments, mut dead_journal_bytes, mut base_journal_bytes) =
+            (0, 0, 0, 0);
+        for segment in &usage {
+            base_journal_bytes += segment.live_bytes;
+            if segment.base {
+                base_segments += 1;
+                dead_journal_bytes += segment.bytes.saturating_sub(segment.live_bytes);
+            } else {
+                history_bytes += segment.bytes;
+            }
+        }
         let counters = &self.counters;
         VolumeStats {
             head_seq: self.head_seq(),
@@ -1341,16 +1425,24 @@ impl Volume {
             first_seq,
             base_seq,
             base_bytes,
+            base_journal_bytes,
+            history_bytes,
+            base_segments,
+            dead_journal_bytes,
             journal_budget_bytes: self.retention_policy().budget_bytes(self.size()),
+            dead_allowance_bytes: self.dead_allowance.load(Ordering::Relaxed),
             folds: counters.folds.load(Ordering::Relaxed),
             folded_records: counters.folded_records.load(Ordering::Relaxed),
             folded_bytes: counters.folded_bytes.load(Ordering::Relaxed),
+            cleaned_segments: counters.cleaned_segments.load(Ordering::Relaxed),
+            cleaned_bytes: counters.cleaned_bytes.load(Ordering::Relaxed),
             reclaimed_segments: counters.reclaimed_segments.load(Ordering::Relaxed),
             reclaimed_bytes: counters.reclaimed_bytes.load(Ordering::Relaxed),
             recycled_segments: self.journal.recycled_count(),
             spare_segments: self.journal.spare_count() as u64,
             retention_blocked_at: self.retention.lock().blocked_at,
             fold_failures: counters.failures.load(Ordering::Relaxed),
+            clean_failures: counters.clean_failures.load(Ordering::Relaxed),
             write_stalls: counters.stalls.load(Ordering::Relaxed),
             no_space_refusals: counters.no_space.load(Ordering::Relaxed),
         }
@@ -1382,6 +1474,29 @@ impl Volume {
         let size = self.size();
         self.journal.set_segment_bytes(policy.segment_bytes(size, self.tuning.segment_bytes));
         self.budget.store(policy.budget_bytes(size).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.dead_allowance.store(dead_allowance(policy, size, &self.journal), Ordering::Relaxed);
+    }
+
+    /// Every journal segment, oldest first: its bytes, the base data in it,
+    /// and whether it is a base segment (docs/journal.md, "Where the base
+    /// image lives").
+    pub fn segment_usage(&self) -> Vec<SegmentUsage> {
+        let segments = self.journal.segment_infos();
+        let index = self.index.read();
+        let base_seq = index.base_seq();
+        // The start segment: the last one starting at or before base + 1.
+        let start = segments.iter().rposition(|segment| segment.first_seq <= base_seq + 1).unwrap_or(0);
+        segments
+            .iter()
+            .enumerate()
+            .map(|(i, segment)| SegmentUsage {
+                number: segment.number,
+                first_seq: segment.first_seq,
+                bytes: segment.bytes,
+                live_bytes: index.base_map().live_bytes(segment.number),
+                base: i < start,
+            })
+            .collect()
     }
 
     /// Protects the image at `seq` from retention (a clone's base) until
@@ -1410,14 +1525,18 @@ impl Volume {
     /// Whether the journal holds more than its budget (lock-free: the
     /// write path asks when a segment fills).
     pub(crate) fn over_budget(&self) -> bool {
-        self.journal.bytes() > self.budget.load(Ordering::Relaxed)
+        self.unfolded_bytes() > self.budget.load(Ordering::Relaxed)
     }
 
     /// Applies the retention policy once, as of `now` (unix nanoseconds):
-    /// if history older than the window, or journal past the budget, can
+    /// if history older than the window, or history past the budget, can
     /// be folded without passing a protected point, folds it into the base
-    /// image and reclaims the segments it frees. The store's retention
-    /// thread calls it; tests call it directly. Runs one fold at a time.
+    /// image (copying nothing); reclaims the segments nothing points into
+    /// any more; and while the base segments' dead bytes exceed the dead
+    /// allowance, cleans the base segment with the best cost-benefit ratio
+    /// (copies its live base data into the base file, then reclaims it).
+    /// The store's retention thread calls it; tests call it directly. Runs
+    /// one pass at a time.
     ///
     /// Never changes the image of a retained point. Points before the new
     /// first seq become outside the history. When a protected point keeps
@@ -1434,8 +1553,22 @@ impl Volume {
         let policy = self.retention_policy();
         self.apply_policy(&policy);
         let segments = self.journal.segment_infos();
+        // The budget bounds the history segments; base segments are the
+        // cleaner's (docs/journal.md, "Policy").
+        let history: Vec<SegmentInfo> = {
+            let usage = self.segment_usage();
+            usage
+                .iter()
+                .filter(|segment| !segment.base)
+                .map(|segment| SegmentInfo {
+                    number: segment.number,
+                    first_seq: segment.first_seq,
+                    bytes: segment.bytes,
+                })
+                .collect()
+        };
         let budget = policy.budget_bytes(self.size());
-        let needed_by_budget = budget.and_then(|limit| budget_seq(&segments, limit));
+        let needed_by_budget = budget.and_then(|limit| budget_seq(&history, limit));
         if needed_by_budget.is_some_and(|needed| needed > self.durable_seq()) && self.poison().is_none() {
             // Only durable records are folded: over budget, do not wait for
             // a client's (or the commit thread's) flush.
@@ -1478,14 +1611,27 @@ impl Volume {
         self.note_blocked(blocked, budget, now);
         report.blocked_at = blocked;
         let result = if target > base_seq { self.fold_to(target, &mut report) } else { Ok(()) };
-        if let Err(error) = &result {
+        // What the fold (or an earlier pass that failed after its commit)
+        // left dead goes first: it costs nothing. Then clean, unless the
+        // fold failed (the pass is redone from the start next time).
+        let folded = result.and_then(|()| self.reclaim(&mut report));
+        if let Err(error) = &folded {
             self.counters.failures.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(volume = %self.name, target, %error, "fold failed; the next retention pass redoes it");
         }
-        // Stalled writers wait only while folds make progress: not when a
-        // protected point blocks, a fold failed, or nothing was foldable
-        // (say, the budget is smaller than one segment).
-        let stuck = report.folded_records == 0 && target <= base_seq;
+        let cleaned = if folded.is_ok() { self.clean(&mut report) } else { Ok(()) };
+        if let Err(error) = &cleaned {
+            self.counters.clean_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(volume = %self.name, %error, "cleaning failed; the next retention pass tries again");
+        }
+        let result = folded.and(cleaned);
+        // Stalled writers wait only while passes make progress: not when a
+        // protected point blocks, a pass failed, or nothing was foldable
+        // or cleanable (say, the budget is smaller than one segment).
+        let stuck = report.folded_records == 0
+            && report.reclaimed_segments == 0
+            && report.cleaned_segments == 0
+            && target <= base_seq;
         self.cannot_fold.store(blocked.is_some() || result.is_err() || stuck, Ordering::Relaxed);
         {
             let _folded = self.folded.0.lock();
@@ -1506,8 +1652,6 @@ impl Volume {
         Ok(report)
     }
 
-    /// Logs, loudly but not more than every ten minutes for the same
-    /// point, that a protected point keeps the journal over its budget.
     fn note_blocked(&self, blocked: Option<u64>, budget: Option<u64>, now: i64) {
         let mut state = self.retention.lock();
         state.blocked_at = blocked;
@@ -1540,15 +1684,19 @@ impl Volume {
         );
     }
 
-    /// Folds every record at or before `target` into the base image.
-    /// Steps (docs/journal.md, "Retention", has each crash case):
+    /// Folds every record at or before `target` into the base image,
+    /// without copying: the base map points at the newest version ≤
+    /// `target` of every range where it is. Steps (docs/journal.md, "The
+    /// fold", has each crash case):
     /// 1. refuse new uses of points before `target`, make the fold intent
     ///    durable, then retire those points (readers of them now fail);
-    /// 2. copy the newest version ≤ `target` of every range the folded
-    ///    records touched into the base file (zeros punched), fsync it;
+    /// 2. plan the new base map over every range the folded records
+    ///    touched (journal runs, zeros, holes), punching the base file where
+    ///    its data moves out;
     /// 3. commit: replace `base-map` (base seq = `target`) durably;
-    /// 4. drop the folded records from the index, then reclaim the
-    ///    segments that held only them.
+    /// 4. drop the folded records from the index and swap in the new map.
+    ///
+    /// The caller then reclaims the segments the new map does not need.
     fn fold_to(&self, target: u64, report: &mut FoldReport) -> Result<(), RetentionError> {
         let (base_seq, first_seq) = {
             let index = self.index.read();
@@ -1576,8 +1724,8 @@ impl Volume {
             let intent = FoldIntent { volume_id: self.id, target }.encode();
             if let Err(error) = replace_file(self.fs.as_ref(), &self.dir, FOLD_FILE, &intent) {
                 // The intent may have reached the disk (a crash would then
-                // retire these points): retire them now too, but copy
-                // nothing until an intent is known durable.
+                // retire these points): retire them now too, but change
+                // nothing else until an intent is known durable.
                 self.retire_before(target);
                 return Err(RetentionError::Io(error));
             }
@@ -1585,21 +1733,16 @@ impl Volume {
         }
         self.retire_before(target);
 
-        // 2. Copy into the base file.
-        let base_file = match self.base_file.get() {
-            Some(file) => file.clone(),
-            None => {
-                let file = self.fs.open_file(&format!("{}/{BASE_FILE}", self.dir), true)?;
-                let _ = self.base_file.set(file.clone());
-                file
-            }
-        };
+        // 2. Plan the new map.
+        let base_file = self.base_file.get().cloned();
         let mut map = self.index.read().base_map().clone();
+        let mut folded_bytes = 0;
         let mut pieces = Vec::new();
-        let mut buffer = Vec::new();
+        let mut under = Vec::new();
+        let mut punches = Vec::new();
         // The ranges the folded records touched, a batch of records at a
-        // time (bounded memory; a range touched in two batches is copied
-        // twice, with the same bytes).
+        // time (bounded memory; a range touched in two batches is planned
+        // twice, with the same result).
         let mut from = base_seq;
         while from < target {
             let to = target.min(from + FOLD_BATCH_RECORDS);
@@ -1609,17 +1752,52 @@ impl Volume {
                 while at < end {
                     let step_end = end.min(at.saturating_add(FOLD_PLAN_BYTES));
                     pieces.clear();
-                    self.index.read().plan(target, at, step_end, &mut pieces);
-                    for piece in &pieces {
-                        report.folded_bytes +=
-                            self.fold_piece(piece, base_file.as_ref(), &mut map, &mut buffer)?;
+                    punches.clear();
+                    {
+                        let index = self.index.read();
+                        index.plan(target, at, step_end, &mut pieces);
+                        for piece in &pieces {
+                            let (piece_start, piece_end) = (piece.offset, piece.offset + piece.length);
+                            match piece.source {
+                                Source::Data { location } => {
+                                    map.set_journal(piece_start, piece_end, location);
+                                    folded_bytes += piece.length;
+                                }
+                                Source::Zero { hole } => map.set(
+                                    piece_start,
+                                    piece_end,
+                                    if hole { BaseKind::Hole } else { BaseKind::Zero },
+                                ),
+                                // Unchanged since the base.
+                                Source::BaseFile | Source::Base => continue,
+                            }
+                            // Base file data that this range replaces is
+                            // dead from the commit on: free its space (the
+                            // space bound). The index's map is the committed
+                            // one: only folds and cleans change it, one at a
+                            // time (the fold lock).
+                            if base_file.is_some() {
+                                under.clear();
+                                index.base_map().plan(piece_start, piece_end, &mut under);
+                                punches.extend(
+                                    under
+                                        .iter()
+                                        .filter(|old| old.source == Source::BaseFile)
+                                        .map(|old| (old.offset, old.length)),
+                                );
+                            }
+                        }
+                    }
+                    if let Some(file) = &base_file {
+                        for &(offset, length) in &punches {
+                            file.punch_hole(offset, length)?;
+                        }
                     }
                     at = step_end;
                 }
             }
             from = to;
         }
-        base_file.sync()?;
 
         // 3. Commit. A snapshot can pin the base only if it is the base's
         // own record (protection keeps every other one after it); whether a
@@ -1647,69 +1825,166 @@ impl Volume {
         };
         replace_file(self.fs.as_ref(), &self.dir, BASE_MAP_FILE, &committed.encode())?;
 
-        // 4. In memory, then the segments. Readers that planned with the
-        // folded records finish before they go.
+        // 4. In memory. Readers that planned with the folded records (or
+        // the old map) finish before they go.
         {
             let _gate = self.gate.write();
-            self.index.write().fold(target, committed.map);
+            let mut index = self.index.write();
+            index.fold(target, committed.map, committed.snapshots);
+            self.base_journal_bytes.store(index.base_map().journal_bytes(), Ordering::Relaxed);
         }
         let keys = self.index.read().prune_keys();
         for batch in keys.chunks(PRUNE_BATCH) {
             self.index.write().prune(batch);
         }
-        let reclaimed = self.journal.reclaim(target)?;
         let records = target - base_seq;
         report.folded_records += records;
-        report.reclaimed_segments += reclaimed.segments;
-        report.reclaimed_bytes += reclaimed.bytes;
+        report.folded_bytes += folded_bytes;
         let counters = &self.counters;
         counters.folds.fetch_add(1, Ordering::Relaxed);
         counters.folded_records.fetch_add(records, Ordering::Relaxed);
-        counters.folded_bytes.fetch_add(report.folded_bytes, Ordering::Relaxed);
-        counters.reclaimed_segments.fetch_add(reclaimed.segments, Ordering::Relaxed);
-        counters.reclaimed_bytes.fetch_add(reclaimed.bytes, Ordering::Relaxed);
-        tracing::debug!(
-            volume = %self.name,
-            base_seq = target,
-            records,
-            folded_bytes = report.folded_bytes,
-            reclaimed_bytes = reclaimed.bytes,
-            "folded"
-        );
+        counters.folded_bytes.fetch_add(folded_bytes, Ordering::Relaxed);
+        tracing::debug!(volume = %self.name, base_seq = target, records, folded_bytes, "folded");
         Ok(())
     }
 
-    /// Applies one piece of the image at the fold's target to the base file
-    /// and `map`; returns the bytes copied.
-    fn fold_piece(
-        &self,
-        piece: &Piece,
-        base_file: &dyn StorageBackend,
-        map: &mut BaseMap,
-        buffer: &mut Vec<u8>,
-    ) -> std::io::Result<u64> {
-        let (offset, length) = (piece.offset, piece.length);
-        match piece.source {
-            Source::Data { location } => {
-                let mut done = 0;
-                while done < length {
-                    let step = (length - done).min(FOLD_COPY_BYTES as u64) as usize;
-                    buffer.resize(step, 0);
-                    self.journal.read(location + done, buffer)?;
-                    base_file.write_at(buffer, offset + done)?;
-                    done += step as u64;
-                }
-                map.set(offset, offset + length, BaseKind::Data);
-                Ok(length)
-            }
-            Source::Zero { hole } => {
-                base_file.punch_hole(offset, length)?;
-                map.set(offset, offset + length, if hole { BaseKind::Hole } else { BaseKind::Zero });
-                Ok(0)
-            }
-            // Unchanged since the base.
-            Source::BaseFile | Source::Base => Ok(0),
+    /// Reclaims every segment whose records are all folded and that the
+    /// (committed) base map does not point into.
+    fn reclaim(&self, report: &mut FoldReport) -> Result<(), RetentionError> {
+        let (base_seq, live) = {
+            let index = self.index.read();
+            (index.base_seq(), index.base_map().live_segments().clone())
+        };
+        let reclaimed = self.journal.reclaim(base_seq, &live)?;
+        report.reclaimed_segments += reclaimed.segments;
+        report.reclaimed_bytes += reclaimed.bytes;
+        self.counters.reclaimed_segments.fetch_add(reclaimed.segments, Ordering::Relaxed);
+        self.counters.reclaimed_bytes.fetch_add(reclaimed.bytes, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Cleans base segments while their dead bytes exceed the allowance,
+    /// the best cost-benefit ratio first (docs/journal.md, "Cleaning"): as
+    /// few as bring the dead bytes back under it, at most
+    /// [`CLEAN_SEGMENTS_PER_PASS`], in one batch (one sync, one map
+    /// commit). Not while a fold is pending: its punches and plan must not
+    /// interleave with a clean's copies.
+    fn clean(&self, report: &mut FoldReport) -> Result<(), RetentionError> {
+        let (base_seq, pending) = {
+            let index = self.index.read();
+            (index.base_seq(), index.first_seq() > index.base_seq())
+        };
+        if pending {
+            return Ok(());
         }
+        let usage = self.segment_usage();
+        let mut dead: u64 = usage
+            .iter()
+            .filter(|segment| segment.base)
+            .map(|segment| segment.bytes.saturating_sub(segment.live_bytes))
+            .sum();
+        let allowance = self.dead_allowance.load(Ordering::Relaxed);
+        if dead <= allowance {
+            return Ok(());
+        }
+        // LFS's cost-benefit: free space gained (1 - u) times its age, per
+        // byte read and written (1 + u). A base segment's last record is
+        // just before its successor's first.
+        let mut candidates: Vec<(f64, SegmentUsage)> = usage
+            .windows(2)
+            .filter(|pair| pair[0].base && pair[0].live_bytes > 0 && pair[0].bytes > 0)
+            .map(|pair| {
+                let segment = pair[0];
+                let live = segment.live_bytes.min(segment.bytes) as f64 / segment.bytes as f64;
+                let age = (base_seq + 2).saturating_sub(pair[1].first_seq) as f64;
+                ((1.0 - live) * age / (1.0 + live), segment)
+            })
+            .collect();
+        candidates.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let mut chosen = Vec::new();
+        for (_, segment) in candidates {
+            if dead <= allowance || chosen.len() == CLEAN_SEGMENTS_PER_PASS {
+                break;
+            }
+            dead -= segment.bytes.saturating_sub(segment.live_bytes);
+            chosen.push(segment.number);
+        }
+        self.clean_segments(&chosen, report)
+    }
+
+    /// Copies the live base data of these segments into the base file,
+    /// commits the map that says so, and reclaims the segments. Crash cases
+    /// in docs/journal.md ("Cleaning").
+    fn clean_segments(&self, numbers: &[u64], report: &mut FoldReport) -> Result<(), RetentionError> {
+        let mut runs: Vec<BaseRun> = {
+            let index = self.index.read();
+            numbers.iter().flat_map(|&number| index.base_map().journal_runs(number)).collect()
+        };
+        if runs.is_empty() {
+            return Ok(());
+        }
+        // 1. Copy, in journal order (sequential reads), and sync. No map
+        // points at these base file ranges yet, so no reader reads them.
+        let base_file = self.open_base_file()?;
+        runs.sort_unstable_by_key(|run| run.location);
+        let mut copied = 0;
+        let mut source: Option<(u64, Arc<dyn StorageBackend>)> = None;
+        for run in &runs {
+            let (number, position) = layout::split_location(run.location);
+            let file = match &source {
+                Some((open, file)) if *open == number => file.clone(),
+                _ => {
+                    let file = self.journal.segment(number)?;
+                    source = Some((number, file.clone()));
+                    file
+                }
+            };
+            base_file.copy_from(file.as_ref(), position, run.end - run.start, run.start)?;
+            copied += run.end - run.start;
+        }
+        base_file.sync()?;
+        // 2. Commit: the same base, those runs now in the base file.
+        let committed = {
+            let index = self.index.read();
+            let mut map = index.base_map().clone();
+            for run in &runs {
+                map.set(run.start, run.end, BaseKind::Data);
+            }
+            BaseMapFile {
+                volume_id: self.id,
+                seq: index.base_seq(),
+                time: index.time(index.base_seq()),
+                size: index.base_size(),
+                map,
+                snapshots: index.base_snapshots().to_vec(),
+            }
+        };
+        replace_file(self.fs.as_ref(), &self.dir, BASE_MAP_FILE, &committed.encode())?;
+        // 3. Swap: reads planned into the segments finish first.
+        {
+            let _gate = self.gate.write();
+            let mut index = self.index.write();
+            index.set_base_map(committed.map);
+            self.base_journal_bytes.store(index.base_map().journal_bytes(), Ordering::Relaxed);
+        }
+        let segments = numbers.len() as u64;
+        report.cleaned_segments += segments;
+        report.cleaned_bytes += copied;
+        self.counters.cleaned_segments.fetch_add(segments, Ordering::Relaxed);
+        self.counters.cleaned_bytes.fetch_add(copied, Ordering::Relaxed);
+        tracing::debug!(volume = %self.name, segments, copied, "cleaned");
+        // 4. Reclaim.
+        self.reclaim(report)
+    }
+
+    /// The base file, created on first use (its directory entry becomes
+    /// durable with the base map that first names data in it).
+    fn open_base_file(&self) -> std::io::Result<Arc<dyn StorageBackend>> {
+        if let Some(file) = self.base_file.get() {
+            return Ok(file.clone());
+        }
+        let file = self.fs.open_file(&format!("{}/{BASE_FILE}", self.dir), true)?;
+        Ok(self.base_file.get_or_init(|| file).clone())
     }
 
     /// Makes every point before `target` outside the history; readers of

@@ -6,10 +6,13 @@
 //!
 //! Retention runs as one of the random operations, with a random policy
 //! (window, journal budget, spare segment files), so crashes land in the
-//! middle of folds too: after each crash every retained point still equals
-//! the model, points before the first retained seq are outside the history,
-//! and no protected point (snapshot, clone base, rollback target) was
-//! folded past.
+//! middle of folds, cleans and reclaims too (a crash may also strike just
+//! before any rename or file removal): after each crash every retained
+//! point still equals the model (reading base data from the segments it
+//! stayed in, or from the base file cleaning copied it to), points before
+//! the first retained seq are outside the history, no protected point
+//! (snapshot, clone base, rollback target) was folded past, and recovery
+//! kept exactly the base segments the base map points into.
 //!
 //! A third of the cases run on a nearly full disk (a MemoryFs capacity a
 //! few blocks above what the new volume uses, sometimes raised later, as
@@ -149,6 +152,14 @@ struct Coverage {
     /// and of those, cases where a write succeeded after a refusal.
     refused: u64,
     resumed: u64,
+    /// Cases that cleaned a base segment (copied its live data into the
+    /// base file) before the crash; whose clean failed or was cut short by
+    /// the crash; that crashed just before a rename or removal; and that
+    /// recovered with base segments (base data kept in the journal).
+    cleaned: u64,
+    clean_interrupted: u64,
+    dir_op_crash: u64,
+    recovered_base_segments: u64,
 }
 
 impl std::ops::AddAssign for Coverage {
@@ -161,6 +172,10 @@ impl std::ops::AddAssign for Coverage {
         self.recovered_pending += other.recovered_pending;
         self.refused += other.refused;
         self.resumed += other.resumed;
+        self.cleaned += other.cleaned;
+        self.clean_interrupted += other.clean_interrupted;
+        self.dir_op_crash += other.dir_op_crash;
+        self.recovered_base_segments += other.recovered_base_segments;
     }
 }
 
@@ -202,6 +217,11 @@ fn run_case(seed: u64) -> Result<Coverage, String> {
     let fold_heavy = rng.chance(1, 2);
     let last_sync = if fold_heavy { 30 } else { 12 };
     let faults = match family {
+        // A third crash just before a directory operation instead (a
+        // rename or removal: mid-reclaim, before a replacement file lands).
+        Family::CrashAtSync if rng.chance(1, 3) => {
+            Faults { crash_at_dir_op: Some(rng.range(1, 16)), ..Faults::default() }
+        }
         Family::CrashAtSync => Faults { crash_at_sync: Some(rng.range(1, last_sync)), ..Faults::default() },
         Family::PowerLoss => Faults::default(),
         Family::FailedWrite => {
@@ -408,6 +428,7 @@ fn run_case(seed: u64) -> Result<Coverage, String> {
                 );
                 // Points retired by a fold whose intent never became durable
                 // come back; those of a durable intent do not.
+                check_segments(&volume, "clean reopen")?;
                 let first = check_retention(&volume, &model, "clean reopen")?;
                 ensure!(
                     (model.first_durable..=model.first_seen).contains(&first),
@@ -442,8 +463,13 @@ fn run_case(seed: u64) -> Result<Coverage, String> {
             ensure!(volume.poison().is_none(), "op {op} refused for space poisoned the volume");
             let expected = model.images.last().unwrap();
             let mut buf = vec![0xEE; expected.len()];
-            volume.read(0, &mut buf).map_err(|e| format!("head read after a refusal: {e:?}"))?;
-            ensure!(&buf == expected, "op {op} refused for space changed the head's image");
+            match volume.read(0, &mut buf) {
+                Ok(()) => ensure!(&buf == expected, "op {op} refused for space changed the head's image"),
+                // The machine went down while the refusal gave up spare
+                // files (a crash at a removal): nothing reads any more.
+                Err(ReadError::Io(_)) if fs.crashed() => break,
+                Err(error) => return Err(format!("head read after a refusal: {error:?}")),
+            }
             refusals += 1;
             if full_disk && rng.chance(1, 6) {
                 // Space is freed (or the disk grows).
@@ -492,6 +518,8 @@ fn run_case(seed: u64) -> Result<Coverage, String> {
         coverage.folded = u64::from(stats.folds > 0 || stats.base_seq > 0);
         coverage.recycled = u64::from(stats.recycled_segments > 0);
         coverage.fold_interrupted = u64::from(stats.fold_failures > 0 || stats.first_seq > stats.base_seq);
+        coverage.cleaned = u64::from(stats.cleaned_segments > 0);
+        coverage.clean_interrupted = u64::from(stats.clean_failures > 0);
         ensure!(
             volume.durable_seq() >= model.durable,
             "durable_seq {} below acknowledged {}",
@@ -499,6 +527,7 @@ fn run_case(seed: u64) -> Result<Coverage, String> {
             model.durable
         );
     }
+    coverage.dir_op_crash = u64::from(faults.crash_at_dir_op.is_some() && fs.crashed());
     // Power loss.
     let loss = [Loss::KeepAll, Loss::LoseAll, Loss::TearLast, Loss::Random][rng.below(4) as usize];
     let image_fs = fs.crash_image(loss, rng.next_u64());
@@ -516,6 +545,7 @@ fn run_case(seed: u64) -> Result<Coverage, String> {
     let stats = volume.stats();
     coverage.recovered_base = u64::from(stats.base_seq > 0);
     coverage.recovered_pending = u64::from(stats.first_seq > stats.base_seq);
+    coverage.recovered_base_segments = u64::from(stats.base_segments > 0);
     check(&store, &volume, &model, "after crash")?;
     // The recovered volume takes writes, and they do not resurrect anything
     // from before the cut (a stale record past the cut must stay dead).
@@ -580,6 +610,25 @@ fn check_retention(volume: &Volume, model: &Model, when: &str) -> Result<u64, St
     Ok(first)
 }
 
+/// Checks what recovery rebuilt of the base segments: it kept exactly the
+/// ones the base map points into (a dead one is reclaimed at open), and the
+/// live bytes it counts per segment add up to the base data in the journal.
+fn check_segments(volume: &Volume, when: &str) -> Result<(), String> {
+    let stats = volume.stats();
+    let usage = volume.segment_usage();
+    for segment in usage.iter().filter(|segment| segment.base) {
+        ensure!(segment.live_bytes > 0, "{when}: dead base segment {segment:?} survived recovery");
+        ensure!(segment.live_bytes <= segment.bytes, "{when}: segment {segment:?} more live than long");
+    }
+    let live: u64 = usage.iter().map(|segment| segment.live_bytes).sum();
+    ensure!(live == stats.base_journal_bytes, "{when}: live bytes {live} != {}", stats.base_journal_bytes);
+    ensure!(
+        usage.iter().filter(|segment| segment.base).count() as u64 == stats.base_segments,
+        "{when}: base segments miscounted"
+    );
+    Ok(())
+}
+
 /// A point opened earlier reads its image, or fails as retired once
 /// retention passed it; never other bytes.
 fn check_held(point: &PointView, volume: &Volume, model: &Model, crashed: bool) -> Result<(), String> {
@@ -608,6 +657,7 @@ fn check(store: &Store, volume: &Arc<Volume>, model: &Model, when: &str) -> Resu
         model.durable
     );
     ensure!(head <= model.head(), "{when}: head {head} beyond model {}", model.head());
+    check_segments(volume, when)?;
     let first = check_retention(volume, model, when)?;
     ensure!(
         (model.first_durable..=model.first_seen.max(model.first_durable)).contains(&first),
