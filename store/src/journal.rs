@@ -139,6 +139,12 @@ pub struct Journal {
     segments: RwLock<BTreeMap<u64, Segment>>,
     /// Names of spare files in the volume directory, ready for reuse.
     spares: Mutex<Vec<String>>,
+    /// The cleaner's reserve: one more spare file that neither new
+    /// segments nor the write path's release take, kept while
+    /// [`Journal::set_keep_reserve`] says base segments hold live data
+    /// (docs/journal.md, "Space on a full disk"). Counts as a spare.
+    reserve: Mutex<Option<String>>,
+    keep_reserve: std::sync::atomic::AtomicBool,
     /// Segments started in a spare file, since the journal was opened.
     recycled: AtomicU64,
     /// A segment was started since [`Journal::take_rolled`] last looked.
@@ -285,9 +291,37 @@ impl Journal {
         self.segments.read().len()
     }
 
-    /// Spare files kept for reuse, and their bytes.
+    /// Spare files kept for reuse, the cleaner's reserve included.
     pub fn spare_count(&self) -> usize {
-        self.spares.lock().len()
+        self.spares.lock().len() + usize::from(self.reserve.lock().is_some())
+    }
+
+    /// Keeps one spare file as the cleaner's reserve (`keep`: base segments
+    /// hold live data, so cleaning may need space), or gives it back to the
+    /// spares. Takes a spare for it at once if there is one.
+    pub fn set_keep_reserve(&self, keep: bool) {
+        self.keep_reserve.store(keep, Ordering::Relaxed);
+        let mut reserve = self.reserve.lock();
+        let mut spares = self.spares.lock();
+        if keep && reserve.is_none() {
+            *reserve = spares.pop();
+        } else if !keep && let Some(name) = reserve.take() {
+            spares.push(name);
+        }
+    }
+
+    /// Removes the cleaner's reserve file, freeing its space for a clean
+    /// (or fold) that ran out of space; whether there was one.
+    pub fn release_reserve(&self) -> bool {
+        let Some(name) = self.reserve.lock().take() else {
+            return false;
+        };
+        if let Err(error) = self.fs.remove_file(&format!("{}/{name}", self.dir)) {
+            tracing::warn!(dir = self.dir, name, %error, "cannot remove the cleaner's reserve file");
+            return false;
+        }
+        tracing::warn!(dir = self.dir, "out of disk space: the cleaner's reserve file removed");
+        true
     }
 
     /// Segments started in a reused spare file since the journal was opened.
@@ -371,14 +405,19 @@ impl Journal {
             reclaimed.segments += 1;
             reclaimed.bytes += bytes;
             let path = format!("{}/{}", self.dir, segment_name(number));
+            let mut reserve = self.reserve.lock();
             let mut spares = self.spares.lock();
-            if spares.len() < self.options.spare_segments {
+            if spares.len() + usize::from(reserve.is_some()) < self.options.spare_segments {
                 let name = spare_name(number);
                 self.fs.rename(&path, &format!("{}/{name}", self.dir))?;
-                spares.push(name);
+                if reserve.is_none() && self.keep_reserve.load(Ordering::Relaxed) {
+                    *reserve = Some(name);
+                } else {
+                    spares.push(name);
+                }
                 reclaimed.spared += 1;
             } else {
-                drop(spares);
+                drop((spares, reserve));
                 self.fs.remove_file(&path)?;
             }
         }
@@ -628,8 +667,8 @@ impl Journal {
         }
     }
 
-    /// Removes every spare segment file, freeing its space; returns how
-    /// many there were.
+    /// Removes every spare segment file but the cleaner's reserve, freeing
+    /// its space; returns how many there were.
     fn release_spares(&self) -> usize {
         let names = std::mem::take(&mut *self.spares.lock());
         let count = names.len();
@@ -1118,6 +1157,8 @@ pub fn recover(
         segment_bytes: AtomicU64::new(options.segment_bytes),
         segments: RwLock::new(BTreeMap::new()),
         spares: Mutex::new(Vec::new()),
+        reserve: Mutex::new(None),
+        keep_reserve: std::sync::atomic::AtomicBool::new(false),
         recycled: AtomicU64::new(0),
         rolled: std::sync::atomic::AtomicBool::new(false),
         written_below: AtomicU64::new(0),

@@ -364,6 +364,11 @@ fn dead_allowance(policy: &RetentionPolicy, size: u64, journal: &Journal) -> u64
     (policy.budget_bytes(size).unwrap_or(size) / 4).max(journal.segment_bytes().saturating_mul(2))
 }
 
+/// Whether a retention step failed for lack of disk space.
+fn out_of_space(result: &Result<(), RetentionError>) -> bool {
+    matches!(result, Err(RetentionError::Io(error)) if crate::backend::is_no_space(error))
+}
+
 fn missing_base() -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::NotFound, "base image file missing")
 }
@@ -497,6 +502,7 @@ impl Volume {
         let durable_mark = checkpoint.mark;
         let base_journal_bytes = index.base_map().journal_bytes();
         let allowance = dead_allowance(&tuning.retention, size, &journal);
+        journal.set_keep_reserve(base_journal_bytes > 0);
         Self {
             name,
             id,
@@ -1610,7 +1616,12 @@ impl Volume {
         let blocked = blocked.map(|(_, protected)| protected);
         self.note_blocked(blocked, budget, now);
         report.blocked_at = blocked;
-        let result = if target > base_seq { self.fold_to(target, &mut report) } else { Ok(()) };
+        let mut result = if target > base_seq { self.fold_to(target, &mut report) } else { Ok(()) };
+        if out_of_space(&result) && self.journal.release_reserve() {
+            // The fold's map replacement needs a copy of the map: the
+            // cleaner's reserve is for that too.
+            result = self.fold_to(target, &mut report);
+        }
         // What the fold (or an earlier pass that failed after its commit)
         // left dead goes first: it costs nothing. Then clean, unless the
         // fold failed (the pass is redone from the start next time).
@@ -1619,7 +1630,14 @@ impl Volume {
             self.counters.failures.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(volume = %self.name, target, %error, "fold failed; the next retention pass redoes it");
         }
-        let cleaned = if folded.is_ok() { self.clean(&mut report) } else { Ok(()) };
+        let cleaned = match folded.is_ok().then(|| self.clean(&mut report, false)) {
+            // Out of space: free the cleaner's reserve and clean the segment
+            // with the fewest live bytes, which needs the least.
+            Some(result) if out_of_space(&result) && self.journal.release_reserve() => {
+                self.clean(&mut report, true)
+            }
+            result => result.unwrap_or(Ok(())),
+        };
         if let Err(error) = &cleaned {
             self.counters.clean_failures.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(volume = %self.name, %error, "cleaning failed; the next retention pass tries again");
@@ -1833,6 +1851,7 @@ impl Volume {
             index.fold(target, committed.map, committed.snapshots);
             self.base_journal_bytes.store(index.base_map().journal_bytes(), Ordering::Relaxed);
         }
+        self.journal.set_keep_reserve(self.base_journal_bytes.load(Ordering::Relaxed) > 0);
         let keys = self.index.read().prune_keys();
         for batch in keys.chunks(PRUNE_BATCH) {
             self.index.write().prune(batch);
@@ -1867,9 +1886,10 @@ impl Volume {
     /// the best cost-benefit ratio first (docs/journal.md, "Cleaning"): as
     /// few as bring the dead bytes back under it, at most
     /// [`CLEAN_SEGMENTS_PER_PASS`], in one batch (one sync, one map
-    /// commit). Not while a fold is pending: its punches and plan must not
+    /// commit); `short_of_space`: only the one with the fewest live bytes.
+    /// Not while a fold is pending: its punches and plan must not
     /// interleave with a clean's copies.
-    fn clean(&self, report: &mut FoldReport) -> Result<(), RetentionError> {
+    fn clean(&self, report: &mut FoldReport, short_of_space: bool) -> Result<(), RetentionError> {
         let (base_seq, pending) = {
             let index = self.index.read();
             (index.base_seq(), index.first_seq() > index.base_seq())
@@ -1901,6 +1921,13 @@ impl Volume {
             })
             .collect();
         candidates.sort_by(|a, b| b.0.total_cmp(&a.0));
+        if short_of_space {
+            // One segment, the one that needs the least space to clean.
+            let fewest =
+                candidates.iter().map(|(_, segment)| *segment).min_by_key(|segment| segment.live_bytes);
+            return self
+                .clean_segments(&fewest.map(|segment| vec![segment.number]).unwrap_or_default(), report);
+        }
         let mut chosen = Vec::new();
         for (_, segment) in candidates {
             if dead <= allowance || chosen.len() == CLEAN_SEGMENTS_PER_PASS {
@@ -1929,7 +1956,7 @@ impl Volume {
         runs.sort_unstable_by_key(|run| run.location);
         let mut copied = 0;
         let mut source: Option<(u64, Arc<dyn StorageBackend>)> = None;
-        for run in &runs {
+        for (i, run) in runs.iter().enumerate() {
             let (number, position) = layout::split_location(run.location);
             let file = match &source {
                 Some((open, file)) if *open == number => file.clone(),
@@ -1939,7 +1966,14 @@ impl Volume {
                     file
                 }
             };
-            base_file.copy_from(file.as_ref(), position, run.end - run.start, run.start)?;
+            if let Err(error) = base_file.copy_from(file.as_ref(), position, run.end - run.start, run.start) {
+                // Give back the space of the copies no map points at (on a
+                // full disk the retry needs it).
+                for run in &runs[..=i] {
+                    let _ = base_file.punch_hole(run.start, run.end - run.start);
+                }
+                return Err(error.into());
+            }
             copied += run.end - run.start;
         }
         base_file.sync()?;
@@ -1967,6 +2001,7 @@ impl Volume {
             index.set_base_map(committed.map);
             self.base_journal_bytes.store(index.base_map().journal_bytes(), Ordering::Relaxed);
         }
+        self.journal.set_keep_reserve(self.base_journal_bytes.load(Ordering::Relaxed) > 0);
         let segments = numbers.len() as u64;
         report.cleaned_segments += segments;
         report.cleaned_bytes += copied;
