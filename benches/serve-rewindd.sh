@@ -5,7 +5,8 @@
 # into a fresh volume EXPORT through NBD (nbdcopy, then flush), by a daemon on
 # a side port; then rewindd serves the data dir on PORT in the foreground
 # until nbd-peers.sh stops it. The data dir sits next to FILE (same storage
-# as the other servers' file) and is removed afterwards.
+# as the other servers' file) and is removed afterwards. REWINDD_ARGS adds
+# flags to the serving daemon (e.g. REWINDD_ARGS='--config tuned.toml').
 set -euo pipefail
 file=$1 host=$2 port=$3 export=$4
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -31,7 +32,7 @@ fi
 nbdcopy --flush "$file" "nbd://$host:$side/$export"
 kill -TERM "$child"; wait "$child"; child=
 
-REWIND_LOG=${REWIND_LOG:-warn} "$rewindd" --data-dir "$data" --nbd-listen "$host:$port" \
+REWIND_LOG=${REWIND_LOG:-warn} "$rewindd" ${REWINDD_ARGS:-} --data-dir "$data" --nbd-listen "$host:$port" \
     --replication-listen "$host:$((port + 1))" &
 child=$!
 wait "$child"

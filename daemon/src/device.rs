@@ -8,34 +8,21 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use nbd_server::{BlockDevice, DeviceError, Errno, Extent, IoBuffer, ZeroFlags};
+use nbd_server::{BlockDevice, DeviceError, Errno, Extent, IoBuffer, SyncCost, ZeroFlags};
 use store::{PointView, Volume};
 
-/// Flushes run inline while recent syncs took less than this: on tmpfs or
-/// a battery-backed cache an fdatasync costs microseconds, less than the
-/// hand-off to the blocking pool; on a disk it costs milliseconds.
-const INLINE_SYNC_NANOS: u64 = 50_000;
-
-/// Moving average of recent sync durations (ns); unknown (MAX) at start,
-/// so the first syncs are offloaded and measured.
-static RECENT_SYNC_NANOS: AtomicU64 = AtomicU64::new(u64::MAX);
+/// How long this process's syncs take: flushes run inline while they are
+/// cheap (tmpfs, a battery-backed cache), on the blocking pool otherwise.
+static SYNC_COST: SyncCost = SyncCost::new();
 
 fn sync_is_cheap() -> bool {
-    RECENT_SYNC_NANOS.load(Ordering::Relaxed) < INLINE_SYNC_NANOS
+    SYNC_COST.is_cheap()
 }
 
-/// Runs `operation` (which syncs) and folds its duration into the average.
 fn timed_sync<T>(operation: impl FnOnce() -> T) -> T {
-    let started = std::time::Instant::now();
-    let result = operation();
-    let elapsed = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-    let old = RECENT_SYNC_NANOS.load(Ordering::Relaxed);
-    let new = if old == u64::MAX { elapsed } else { old - old / 8 + elapsed / 8 };
-    RECENT_SYNC_NANOS.store(new, Ordering::Relaxed);
-    result
+    SYNC_COST.time(operation)
 }
 
 /// Requests moving at least this many bytes run on the blocking pool.

@@ -12,8 +12,11 @@ use std::sync::Arc;
 use nbd_server::device::ReadResult;
 use nbd_server::{
     BlockDevice, Catalog, DeviceError, Errno, Export, ExportInfo, Extent, IoBuffer, Listing, LookupError,
-    Server, ServerConfig, ZeroFlags,
+    Server, ServerConfig, SyncCost, ZeroFlags,
 };
+
+/// Flushes run inline while syncs are cheap (tmpfs), offloaded otherwise.
+static SYNC_COST: SyncCost = SyncCost::new();
 
 /// Requests at least this long run on the blocking pool.
 const OFFLOAD_BYTES: usize = 128 << 10;
@@ -57,8 +60,11 @@ impl BlockDevice for FileDevice {
     }
 
     async fn flush(&self) -> Result<(), DeviceError> {
+        if SYNC_COST.is_cheap() {
+            return Ok(SYNC_COST.time(|| self.file.sync_data())?);
+        }
         let file = self.file.clone();
-        joined(tokio::task::spawn_blocking(move || file.sync_data()).await)
+        joined(tokio::task::spawn_blocking(move || SYNC_COST.time(|| file.sync_data())).await)
     }
 
     async fn trim(&self, _offset: u64, _length: u64, _fua: bool) -> Result<(), DeviceError> {

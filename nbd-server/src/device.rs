@@ -233,6 +233,51 @@ impl<D: BlockDevice> BlockDevice for Arc<D> {
     }
 }
 
+/// Whether a device's syncs are cheap enough to run inline on the
+/// connection's task. On tmpfs or a battery-backed cache an fdatasync costs
+/// microseconds, less than a hand-off to a blocking pool; on a disk it costs
+/// milliseconds and must not stall the connection. A moving average of the
+/// measured durations decides; it starts unknown, so the first syncs are
+/// offloaded and measured.
+#[derive(Debug)]
+pub struct SyncCost {
+    /// Moving average of recent sync durations in nanoseconds; MAX while
+    /// nothing was measured.
+    recent_nanos: std::sync::atomic::AtomicU64,
+}
+
+impl SyncCost {
+    /// Syncs run inline while they take less than this on average.
+    pub const INLINE_NANOS: u64 = 50_000;
+
+    pub const fn new() -> Self {
+        Self { recent_nanos: std::sync::atomic::AtomicU64::new(u64::MAX) }
+    }
+
+    /// True while recent syncs were cheap enough to run inline.
+    pub fn is_cheap(&self) -> bool {
+        self.recent_nanos.load(std::sync::atomic::Ordering::Relaxed) < Self::INLINE_NANOS
+    }
+
+    /// Runs `operation` (which syncs) and folds its duration into the average.
+    pub fn time<T>(&self, operation: impl FnOnce() -> T) -> T {
+        use std::sync::atomic::Ordering;
+        let started = std::time::Instant::now();
+        let result = operation();
+        let elapsed = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let old = self.recent_nanos.load(Ordering::Relaxed);
+        let new = if old == u64::MAX { elapsed } else { old - old / 8 + elapsed / 8 };
+        self.recent_nanos.store(new, Ordering::Relaxed);
+        result
+    }
+}
+
+impl Default for SyncCost {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// What the handshake tells a client about an export.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExportInfo {
@@ -286,4 +331,26 @@ pub trait Catalog: Send + Sync + 'static {
     /// Resolves an export name. Called for INFO, GO, EXPORT_NAME and the
     /// meta-context options; the name is untrusted (up to 4096 bytes).
     fn open(&self, name: &str) -> impl Future<Output = Result<Export<Self::Device>, LookupError>> + Send;
+}
+
+#[cfg(test)]
+mod sync_cost_tests {
+    use super::SyncCost;
+    use std::time::Duration;
+
+    #[test]
+    fn offloads_until_measured_then_follows_the_average() {
+        let cost = SyncCost::new();
+        assert!(!cost.is_cheap(), "unknown cost must not run inline");
+        assert_eq!(cost.time(|| 7), 7);
+        assert!(cost.is_cheap(), "a sync of nanoseconds is cheap");
+        // One slow sync moves the average by an eighth: 8 ms / 8 = 1 ms.
+        cost.time(|| std::thread::sleep(Duration::from_millis(8)));
+        assert!(!cost.is_cheap(), "a slow sync sends the next ones to the pool");
+        // Fast syncs bring it back down (each keeps 7/8 of the average).
+        for _ in 0..64 {
+            cost.time(|| ());
+        }
+        assert!(cost.is_cheap());
+    }
 }

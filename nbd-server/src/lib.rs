@@ -25,6 +25,7 @@ pub mod transmission;
 
 pub use buffer::{BufferPool, IoBuffer};
 pub use device::{
-    BlockDevice, Catalog, DeviceError, Errno, Export, ExportInfo, Extent, Listing, LookupError, ZeroFlags,
+    BlockDevice, Catalog, DeviceError, Errno, Export, ExportInfo, Extent, Listing, LookupError, SyncCost,
+    ZeroFlags,
 };
 pub use server::{Observer, RequestKind, Server, ServerConfig};
