@@ -217,8 +217,44 @@ const VOLUME_SERIES: &[VolumeSeries] = &[
     VolumeSeries {
         name: "rewind_volume_folded_bytes_total",
         kind: "counter",
-        help: "Bytes copied from the journal into the base image by folds.",
+        help: "Bytes of data folds made part of the base image (most stay where they are in the journal).",
         value: |_, stats| Some(stats.folded_bytes),
+    },
+    VolumeSeries {
+        name: "rewind_volume_fold_copied_bytes_total",
+        kind: "counter",
+        help: "Bytes folds wrote into the base file in place (small pieces over base file data).",
+        value: |_, stats| Some(stats.fold_copied_bytes),
+    },
+    VolumeSeries {
+        name: "rewind_volume_cleaned_segments_total",
+        kind: "counter",
+        help: "Base segments cleaned (their live data copied into the base file, then reclaimed).",
+        value: |_, stats| Some(stats.cleaned_segments),
+    },
+    VolumeSeries {
+        name: "rewind_volume_cleaned_bytes_total",
+        kind: "counter",
+        help: "Live bytes cleaning copied from base segments into the base file.",
+        value: |_, stats| Some(stats.cleaned_bytes),
+    },
+    VolumeSeries {
+        name: "rewind_volume_clean_failures_total",
+        kind: "counter",
+        help: "Cleans that failed (IO errors); the next pass tries again.",
+        value: |_, stats| Some(stats.clean_failures),
+    },
+    VolumeSeries {
+        name: "rewind_volume_base_journal_bytes",
+        kind: "gauge",
+        help: "Bytes of base data kept in journal segments (folded data nothing newer replaced).",
+        value: |_, stats| Some(stats.base_journal_bytes),
+    },
+    VolumeSeries {
+        name: "rewind_volume_dead_journal_bytes",
+        kind: "gauge",
+        help: "Dead bytes of base segments (superseded data) that cleaning or reclaiming will free.",
+        value: |_, stats| Some(stats.dead_journal_bytes),
     },
     VolumeSeries {
         name: "rewind_volume_reclaimed_segments_total",

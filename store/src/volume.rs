@@ -150,9 +150,12 @@ pub struct VolumeStats {
     pub folds: u64,
     /// Records folded into the base since the volume was opened.
     pub folded_records: u64,
-    /// Bytes of data those folds made part of the base image, in place (no
-    /// copy).
+    /// Bytes of data those folds made part of the base image, and of those
+    /// the bytes written into the base file over its older data there
+    /// (small pieces: docs/journal.md, "The fold"); the rest stayed where
+    /// it was in the journal.
     pub folded_bytes: u64,
+    pub fold_copied_bytes: u64,
     /// Base segments cleaned, and the live bytes cleaning copied from them
     /// into the base file.
     pub cleaned_segments: u64,
@@ -201,10 +204,11 @@ pub struct FoldReport {
     /// The oldest retained point before and after the pass.
     pub first_seq_before: u64,
     pub first_seq_after: u64,
-    /// Records folded into the base, and bytes of data they made part of
-    /// the base image (in place).
+    /// Records folded into the base, bytes of data they made part of the
+    /// base image, and of those the bytes written into the base file.
     pub folded_records: u64,
     pub folded_bytes: u64,
+    pub fold_copied_bytes: u64,
     /// Base segments cleaned, and bytes copied into the base file.
     pub cleaned_segments: u64,
     pub cleaned_bytes: u64,
@@ -249,6 +253,7 @@ struct RetentionCounters {
     folds: AtomicU64,
     folded_records: AtomicU64,
     folded_bytes: AtomicU64,
+    fold_copied_bytes: AtomicU64,
     cleaned_segments: AtomicU64,
     cleaned_bytes: AtomicU64,
     reclaimed_segments: AtomicU64,
@@ -266,6 +271,11 @@ const WRITE_STALL_MAX: std::time::Duration = std::time::Duration::from_secs(1);
 /// How often the warning that protected points keep the journal over its
 /// budget repeats while nothing changes.
 const BLOCKED_WARNING_INTERVAL_NANOS: i64 = 10 * 60 * 1_000_000_000;
+/// A fold writes folded data of pieces smaller than this into the base
+/// file in place where the base file already holds that range's data,
+/// instead of leaving it in the journal and punching the base file
+/// (docs/journal.md, "The fold").
+const FOLD_IN_PLACE_MAX: u64 = 64 << 10;
 /// Segments cleaned per retention pass at most (the next pass goes on).
 const CLEAN_SEGMENTS_PER_PASS: usize = 16;
 /// Records whose ranges a fold collects at once.
@@ -1440,6 +1450,7 @@ impl Volume {
             folds: counters.folds.load(Ordering::Relaxed),
             folded_records: counters.folded_records.load(Ordering::Relaxed),
             folded_bytes: counters.folded_bytes.load(Ordering::Relaxed),
+            fold_copied_bytes: counters.fold_copied_bytes.load(Ordering::Relaxed),
             cleaned_segments: counters.cleaned_segments.load(Ordering::Relaxed),
             cleaned_bytes: counters.cleaned_bytes.load(Ordering::Relaxed),
             reclaimed_segments: counters.reclaimed_segments.load(Ordering::Relaxed),
@@ -1757,7 +1768,10 @@ impl Volume {
         let mut folded_bytes = 0;
         let mut pieces = Vec::new();
         let mut under = Vec::new();
+        // Base file work of one planning step, done without the index lock.
         let mut punches = Vec::new();
+        let mut copies = Vec::new();
+        let mut copied_in_place = 0;
         // The ranges the folded records touched, a batch of records at a
         // time (bounded memory; a range touched in two batches is planned
         // twice, with the same result).
@@ -1774,47 +1788,91 @@ impl Volume {
                     {
                         let index = self.index.read();
                         index.plan(target, at, step_end, &mut pieces);
+                        // The base file span to punch, grown over
+                        // consecutive replaced ranges (one fallocate, and
+                        // one discard on a `discard` mount, instead of one
+                        // per fragment).
+                        let mut span: Option<(u64, u64)> = None;
                         for piece in &pieces {
                             let (piece_start, piece_end) = (piece.offset, piece.offset + piece.length);
-                            match piece.source {
-                                Source::Data { location } => {
-                                    map.set_journal(piece_start, piece_end, location);
-                                    folded_bytes += piece.length;
+                            let location = match piece.source {
+                                Source::Data { location } => Some(location),
+                                Source::Zero { hole } => {
+                                    let kind = if hole { BaseKind::Hole } else { BaseKind::Zero };
+                                    map.set(piece_start, piece_end, kind);
+                                    None
                                 }
-                                Source::Zero { hole } => map.set(
-                                    piece_start,
-                                    piece_end,
-                                    if hole { BaseKind::Hole } else { BaseKind::Zero },
-                                ),
-                                // Unchanged since the base.
-                                Source::BaseFile | Source::Base => continue,
-                            }
-                            // Base file data that this range replaces is
-                            // dead from the commit on: free its space (the
-                            // space bound). The index's map is the committed
-                            // one: only folds and cleans change it, one at a
-                            // time (the fold lock).
+                                // Unchanged since the base: its base file
+                                // data stays, so a span cannot cross it.
+                                Source::BaseFile | Source::Base => {
+                                    punches.extend(span.take());
+                                    continue;
+                                }
+                            };
+                            // What the base had there. The index's map is
+                            // the committed one: only folds and cleans
+                            // change it, one at a time (the fold lock).
+                            under.clear();
                             if base_file.is_some() {
-                                under.clear();
                                 index.base_map().plan(piece_start, piece_end, &mut under);
-                                punches.extend(
-                                    under
-                                        .iter()
-                                        .filter(|old| old.source == Source::BaseFile)
-                                        .map(|old| (old.offset, old.length)),
-                                );
+                            } else {
+                                under.push(Piece { source: Source::Base, ..*piece });
+                            }
+                            for old in &under {
+                                let (old_start, old_end) = (old.offset, old.offset + old.length);
+                                let in_file = old.source == Source::BaseFile;
+                                if let Some(location) = location {
+                                    let at = location + (old_start - piece_start);
+                                    folded_bytes += old.length;
+                                    if in_file && piece.length < FOLD_IN_PLACE_MAX {
+                                        // Small data over base file data:
+                                        // write it there (the map keeps
+                                        // saying data) rather than punch
+                                        // a fragment now and copy it back
+                                        // when cleaning its segment.
+                                        copies.push((at, old_start, old.length));
+                                        punches.extend(span.take());
+                                        continue;
+                                    }
+                                    map.set_journal(old_start, old_end, at);
+                                }
+                                // Base file data this range replaces is dead
+                                // from the commit on: free its space (the
+                                // space bound). Base file bytes the old map
+                                // does not point at (journal runs, zeros,
+                                // holes) are dead already, so a span may
+                                // cover them between pieces of file data.
+                                if in_file {
+                                    match &mut span {
+                                        Some((_, span_end)) => *span_end = old_end,
+                                        None => span = Some((old_start, old_end)),
+                                    }
+                                }
                             }
                         }
+                        punches.extend(span.take());
                     }
                     if let Some(file) = &base_file {
-                        for &(offset, length) in &punches {
-                            file.punch_hole(offset, length)?;
+                        for &(start, end) in &punches {
+                            file.punch_hole(start, end - start)?;
+                        }
+                        for (location, offset, length) in copies.drain(..) {
+                            let (number, position) = layout::split_location(location);
+                            file.copy_from(self.journal.segment(number)?.as_ref(), position, length, offset)?;
+                            copied_in_place += length;
                         }
                     }
                     at = step_end;
                 }
             }
             from = to;
+        }
+        // Data written into the base file in place must be durable before
+        // the map that relies on it.
+        if copied_in_place > 0
+            && let Some(file) = &base_file
+        {
+            file.sync()?;
         }
 
         // 3. Commit. A snapshot can pin the base only if it is the base's
@@ -1859,11 +1917,13 @@ impl Volume {
         let records = target - base_seq;
         report.folded_records += records;
         report.folded_bytes += folded_bytes;
+        report.fold_copied_bytes += copied_in_place;
         let counters = &self.counters;
         counters.folds.fetch_add(1, Ordering::Relaxed);
         counters.folded_records.fetch_add(records, Ordering::Relaxed);
         counters.folded_bytes.fetch_add(folded_bytes, Ordering::Relaxed);
-        tracing::debug!(volume = %self.name, base_seq = target, records, folded_bytes, "folded");
+        counters.fold_copied_bytes.fetch_add(copied_in_place, Ordering::Relaxed);
+        tracing::debug!(volume = %self.name, base_seq = target, records, folded_bytes, copied_in_place, "folded");
         Ok(())
     }
 

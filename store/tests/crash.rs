@@ -139,8 +139,10 @@ macro_rules! ensure {
 #[derive(Debug, Default, Clone, Copy)]
 struct Coverage {
     records: u64,
-    /// Cases with at least one completed fold before the crash.
+    /// Cases with at least one completed fold before the crash; of those,
+    /// cases where a fold wrote small pieces into the base file in place.
     folded: u64,
+    folded_in_place: u64,
     /// Cases that reused a spare segment file.
     recycled: u64,
     /// Cases whose crash interrupted a fold (or failed one).
@@ -166,6 +168,7 @@ impl std::ops::AddAssign for Coverage {
     fn add_assign(&mut self, other: Self) {
         self.records += other.records;
         self.folded += other.folded;
+        self.folded_in_place += other.folded_in_place;
         self.recycled += other.recycled;
         self.fold_interrupted += other.fold_interrupted;
         self.recovered_base += other.recovered_base;
@@ -516,6 +519,7 @@ fn run_case(seed: u64) -> Result<Coverage, String> {
     if let Some((_, volume)) = &live {
         let stats = volume.stats();
         coverage.folded = u64::from(stats.folds > 0 || stats.base_seq > 0);
+        coverage.folded_in_place = u64::from(stats.fold_copied_bytes > 0);
         coverage.recycled = u64::from(stats.recycled_segments > 0);
         coverage.fold_interrupted = u64::from(stats.fold_failures > 0 || stats.first_seq > stats.base_seq);
         coverage.cleaned = u64::from(stats.cleaned_segments > 0);

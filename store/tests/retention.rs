@@ -574,6 +574,77 @@ fn sequential_overwrites_reclaim_segments_without_copying() {
     assert_eq!(volume.stats().base_segments, stats.base_segments);
 }
 
+/// Small writes over data the cleaner moved into the base file are folded
+/// into the base file in place (no punch now, nothing to copy back later),
+/// large ones stay in the journal; every point, the head and a reopen
+/// after a crash read as the model says.
+#[test]
+fn small_writes_over_base_file_data_fold_in_place() {
+    let fs = MemoryFs::new();
+    let clock = Arc::new(ManualClock::new(T0));
+    let size = 256 << 10;
+    let budget = 64 << 10;
+    let policy = RetentionPolicy { window: None, max_journal_bytes: Some(JournalBudget::Bytes(budget)) };
+    let options = StoreOptions { segment_bytes: 16 << 10, ..memory_options(&fs, &clock, policy) };
+    let store = open(&fs, &options);
+    let volume = store.create_volume("v", size).unwrap();
+    let mut model = Model::new(size as usize);
+    let mut rng = SimRng::new(13);
+    // Fill the disk, then scatter 4 KiB overwrites until the cleaner has
+    // moved live data into the base file.
+    for block in 0..size / 4096 {
+        model.write(&volume, &mut rng, block * 4096, 4096);
+    }
+    let mut rounds = 0;
+    while volume.stats().base_bytes == 0 {
+        for _ in 0..8 {
+            let offset = rng.below(size / 4096) * 4096;
+            model.write(&volume, &mut rng, offset, 4096);
+        }
+        volume.flush().unwrap();
+        volume.enforce_retention(T0).unwrap();
+        rounds += 1;
+        assert!(rounds < 500, "nothing was cleaned into the base file: {:?}", volume.stats());
+    }
+    // Small overwrites of the whole disk, folded: those over base file data
+    // go into the base file.
+    let before = volume.stats();
+    for block in 0..size / 4096 {
+        model.write(&volume, &mut rng, block * 4096, 4096);
+        if block % 4 == 3 {
+            volume.flush().unwrap();
+            volume.enforce_retention(T0).unwrap();
+        }
+    }
+    let after = volume.stats();
+    let in_place = after.fold_copied_bytes - before.fold_copied_bytes;
+    assert!(in_place > 0 && in_place.is_multiple_of(4096), "{after:?}");
+    assert!(after.base_bytes > 0, "{after:?}");
+    model.check(&volume);
+    // One large write over base file data stays in the journal (the base
+    // file is punched there instead).
+    let copied = after.fold_copied_bytes;
+    model.write(&volume, &mut rng, 0, 128 << 10);
+    for block in 0..64u64 {
+        model.write(&volume, &mut rng, (128 << 10) + (block % 32) * 4096, 4096);
+        if block % 4 == 3 {
+            volume.flush().unwrap();
+            volume.enforce_retention(T0).unwrap();
+        }
+    }
+    let stats = volume.stats();
+    assert!(stats.first_seq > model.images.len() as u64 - 66, "the large write was folded: {stats:?}");
+    // The 64 small writes at most, never the large one.
+    assert!(stats.fold_copied_bytes - copied <= 64 * 4096, "{stats:?}");
+    model.check(&volume);
+    // A crash that loses nothing unsynced changes nothing retained.
+    let crashed = fs.crash_image(Loss::LoseAll, 7);
+    drop((volume, store));
+    let store = open(&crashed, &options);
+    let volume = store.volume("v").unwrap();
+    model.check(&volume);
+}
+
 /// Cost-benefit cleaning under a hot region: a disk filled once, then
 /// overwritten only in its first 64 KiB. The dead bytes stay within the
 /// allowance; hot segments are cleaned once mostly dead, cold data (still
