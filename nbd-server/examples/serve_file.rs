@@ -18,7 +18,7 @@ use nbd_server::{
 /// Flushes run inline while syncs are cheap (tmpfs), offloaded otherwise.
 static SYNC_COST: SyncCost = SyncCost::new();
 
-/// Requests at least this long run on the blocking pool.
+/// Reads at least this long run on the blocking pool.
 const OFFLOAD_BYTES: usize = 128 << 10;
 
 #[derive(Debug, Clone)]
@@ -47,12 +47,11 @@ impl BlockDevice for FileDevice {
     }
 
     async fn write(&self, offset: u64, data: IoBuffer, fua: bool) -> Result<(), DeviceError> {
-        if data.len() >= OFFLOAD_BYTES {
-            let file = self.file.clone();
-            joined(tokio::task::spawn_blocking(move || file.write_all_at(&data, offset)).await)?;
-        } else {
-            self.file.write_all_at(&data, offset)?;
-        }
+        // Inline whatever the size: the payload is in memory and a buffered
+        // pwrite only copies it into the page cache (measured: 1 MiB writes
+        // 4.7 GB/s inline against 4.0 offloaded). A read is offloaded when
+        // large, so that its copy overlaps sending the previous reply.
+        self.file.write_all_at(&data, offset)?;
         if fua {
             self.flush().await?;
         }
