@@ -247,3 +247,68 @@ fn disconnect_with_requests_in_flight_loses_nothing_acknowledged() {
         assert_eq!(reader.read_bytes(4096).unwrap(), vec![i as u8; 4096]);
     }
 }
+
+#[test]
+fn requests_trickling_in_one_at_a_time_and_a_hang_up_while_idle() {
+    // With nothing in flight the server polls the socket briefly for the
+    // next request before it waits through the reactor (ServerConfig::
+    // idle_poll). Requests that arrive a few bytes at a time, across and
+    // after that window, are served exactly; a client that hangs up while
+    // the server polls is noticed, and the daemon keeps serving.
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = hardened_daemon(dir.path());
+    let mut client = RawClient::connect(daemon.nbd).unwrap();
+    client.go("default").unwrap();
+    for i in 0..6u64 {
+        let payload = [0x40 + i as u8; 512];
+        let mut message = Vec::new();
+        message.extend_from_slice(&REQUEST_MAGIC.to_be_bytes());
+        message.extend_from_slice(&0u16.to_be_bytes());
+        message.extend_from_slice(&CMD_WRITE.to_be_bytes());
+        message.extend_from_slice(&i.to_be_bytes());
+        message.extend_from_slice(&(i * 512).to_be_bytes());
+        message.extend_from_slice(&512u32.to_be_bytes());
+        message.extend_from_slice(&payload);
+        // Pieces of 1 to 200 bytes, 0 to 2 ms apart (the poll lasts 50 µs).
+        let mut at = 0;
+        for (step, size) in [1usize, 7, 20, 200].iter().cycle().enumerate() {
+            if at == message.len() {
+                break;
+            }
+            let end = (at + size).min(message.len());
+            client.stream.write_all(&message[at..end]).unwrap();
+            client.stream.flush().unwrap();
+            at = end;
+            std::thread::sleep(Duration::from_micros(((step as u64 + i) % 3) * 1000));
+        }
+        assert_eq!(client.simple_reply().unwrap(), (0, i));
+    }
+    for i in 0..6u64 {
+        client.request(0, CMD_READ, 100 + i, i * 512, 512, &[]).unwrap();
+        assert_eq!(client.simple_reply().unwrap(), (0, 100 + i));
+        assert_eq!(client.read_bytes(512).unwrap(), vec![0x40 + i as u8; 512]);
+    }
+    // A reply, then gone at once: the server is still polling for the
+    // next request when the connection ends.
+    client.request(0, CMD_FLUSH, 200, 0, 0, &[]).unwrap();
+    assert_eq!(client.simple_reply().unwrap(), (0, 200));
+    drop(client);
+    assert_serving(daemon.nbd);
+    // The connection is gone from the daemon's count.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let socket = daemon.data_dir.join("control.sock");
+        let status = rewind_tests::run_ok(
+            Command::new(rewind_tests::binary("rewind"))
+                .arg("--control")
+                .arg(&socket)
+                .args(["volume", "show", "default", "--json"]),
+            Duration::from_secs(10),
+        );
+        if status.contains("\"head\":0") || status.contains("\"head\": 0") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "connection still counted: {status}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
