@@ -23,6 +23,7 @@ pub const DEFAULT_REPLICATION_LISTEN: &str = "127.0.0.1:10810";
 /// tuning (and 0 would make the server refuse everything).
 const MAX_CONNECTIONS_RANGE: std::ops::RangeInclusive<usize> = 1..=65_536;
 const HANDSHAKE_TIMEOUT_MS_RANGE: std::ops::RangeInclusive<u64> = 100..=600_000;
+const IDLE_POLL_US_RANGE: std::ops::RangeInclusive<u64> = 0..=1_000;
 const MAX_INFLIGHT_REQUESTS_RANGE: std::ops::RangeInclusive<usize> = 1..=65_536;
 
 /// Command-line flags. Every flag overrides the config file.
@@ -182,6 +183,7 @@ struct FileNbd {
     max_connections: Option<usize>,
     handshake_timeout_ms: Option<u64>,
     max_inflight_requests: Option<usize>,
+    idle_poll_us: Option<u64>,
 }
 
 /// A listen address as given (`localhost:10809`) and what it resolves to.
@@ -227,6 +229,7 @@ struct PrintedNbd {
     max_connections: usize,
     handshake_timeout_ms: u64,
     max_inflight_requests: usize,
+    idle_poll_us: u64,
 }
 
 /// Resolves `HOST:PORT` (an IP address or a host name). `origin` names
@@ -315,6 +318,10 @@ impl Config {
                 nbd.max_inflight_requests =
                     in_range("[nbd] max_inflight_requests", value, &MAX_INFLIGHT_REQUESTS_RANGE, path)?;
             }
+            if let Some(value) = file_nbd.idle_poll_us {
+                let value = in_range("[nbd] idle_poll_us", value, &IDLE_POLL_US_RANGE, path)?;
+                nbd.idle_poll = Duration::from_micros(value);
+            }
         }
         let mut store = StoreSettings::default();
         if let (Some(file_store), Some(path)) = (file.store, &args.config) {
@@ -364,6 +371,7 @@ impl Config {
                 max_connections: self.nbd.max_connections,
                 handshake_timeout_ms: self.nbd.handshake_timeout.as_millis() as u64,
                 max_inflight_requests: self.nbd.max_inflight_requests,
+                idle_poll_us: self.nbd.idle_poll.as_micros() as u64,
             },
             store: PrintedStore {
                 engine: engine_name(self.store.engine),

@@ -114,7 +114,11 @@ fn print_config_shows_defaults_file_values_and_flag_overrides() {
     // effective result and a bad file is a usage error (exit 2).
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("c.toml");
-    std::fs::write(&config, "data_dir = \"/srv/rewind\"\nnbd_listen = \"127.0.0.1:11000\"\n").unwrap();
+    std::fs::write(
+        &config,
+        "data_dir = \"/srv/rewind\"\nnbd_listen = \"127.0.0.1:11000\"\n[nbd]\nidle_poll_us = 20\n",
+    )
+    .unwrap();
     let output = run(
         Command::new(binary("rewindd")).arg("--config").arg(&config).args([
             "--nbd-listen",
@@ -129,6 +133,7 @@ fn print_config_shows_defaults_file_values_and_flag_overrides() {
     assert!(text.contains("nbd_listen = \"127.0.0.1:12000\""), "{text}");
     assert!(text.contains("control = \"/srv/rewind/control.sock\""), "{text}");
     assert!(text.contains("replication_listen = \"127.0.0.1:10810\""), "{text}");
+    assert!(text.contains("idle_poll_us = 20"), "{text}");
 
     std::fs::write(&config, "nbd_listen = 5\n").unwrap();
     let output = run(
