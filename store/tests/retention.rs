@@ -82,6 +82,32 @@ impl Model {
     }
 }
 
+/// A store under a journal budget alone (16 KiB segments) with volume "v"
+/// of `size` bytes written once in 4 KiB blocks of random data.
+struct Filled {
+    fs: MemoryFs,
+    options: StoreOptions,
+    store: Store,
+    volume: Arc<Volume>,
+    model: Model,
+    rng: SimRng,
+}
+
+fn filled(size: u64, budget: u64, seed: u64) -> Filled {
+    let fs = MemoryFs::new();
+    let clock = Arc::new(ManualClock::new(T0));
+    let policy = RetentionPolicy { window: None, max_journal_bytes: Some(JournalBudget::Bytes(budget)) };
+    let options = StoreOptions { segment_bytes: 16 << 10, ..memory_options(&fs, &clock, policy) };
+    let store = open(&fs, &options);
+    let volume = store.create_volume("v", size).unwrap();
+    let mut model = Model::new(size as usize);
+    let mut rng = SimRng::new(seed);
+    for block in 0..size / 4096 {
+        model.write(&volume, &mut rng, block * 4096, 4096);
+    }
+    Filled { fs, options, store, volume, model, rng }
+}
+
 /// History older than the window is folded into the base: the oldest point
 /// moves to the last one before the window's start, its time is reported,
 /// older points are outside the history, every retained point (and the
@@ -580,21 +606,10 @@ fn sequential_overwrites_reclaim_segments_without_copying() {
 /// after a crash read as the model says.
 #[test]
 fn small_writes_over_base_file_data_fold_in_place() {
-    let fs = MemoryFs::new();
-    let clock = Arc::new(ManualClock::new(T0));
     let size = 256 << 10;
-    let budget = 64 << 10;
-    let policy = RetentionPolicy { window: None, max_journal_bytes: Some(JournalBudget::Bytes(budget)) };
-    let options = StoreOptions { segment_bytes: 16 << 10, ..memory_options(&fs, &clock, policy) };
-    let store = open(&fs, &options);
-    let volume = store.create_volume("v", size).unwrap();
-    let mut model = Model::new(size as usize);
-    let mut rng = SimRng::new(13);
-    // Fill the disk, then scatter 4 KiB overwrites until the cleaner has
-    // moved live data into the base file.
-    for block in 0..size / 4096 {
-        model.write(&volume, &mut rng, block * 4096, 4096);
-    }
+    let Filled { fs, options, store, volume, mut model, mut rng } = filled(size, 64 << 10, 13);
+    // Then scatter 4 KiB overwrites until the cleaner has moved live data
+    // into the base file.
     let mut rounds = 0;
     while volume.stats().base_bytes == 0 {
         for _ in 0..8 {
@@ -653,19 +668,8 @@ fn small_writes_over_base_file_data_fold_in_place() {
 /// far less than the hot writes folded.
 #[test]
 fn cleaning_copies_hot_segments_late_and_cold_data_at_most_once() {
-    let fs = MemoryFs::new();
-    let clock = Arc::new(ManualClock::new(T0));
     let size = 512 << 10;
-    let budget = 128 << 10;
-    let policy = RetentionPolicy { window: None, max_journal_bytes: Some(JournalBudget::Bytes(budget)) };
-    let options = StoreOptions { segment_bytes: 16 << 10, ..memory_options(&fs, &clock, policy) };
-    let store = open(&fs, &options);
-    let volume = store.create_volume("v", size).unwrap();
-    let mut model = Model::new(size as usize);
-    let mut rng = SimRng::new(12);
-    for block in 0..size / 4096 {
-        model.write(&volume, &mut rng, block * 4096, 4096);
-    }
+    let Filled { volume, mut model, mut rng, .. } = filled(size, 128 << 10, 12);
     volume.flush().unwrap();
     volume.enforce_retention(T0).unwrap();
     assert!(volume.stats().base_segments > 10, "{:?}", volume.stats());
