@@ -27,6 +27,13 @@ fn memory_options(fs: &MemoryFs, clock: &Arc<ManualClock>, retention: RetentionP
     }
 }
 
+/// Options under a journal budget alone (no window), with segments of
+/// `segment_bytes`.
+fn budget_options(fs: &MemoryFs, clock: &Arc<ManualClock>, budget: u64, segment_bytes: u64) -> StoreOptions {
+    let policy = RetentionPolicy { window: None, max_journal_bytes: Some(JournalBudget::Bytes(budget)) };
+    StoreOptions { segment_bytes, ..memory_options(fs, clock, policy) }
+}
+
 fn open(fs: &MemoryFs, options: &StoreOptions) -> Store {
     let options = StoreOptions { filesystem: Some(Arc::new(fs.clone())), ..options.clone() };
     Store::open("/memory".as_ref(), options).unwrap()
@@ -96,8 +103,7 @@ struct Filled {
 fn filled(size: u64, budget: u64, seed: u64) -> Filled {
     let fs = MemoryFs::new();
     let clock = Arc::new(ManualClock::new(T0));
-    let policy = RetentionPolicy { window: None, max_journal_bytes: Some(JournalBudget::Bytes(budget)) };
-    let options = StoreOptions { segment_bytes: 16 << 10, ..memory_options(&fs, &clock, policy) };
+    let options = budget_options(&fs, &clock, budget, 16 << 10);
     let store = open(&fs, &options);
     let volume = store.create_volume("v", size).unwrap();
     let mut model = Model::new(size as usize);
@@ -325,8 +331,7 @@ impl std::io::Write for Log {
 fn snapshots_stop_folding_and_say_so_loudly() {
     let fs = MemoryFs::new();
     let clock = Arc::new(ManualClock::new(T0));
-    let policy = RetentionPolicy { window: None, max_journal_bytes: Some(JournalBudget::Bytes(32 << 10)) };
-    let store = open(&fs, &memory_options(&fs, &clock, policy));
+    let store = open(&fs, &budget_options(&fs, &clock, 32 << 10, 16 << 10));
     let volume = store.create_volume("v", 128 << 10).unwrap();
     let mut model = Model::new(128 << 10);
     let mut rng = SimRng::new(3);
@@ -374,8 +379,7 @@ fn snapshots_stop_folding_and_say_so_loudly() {
 fn a_snapshot_at_the_base_survives_reopen() {
     let fs = MemoryFs::new();
     let clock = Arc::new(ManualClock::new(T0));
-    let policy = RetentionPolicy { window: None, max_journal_bytes: Some(JournalBudget::Bytes(0)) };
-    let options = StoreOptions { segment_bytes: 200, ..memory_options(&fs, &clock, policy) };
+    let options = budget_options(&fs, &clock, 0, 200);
     let store = open(&fs, &options);
     let volume = store.create_volume("v", 64 << 10).unwrap();
     volume.write(0, b"before", false).unwrap();
@@ -400,8 +404,7 @@ fn a_snapshot_at_the_base_survives_reopen() {
 fn clone_bases_are_protected_until_the_clone_is_deleted() {
     let fs = MemoryFs::new();
     let clock = Arc::new(ManualClock::new(T0));
-    let policy = RetentionPolicy { window: None, max_journal_bytes: Some(JournalBudget::Bytes(0)) };
-    let options = StoreOptions { segment_bytes: 4096, ..memory_options(&fs, &clock, policy) };
+    let options = budget_options(&fs, &clock, 0, 4096);
     let store = open(&fs, &options);
     let parent = store.create_volume("parent", 64 << 10).unwrap();
     let mut rng = SimRng::new(4);
@@ -444,8 +447,7 @@ fn clone_bases_are_protected_until_the_clone_is_deleted() {
 fn retired_points_fail_instead_of_reading_other_bytes() {
     let fs = MemoryFs::new();
     let clock = Arc::new(ManualClock::new(T0));
-    let policy = RetentionPolicy { window: None, max_journal_bytes: Some(JournalBudget::Bytes(0)) };
-    let store = open(&fs, &memory_options(&fs, &clock, policy));
+    let store = open(&fs, &budget_options(&fs, &clock, 0, 16 << 10));
     let volume = store.create_volume("v", 64 << 10).unwrap();
     let mut rng = SimRng::new(5);
     let mut model = Model::new(64 << 10);
@@ -477,8 +479,7 @@ fn retired_points_fail_instead_of_reading_other_bytes() {
 fn read_sparse_reports_the_ranges_served_as_zeros() {
     let fs = MemoryFs::new();
     let clock = Arc::new(ManualClock::new(T0));
-    let policy = RetentionPolicy { window: None, max_journal_bytes: Some(JournalBudget::Bytes(0)) };
-    let options = StoreOptions { segment_bytes: 200, ..memory_options(&fs, &clock, policy) };
+    let options = budget_options(&fs, &clock, 0, 200);
     let store = open(&fs, &options);
     let volume = store.create_volume("v", 64 << 10).unwrap();
     volume.write(4096, &[1; 4096], false).unwrap();
@@ -566,8 +567,7 @@ fn sequential_overwrites_reclaim_segments_without_copying() {
     let clock = Arc::new(ManualClock::new(T0));
     let size = 256 << 10;
     let budget = 256 << 10;
-    let policy = RetentionPolicy { window: None, max_journal_bytes: Some(JournalBudget::Bytes(budget)) };
-    let options = StoreOptions { segment_bytes: 32 << 10, ..memory_options(&fs, &clock, policy) };
+    let options = budget_options(&fs, &clock, budget, 32 << 10);
     let store = open(&fs, &options);
     let volume = store.create_volume("v", size).unwrap();
     let mut model = Model::new(size as usize);
@@ -704,13 +704,8 @@ fn cleaning_on_a_full_disk_uses_its_reserve() {
     let fs = MemoryFs::new();
     let clock = Arc::new(ManualClock::new(T0));
     let size = 64 << 10;
-    let policy = RetentionPolicy { window: None, max_journal_bytes: Some(JournalBudget::Bytes(8 << 10)) };
-    let options = StoreOptions {
-        segment_bytes: 4 << 10,
-        reserve_bytes: 1,
-        spare_segments: 2,
-        ..memory_options(&fs, &clock, policy)
-    };
+    let options =
+        StoreOptions { reserve_bytes: 1, spare_segments: 2, ..budget_options(&fs, &clock, 8 << 10, 4 << 10) };
     let store = open(&fs, &options);
     let volume = store.create_volume("v", size).unwrap();
     let mut model = Model::new(size as usize);
@@ -776,8 +771,7 @@ fn cleaning_on_a_full_disk_uses_its_reserve() {
 fn a_missing_base_segment_is_damage() {
     let fs = MemoryFs::new();
     let clock = Arc::new(ManualClock::new(T0));
-    let policy = RetentionPolicy { window: None, max_journal_bytes: Some(JournalBudget::Bytes(0)) };
-    let options = StoreOptions { segment_bytes: 4 << 10, ..memory_options(&fs, &clock, policy) };
+    let options = budget_options(&fs, &clock, 0, 4 << 10);
     let store = open(&fs, &options);
     let volume = store.create_volume("v", 64 << 10).unwrap();
     let mut rng = SimRng::new(14);
