@@ -198,7 +198,33 @@ fn errno(code: i32) -> io::Error {
     io::Error::from_raw_os_error(code)
 }
 
+/// The counted kinds of file operation that a fault can fail.
+#[derive(Clone, Copy)]
+enum Op {
+    Read,
+    Write,
+    Allocate,
+}
+
 impl FsState {
+    /// Counts one operation of `op`'s kind; fails it with EIO after a crash,
+    /// or with the configured errno if it is the one to fail.
+    fn fault(&mut self, op: Op) -> io::Result<()> {
+        if self.crashed {
+            return Err(errno(libc::EIO));
+        }
+        let (count, fault) = match op {
+            Op::Read => (&mut self.reads, self.faults.fail_read_at),
+            Op::Write => (&mut self.writes, self.faults.fail_write_at),
+            Op::Allocate => (&mut self.allocations, self.faults.fail_allocate_at),
+        };
+        *count += 1;
+        match fault {
+            Some((n, code)) if *count == n => Err(errno(code)),
+            _ => Ok(()),
+        }
+    }
+
     /// Counts a rename or removal; fails (and crashes the filesystem) if
     /// the machine is down or this is the one to crash at. After a crash no
     /// directory changes: the crash image must not see any.
@@ -541,15 +567,7 @@ impl std::fmt::Debug for MemoryFile {
 impl StorageBackend for MemoryFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let mut state = self.state.lock();
-        if state.crashed {
-            return Err(errno(libc::EIO));
-        }
-        state.reads += 1;
-        if let Some((n, code)) = state.faults.fail_read_at
-            && state.reads == n
-        {
-            return Err(errno(code));
-        }
+        state.fault(Op::Read)?;
         let file = state.file(self.id)?;
         let end = offset.checked_add(buf.len() as u64).ok_or(io::ErrorKind::InvalidInput)?;
         if end > file.current.len() as u64 {
@@ -614,15 +632,7 @@ impl StorageBackend for MemoryFile {
 
     fn set_len(&self, len: u64) -> io::Result<()> {
         let mut state = self.state.lock();
-        if state.crashed {
-            return Err(errno(libc::EIO));
-        }
-        state.writes += 1;
-        if let Some((n, code)) = state.faults.fail_write_at
-            && state.writes == n
-        {
-            return Err(errno(code));
-        }
+        state.fault(Op::Write)?;
         let file = state.file_mut(self.id)?;
         let op = Pending::SetLen(len);
         apply(&mut file.current, &op);
@@ -633,15 +643,7 @@ impl StorageBackend for MemoryFile {
 
     fn punch_hole(&self, offset: u64, length: u64) -> io::Result<()> {
         let mut state = self.state.lock();
-        if state.crashed {
-            return Err(errno(libc::EIO));
-        }
-        state.writes += 1;
-        if let Some((n, code)) = state.faults.fail_write_at
-            && state.writes == n
-        {
-            return Err(errno(code));
-        }
+        state.fault(Op::Write)?;
         let file = state.file_mut(self.id)?;
         let len = file.current.len() as u64;
         let end = offset.saturating_add(length).min(len);
@@ -665,15 +667,7 @@ impl StorageBackend for MemoryFile {
 
     fn allocate(&self, offset: u64, length: u64) -> io::Result<()> {
         let mut state = self.state.lock();
-        if state.crashed {
-            return Err(errno(libc::EIO));
-        }
-        state.allocations += 1;
-        if let Some((n, code)) = state.faults.fail_allocate_at
-            && state.allocations == n
-        {
-            return Err(errno(code));
-        }
+        state.fault(Op::Allocate)?;
         let end = offset.checked_add(length).ok_or(io::ErrorKind::InvalidInput)?;
         let reached = state.allocate_range(self.id, offset, end)?;
         let file = state.file_mut(self.id)?;
