@@ -236,19 +236,23 @@ pub fn copy_file_range_all(
         // borrowed, `source` is kept open by the caller).
         let copied =
             unsafe { libc::copy_file_range(source, &mut from, destination.as_raw_fd(), &mut to, step, 0) };
-        if copied < 0 {
-            let error = io::Error::last_os_error();
-            if error.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(error);
-        }
-        if copied == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
+        let Some(copied) = progress(copied, io::ErrorKind::UnexpectedEof)? else { continue };
         left -= copied as u64;
     }
     Ok(())
+}
+
+/// The byte count a system call returned: `None` when it was interrupted
+/// (call it again), `zero` as the error when it made no progress.
+fn progress(result: isize, zero: io::ErrorKind) -> io::Result<Option<usize>> {
+    if result < 0 {
+        let error = io::Error::last_os_error();
+        return if error.kind() == io::ErrorKind::Interrupted { Ok(None) } else { Err(error) };
+    }
+    if result == 0 {
+        return Err(zero.into());
+    }
+    Ok(Some(result as usize))
 }
 
 /// Writes the slices back to back from `offset` with `pwritev` (one system
@@ -285,17 +289,8 @@ pub fn write_vectored_all_at(file: &File, parts: &[&[u8]], offset: u64) -> io::R
         // borrowed (and so alive and unchanged) for the whole call; the
         // kernel only reads them; the descriptor is owned by `file`.
         let written = unsafe { libc::pwritev(file.as_raw_fd(), iovecs.as_ptr(), count as libc::c_int, at) };
-        if written < 0 {
-            let error = io::Error::last_os_error();
-            if error.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(error);
-        }
-        if written == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        done += written as usize;
+        let Some(written) = progress(written, io::ErrorKind::WriteZero)? else { continue };
+        done += written;
     }
     Ok(())
 }
