@@ -17,14 +17,6 @@ use store::{PointView, Volume};
 /// cheap (tmpfs, a battery-backed cache), on the blocking pool otherwise.
 static SYNC_COST: SyncCost = SyncCost::new();
 
-fn sync_is_cheap() -> bool {
-    SYNC_COST.is_cheap()
-}
-
-fn timed_sync<T>(operation: impl FnOnce() -> T) -> T {
-    SYNC_COST.time(operation)
-}
-
 /// Requests moving at least this many bytes run on the blocking pool.
 const OFFLOAD_BYTES: usize = 128 << 10;
 
@@ -184,17 +176,17 @@ impl BlockDevice for VolumeDevice {
 
     async fn write(&self, offset: u64, data: IoBuffer, fua: bool) -> Result<(), DeviceError> {
         let volume = self.writable()?;
-        if data.len() >= OFFLOAD_BYTES || (fua && !sync_is_cheap()) {
+        if data.len() >= OFFLOAD_BYTES || (fua && !SYNC_COST.is_cheap()) {
             let volume = volume.clone();
             let write = move || volume.write(offset, &data, fua);
             let result = if fua {
-                tokio::task::spawn_blocking(move || timed_sync(write)).await
+                tokio::task::spawn_blocking(move || SYNC_COST.time(write)).await
             } else {
                 tokio::task::spawn_blocking(write).await
             };
             joined(result)?.map_err(write_error)?;
         } else if fua {
-            timed_sync(|| volume.write(offset, &data, true)).map_err(write_error)?;
+            SYNC_COST.time(|| volume.write(offset, &data, true)).map_err(write_error)?;
         } else {
             volume.write(offset, &data, false).map_err(write_error)?;
         }
@@ -203,10 +195,12 @@ impl BlockDevice for VolumeDevice {
 
     async fn flush(&self) -> Result<(), DeviceError> {
         match &self.target {
-            Target::Head(volume) if sync_is_cheap() => timed_sync(|| volume.flush()).map_err(flush_error),
+            Target::Head(volume) if SYNC_COST.is_cheap() => {
+                SYNC_COST.time(|| volume.flush()).map_err(flush_error)
+            }
             Target::Head(volume) => {
                 let volume = volume.clone();
-                joined(tokio::task::spawn_blocking(move || timed_sync(|| volume.flush())).await)?
+                joined(tokio::task::spawn_blocking(move || SYNC_COST.time(|| volume.flush())).await)?
                     .map_err(flush_error)
             }
             // A point has nothing to make durable.
