@@ -129,6 +129,31 @@ pub type Holes = Vec<(usize, usize)>;
 /// A filled read buffer and its holes.
 pub type ReadResult = Result<(IoBuffer, Holes), DeviceError>;
 
+/// Bytes of an open file that a read reply can be sent from with
+/// `sendfile(2)`: the kernel hands the page-cache pages to the socket, and
+/// the bytes are never copied through user space (nor through a blocking
+/// pool). See [`BlockDevice::read_in_place`].
+#[derive(Clone, Debug)]
+pub struct FileSlice {
+    /// The file; the slice keeps it open until the reply is sent.
+    pub file: Arc<std::fs::File>,
+    /// Where the read's first byte lies in the file.
+    pub offset: u64,
+}
+
+impl FileSlice {
+    /// `length` bytes of `file` at `offset`, when every page of them is in
+    /// the page cache now (so sending them from the connection's task does
+    /// not wait for a disk). `None` otherwise, or when the kernel cannot
+    /// tell (`cachestat(2)` came with Linux 6.5).
+    pub fn if_cached(file: &Arc<std::fs::File>, offset: u64, length: u64) -> Option<FileSlice> {
+        use std::os::fd::AsRawFd;
+        crate::sys::cached(file.as_raw_fd(), offset, length)
+            .filter(|&all| all)
+            .map(|_| FileSlice { file: file.clone(), offset })
+    }
+}
+
 /// A block device the server can serve. Offsets and lengths handed to these
 /// methods are already checked against the export size: `offset + length`
 /// never exceeds [`ExportInfo::size`] and never overflows.
@@ -148,6 +173,22 @@ pub trait BlockDevice: Send + Sync + 'static {
     /// zero-filled in the buffer as well, and the server may send them as
     /// holes. An empty vector is always correct.
     fn read(&self, offset: u64, buffer: IoBuffer, start: usize) -> impl Future<Output = ReadResult> + Send;
+
+    /// Where the `length` bytes at `offset` can be sent from without
+    /// [`read`](Self::read), when the device can tell at once: one run of a
+    /// file, in the page cache (see [`FileSlice::if_cached`]). The server
+    /// then answers with `sendfile(2)` on the connection's task. Called on
+    /// that task, so it must not wait.
+    ///
+    /// The socket holds references to the file's pages until the client has
+    /// received them, so a device may only offer bytes that nothing rewrites
+    /// in that time but a client's own later write to the same range (which
+    /// a reply in flight may show, as for any read racing a write). A device
+    /// that reuses file space (a journal) must not offer it. The default
+    /// offers nothing.
+    fn read_in_place(&self, _offset: u64, _length: u64) -> Option<FileSlice> {
+        None
+    }
 
     /// Writes `data` at `offset`.
     fn write(
@@ -193,6 +234,9 @@ pub trait BlockDevice: Send + Sync + 'static {
 impl<D: BlockDevice> BlockDevice for Arc<D> {
     fn read(&self, offset: u64, buffer: IoBuffer, start: usize) -> impl Future<Output = ReadResult> + Send {
         (**self).read(offset, buffer, start)
+    }
+    fn read_in_place(&self, offset: u64, length: u64) -> Option<FileSlice> {
+        (**self).read_in_place(offset, length)
     }
     fn write(
         &self,

@@ -18,14 +18,17 @@
 
 pub mod buffer;
 pub mod device;
+pub mod file;
 pub mod handshake;
 pub mod protocol;
 pub mod server;
+mod sys;
 pub mod transmission;
 
 pub use buffer::{BufferPool, IoBuffer};
 pub use device::{
-    BlockDevice, Catalog, DeviceError, Errno, Export, ExportInfo, Extent, Listing, LookupError, SyncCost,
-    ZeroFlags,
+    BlockDevice, Catalog, DeviceError, Errno, Export, ExportInfo, Extent, FileSlice, Listing, LookupError,
+    SyncCost, ZeroFlags,
 };
+pub use file::FileDevice;
 pub use server::{Observer, RequestKind, Server, ServerConfig};

@@ -9,25 +9,27 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io::{self, IoSlice};
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::buffer::{BufferPool, IoBuffer};
-use crate::device::{BlockDevice, Catalog, DeviceError, Errno};
+use crate::device::{BlockDevice, Catalog, DeviceError, Errno, FileSlice};
 use crate::handshake::{Action, CloseReason, Handshake, HandshakeConfig, Negotiated};
 use crate::protocol::REQUEST_HEADER_LEN;
+use crate::sys;
 use crate::transmission::{
     Command, ProtocolError, Rejection, check_request, decode_request, encode_block_status, encode_error,
-    encode_ok, encode_sparse_read, fill_read_header, read_reply_header_len,
+    encode_ok, encode_read_header, encode_sparse_read, fill_read_header, read_reply_header_len,
 };
 
 /// Limits of a server. Every queue and buffer a client can grow is bounded
@@ -372,31 +374,38 @@ impl InputBuffer {
     /// the reactor (whose cached readiness would answer "not readable"
     /// until its next poll): `None` when there is nothing yet.
     fn read_now(&mut self, reader: &OwnedReadHalf) -> io::Result<Option<usize>> {
-        use std::os::fd::AsRawFd;
         self.make_room();
-        let spare = &mut self.data[self.end..];
-        let fd = reader.as_ref().as_raw_fd();
-        // SAFETY: `spare` is writable for its whole length and outlives the
-        // call; the descriptor is owned by the borrowed stream.
-        let count = unsafe { libc::recv(fd, spare.as_mut_ptr().cast(), spare.len(), libc::MSG_DONTWAIT) };
-        if count < 0 {
-            let error = io::Error::last_os_error();
-            return match error.kind() {
-                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(None),
-                _ => Err(error),
-            };
+        let count = sys::recv_now(reader.as_ref().as_raw_fd(), &mut self.data[self.end..])?;
+        self.end += count.unwrap_or(0);
+        Ok(count)
+    }
+}
+
+/// One piece of the reply stream.
+enum Chunk {
+    Bytes(IoBuffer),
+    /// Read data sent from a file with sendfile (after its header, which
+    /// is in the `Bytes` chunk before it).
+    File {
+        slice: FileSlice,
+        length: usize,
+    },
+}
+
+impl Chunk {
+    fn len(&self) -> usize {
+        match self {
+            Chunk::Bytes(buffer) => buffer.len(),
+            Chunk::File { length, .. } => *length,
         }
-        let count = count as usize;
-        self.end += count;
-        Ok(Some(count))
     }
 }
 
 /// Replies waiting for the socket. Small replies share a buffer; read data
-/// travels in its own buffer, never copied again.
+/// travels in its own buffer, never copied again, or straight from a file.
 struct Outgoing {
-    queue: VecDeque<IoBuffer>,
-    /// Bytes of the front buffer already written.
+    queue: VecDeque<Chunk>,
+    /// Bytes of the front chunk already written.
     front_written: usize,
     /// Payload bytes queued (counted against the in-flight budget).
     bytes: usize,
@@ -420,28 +429,41 @@ impl Outgoing {
 
     /// A buffer to append a small reply to.
     fn small(&mut self) -> &mut Vec<u8> {
-        let reuse = matches!(self.queue.back(), Some(last) if last.len() < COALESCE_LIMIT)
+        let reuse = matches!(self.queue.back(), Some(Chunk::Bytes(last)) if last.len() < COALESCE_LIMIT)
             && !(self.queue.len() == 1 && self.front_written > 0);
         if !reuse {
-            self.queue.push_back(IoBuffer::unpooled(Vec::with_capacity(4096)));
+            self.queue.push_back(Chunk::Bytes(IoBuffer::unpooled(Vec::with_capacity(4096))));
         }
-        self.queue.back_mut().expect("just ensured").vec_mut()
+        match self.queue.back_mut() {
+            Some(Chunk::Bytes(buffer)) => buffer.vec_mut(),
+            _ => unreachable!("a bytes chunk is at the back"),
+        }
     }
 
     fn push(&mut self, buffer: IoBuffer) {
         self.bytes += buffer.len();
-        self.queue.push_back(buffer);
+        self.queue.push_back(Chunk::Bytes(buffer));
+    }
+
+    /// Queues read data to be sent from a file. Its bytes count against the
+    /// budget like a buffer's, so a client that does not read its replies
+    /// cannot queue reads without bound.
+    fn push_file(&mut self, slice: FileSlice, length: usize) {
+        self.bytes += length;
+        self.queue.push_back(Chunk::File { slice, length });
     }
 
     /// Bytes waiting to be written.
     fn queued(&self) -> usize {
-        self.queue.iter().map(|buffer| buffer.len()).sum::<usize>() - self.front_written
+        self.queue.iter().map(Chunk::len).sum::<usize>() - self.front_written
     }
 
+    /// The bytes chunks at the front, up to the first file chunk.
     fn slices(&self) -> ([IoSlice<'_>; 64], usize) {
         let mut slices: [IoSlice<'_>; 64] = [IoSlice::new(&[]); 64];
         let mut count = 0;
-        for (index, buffer) in self.queue.iter().enumerate().take(slices.len()) {
+        for (index, chunk) in self.queue.iter().enumerate().take(slices.len()) {
+            let Chunk::Bytes(buffer) = chunk else { break };
             let skip = if index == 0 { self.front_written } else { 0 };
             slices[count] = IoSlice::new(&buffer[skip..]);
             count += 1;
@@ -449,8 +471,34 @@ impl Outgoing {
         (slices, count)
     }
 
-    /// One vectored write; cancel-safe (state changes only after it returns).
+    /// The front file chunk's next bytes: (file, offset, count).
+    fn front_file(&self) -> Option<(RawFd, u64, usize)> {
+        match self.queue.front() {
+            Some(Chunk::File { slice, length }) => Some((
+                slice.file.as_raw_fd(),
+                slice.offset + self.front_written as u64,
+                length - self.front_written,
+            )),
+            _ => None,
+        }
+    }
+
+    /// One vectored write or one sendfile; cancel-safe (state changes only
+    /// after it returns).
     async fn write_to(&mut self, writer: &mut OwnedWriteHalf) -> io::Result<()> {
+        if let Some((file, offset, count)) = self.front_file() {
+            let socket = writer.as_ref();
+            let sent = loop {
+                socket.writable().await?;
+                match socket
+                    .try_io(Interest::WRITABLE, || sys::send_file(socket.as_raw_fd(), file, offset, count))
+                {
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+                    result => break result?,
+                }
+            };
+            return self.advance(sent);
+        }
         let (slices, count) = self.slices();
         let written = writer.write_vectored(&slices[..count]).await?;
         self.advance(written)
@@ -458,8 +506,14 @@ impl Outgoing {
 
     /// Writes what the socket takes right now, without waiting.
     fn try_write(&mut self, writer: &OwnedWriteHalf) -> io::Result<()> {
-        let (slices, count) = self.slices();
-        match writer.try_write_vectored(&slices[..count]) {
+        let socket = writer.as_ref();
+        let written = if let Some((file, offset, count)) = self.front_file() {
+            socket.try_io(Interest::WRITABLE, || sys::send_file(socket.as_raw_fd(), file, offset, count))
+        } else {
+            let (slices, count) = self.slices();
+            writer.try_write_vectored(&slices[..count])
+        };
+        match written {
             Ok(written) => self.advance(written),
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(()),
             Err(error) => Err(error),
@@ -493,6 +547,8 @@ enum Reply {
     Error(DeviceError),
     /// A read reply with its header filled in.
     Buffer(IoBuffer),
+    /// Read data to send from a file: (where, offset asked, length).
+    File(FileSlice, u64, usize),
 }
 
 struct Completion {
@@ -741,6 +797,13 @@ impl<'a, D: BlockDevice> Transmission<'a, D> {
         match command {
             Command::Read { offset, length, df } => {
                 let length = length as usize;
+                if let Some(slice) = device.read_in_place(offset, length as u64) {
+                    let reply = Reply::File(slice, offset, length);
+                    return (
+                        Box::pin(std::future::ready(done(RequestKind::Read, 0, length as u64, reply))),
+                        0,
+                    );
+                }
                 let future = async move {
                     let header = read_reply_header_len(structured);
                     let buffer = pool.take(header + length);
@@ -822,6 +885,10 @@ impl<'a, D: BlockDevice> Transmission<'a, D> {
             Reply::Ok => encode_ok(out.small(), done.cookie),
             Reply::Buffer(buffer) if buffer.len() <= 1024 => out.small().extend_from_slice(&buffer),
             Reply::Buffer(buffer) => out.push(buffer),
+            Reply::File(slice, offset, length) => {
+                encode_read_header(out.small(), self.session.structured, done.cookie, offset, length);
+                out.push_file(slice, length);
+            }
             Reply::Error(error) => {
                 if error.errno == Errno::Io {
                     tracing::warn!(kind = done.kind.name(), %error, "request failed");

@@ -239,21 +239,22 @@ pub fn encode_error(out: &mut Vec<u8>, structured: bool, cookie: u64, errno: Err
 /// Fills the header room at the front of a read reply buffer built as
 /// `[header; read_reply_header_len(structured)] ++ data`.
 pub fn fill_read_header(buffer: &mut [u8], structured: bool, cookie: u64, offset: u64) {
-    let data_length = buffer.len() - read_reply_header_len(structured);
-    let mut header = Vec::with_capacity(read_reply_header_len(structured));
+    let header_length = read_reply_header_len(structured);
+    let mut header = Vec::with_capacity(header_length);
+    encode_read_header(&mut header, structured, cookie, offset, buffer.len() - header_length);
+    buffer[..header_length].copy_from_slice(&header);
+}
+
+/// Appends the header of a one-piece read reply whose `data_length` bytes
+/// of data follow it (a simple reply, or one `OFFSET_DATA` chunk with
+/// `DONE`).
+pub fn encode_read_header(out: &mut Vec<u8>, structured: bool, cookie: u64, offset: u64, data_length: usize) {
     if structured {
-        encode_chunk_header(
-            &mut header,
-            cookie,
-            chunk_flags::DONE,
-            chunk::OFFSET_DATA,
-            (data_length + 8) as u32,
-        );
-        header.extend_from_slice(&offset.to_be_bytes());
+        encode_chunk_header(out, cookie, chunk_flags::DONE, chunk::OFFSET_DATA, (data_length + 8) as u32);
+        out.extend_from_slice(&offset.to_be_bytes());
     } else {
-        encode_simple_reply(&mut header, cookie, 0);
+        encode_simple_reply(out, cookie, 0);
     }
-    buffer[..header.len()].copy_from_slice(&header);
 }
 
 /// Encodes a structured read reply that skips the given holes: data chunks

@@ -1,0 +1,101 @@
+//! A raw file as a block device: the plain-file volume. Reads and writes
+//! are `pread`/`pwrite` on the file; large reads of cached bytes are sent
+//! from the page cache with sendfile ([`BlockDevice::read_in_place`]).
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use crate::buffer::IoBuffer;
+use crate::device::{BlockDevice, DeviceError, Errno, Extent, FileSlice, ReadResult, SyncCost, ZeroFlags};
+
+/// Reads at least this long are sent with sendfile when their bytes are
+/// cached, and read on the blocking pool when not (so that the copy of one
+/// overlaps sending the reply before it).
+pub const LARGE_READ: usize = 128 << 10;
+
+/// A raw file served as it is: byte `n` of the device is byte `n` of the
+/// file. Nothing is stored besides the file, so every extent reports data.
+#[derive(Debug)]
+pub struct FileDevice {
+    file: Arc<File>,
+    /// Flushes run inline while syncs are cheap (tmpfs), offloaded otherwise.
+    sync_cost: Arc<SyncCost>,
+}
+
+fn joined<T>(result: Result<Result<T, std::io::Error>, tokio::task::JoinError>) -> Result<T, DeviceError> {
+    result.map_err(|error| DeviceError::new(Errno::Io, error.to_string()))?.map_err(DeviceError::from)
+}
+
+impl FileDevice {
+    /// Serves `file` (opened for reading, and writing unless the export is
+    /// read-only).
+    pub fn new(file: File) -> FileDevice {
+        FileDevice { file: Arc::new(file), sync_cost: Arc::new(SyncCost::new()) }
+    }
+}
+
+impl BlockDevice for FileDevice {
+    fn read_in_place(&self, offset: u64, length: u64) -> Option<FileSlice> {
+        if length < LARGE_READ as u64 {
+            return None;
+        }
+        FileSlice::if_cached(&self.file, offset, length)
+    }
+
+    async fn read(&self, offset: u64, mut buffer: IoBuffer, start: usize) -> ReadResult {
+        if buffer.len() - start >= LARGE_READ {
+            let file = self.file.clone();
+            let buffer = joined(
+                tokio::task::spawn_blocking(move || {
+                    file.read_exact_at(&mut buffer[start..], offset).map(|()| buffer)
+                })
+                .await,
+            )?;
+            return Ok((buffer, Vec::new()));
+        }
+        self.file.read_exact_at(&mut buffer[start..], offset)?;
+        Ok((buffer, Vec::new()))
+    }
+
+    async fn write(&self, offset: u64, data: IoBuffer, fua: bool) -> Result<(), DeviceError> {
+        // Inline whatever the size: the payload is in memory and a buffered
+        // pwrite only copies it into the page cache (measured: 1 MiB writes
+        // 4.7 GB/s inline against 4.0 offloaded).
+        self.file.write_all_at(&data, offset)?;
+        if fua {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&self) -> Result<(), DeviceError> {
+        if self.sync_cost.is_cheap() {
+            return Ok(self.sync_cost.time(|| self.file.sync_data())?);
+        }
+        let (file, cost) = (self.file.clone(), self.sync_cost.clone());
+        joined(tokio::task::spawn_blocking(move || cost.time(|| file.sync_data())).await)
+    }
+
+    async fn trim(&self, _offset: u64, _length: u64, _fua: bool) -> Result<(), DeviceError> {
+        Ok(())
+    }
+
+    async fn write_zeroes(&self, offset: u64, length: u64, flags: ZeroFlags) -> Result<(), DeviceError> {
+        let zeros = vec![0u8; length.min(1 << 20) as usize];
+        let mut at = offset;
+        while at < offset + length {
+            let count = (offset + length - at).min(zeros.len() as u64) as usize;
+            self.file.write_all_at(&zeros[..count], at)?;
+            at += count as u64;
+        }
+        if flags.fua {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn block_status(&self, _offset: u64, length: u64) -> Result<Vec<Extent>, DeviceError> {
+        Ok(vec![Extent { length, hole: false, zero: false }])
+    }
+}

@@ -1,0 +1,82 @@
+//! The system calls the server makes outside tokio and std: every `unsafe`
+//! block of this crate lives here.
+
+use std::io;
+use std::os::fd::RawFd;
+
+/// `recv(2)` with `MSG_DONTWAIT`: what the socket holds right now. `None`
+/// when nothing is there yet (or the call was interrupted); `Some(0)` at
+/// end of stream.
+pub(crate) fn recv_now(socket: RawFd, into: &mut [u8]) -> io::Result<Option<usize>> {
+    // SAFETY: `into` is writable for its whole length and outlives the call;
+    // the descriptor is the caller's open socket.
+    let count = unsafe { libc::recv(socket, into.as_mut_ptr().cast(), into.len(), libc::MSG_DONTWAIT) };
+    if count < 0 {
+        let error = io::Error::last_os_error();
+        return match error.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(None),
+            _ => Err(error),
+        };
+    }
+    Ok(Some(count as usize))
+}
+
+/// `sendfile(2)`: up to `count` bytes of `file` at `offset` into `socket`.
+/// Returns the bytes sent (0: the file ends at `offset`); `WouldBlock` when
+/// the socket's buffer is full.
+pub(crate) fn send_file(socket: RawFd, file: RawFd, offset: u64, count: usize) -> io::Result<usize> {
+    let mut at = libc::off_t::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: `at` is a valid, exclusively borrowed off_t for the call; both
+    // descriptors are open (the caller holds the socket and the file).
+    let sent = unsafe { libc::sendfile(socket, file, &mut at, count) };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(sent as usize)
+}
+
+/// `cachestat(2)` (Linux 6.5): its number is the same on every
+/// architecture (the unified system call table), but libc does not name it
+/// on all of them yet.
+const SYS_CACHESTAT: libc::c_long = 451;
+
+#[repr(C)]
+struct CachestatRange {
+    offset: u64,
+    length: u64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct Cachestat {
+    cache: u64,
+    dirty: u64,
+    writeback: u64,
+    evicted: u64,
+    recently_evicted: u64,
+}
+
+/// Whether every page of `length` bytes of `file` at `offset` is in the page
+/// cache now. `None` when the kernel cannot tell (before Linux 6.5, or a
+/// file system without a page cache).
+pub(crate) fn cached(file: RawFd, offset: u64, length: u64) -> Option<bool> {
+    if length == 0 {
+        return Some(true);
+    }
+    // SAFETY: sysconf has no memory effects.
+    let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).ok().filter(|&page| page > 0)?;
+    let range = CachestatRange { offset, length };
+    let mut stat = Cachestat::default();
+    // SAFETY: `range` and `stat` are valid for reads and writes of their
+    // #[repr(C)] layouts (struct cachestat_range and struct cachestat of
+    // include/uapi/linux/mman.h) for the call; flags must be 0.
+    let result = unsafe {
+        libc::syscall(SYS_CACHESTAT, file, &range as *const CachestatRange, &mut stat as *mut Cachestat, 0u32)
+    };
+    if result != 0 {
+        return None;
+    }
+    let first = offset / page;
+    let last = offset.checked_add(length - 1)? / page;
+    Some(stat.cache > last - first)
+}
