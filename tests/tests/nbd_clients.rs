@@ -219,6 +219,8 @@ fn fio_nbd_engine_verifies_crc32c() {
             "--verify=crc32c",
             "--do_verify=1",
             "--verify_fatal=1",
+            // No verify state file left in the working directory.
+            "--verify_state_save=0",
             "--output-format=json",
         ]),
         MINUTE * 3,
