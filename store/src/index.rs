@@ -598,14 +598,31 @@ impl Index {
             if sub_end < query_start || sub_start > query_end {
                 continue;
             }
+            // A record whose whole sub-range is covered already is skipped
+            // without loading its entry: after scattered overwrites most
+            // records of a chunk are, and each entry load is a cache miss.
+            let approx_start = cursor.chunk_start + (sub_start << cursor.unit_shift);
+            let approx_end = cursor.chunk_start.saturating_add((sub_end + 1) << cursor.unit_shift);
+            let hole = uncovered.partition_point(|&(_, hole_end)| hole_end <= approx_start);
+            if uncovered.get(hole).is_none_or(|&(hole_start, _)| hole_start >= approx_end) {
+                continue;
+            }
             let entry = self.entry(candidate);
             let Some((record_start, record_end)) = entry.extent() else {
                 continue;
             };
             let kind = entry.kind();
-            let mut i = 0;
+            // The holes are sorted and disjoint: start at the first that
+            // ends after the record starts, stop at the first that starts
+            // after it ends (a read over scattered small records keeps
+            // dozens of holes; scanning them all per record cost a seventh
+            // of a fragmented copy-read's CPU).
+            let mut i = uncovered.partition_point(|&(_, hole_end)| hole_end <= record_start);
             while i < uncovered.len() {
                 let (hole_start, hole_end) = uncovered[i];
+                if hole_start >= record_end {
+                    break;
+                }
                 let cover_start = hole_start.max(record_start);
                 let cover_end = hole_end.min(record_end);
                 if cover_start >= cover_end {
