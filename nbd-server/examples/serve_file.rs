@@ -8,36 +8,7 @@
 use std::fs::OpenOptions;
 use std::sync::Arc;
 
-use nbd_server::{Catalog, Export, ExportInfo, FileDevice, Listing, LookupError, Server, ServerConfig};
-
-#[derive(Debug)]
-struct OneFile {
-    device: Arc<FileDevice>,
-    size: u64,
-}
-
-impl Catalog for OneFile {
-    type Device = Arc<FileDevice>;
-
-    fn list(&self) -> Vec<Listing> {
-        vec![Listing { name: "file".into(), description: "a raw file".into() }]
-    }
-
-    async fn open(&self, name: &str) -> Result<Export<Arc<FileDevice>>, LookupError> {
-        Ok(Export {
-            info: ExportInfo {
-                name: name.to_owned(),
-                description: "a raw file".into(),
-                size: self.size,
-                read_only: false,
-                multi_conn: true,
-                preferred_block: 4096,
-                fast_zero: false,
-            },
-            device: self.device.clone(),
-        })
-    }
-}
+use nbd_server::{ExportInfo, FileDevice, Server, ServerConfig, SingleExport};
 
 fn main() -> std::io::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -45,9 +16,17 @@ fn main() -> std::io::Result<()> {
         eprintln!("usage: serve_file HOST:PORT FILE");
         std::process::exit(2);
     };
-    let file = OpenOptions::new().read(true).write(true).open(path)?;
-    let size = file.metadata()?.len();
-    let catalog = Arc::new(OneFile { device: Arc::new(FileDevice::new(file)), size });
+    let device = FileDevice::new(OpenOptions::new().read(true).write(true).open(path)?)?;
+    let info = ExportInfo {
+        name: "file".into(),
+        description: "a raw file".into(),
+        size: device.size(),
+        read_only: false,
+        multi_conn: true,
+        preferred_block: 4096,
+        fast_zero: false,
+    };
+    let catalog = Arc::new(SingleExport { info, device: Arc::new(device) });
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&listen).await?;

@@ -377,6 +377,27 @@ pub trait Catalog: Send + Sync + 'static {
     fn open(&self, name: &str) -> impl Future<Output = Result<Export<Self::Device>, LookupError>> + Send;
 }
 
+/// A catalog of one device, opened under any export name (the client's
+/// name is echoed back); `NBD_OPT_LIST` shows `info.name`.
+#[derive(Debug)]
+pub struct SingleExport<D> {
+    pub info: ExportInfo,
+    pub device: D,
+}
+
+impl<D: BlockDevice + Clone> Catalog for SingleExport<D> {
+    type Device = D;
+
+    fn list(&self) -> Vec<Listing> {
+        vec![Listing { name: self.info.name.clone(), description: self.info.description.clone() }]
+    }
+
+    async fn open(&self, name: &str) -> Result<Export<D>, LookupError> {
+        let info = ExportInfo { name: name.to_owned(), ..self.info.clone() };
+        Ok(Export { info, device: self.device.clone() })
+    }
+}
+
 #[cfg(test)]
 mod sync_cost_tests {
     use super::SyncCost;

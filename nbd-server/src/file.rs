@@ -19,6 +19,8 @@ pub const LARGE_READ: usize = 128 << 10;
 #[derive(Debug)]
 pub struct FileDevice {
     file: Arc<File>,
+    /// The file's length when served: the device's size.
+    size: u64,
     /// Flushes run inline while syncs are cheap (tmpfs), offloaded otherwise.
     sync_cost: Arc<SyncCost>,
 }
@@ -29,15 +31,23 @@ fn joined<T>(result: Result<Result<T, std::io::Error>, tokio::task::JoinError>) 
 
 impl FileDevice {
     /// Serves `file` (opened for reading, and writing unless the export is
-    /// read-only).
-    pub fn new(file: File) -> FileDevice {
-        FileDevice { file: Arc::new(file), sync_cost: Arc::new(SyncCost::new()) }
+    /// read-only); the device's size is the file's length now.
+    pub fn new(file: File) -> std::io::Result<FileDevice> {
+        let size = file.metadata()?.len();
+        Ok(FileDevice { file: Arc::new(file), size, sync_cost: Arc::new(SyncCost::new()) })
+    }
+
+    /// The device's size in bytes (the file's length when it was opened).
+    pub fn size(&self) -> u64 {
+        self.size
     }
 }
 
 impl BlockDevice for FileDevice {
     fn read_in_place(&self, offset: u64, length: u64) -> Option<FileSlice> {
-        if length < LARGE_READ as u64 {
+        // Only whole ranges of the file: a reply cut short by the file's end
+        // would have to drop the connection after its header went out.
+        if length < LARGE_READ as u64 || offset.checked_add(length).is_none_or(|end| end > self.size) {
             return None;
         }
         FileSlice::if_cached(&self.file, offset, length)
@@ -72,16 +82,6 @@ impl BlockDevice for FileDevice {
     async fn flush(&self) -> Result<(), DeviceError> {
         if self.sync_cost.is_cheap() {
             return Ok(self.sync_cost.time(|| self.file.sync_data())?);
-        }
-        // An expensive sync runs on this thread, which hands its other
-        // tasks to another worker first (block_in_place): the reply goes out
-        // the moment the sync returns, with no hand-off to a blocking-pool
-        // thread and back (a QD1 write+flush loop on ext4: 4.7–4.9k → 4.9–5.1k
-        // IOPS; nbdkit 5.0–5.4k). A current-thread runtime cannot do that.
-        let multi_thread = tokio::runtime::Handle::try_current()
-            .is_ok_and(|handle| handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        if multi_thread {
-            return Ok(tokio::task::block_in_place(|| self.sync_cost.time(|| self.file.sync_data()))?);
         }
         let (file, cost) = (self.file.clone(), self.sync_cost.clone());
         joined(tokio::task::spawn_blocking(move || cost.time(|| file.sync_data())).await)

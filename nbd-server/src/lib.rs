@@ -28,7 +28,7 @@ pub mod transmission;
 pub use buffer::{BufferPool, IoBuffer};
 pub use device::{
     BlockDevice, Catalog, DeviceError, Errno, Export, ExportInfo, Extent, FileSlice, Listing, LookupError,
-    SyncCost, ZeroFlags,
+    SingleExport, SyncCost, ZeroFlags,
 };
 pub use file::FileDevice;
 pub use server::{Observer, RequestKind, Server, ServerConfig};

@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io::{self, IoSlice};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -383,20 +383,27 @@ impl InputBuffer {
 
 /// One piece of the reply stream.
 enum Chunk {
-    Bytes(IoBuffer),
+    /// Reply bytes; `counted` if they count against the in-flight budget
+    /// (read data), not if they are small replies and headers.
+    Bytes { buffer: IoBuffer, counted: bool },
     /// Read data sent from a file with sendfile (after its header, which
     /// is in the `Bytes` chunk before it).
-    File {
-        slice: FileSlice,
-        length: usize,
-    },
+    File { slice: FileSlice, length: usize },
 }
 
 impl Chunk {
     fn len(&self) -> usize {
         match self {
-            Chunk::Bytes(buffer) => buffer.len(),
+            Chunk::Bytes { buffer, .. } => buffer.len(),
             Chunk::File { length, .. } => *length,
+        }
+    }
+
+    /// Bytes of the in-flight budget the chunk holds.
+    fn counted(&self) -> usize {
+        match self {
+            Chunk::Bytes { counted: false, .. } => 0,
+            chunk => chunk.len(),
         }
     }
 }
@@ -429,20 +436,21 @@ impl Outgoing {
 
     /// A buffer to append a small reply to.
     fn small(&mut self) -> &mut Vec<u8> {
-        let reuse = matches!(self.queue.back(), Some(Chunk::Bytes(last)) if last.len() < COALESCE_LIMIT)
+        let reuse = matches!(self.queue.back(), Some(Chunk::Bytes { buffer, counted: false }) if buffer.len() < COALESCE_LIMIT)
             && !(self.queue.len() == 1 && self.front_written > 0);
         if !reuse {
-            self.queue.push_back(Chunk::Bytes(IoBuffer::unpooled(Vec::with_capacity(4096))));
+            let buffer = IoBuffer::unpooled(Vec::with_capacity(4096));
+            self.queue.push_back(Chunk::Bytes { buffer, counted: false });
         }
         match self.queue.back_mut() {
-            Some(Chunk::Bytes(buffer)) => buffer.vec_mut(),
+            Some(Chunk::Bytes { buffer, .. }) => buffer.vec_mut(),
             _ => unreachable!("a bytes chunk is at the back"),
         }
     }
 
     fn push(&mut self, buffer: IoBuffer) {
         self.bytes += buffer.len();
-        self.queue.push_back(Chunk::Bytes(buffer));
+        self.queue.push_back(Chunk::Bytes { buffer, counted: true });
     }
 
     /// Queues read data to be sent from a file. Its bytes count against the
@@ -463,7 +471,7 @@ impl Outgoing {
         let mut slices: [IoSlice<'_>; 64] = [IoSlice::new(&[]); 64];
         let mut count = 0;
         for (index, chunk) in self.queue.iter().enumerate().take(slices.len()) {
-            let Chunk::Bytes(buffer) = chunk else { break };
+            let Chunk::Bytes { buffer, .. } = chunk else { break };
             let skip = if index == 0 { self.front_written } else { 0 };
             slices[count] = IoSlice::new(&buffer[skip..]);
             count += 1;
@@ -471,28 +479,42 @@ impl Outgoing {
         (slices, count)
     }
 
-    /// The front file chunk's next bytes: (file, offset, count).
-    fn front_file(&self) -> Option<(RawFd, u64, usize)> {
-        match self.queue.front() {
-            Some(Chunk::File { slice, length }) => Some((
-                slice.file.as_raw_fd(),
-                slice.offset + self.front_written as u64,
-                length - self.front_written,
-            )),
-            _ => None,
-        }
+    /// Sends what the socket takes now of the front chunk, a file chunk:
+    /// `None` when the front is not one. A file that ends before the
+    /// promised bytes (truncated while served) is an error: the reply's
+    /// header is out, so the connection cannot go on.
+    fn send_front_file(&self, socket: &TcpStream) -> Option<io::Result<usize>> {
+        let Some(Chunk::File { slice, length }) = self.queue.front() else {
+            return None;
+        };
+        let count = length - self.front_written;
+        let Some(offset) = slice.offset.checked_add(self.front_written as u64) else {
+            return Some(Err(io::Error::new(io::ErrorKind::InvalidInput, "file offset overflows")));
+        };
+        let sent = socket.try_io(Interest::WRITABLE, || {
+            sys::send_file(socket.as_raw_fd(), slice.file.as_raw_fd(), offset, count)
+        });
+        Some(match sent {
+            Ok(0) => {
+                tracing::warn!(
+                    offset,
+                    count,
+                    "file ended before the read reply's data: closing the connection"
+                );
+                Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file ended before the read reply's data"))
+            }
+            other => other,
+        })
     }
 
     /// One vectored write or one sendfile; cancel-safe (state changes only
     /// after it returns).
     async fn write_to(&mut self, writer: &mut OwnedWriteHalf) -> io::Result<()> {
-        if let Some((file, offset, count)) = self.front_file() {
+        if matches!(self.queue.front(), Some(Chunk::File { .. })) {
             let socket = writer.as_ref();
             let sent = loop {
                 socket.writable().await?;
-                match socket
-                    .try_io(Interest::WRITABLE, || sys::send_file(socket.as_raw_fd(), file, offset, count))
-                {
+                match self.send_front_file(socket).expect("the front is a file chunk") {
                     Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
                     result => break result?,
                 }
@@ -506,13 +528,10 @@ impl Outgoing {
 
     /// Writes what the socket takes right now, without waiting.
     fn try_write(&mut self, writer: &OwnedWriteHalf) -> io::Result<()> {
-        let socket = writer.as_ref();
-        let written = if let Some((file, offset, count)) = self.front_file() {
-            socket.try_io(Interest::WRITABLE, || sys::send_file(socket.as_raw_fd(), file, offset, count))
-        } else {
+        let written = self.send_front_file(writer.as_ref()).unwrap_or_else(|| {
             let (slices, count) = self.slices();
             writer.try_write_vectored(&slices[..count])
-        };
+        });
         match written {
             Ok(written) => self.advance(written),
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(()),
@@ -529,7 +548,7 @@ impl Outgoing {
             let left = front.len() - self.front_written;
             if written >= left {
                 written -= left;
-                self.bytes = self.bytes.saturating_sub(front.len());
+                self.bytes = self.bytes.saturating_sub(front.counted());
                 self.queue.pop_front();
                 self.front_written = 0;
             } else {
@@ -797,6 +816,8 @@ impl<'a, D: BlockDevice> Transmission<'a, D> {
         match command {
             Command::Read { offset, length, df } => {
                 let length = length as usize;
+                // In place: the reply is ready now (the observer sees no
+                // device time; sending is the server's).
                 if let Some(slice) = device.read_in_place(offset, length as u64) {
                     let reply = Reply::File(slice, offset, length);
                     return (

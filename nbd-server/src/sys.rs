@@ -25,20 +25,41 @@ pub(crate) fn recv_now(socket: RawFd, into: &mut [u8]) -> io::Result<Option<usiz
 /// Returns the bytes sent (0: the file ends at `offset`); `WouldBlock` when
 /// the socket's buffer is full.
 pub(crate) fn send_file(socket: RawFd, file: RawFd, offset: u64, count: usize) -> io::Result<usize> {
-    let mut at = libc::off_t::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: `at` is a valid, exclusively borrowed off_t for the call; both
-    // descriptors are open (the caller holds the socket and the file).
-    let sent = unsafe { libc::sendfile(socket, file, &mut at, count) };
+    let mut at = libc::off64_t::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: `at` is a valid, exclusively borrowed off64_t for the call;
+    // both descriptors are open (the caller holds the socket and the file).
+    let sent = unsafe { libc::sendfile64(socket, file, &mut at, count) };
     if sent < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(sent as usize)
 }
 
-/// `cachestat(2)` (Linux 6.5): its number is the same on every
-/// architecture (the unified system call table), but libc does not name it
-/// on all of them yet.
-const SYS_CACHESTAT: libc::c_long = 451;
+/// `cachestat(2)` (Linux 6.5): 451 in the unified system call table that
+/// these architectures share (alpha and MIPS number it differently; there
+/// the check answers "cannot tell"). libc does not name it on all of them.
+#[cfg(any(
+    target_arch = "x86_64",
+    target_arch = "x86",
+    target_arch = "aarch64",
+    target_arch = "arm",
+    target_arch = "riscv64",
+    target_arch = "loongarch64",
+    target_arch = "powerpc64",
+    target_arch = "s390x"
+))]
+const SYS_CACHESTAT: Option<libc::c_long> = Some(451);
+#[cfg(not(any(
+    target_arch = "x86_64",
+    target_arch = "x86",
+    target_arch = "aarch64",
+    target_arch = "arm",
+    target_arch = "riscv64",
+    target_arch = "loongarch64",
+    target_arch = "powerpc64",
+    target_arch = "s390x"
+)))]
+const SYS_CACHESTAT: Option<libc::c_long> = None;
 
 #[repr(C)]
 struct CachestatRange {
@@ -58,22 +79,40 @@ struct Cachestat {
 
 /// Whether every page of `length` bytes of `file` at `offset` is in the page
 /// cache now. `None` when the kernel cannot tell (before Linux 6.5, or a
-/// file system without a page cache).
+/// file system without a page cache). Best effort: a page may be evicted
+/// right after, or still be on its way in from a readahead.
 pub(crate) fn cached(file: RawFd, offset: u64, length: u64) -> Option<bool> {
+    static PAGE: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    static UNSUPPORTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     if length == 0 {
         return Some(true);
     }
+    let number = SYS_CACHESTAT?;
+    if UNSUPPORTED.load(std::sync::atomic::Ordering::Relaxed) {
+        return None;
+    }
     // SAFETY: sysconf has no memory effects.
-    let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).ok().filter(|&page| page > 0)?;
+    let page = (*PAGE.get_or_init(|| u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).ok()))
+        .filter(|&page| page > 0)?;
     let range = CachestatRange { offset, length };
     let mut stat = Cachestat::default();
     // SAFETY: `range` and `stat` are valid for reads and writes of their
     // #[repr(C)] layouts (struct cachestat_range and struct cachestat of
-    // include/uapi/linux/mman.h) for the call; flags must be 0.
+    // include/uapi/linux/mman.h) for the call; flags must be 0. The
+    // arguments are passed as longs, as the variadic syscall() reads them.
     let result = unsafe {
-        libc::syscall(SYS_CACHESTAT, file, &range as *const CachestatRange, &mut stat as *mut Cachestat, 0u32)
+        libc::syscall(
+            number,
+            libc::c_long::from(file),
+            &range as *const CachestatRange,
+            &mut stat as *mut Cachestat,
+            0 as libc::c_long,
+        )
     };
     if result != 0 {
+        if io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS) {
+            UNSUPPORTED.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         return None;
     }
     let first = offset / page;

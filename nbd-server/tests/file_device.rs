@@ -1,58 +1,40 @@
-//! The plain-file device served in-process, driven by real NBD clients:
-//! large reads of cached bytes go out with sendfile, the others through
-//! `read`; every reply must carry the file's bytes, in order with the rest
-//! of the stream.
+//! Files served in-process, driven by real NBD clients: large reads of
+//! cached bytes go out with sendfile, the others through `read`; every reply
+//! must carry the file's bytes, in order with the rest of the stream.
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::net::SocketAddr;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
+use nbd_server::device::ReadResult;
+use nbd_server::file::LARGE_READ;
 use nbd_server::{
-    BlockDevice, Catalog, Export, ExportInfo, FileDevice, Listing, LookupError, Server, ServerConfig,
+    BlockDevice, Catalog, DeviceError, Errno, ExportInfo, Extent, FileDevice, FileSlice, IoBuffer, Server,
+    ServerConfig, SingleExport, ZeroFlags,
 };
-use rewind_tests::{SYSTEM_PYTHON, nbd_python, random_bytes, run_ok, write_file};
+use rewind_tests::{SYSTEM_PYTHON, nbd_python, random_bytes, run, run_ok, write_file};
 
 const SIZE: usize = 32 << 20;
 
-#[derive(Debug)]
-struct OneFile {
-    device: Arc<FileDevice>,
-    size: u64,
-}
-
-impl Catalog for OneFile {
-    type Device = Arc<FileDevice>;
-
-    fn list(&self) -> Vec<Listing> {
-        vec![Listing { name: "file".into(), description: String::new() }]
-    }
-
-    async fn open(&self, name: &str) -> Result<Export<Arc<FileDevice>>, LookupError> {
-        Ok(Export {
-            info: ExportInfo {
-                name: name.to_owned(),
-                description: String::new(),
-                size: self.size,
-                read_only: false,
-                multi_conn: true,
-                preferred_block: 4096,
-                fast_zero: false,
-            },
-            device: self.device.clone(),
-        })
+fn info(size: u64, read_only: bool) -> ExportInfo {
+    ExportInfo {
+        name: "file".into(),
+        description: String::new(),
+        size,
+        read_only,
+        multi_conn: true,
+        preferred_block: 4096,
+        fast_zero: false,
     }
 }
 
-/// A server for `path` on a loopback port, on its own runtime thread; it
-/// stops when the returned sender is dropped.
-fn serve(path: &Path) -> (SocketAddr, Arc<FileDevice>, tokio::sync::watch::Sender<bool>) {
-    let file = OpenOptions::new().read(true).write(true).open(path).expect("open file");
-    let size = file.metadata().expect("metadata").len();
-    let device = Arc::new(FileDevice::new(file));
-    let catalog = Arc::new(OneFile { device: device.clone(), size });
+/// Serves `catalog` on a loopback port, on its own runtime thread; it stops
+/// when the returned sender is dropped.
+fn serve<C: Catalog>(catalog: C) -> (SocketAddr, tokio::sync::watch::Sender<bool>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.set_nonblocking(true).expect("nonblocking");
     let addr = listener.local_addr().expect("addr");
@@ -61,10 +43,65 @@ fn serve(path: &Path) -> (SocketAddr, Arc<FileDevice>, tokio::sync::watch::Sende
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build();
         runtime.expect("runtime").block_on(async move {
             let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-            Server::new(catalog, ServerConfig::default()).serve(listener, stopped).await;
+            Server::new(Arc::new(catalog), ServerConfig::default()).serve(listener, stopped).await;
         });
     });
+    (addr, stop)
+}
+
+fn serve_file(path: &Path) -> (SocketAddr, Arc<FileDevice>, tokio::sync::watch::Sender<bool>) {
+    let file = OpenOptions::new().read(true).write(true).open(path).expect("open file");
+    let device = Arc::new(FileDevice::new(file).expect("file device"));
+    let (addr, stop) = serve(SingleExport { info: info(device.size(), false), device: device.clone() });
     (addr, device, stop)
+}
+
+/// A test device that sends every large read from its file in place, cached
+/// or not, and fails if the server asks it to read one: replies that carry
+/// the right bytes prove they came through sendfile. Read-only.
+#[derive(Clone, Debug)]
+struct InPlaceOnly {
+    file: Arc<File>,
+}
+
+impl BlockDevice for InPlaceOnly {
+    fn read_in_place(&self, offset: u64, length: u64) -> Option<FileSlice> {
+        (length >= LARGE_READ as u64).then(|| FileSlice { file: self.file.clone(), offset })
+    }
+
+    async fn read(&self, offset: u64, mut buffer: IoBuffer, start: usize) -> ReadResult {
+        if buffer.len() - start >= LARGE_READ {
+            return Err(DeviceError::new(Errno::Io, "a large read reached read()"));
+        }
+        self.file.read_exact_at(&mut buffer[start..], offset)?;
+        Ok((buffer, Vec::new()))
+    }
+
+    async fn write(&self, _offset: u64, _data: IoBuffer, _fua: bool) -> Result<(), DeviceError> {
+        Err(DeviceError::new(Errno::Perm, "read-only"))
+    }
+
+    async fn flush(&self) -> Result<(), DeviceError> {
+        Ok(())
+    }
+
+    async fn trim(&self, _offset: u64, _length: u64, _fua: bool) -> Result<(), DeviceError> {
+        Err(DeviceError::new(Errno::Perm, "read-only"))
+    }
+
+    async fn write_zeroes(&self, _offset: u64, _length: u64, _flags: ZeroFlags) -> Result<(), DeviceError> {
+        Err(DeviceError::new(Errno::Perm, "read-only"))
+    }
+
+    async fn block_status(&self, _offset: u64, length: u64) -> Result<Vec<Extent>, DeviceError> {
+        Ok(vec![Extent { length, hole: false, zero: false }])
+    }
+}
+
+/// A directory on the file system the build uses (a disk here: tmpfs pages
+/// cannot be evicted, and the first test evicts).
+fn scratch() -> tempfile::TempDir {
+    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir")
 }
 
 /// Drops the file's clean pages from the page cache.
@@ -85,21 +122,62 @@ fn nbdcopy_to(addr: SocketAddr, to: &Path) {
     );
 }
 
+/// Many reads in flight, large and small mixed, at unaligned offsets, with
+/// structured replies and then simple ones; each reply must hold its range.
+const MIXED_READS: &str = r#"
+import nbd, random, sys
+path = sys.argv[2]
+data = open(path, "rb").read()
+for structured in (True, False):
+    h = nbd.NBD()
+    h.set_request_structured_replies(structured)
+    h.connect_uri(sys.argv[1])
+    assert h.get_structured_replies_negotiated() == structured
+    rng = random.Random(5)
+    pending = []
+    def check(entry):
+        cookie, buf, offset, length = entry
+        while not h.aio_command_completed(cookie):
+            h.poll(-1)
+        assert buf.to_bytearray() == data[offset:offset + length], (offset, length)
+    for i in range(400):
+        length = rng.choice([512, 4096, 65536, 131072, 1 << 20, 3 << 20])
+        offset = rng.randrange(0, len(data) - length)
+        buf = nbd.Buffer(length)
+        pending.append((h.aio_pread(buf, offset), buf, offset, length))
+        if len(pending) >= 16:
+            check(pending.pop(0))
+    for entry in pending:
+        check(entry)
+    h.shutdown()
+print("ok")
+"#;
+
+fn mixed_reads(addr: SocketAddr, path: &Path) {
+    let out = run_ok(
+        Command::new(SYSTEM_PYTHON).arg("-c").arg(MIXED_READS).arg(uri(addr)).arg(path),
+        Duration::from_secs(120),
+    );
+    assert_eq!(out.trim(), "ok");
+}
+
 #[test]
 fn large_reads_are_sent_from_the_page_cache_when_cached_and_read_when_not() {
-    // The temp dir is on a disk file system here (tmpfs pages cannot be evicted).
-    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = scratch();
     let data = random_bytes(7, SIZE);
     let path = write_file(dir.path(), "disk.raw", &data);
-    let (addr, device, _stop) = serve(&path);
+    let (addr, device, _stop) = serve_file(&path);
 
-    // Cached: the device offers the bytes in place for large reads only.
+    // Cached: the device offers the bytes in place for large reads inside
+    // the file only.
     std::fs::read(&path).expect("read file into the page cache");
     assert!(device.read_in_place(1 << 20, 1 << 20).is_some(), "cached 1 MiB read not offered in place");
     assert!(device.read_in_place(1 << 20, 4096).is_none(), "a small read must go through read()");
+    assert!(device.read_in_place(SIZE as u64 - 4096, 1 << 20).is_none(), "a read past the file's end");
     let copy = dir.path().join("copy.raw");
     nbdcopy_to(addr, &copy);
     assert!(std::fs::read(&copy).expect("copy") == data, "nbdcopy from cached pages differs");
+    mixed_reads(addr, &path);
 
     // Evicted: the same reads go through read() and give the same bytes.
     evict(&path);
@@ -107,52 +185,8 @@ fn large_reads_are_sent_from_the_page_cache_when_cached_and_read_when_not() {
     std::fs::remove_file(&copy).expect("remove copy");
     nbdcopy_to(addr, &copy);
     assert!(std::fs::read(&copy).expect("copy") == data, "nbdcopy from evicted pages differs");
-}
 
-#[test]
-fn sendfile_replies_keep_their_place_in_the_stream_with_simple_and_structured_replies() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let data = random_bytes(11, SIZE);
-    let path = write_file(dir.path(), "disk.raw", &data);
-    std::fs::read(&path).expect("read file into the page cache");
-    let (addr, _device, _stop) = serve(&path);
-    // Many reads in flight, large (sendfile) and small (buffers) mixed, at
-    // unaligned offsets; each reply must hold its own range.
-    let script = r#"
-import nbd, random, sys
-path, structured = sys.argv[2], sys.argv[3] == "1"
-data = open(path, "rb").read()
-h = nbd.NBD()
-h.set_request_structured_replies(structured)
-h.connect_uri(sys.argv[1])
-assert h.get_structured_replies_negotiated() == structured
-rng = random.Random(5)
-pending = []
-def check(entry):
-    cookie, buf, offset, length = entry
-    while not h.aio_command_completed(cookie):
-        h.poll(-1)
-    assert buf.to_bytearray() == data[offset:offset + length], (offset, length)
-for i in range(400):
-    length = rng.choice([512, 4096, 65536, 131072, 1 << 20, 3 << 20])
-    offset = rng.randrange(0, len(data) - length)
-    buf = nbd.Buffer(length)
-    pending.append((h.aio_pread(buf, offset), buf, offset, length))
-    if len(pending) >= 16:
-        check(pending.pop(0))
-for entry in pending:
-    check(entry)
-h.shutdown()
-print("ok")
-"#;
-    for structured in ["1", "0"] {
-        let out = run_ok(
-            Command::new(SYSTEM_PYTHON).arg("-c").arg(script).arg(uri(addr)).arg(&path).arg(structured),
-            Duration::from_secs(120),
-        );
-        assert_eq!(out.trim(), "ok", "structured={structured}");
-    }
-    // Writes land in the page cache and large reads of them go out in place.
+    // Writes land in the file, and reads of them are served.
     let out = nbd_python(
         "import nbd, sys\nh = nbd.NBD()\nh.connect_uri(sys.argv[1])\n\
          h.pwrite(b'\\x5a' * (2 << 20), 5 << 20)\nh.flush()\n\
@@ -162,4 +196,47 @@ print("ok")
     assert_eq!(out.trim(), "ok");
     let file = std::fs::read(&path).expect("file");
     assert!(file[5 << 20..7 << 20].iter().all(|&byte| byte == 0x5a), "write not in the file");
+}
+
+#[test]
+fn sendfile_replies_keep_their_place_in_the_stream_with_simple_and_structured_replies() {
+    let dir = scratch();
+    let data = random_bytes(11, SIZE);
+    let path = write_file(dir.path(), "disk.raw", &data);
+    let file = Arc::new(File::open(&path).expect("open"));
+    // Every large read goes out with sendfile (read() would fail it), and
+    // 16 reads of up to 3 MiB in flight overrun the socket's buffer, so
+    // sends are partial and wait for room.
+    let (addr, _stop) = serve(SingleExport { info: info(SIZE as u64, true), device: InPlaceOnly { file } });
+    mixed_reads(addr, &path);
+}
+
+#[test]
+fn a_file_shorter_than_its_reply_closes_that_connection_and_no_other() {
+    let dir = scratch();
+    let data = random_bytes(13, 4 << 20);
+    let path = write_file(dir.path(), "disk.raw", &data);
+    let file = Arc::new(File::open(&path).expect("open"));
+    // The export claims 1 MiB more than the file holds: a reply's header
+    // promises bytes sendfile cannot find.
+    let export = info((5 << 20) as u64, true);
+    let (addr, _stop) = serve(SingleExport { info: export, device: InPlaceOnly { file } });
+    let short = run(
+        Command::new(SYSTEM_PYTHON)
+            .arg("-c")
+            .arg("import nbd, sys\nh = nbd.NBD()\nh.connect_uri(sys.argv[1])\nh.pread(1 << 20, 4 << 20)")
+            .arg(uri(addr)),
+        Duration::from_secs(60),
+    );
+    assert!(!short.status.success(), "a reply past the file's end must fail");
+    // Other connections are served as before.
+    let out = nbd_python(
+        &format!(
+            "import nbd, sys\nh = nbd.NBD()\nh.connect_uri(sys.argv[1])\n\
+             d = h.pread(1 << 20, 1 << 20)\nassert d == open({:?}, 'rb').read()[1 << 20:2 << 20]\nprint('ok')",
+            path.display().to_string()
+        ),
+        &uri(addr),
+    );
+    assert_eq!(out.trim(), "ok");
 }
