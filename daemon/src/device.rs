@@ -156,7 +156,40 @@ impl VolumeDevice {
     }
 }
 
+/// A journal segment file lent for a sendfile reply: keeps the store's file
+/// (and so its descriptor) open until the reply is sent.
+struct LentFile(store::Lent);
+
+impl std::os::fd::AsRawFd for LentFile {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.fd
+    }
+}
+
 impl BlockDevice for VolumeDevice {
+    /// A large read that is one run of journal data, cached, is sent from
+    /// the segment file with sendfile: no copy, no blocking-pool hand-off.
+    /// The segment is then never reused (`store::Journal::lend`).
+    fn read_in_place(&self, offset: u64, length: u64) -> Option<Vec<nbd_server::FileSlice>> {
+        if length < OFFLOAD_BYTES as u64 {
+            return None;
+        }
+        // Only cached bytes (sendfile runs on the connection's task), in at
+        // most one piece per 64 KiB on average (a fragmented read costs a
+        // system call per piece either way; past that, one read is cheaper).
+        let cached = nbd_server::FileSlice::cached;
+        let max_pieces = (length / (64 << 10)) as usize;
+        let lent = match &self.target {
+            Target::Head(volume) => volume.lend_head(offset, length, max_pieces, cached),
+            Target::Point(point) => point.lend(offset, length, max_pieces, cached),
+        }?;
+        let slice = |lent: store::Lent| {
+            let (offset, length) = (lent.position, usize::try_from(lent.length).ok()?);
+            Some(nbd_server::FileSlice { file: Arc::new(LentFile(lent)), offset, length })
+        };
+        lent.into_iter().map(slice).collect()
+    }
+
     async fn read(&self, offset: u64, mut buffer: IoBuffer, start: usize) -> nbd_server::device::ReadResult {
         let length = buffer.len() - start;
         if length >= OFFLOAD_BYTES {

@@ -133,12 +133,25 @@ pub type ReadResult = Result<(IoBuffer, Holes), DeviceError>;
 /// `sendfile(2)`: the kernel hands the page-cache pages to the socket, and
 /// the bytes are never copied through user space (nor through a blocking
 /// pool). See [`BlockDevice::read_in_place`].
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct FileSlice {
-    /// The file; the slice keeps it open until the reply is sent.
-    pub file: Arc<std::fs::File>,
-    /// Where the read's first byte lies in the file.
+    /// The open file (whatever owns its descriptor); the slice keeps it
+    /// open until the reply is sent.
+    pub file: Arc<dyn std::os::fd::AsRawFd + Send + Sync>,
+    /// Where the slice's first byte lies in the file.
     pub offset: u64,
+    /// Bytes of the file from `offset`.
+    pub length: usize,
+}
+
+impl std::fmt::Debug for FileSlice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileSlice")
+            .field("fd", &self.file.as_raw_fd())
+            .field("offset", &self.offset)
+            .field("length", &self.length)
+            .finish()
+    }
 }
 
 impl FileSlice {
@@ -146,11 +159,23 @@ impl FileSlice {
     /// the page cache now (so sending them from the connection's task does
     /// not wait for a disk). `None` otherwise, or when the kernel cannot
     /// tell (`cachestat(2)` came with Linux 6.5).
-    pub fn if_cached(file: &Arc<std::fs::File>, offset: u64, length: u64) -> Option<FileSlice> {
-        use std::os::fd::AsRawFd;
-        crate::sys::cached(file.as_raw_fd(), offset, length)
-            .filter(|&all| all)
-            .map(|_| FileSlice { file: file.clone(), offset })
+    pub fn if_cached(
+        file: Arc<dyn std::os::fd::AsRawFd + Send + Sync>,
+        offset: u64,
+        length: u64,
+    ) -> Option<FileSlice> {
+        let slice_length = usize::try_from(length).ok()?;
+        Self::cached(file.as_raw_fd(), offset, length).then_some(FileSlice {
+            file,
+            offset,
+            length: slice_length,
+        })
+    }
+
+    /// Whether every page of `length` bytes at `offset` of the file behind
+    /// `fd` is in the page cache now (false when the kernel cannot tell).
+    pub fn cached(fd: std::os::fd::RawFd, offset: u64, length: u64) -> bool {
+        crate::sys::cached(fd, offset, length) == Some(true)
     }
 }
 
@@ -175,10 +200,11 @@ pub trait BlockDevice: Send + Sync + 'static {
     fn read(&self, offset: u64, buffer: IoBuffer, start: usize) -> impl Future<Output = ReadResult> + Send;
 
     /// Where the `length` bytes at `offset` can be sent from without
-    /// [`read`](Self::read), when the device can tell at once: one run of a
-    /// file, in the page cache (see [`FileSlice::if_cached`]). The server
-    /// then answers with `sendfile(2)` on the connection's task. Called on
-    /// that task, so it must not wait.
+    /// [`read`](Self::read), when the device can tell at once: runs of
+    /// files, in order, whose lengths add up to `length`, in the page cache
+    /// (see [`FileSlice::if_cached`]). The server then answers with
+    /// `sendfile(2)` on the connection's task, one slice after another.
+    /// Called on that task, so it must not wait.
     ///
     /// The socket holds references to the file's pages until the client has
     /// received them, so a device may only offer bytes that nothing rewrites
@@ -186,7 +212,7 @@ pub trait BlockDevice: Send + Sync + 'static {
     /// a reply in flight may show, as for any read racing a write). A device
     /// that reuses file space (a journal) must not offer it. The default
     /// offers nothing.
-    fn read_in_place(&self, _offset: u64, _length: u64) -> Option<FileSlice> {
+    fn read_in_place(&self, _offset: u64, _length: u64) -> Option<Vec<FileSlice>> {
         None
     }
 
@@ -235,7 +261,7 @@ impl<D: BlockDevice> BlockDevice for Arc<D> {
     fn read(&self, offset: u64, buffer: IoBuffer, start: usize) -> impl Future<Output = ReadResult> + Send {
         (**self).read(offset, buffer, start)
     }
-    fn read_in_place(&self, offset: u64, length: u64) -> Option<FileSlice> {
+    fn read_in_place(&self, offset: u64, length: u64) -> Option<Vec<FileSlice>> {
         (**self).read_in_place(offset, length)
     }
     fn write(

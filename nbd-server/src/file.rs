@@ -44,13 +44,13 @@ impl FileDevice {
 }
 
 impl BlockDevice for FileDevice {
-    fn read_in_place(&self, offset: u64, length: u64) -> Option<FileSlice> {
+    fn read_in_place(&self, offset: u64, length: u64) -> Option<Vec<FileSlice>> {
         // Only whole ranges of the file: a reply cut short by the file's end
         // would have to drop the connection after its header went out.
         if length < LARGE_READ as u64 || offset.checked_add(length).is_none_or(|end| end > self.size) {
             return None;
         }
-        FileSlice::if_cached(&self.file, offset, length)
+        FileSlice::if_cached(self.file.clone(), offset, length).map(|slice| vec![slice])
     }
 
     async fn read(&self, offset: u64, mut buffer: IoBuffer, start: usize) -> ReadResult {

@@ -388,14 +388,14 @@ enum Chunk {
     Bytes { buffer: IoBuffer, counted: bool },
     /// Read data sent from a file with sendfile (after its header, which
     /// is in the `Bytes` chunk before it).
-    File { slice: FileSlice, length: usize },
+    File(FileSlice),
 }
 
 impl Chunk {
     fn len(&self) -> usize {
         match self {
             Chunk::Bytes { buffer, .. } => buffer.len(),
-            Chunk::File { length, .. } => *length,
+            Chunk::File(slice) => slice.length,
         }
     }
 
@@ -456,9 +456,9 @@ impl Outgoing {
     /// Queues read data to be sent from a file. Its bytes count against the
     /// budget like a buffer's, so a client that does not read its replies
     /// cannot queue reads without bound.
-    fn push_file(&mut self, slice: FileSlice, length: usize) {
-        self.bytes += length;
-        self.queue.push_back(Chunk::File { slice, length });
+    fn push_file(&mut self, slice: FileSlice) {
+        self.bytes += slice.length;
+        self.queue.push_back(Chunk::File(slice));
     }
 
     /// Bytes waiting to be written.
@@ -484,10 +484,10 @@ impl Outgoing {
     /// promised bytes (truncated while served) is an error: the reply's
     /// header is out, so the connection cannot go on.
     fn send_front_file(&self, socket: &TcpStream) -> Option<io::Result<usize>> {
-        let Some(Chunk::File { slice, length }) = self.queue.front() else {
+        let Some(Chunk::File(slice)) = self.queue.front() else {
             return None;
         };
-        let count = length - self.front_written;
+        let count = slice.length - self.front_written;
         let Some(offset) = slice.offset.checked_add(self.front_written as u64) else {
             return Some(Err(io::Error::new(io::ErrorKind::InvalidInput, "file offset overflows")));
         };
@@ -510,7 +510,7 @@ impl Outgoing {
     /// One vectored write or one sendfile; cancel-safe (state changes only
     /// after it returns).
     async fn write_to(&mut self, writer: &mut OwnedWriteHalf) -> io::Result<()> {
-        if matches!(self.queue.front(), Some(Chunk::File { .. })) {
+        if matches!(self.queue.front(), Some(Chunk::File(_))) {
             let socket = writer.as_ref();
             let sent = loop {
                 socket.writable().await?;
@@ -567,7 +567,7 @@ enum Reply {
     /// A read reply with its header filled in.
     Buffer(IoBuffer),
     /// Read data to send from a file: (where, offset asked, length).
-    File(FileSlice, u64, usize),
+    File(Vec<FileSlice>, u64, usize),
 }
 
 struct Completion {
@@ -818,8 +818,11 @@ impl<'a, D: BlockDevice> Transmission<'a, D> {
                 let length = length as usize;
                 // In place: the reply is ready now (the observer sees no
                 // device time; sending is the server's).
-                if let Some(slice) = device.read_in_place(offset, length as u64) {
-                    let reply = Reply::File(slice, offset, length);
+                if let Some(slices) = device
+                    .read_in_place(offset, length as u64)
+                    .filter(|slices| slices.iter().map(|slice| slice.length).sum::<usize>() == length)
+                {
+                    let reply = Reply::File(slices, offset, length);
                     return (
                         Box::pin(std::future::ready(done(RequestKind::Read, 0, length as u64, reply))),
                         0,
@@ -906,9 +909,11 @@ impl<'a, D: BlockDevice> Transmission<'a, D> {
             Reply::Ok => encode_ok(out.small(), done.cookie),
             Reply::Buffer(buffer) if buffer.len() <= 1024 => out.small().extend_from_slice(&buffer),
             Reply::Buffer(buffer) => out.push(buffer),
-            Reply::File(slice, offset, length) => {
+            Reply::File(slices, offset, length) => {
                 encode_read_header(out.small(), self.session.structured, done.cookie, offset, length);
-                out.push_file(slice, length);
+                for slice in slices {
+                    out.push_file(slice);
+                }
             }
             Reply::Error(error) => {
                 if error.errno == Errno::Io {

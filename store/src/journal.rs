@@ -19,8 +19,9 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
+use std::os::fd::RawFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::{Mutex, RwLock};
 
@@ -100,12 +101,19 @@ fn spare_allocated(len: u64) -> u64 {
     len - len % 4096
 }
 
+/// A segment file lent out ([`Journal::lend`]): the file, its descriptor
+/// and where the lent bytes start in it.
+pub type LentRun = (Arc<dyn StorageBackend>, RawFd, u64);
+
 /// One segment file of the journal.
 #[derive(Debug)]
 struct Segment {
     file: Arc<dyn StorageBackend>,
     /// Seq of its first record (from its header).
     first_seq: u64,
+    /// Bytes of it were lent out ([`Journal::lend`]): a socket may still
+    /// hold its pages, so it is removed when reclaimed, never reused.
+    lent: AtomicBool,
 }
 
 /// One segment as retention sees it.
@@ -144,11 +152,11 @@ pub struct Journal {
     /// [`Journal::set_keep_reserve`] says base segments hold live data
     /// (docs/journal.md, "Space on a full disk"). Counts as a spare.
     reserve: Mutex<Option<String>>,
-    keep_reserve: std::sync::atomic::AtomicBool,
+    keep_reserve: AtomicBool,
     /// Segments started in a spare file, since the journal was opened.
     recycled: AtomicU64,
     /// A segment was started since [`Journal::take_rolled`] last looked.
-    rolled: std::sync::atomic::AtomicBool,
+    rolled: AtomicBool,
     /// Everything before this location has been handed to a segment file;
     /// reads below it need no lock.
     written_below: AtomicU64,
@@ -407,7 +415,8 @@ impl Journal {
             let path = format!("{}/{}", self.dir, segment_name(number));
             let mut reserve = self.reserve.lock();
             let mut spares = self.spares.lock();
-            if spares.len() + usize::from(reserve.is_some()) < self.options.spare_segments {
+            let lent = segment.lent.load(Ordering::Relaxed);
+            if !lent && spares.len() + usize::from(reserve.is_some()) < self.options.spare_segments {
                 let name = spare_name(number);
                 self.fs.rename(&path, &format!("{}/{name}", self.dir))?;
                 if reserve.is_none() && self.keep_reserve.load(Ordering::Relaxed) {
@@ -422,6 +431,49 @@ impl Journal {
             }
         }
         Ok(reclaimed)
+    }
+
+    /// Lends the files that hold journal bytes, for a reader that sends
+    /// them from the files themselves (`sendfile(2)`) after it let go of
+    /// the volume. `pieces` are (location, length), each within one record;
+    /// for each: its file, the file's descriptor and the bytes' position in
+    /// it, if `accept` (given descriptor, position and length) takes every
+    /// piece. `None` when some bytes are not in their file yet, a file is no
+    /// real file, or `accept` declined one (then nothing is marked).
+    ///
+    /// Written records never change in their segment file; only a reused
+    /// segment file would be overwritten. A lent segment is therefore never
+    /// reused: [`Self::reclaim`] removes it (the pages a socket holds stay
+    /// as they were). Call while the segments cannot be reclaimed (a read
+    /// plan's hold on the volume).
+    pub fn lend(
+        &self,
+        pieces: &[(u64, u64)],
+        mut accept: impl FnMut(RawFd, u64, u64) -> bool,
+    ) -> Option<Vec<LentRun>> {
+        let written_below = self.written_below.load(Ordering::Acquire);
+        let segments = self.segments.read();
+        let mut lent = Vec::with_capacity(pieces.len());
+        let mut numbers = Vec::with_capacity(pieces.len());
+        for &(location, length) in pieces {
+            if location.checked_add(length)? > written_below {
+                return None;
+            }
+            let (number, position) = layout::split_location(location);
+            let segment = segments.get(&number)?;
+            let fd = segment.file.raw_fd()?;
+            if !accept(fd, position, length) {
+                return None;
+            }
+            lent.push((segment.file.clone(), fd, position));
+            numbers.push(number);
+        }
+        for number in numbers {
+            if let Some(segment) = segments.get(&number) {
+                segment.lent.store(true, Ordering::Relaxed);
+            }
+        }
+        Some(lent)
     }
 
     /// Reads journal bytes at `location` (they must lie within one record).
@@ -770,7 +822,9 @@ impl Journal {
         if writer.recycled {
             self.recycled.fetch_add(1, Ordering::Relaxed);
         }
-        self.segments.write().insert(number, Segment { file: file.clone(), first_seq });
+        self.segments
+            .write()
+            .insert(number, Segment { file: file.clone(), first_seq, lent: AtomicBool::new(false) });
         self.rolled.store(true, Ordering::Relaxed);
         let header = SegmentHeader { volume_id: self.volume_id, number, first_seq, chain: writer.chain };
         writer.segment_number = number;
@@ -1158,9 +1212,9 @@ pub fn recover(
         segments: RwLock::new(BTreeMap::new()),
         spares: Mutex::new(Vec::new()),
         reserve: Mutex::new(None),
-        keep_reserve: std::sync::atomic::AtomicBool::new(false),
+        keep_reserve: AtomicBool::new(false),
         recycled: AtomicU64::new(0),
-        rolled: std::sync::atomic::AtomicBool::new(false),
+        rolled: AtomicBool::new(false),
         written_below: AtomicU64::new(0),
         bytes: AtomicU64::new(0),
         writer: Mutex::new(Writer {
@@ -1376,7 +1430,8 @@ pub fn recover(
         let path = format!("{dir}/{}", segment_name(number));
         if live.contains(&number) {
             // A base segment (or the start segment) the base map points into.
-            kept.insert(number, Segment { file, first_seq: headers[&number].first_seq });
+            let first_seq = headers[&number].first_seq;
+            kept.insert(number, Segment { file, first_seq, lent: AtomicBool::new(false) });
             continue;
         }
         if number < keep_from && start_segment.is_some() {
@@ -1392,7 +1447,7 @@ pub fn recover(
         }
         if keep_through.is_some_and(|kept| number <= kept) {
             let first_seq = headers.get(&number).map_or(next_seq, |header| header.first_seq);
-            kept.insert(number, Segment { file, first_seq });
+            kept.insert(number, Segment { file, first_seq, lent: AtomicBool::new(false) });
             continue;
         }
         let len = file.len().unwrap_or(0);

@@ -52,6 +52,6 @@ pub use retention::{JournalBudget, RetentionPolicy};
 pub use store::{Store, StoreOptions, valid_volume_name};
 pub use uring::UringBackend;
 pub use volume::{
-    Bucket, Extent, FoldReport, JournalRecord, PointView, RecoveryStats, RollbackOutcome, SegmentUsage,
+    Bucket, Extent, FoldReport, JournalRecord, Lent, PointView, RecoveryStats, RollbackOutcome, SegmentUsage,
     Snapshot, VerifyReport, Volume, VolumeStats,
 };

@@ -2,6 +2,7 @@
 //! and the retention that folds its oldest history into the base image.
 
 use std::collections::BTreeMap;
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -1023,6 +1024,58 @@ impl Volume {
             });
         }
         Ok(pieces)
+    }
+
+    /// Lends the journal files that hold the `length` bytes at `offset` of
+    /// the head, when all of them are record data in real files
+    /// ([`Journal::lend`]): a server can then send them straight from those
+    /// files, one [`Lent`] after another, in order. `None` otherwise (zeros,
+    /// base file data, a clone's base, the in-memory engine, more than
+    /// `max_pieces` pieces, or `accept` declined a piece): read them instead.
+    pub fn lend_head(
+        &self,
+        offset: u64,
+        length: u64,
+        max_pieces: usize,
+        accept: impl FnMut(RawFd, u64, u64) -> bool,
+    ) -> Option<Vec<Lent>> {
+        let seq = self.head_seq();
+        let size = self.index.read().size_at(seq);
+        self.lend_image(seq, size, offset, length, max_pieces, accept)
+    }
+
+    /// [`Self::lend_head`] for the image at `seq`.
+    fn lend_image(
+        &self,
+        seq: u64,
+        size: u64,
+        offset: u64,
+        length: u64,
+        max_pieces: usize,
+        accept: impl FnMut(RawFd, u64, u64) -> bool,
+    ) -> Option<Vec<Lent>> {
+        let _gate = self.gate.read();
+        let pieces = self.plan(seq, size, offset, length).ok()?;
+        let runs: Option<Vec<(u64, u64)>> = (pieces.len() <= max_pieces)
+            .then(|| {
+                pieces
+                    .iter()
+                    .map(|piece| match piece.source {
+                        Source::Data { location } => Some((location, piece.length)),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .flatten();
+        Self::recycle(pieces);
+        let runs = runs?;
+        let lent = self.journal.lend(&runs, accept)?;
+        Some(
+            lent.into_iter()
+                .zip(runs)
+                .map(|((file, fd, position), (_, length))| Lent { file, fd, position, length })
+                .collect(),
+        )
     }
 
     fn recycle(pieces: Vec<Piece>) {
@@ -2092,6 +2145,21 @@ impl Volume {
 }
 
 /// A read-only image of a volume at one seq.
+/// Journal bytes lent out for sending straight from their file
+/// ([`Volume::lend_head`]). Holding it keeps the file open; its bytes at
+/// `position` never change (a lent segment file is never reused).
+#[derive(Debug, Clone)]
+pub struct Lent {
+    /// The segment file.
+    pub file: Arc<dyn StorageBackend>,
+    /// Its descriptor, open for as long as `file` lives.
+    pub fd: RawFd,
+    /// Where the bytes start in the file.
+    pub position: u64,
+    /// How many bytes.
+    pub length: u64,
+}
+
 #[derive(Debug, Clone)]
 pub struct PointView {
     volume: Arc<Volume>,
@@ -2119,6 +2187,17 @@ impl PointView {
     /// The volume this is a point of.
     pub fn volume(&self) -> &Arc<Volume> {
         &self.volume
+    }
+
+    /// [`Volume::lend_head`] for the image at this point.
+    pub fn lend(
+        &self,
+        offset: u64,
+        length: u64,
+        max_pieces: usize,
+        accept: impl FnMut(RawFd, u64, u64) -> bool,
+    ) -> Option<Vec<Lent>> {
+        self.volume.lend_image(self.seq, self.size, offset, length, max_pieces, accept)
     }
 
     /// Reads the image at this point.

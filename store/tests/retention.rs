@@ -791,3 +791,95 @@ fn a_missing_base_segment_is_damage() {
             .unwrap_err();
     assert!(format!("{error:?}").contains("missing or damaged"), "{error:?}");
 }
+
+/// Journal bytes lent for sending straight from their segment file stay
+/// what they were: lent segments are removed when reclaimed, never reused
+/// for new records, while other reclaimed segments are reused. Lending
+/// covers only record data in real files, in order.
+#[test]
+fn lent_journal_bytes_are_never_overwritten_by_a_reused_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let (segment, size, block) = (64 << 10, 1 << 20, 32 << 10);
+    let options = StoreOptions {
+        segment_bytes: segment,
+        buffer_bytes: 16 << 10,
+        commit_interval: None,
+        retention: RetentionPolicy { window: None, max_journal_bytes: Some(JournalBudget::Bytes(256 << 10)) },
+        retention_interval: None,
+        spare_segments: 2,
+        ..StoreOptions::default()
+    };
+    let store = Store::open(dir.path(), options).unwrap();
+    let volume = store.create_volume("v", size).unwrap();
+    let mut rng = SimRng::new(3);
+    let read_lent = |lent: &[store::Lent]| {
+        let mut bytes = Vec::new();
+        for run in lent {
+            let mut buf = vec![0; run.length as usize];
+            run.file.read_at(&mut buf, run.position).unwrap();
+            bytes.extend_from_slice(&buf);
+        }
+        bytes
+    };
+
+    // One block in two records: two runs, in order, holding the bytes.
+    let mut first = vec![0; block as usize];
+    rng.fill(&mut first);
+    volume.write(0, &first[..16 << 10], false).unwrap();
+    volume.write(16 << 10, &first[16 << 10..], false).unwrap();
+    volume.flush().unwrap();
+    let mut asked = 0;
+    let two = volume
+        .lend_head(0, block, 8, |_, _, _| {
+            asked += 1;
+            true
+        })
+        .expect("record data in a real file is lent");
+    assert_eq!(two.iter().map(|run| run.length).collect::<Vec<_>>(), [16 << 10, 16 << 10]);
+    assert_eq!(asked, 2);
+    assert!(read_lent(&two) == first, "lent runs hold the written bytes");
+    // Not lent: zeros never written, too many pieces, a declined piece.
+    assert!(volume.lend_head(0, 2 * block, 8, |_, _, _| true).is_none(), "zeros are not in a file");
+    assert!(volume.lend_head(0, block, 1, |_, _, _| true).is_none(), "more pieces than allowed");
+    assert!(volume.lend_head(0, block, 8, |_, _, _| false).is_none(), "declined");
+
+    // Every other block written and lent: the lent segments are reclaimed
+    // while segments of the unlent blocks are too.
+    let mut lent = vec![(two, first)];
+    for index in 1..size / block {
+        let mut data = vec![0; block as usize];
+        rng.fill(&mut data);
+        volume.write(index * block, &data, false).unwrap();
+        volume.flush().unwrap();
+        if index % 2 == 0 {
+            lent.push((volume.lend_head(index * block, block, 8, |_, _, _| true).unwrap(), data));
+        }
+    }
+    // Overwrite everything many times: segments are reclaimed and reused.
+    for _ in 0..20 {
+        for index in 0..size / block {
+            let mut data = vec![0; block as usize];
+            rng.fill(&mut data);
+            volume.write(index * block, &data, false).unwrap();
+        }
+        volume.flush().unwrap();
+        volume.enforce_retention(0).unwrap();
+    }
+    let stats = volume.stats();
+    assert!(stats.recycled_segments > 5, "other segments are reused: {stats:?}");
+    for (index, (runs, data)) in lent.iter().enumerate() {
+        assert!(read_lent(runs) == *data, "lent run {index} was overwritten in a reused segment");
+    }
+}
+
+/// The in-memory engine has no files to lend.
+#[test]
+fn the_memory_engine_lends_nothing() {
+    let fs = MemoryFs::new();
+    let clock = Arc::new(ManualClock::new(T0));
+    let store = open(&fs, &memory_options(&fs, &clock, RetentionPolicy::default()));
+    let volume = store.create_volume("v", 1 << 20).unwrap();
+    volume.write(0, &[7; 256 << 10], false).unwrap();
+    volume.flush().unwrap();
+    assert!(volume.lend_head(0, 256 << 10, 8, |_, _, _| true).is_none());
+}
