@@ -167,9 +167,9 @@ impl std::os::fd::AsRawFd for LentFile {
 }
 
 impl BlockDevice for VolumeDevice {
-    /// A large read that is one run of journal data, cached, is sent from
-    /// the segment file with sendfile: no copy, no blocking-pool hand-off.
-    /// The segment is then never reused (`store::Journal::lend`).
+    /// A large read that is nothing but journal record data, cached, is sent
+    /// from the segment files with sendfile: no copy, no blocking-pool
+    /// hand-off. Those segments are then never reused (`store::Journal::lend`).
     fn read_in_place(&self, offset: u64, length: u64) -> Option<Vec<nbd_server::FileSlice>> {
         if length < OFFLOAD_BYTES as u64 {
             return None;

@@ -820,6 +820,10 @@ impl<'a, D: BlockDevice> Transmission<'a, D> {
                 // device time; sending is the server's).
                 if let Some(slices) = device
                     .read_in_place(offset, length as u64)
+                    .map(|mut slices| {
+                        slices.retain(|slice| slice.length > 0);
+                        slices
+                    })
                     .filter(|slices| slices.iter().map(|slice| slice.length).sum::<usize>() == length)
                 {
                     let reply = Reply::File(slices, offset, length);

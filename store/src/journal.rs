@@ -17,7 +17,7 @@
 //! on tmpfs and in the page cache, overwriting allocated pages is many times
 //! faster than filling new ones).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::Arc;
@@ -104,6 +104,23 @@ fn spare_allocated(len: u64) -> u64 {
 /// A segment file lent out ([`Journal::lend`]): the file, its descriptor
 /// and where the lent bytes start in it.
 pub type LentRun = (Arc<dyn StorageBackend>, RawFd, u64);
+
+/// Segments lent out in this process, by (journal directory, number). The
+/// mark outlives the [`Journal`] that lent them: a volume reopened in the
+/// same process (a new journal over the same files) must not reuse them
+/// either, in reclaim or in recovery. Entries go when the file is removed.
+static LENT: parking_lot::Mutex<BTreeSet<(String, u64)>> = parking_lot::Mutex::new(BTreeSet::new());
+
+fn was_lent(dir: &str, number: u64) -> bool {
+    LENT.lock().contains(&(dir.to_owned(), number))
+}
+
+/// Removes segment file `number` of `dir`, and its lent mark.
+fn remove_segment(fs: &dyn Filesystem, dir: &str, number: u64) -> io::Result<()> {
+    fs.remove_file(&format!("{dir}/{}", segment_name(number)))?;
+    LENT.lock().remove(&(dir.to_owned(), number));
+    Ok(())
+}
 
 /// One segment file of the journal.
 #[derive(Debug)]
@@ -301,7 +318,9 @@ impl Journal {
 
     /// Spare files kept for reuse, the cleaner's reserve included.
     pub fn spare_count(&self) -> usize {
-        self.spares.lock().len() + usize::from(self.reserve.lock().is_some())
+        // One lock at a time: reclaim takes reserve, then spares.
+        let reserve = usize::from(self.reserve.lock().is_some());
+        self.spares.lock().len() + reserve
     }
 
     /// Keeps one spare file as the cleaner's reserve (`keep`: base segments
@@ -415,7 +434,7 @@ impl Journal {
             let path = format!("{}/{}", self.dir, segment_name(number));
             let mut reserve = self.reserve.lock();
             let mut spares = self.spares.lock();
-            let lent = segment.lent.load(Ordering::Relaxed);
+            let lent = segment.lent.load(Ordering::Relaxed) || was_lent(&self.dir, number);
             if !lent && spares.len() + usize::from(reserve.is_some()) < self.options.spare_segments {
                 let name = spare_name(number);
                 self.fs.rename(&path, &format!("{}/{name}", self.dir))?;
@@ -427,7 +446,7 @@ impl Journal {
                 reclaimed.spared += 1;
             } else {
                 drop((spares, reserve));
-                self.fs.remove_file(&path)?;
+                remove_segment(self.fs.as_ref(), &self.dir, number)?;
             }
         }
         Ok(reclaimed)
@@ -444,8 +463,11 @@ impl Journal {
     /// Written records never change in their segment file; only a reused
     /// segment file would be overwritten. A lent segment is therefore never
     /// reused: [`Self::reclaim`] removes it (the pages a socket holds stay
-    /// as they were). Call while the segments cannot be reclaimed (a read
-    /// plan's hold on the volume).
+    /// as they were), also when a journal reopened over the same files
+    /// reclaims it. Call with a read plan that names these bytes, made
+    /// under the volume's gate: a fold that stops pointing at them swaps
+    /// its map under the gate, so the segments are still listed here (a
+    /// lookup that fails declines the loan).
     pub fn lend(
         &self,
         pieces: &[(u64, u64)],
@@ -468,9 +490,11 @@ impl Journal {
             lent.push((segment.file.clone(), fd, position));
             numbers.push(number);
         }
+        let mut registry = LENT.lock();
         for number in numbers {
             if let Some(segment) = segments.get(&number) {
                 segment.lent.store(true, Ordering::Relaxed);
+                registry.insert((self.dir.clone(), number));
             }
         }
         Some(lent)
@@ -1435,13 +1459,14 @@ pub fn recover(
             continue;
         }
         if number < keep_from && start_segment.is_some() {
-            // Folded: only records at or before the base.
-            if spares.len() < options.spare_segments {
+            // Folded: only records at or before the base. Lent by an
+            // earlier journal of this process: never reused.
+            if spares.len() < options.spare_segments && !was_lent(dir, number) {
                 let name = spare_name(number);
                 fs.rename(&path, &format!("{dir}/{name}"))?;
                 spares.push(name);
             } else {
-                fs.remove_file(&path)?;
+                remove_segment(fs.as_ref(), dir, number)?;
             }
             continue;
         }

@@ -1054,7 +1054,9 @@ impl Volume {
         max_pieces: usize,
         accept: impl FnMut(RawFd, u64, u64) -> bool,
     ) -> Option<Vec<Lent>> {
-        let _gate = self.gate.read();
+        // The caller must not wait (an NBD connection's task): a fold or a
+        // clean queued for the gate declines the loan; the caller reads.
+        let _gate = self.gate.try_read()?;
         let pieces = self.plan(seq, size, offset, length).ok()?;
         let runs: Option<Vec<(u64, u64)>> = (pieces.len() <= max_pieces)
             .then(|| {
@@ -2144,7 +2146,6 @@ impl Volume {
     }
 }
 
-/// A read-only image of a volume at one seq.
 /// Journal bytes lent out for sending straight from their file
 /// ([`Volume::lend_head`]). Holding it keeps the file open; its bytes at
 /// `position` never change (a lent segment file is never reused).
@@ -2160,6 +2161,7 @@ pub struct Lent {
     pub length: u64,
 }
 
+/// A read-only image of a volume at one seq.
 #[derive(Debug, Clone)]
 pub struct PointView {
     volume: Arc<Volume>,

@@ -2,6 +2,7 @@
 //! what stops it, what it reclaims and reuses; reads that report holes; time
 //! points at the millisecond edge. Crash safety of folding is in `crash.rs`.
 
+use std::os::unix::fs::MetadataExt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -794,7 +795,9 @@ fn a_missing_base_segment_is_damage() {
 
 /// Journal bytes lent for sending straight from their segment file stay
 /// what they were: lent segments are removed when reclaimed, never reused
-/// for new records, while other reclaimed segments are reused. Lending
+/// for new records, while other reclaimed segments are reused; also after
+/// the volume is reopened in the same process (a new journal over the same
+/// files, whose recovery and reclaim must not reuse them either). Lending
 /// covers only record data in real files, in order.
 #[test]
 fn lent_journal_bytes_are_never_overwritten_by_a_reused_segment() {
@@ -806,11 +809,11 @@ fn lent_journal_bytes_are_never_overwritten_by_a_reused_segment() {
         commit_interval: None,
         retention: RetentionPolicy { window: None, max_journal_bytes: Some(JournalBudget::Bytes(256 << 10)) },
         retention_interval: None,
-        spare_segments: 2,
+        spare_segments: 8,
         ..StoreOptions::default()
     };
     let store = Store::open(dir.path(), options).unwrap();
-    let volume = store.create_volume("v", size).unwrap();
+    let mut volume = store.create_volume("v", size).unwrap();
     let mut rng = SimRng::new(3);
     let read_lent = |lent: &[store::Lent]| {
         let mut bytes = Vec::new();
@@ -856,6 +859,9 @@ fn lent_journal_bytes_are_never_overwritten_by_a_reused_segment() {
         }
     }
     // Overwrite everything many times: segments are reclaimed and reused.
+    // First, the volume is reopened: only the loans of this process protect
+    // the lent segments from the new journal's recovery and reclaim.
+    volume = store.reopen_volume("v").unwrap();
     for _ in 0..20 {
         for index in 0..size / block {
             let mut data = vec![0; block as usize];
@@ -867,9 +873,15 @@ fn lent_journal_bytes_are_never_overwritten_by_a_reused_segment() {
     }
     let stats = volume.stats();
     assert!(stats.recycled_segments > 5, "other segments are reused: {stats:?}");
+    let mut removed = 0;
     for (index, (runs, data)) in lent.iter().enumerate() {
         assert!(read_lent(runs) == *data, "lent run {index} was overwritten in a reused segment");
+        // A reclaimed lent segment is unlinked; the loan keeps it open.
+        let links =
+            |run: &store::Lent| std::fs::metadata(format!("/proc/self/fd/{}", run.fd)).unwrap().nlink();
+        removed += runs.iter().filter(|run| links(run) == 0).count();
     }
+    assert!(removed >= lent.len(), "lent segments were reclaimed (removed): {removed}");
 }
 
 /// The in-memory engine has no files to lend.
