@@ -38,7 +38,7 @@ pub(crate) fn send_file(socket: RawFd, file: RawFd, offset: u64, count: usize) -
 /// `cachestat(2)` (Linux 6.5): 451 in the unified system call table that
 /// these architectures share (alpha and MIPS number it differently; there
 /// the check answers "cannot tell"). libc does not name it on all of them.
-#[cfg(any(
+const SYS_CACHESTAT: Option<libc::c_long> = if cfg!(any(
     target_arch = "x86_64",
     target_arch = "x86",
     target_arch = "aarch64",
@@ -47,19 +47,11 @@ pub(crate) fn send_file(socket: RawFd, file: RawFd, offset: u64, count: usize) -
     target_arch = "loongarch64",
     target_arch = "powerpc64",
     target_arch = "s390x"
-))]
-const SYS_CACHESTAT: Option<libc::c_long> = Some(451);
-#[cfg(not(any(
-    target_arch = "x86_64",
-    target_arch = "x86",
-    target_arch = "aarch64",
-    target_arch = "arm",
-    target_arch = "riscv64",
-    target_arch = "loongarch64",
-    target_arch = "powerpc64",
-    target_arch = "s390x"
-)))]
-const SYS_CACHESTAT: Option<libc::c_long> = None;
+)) {
+    Some(451)
+} else {
+    None
+};
 
 #[repr(C)]
 struct CachestatRange {
