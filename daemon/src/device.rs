@@ -156,16 +156,6 @@ impl VolumeDevice {
     }
 }
 
-/// A journal segment file lent for a sendfile reply: keeps the store's file
-/// (and so its descriptor) open until the reply is sent.
-struct LentFile(store::Lent);
-
-impl std::os::fd::AsRawFd for LentFile {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        self.0.fd
-    }
-}
-
 impl BlockDevice for VolumeDevice {
     /// A large read that is nothing but journal record data, cached, is sent
     /// from the segment files with sendfile: no copy, no blocking-pool
@@ -185,7 +175,7 @@ impl BlockDevice for VolumeDevice {
         }?;
         let slice = |lent: store::Lent| {
             let (offset, length) = (lent.position, usize::try_from(lent.length).ok()?);
-            Some(nbd_server::FileSlice { file: Arc::new(LentFile(lent)), offset, length })
+            Some(nbd_server::FileSlice { file: Arc::new(lent), offset, length })
         };
         lent.into_iter().map(slice).collect()
     }

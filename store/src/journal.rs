@@ -128,9 +128,6 @@ struct Segment {
     file: Arc<dyn StorageBackend>,
     /// Seq of its first record (from its header).
     first_seq: u64,
-    /// Bytes of it were lent out ([`Journal::lend`]): a socket may still
-    /// hold its pages, so it is removed when reclaimed, never reused.
-    lent: AtomicBool,
 }
 
 /// One segment as retention sees it.
@@ -434,8 +431,9 @@ impl Journal {
             let path = format!("{}/{}", self.dir, segment_name(number));
             let mut reserve = self.reserve.lock();
             let mut spares = self.spares.lock();
-            let lent = segment.lent.load(Ordering::Relaxed) || was_lent(&self.dir, number);
-            if !lent && spares.len() + usize::from(reserve.is_some()) < self.options.spare_segments {
+            if !was_lent(&self.dir, number)
+                && spares.len() + usize::from(reserve.is_some()) < self.options.spare_segments
+            {
                 let name = spare_name(number);
                 self.fs.rename(&path, &format!("{}/{name}", self.dir))?;
                 if reserve.is_none() && self.keep_reserve.load(Ordering::Relaxed) {
@@ -492,10 +490,7 @@ impl Journal {
         }
         let mut registry = LENT.lock();
         for number in numbers {
-            if let Some(segment) = segments.get(&number) {
-                segment.lent.store(true, Ordering::Relaxed);
-                registry.insert((self.dir.clone(), number));
-            }
+            registry.insert((self.dir.clone(), number));
         }
         Some(lent)
     }
@@ -846,9 +841,7 @@ impl Journal {
         if writer.recycled {
             self.recycled.fetch_add(1, Ordering::Relaxed);
         }
-        self.segments
-            .write()
-            .insert(number, Segment { file: file.clone(), first_seq, lent: AtomicBool::new(false) });
+        self.segments.write().insert(number, Segment { file: file.clone(), first_seq });
         self.rolled.store(true, Ordering::Relaxed);
         let header = SegmentHeader { volume_id: self.volume_id, number, first_seq, chain: writer.chain };
         writer.segment_number = number;
@@ -1455,7 +1448,7 @@ pub fn recover(
         if live.contains(&number) {
             // A base segment (or the start segment) the base map points into.
             let first_seq = headers[&number].first_seq;
-            kept.insert(number, Segment { file, first_seq, lent: AtomicBool::new(false) });
+            kept.insert(number, Segment { file, first_seq });
             continue;
         }
         if number < keep_from && start_segment.is_some() {
@@ -1472,7 +1465,7 @@ pub fn recover(
         }
         if keep_through.is_some_and(|kept| number <= kept) {
             let first_seq = headers.get(&number).map_or(next_seq, |header| header.first_seq);
-            kept.insert(number, Segment { file, first_seq, lent: AtomicBool::new(false) });
+            kept.insert(number, Segment { file, first_seq });
             continue;
         }
         let len = file.len().unwrap_or(0);

@@ -2161,6 +2161,12 @@ pub struct Lent {
     pub length: u64,
 }
 
+impl std::os::fd::AsRawFd for Lent {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd
+    }
+}
+
 /// A read-only image of a volume at one seq.
 #[derive(Debug, Clone)]
 pub struct PointView {
