@@ -80,6 +80,16 @@ pub trait StorageBackend: Send + Sync + fmt::Debug {
     ) -> io::Result<()> {
         copy_by_reading(self, source, source_offset, length, offset)
     }
+    /// Readies a new, empty file to be written `length` bytes from its
+    /// start: the space allocated ([`Self::allocate`]) and, where the file
+    /// lives in memory, its pages too, so that the writes that fill it
+    /// later copy into pages that exist instead of each allocating its own
+    /// (which the journal's writers would do under the file's lock). The
+    /// file reads as zeros after it. It may be slow (touching every page);
+    /// the store calls it off the write path to make spare segment files.
+    fn prepare(&self, length: u64) -> io::Result<()> {
+        self.allocate(0, length)
+    }
 }
 
 /// The portable [`StorageBackend::copy_from`]: reads and writes through a
@@ -136,6 +146,51 @@ pub fn is_no_space(error: &io::Error) -> bool {
         || error.kind() == io::ErrorKind::StorageFull
 }
 
+static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+
+/// A file is prepared only while its filesystem would keep this many times
+/// its length available after it: spare files save time, never the last
+/// space the journal needs.
+const PREPARE_HEADROOM: u64 = 4;
+
+/// The file engines' [`StorageBackend::prepare`], `file` being the open
+/// file behind `backend`.
+///
+/// - In memory (tmpfs): zeros are written, which allocates every page and
+///   touches it. `fallocate` would allocate pages without touching them,
+///   and in a virtual machine the first touch is the expensive part.
+/// - On a disk: `fallocate` only. Writing zeros would write them to the
+///   disk as well; reading the unwritten range (which fills page cache
+///   pages with zeros without disk IO) made the first writes slower, not
+///   faster, in docs/journal.md's measurements: it only moves the page
+///   allocations to a thread that competes with the writers for the CPU.
+pub(crate) fn prepare_file<B: StorageBackend + ?Sized>(
+    backend: &B,
+    file: &File,
+    length: u64,
+) -> io::Result<()> {
+    const STEP: u64 = 1 << 20;
+    let (in_memory, available) = crate::uring::filesystem_facts(file)?;
+    if available < length.saturating_mul(PREPARE_HEADROOM) {
+        return Err(io::Error::new(
+            io::ErrorKind::StorageFull,
+            format!("{available} bytes available: too few to prepare {length} more"),
+        ));
+    }
+    if in_memory {
+        let mut at = 0;
+        while at < length {
+            let step = (length - at).min(STEP) as usize;
+            let slices: Vec<&[u8]> =
+                (0..step).step_by(ZEROS.len()).map(|from| &ZEROS[..(step - from).min(ZEROS.len())]).collect();
+            backend.write_vectored_at(&slices, at)?;
+            at += step as u64;
+        }
+        return Ok(());
+    }
+    backend.allocate(0, length)
+}
+
 /// Block size [`allocate_by_writing`] assumes (the largest common
 /// filesystem block; smaller blocks are covered too).
 const ALLOCATION_BLOCK: u64 = 4096;
@@ -146,7 +201,6 @@ const ALLOCATION_BLOCK: u64 = 4096;
 /// into each block that reads as zero there (a hole, or a block whose data
 /// starts with a zero: rewriting it changes nothing), which allocates it.
 pub fn allocate_by_writing<B: StorageBackend + ?Sized>(file: &B, offset: u64, length: u64) -> io::Result<()> {
-    static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
     let end = offset.checked_add(length).ok_or(io::ErrorKind::InvalidInput)?;
     let file_end = file.len()?;
     let mut block = offset - offset % ALLOCATION_BLOCK;
@@ -312,6 +366,10 @@ impl StorageBackend for FileBackend {
             Err(error) if unsupported(&error) => allocate_by_writing(self, offset, length),
             result => result,
         }
+    }
+
+    fn prepare(&self, length: u64) -> io::Result<()> {
+        prepare_file(self, &self.file, length)
     }
 
     fn raw_fd(&self) -> Option<std::os::fd::RawFd> {

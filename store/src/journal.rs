@@ -754,6 +754,55 @@ impl Journal {
         count
     }
 
+    /// Makes one more spare file, a whole segment long, allocated and with
+    /// its pages in memory ([`StorageBackend::prepare`]), if the journal
+    /// keeps fewer spares than [`JournalOptions::spare_segments`]. Returns
+    /// whether it made one.
+    ///
+    /// A growing journal has no reclaimed files to reuse, so each new
+    /// segment's writes would allocate its pages under the file's lock;
+    /// the store's spare thread calls this off the write path instead
+    /// (docs/journal.md, "Spare files").
+    ///
+    /// The file gets a segment number never used before, so it can never
+    /// be mistaken for a segment. It holds zeros only: a crash part way
+    /// leaves a shorter spare, which recovery keeps or removes like any.
+    pub fn prepare_spare(&self) -> io::Result<bool> {
+        if self.spare_count() >= self.options.spare_segments {
+            return Ok(false);
+        }
+        let number = {
+            let mut writer = self.writer.lock();
+            let number = writer.highest_number.map_or(0, |highest| highest + 1);
+            writer.highest_number = Some(number);
+            number
+        };
+        let name = spare_name(number);
+        let path = format!("{}/{name}", self.dir);
+        let prepared = self
+            .fs
+            .open_file(&path, true)
+            .and_then(|file| file.prepare(self.segment_bytes.load(Ordering::Relaxed)));
+        if let Err(error) = prepared {
+            let _ = self.fs.remove_file(&path);
+            return Err(error);
+        }
+        // Lock order as in reclaim: reserve, then spares.
+        let mut reserve = self.reserve.lock();
+        let mut spares = self.spares.lock();
+        if spares.len() + usize::from(reserve.is_some()) >= self.options.spare_segments {
+            drop((spares, reserve));
+            self.fs.remove_file(&path)?;
+            return Ok(false);
+        }
+        if reserve.is_none() && self.keep_reserve.load(Ordering::Relaxed) {
+            *reserve = Some(name);
+        } else {
+            spares.push(name);
+        }
+        Ok(true)
+    }
+
     /// Starts a new segment whose first record will be `first_seq` and
     /// reserves space for its header and `span` bytes of records, in a
     /// spare file when there is one.

@@ -97,17 +97,17 @@ impl RetentionPolicy {
     }
 }
 
-/// Wakes a store's retention thread: when a segment fills while the journal
-/// is over its budget, and to stop it.
+/// Wakes one of a store's background threads (retention, spares) early,
+/// and stops it.
 #[derive(Debug, Default)]
-pub(crate) struct RetentionWake {
+pub(crate) struct Wake {
     /// (woken, stopped)
     state: parking_lot::Mutex<(bool, bool)>,
     condvar: parking_lot::Condvar,
 }
 
-impl RetentionWake {
-    /// Asks for a retention pass soon.
+impl Wake {
+    /// Asks for a pass soon.
     pub fn notify(&self) {
         self.state.lock().0 = true;
         self.condvar.notify_all();

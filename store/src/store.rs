@@ -13,8 +13,8 @@ use crate::error::{CloneError, CreateError, DeleteError, FlushError, OpenError, 
 use crate::index::{BaseState, Index, MAX_VOLUME_SIZE};
 use crate::journal::{JournalOptions, recover};
 use crate::layout::{SEGMENT_HEADER_LEN, Superblock};
-use crate::retention::{RetentionPolicy, RetentionWake, load_base};
-use crate::volume::{RecoveryStats, Volume, VolumeTuning};
+use crate::retention::{RetentionPolicy, Wake, load_base};
+use crate::volume::{RecoveryStats, Volume, VolumeTuning, Wakes};
 
 /// Directory (under the data dir) that holds one directory per volume.
 pub const VOLUMES_DIR: &str = "volumes";
@@ -94,7 +94,9 @@ struct Shared {
     registry: Mutex<()>,
     counter: std::sync::atomic::AtomicU64,
     /// Wakes the retention thread.
-    wake: Arc<RetentionWake>,
+    wake: Arc<Wake>,
+    /// Wakes the spare thread, when there is one.
+    spares_wake: Option<Arc<Wake>>,
     _lock: Option<std::fs::File>,
 }
 
@@ -104,6 +106,7 @@ pub struct Store {
     shared: Arc<Shared>,
     commit_thread: Option<std::thread::JoinHandle<()>>,
     retention_thread: Option<std::thread::JoinHandle<()>>,
+    spare_thread: Option<std::thread::JoinHandle<()>>,
     stop: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
 }
 
@@ -147,6 +150,7 @@ impl Store {
             }
         };
         fs.create_dir_all(VOLUMES_DIR).map_err(io_error(VOLUMES_DIR))?;
+        let spares_wake = options.filesystem.is_none() && options.spare_segments > 0;
         let shared = Arc::new(Shared {
             fs,
             options,
@@ -154,7 +158,10 @@ impl Store {
             hidden: Mutex::new(HashMap::new()),
             registry: Mutex::new(()),
             counter: std::sync::atomic::AtomicU64::new(0),
-            wake: Arc::new(RetentionWake::default()),
+            wake: Arc::new(Wake::default()),
+            // Spare files save page allocations on real files only; tests
+            // on the memory engine call Volume::prepare_spares themselves.
+            spares_wake: spares_wake.then(|| Arc::new(Wake::default())),
             _lock: lock,
         });
         shared.load_all()?;
@@ -185,7 +192,21 @@ impl Store {
             }
             None => None,
         };
-        Ok(Store { shared, commit_thread, retention_thread, stop })
+        let spare_thread = match shared.spares_wake.clone() {
+            Some(wake) => {
+                let weak = Arc::downgrade(&shared);
+                // Every volume's first top-up happens at once.
+                wake.notify();
+                Some(
+                    std::thread::Builder::new()
+                        .name("rewind-spares".into())
+                        .spawn(move || spare_loop(weak, wake))
+                        .map_err(io_error("spare thread"))?,
+                )
+            }
+            None => None,
+        };
+        Ok(Store { shared, commit_thread, retention_thread, spare_thread, stop })
     }
 
     /// Applies retention to every volume now (what the retention thread
@@ -327,6 +348,12 @@ impl Drop for Store {
         }
         wake.notify_all();
         self.shared.wake.stop();
+        if let Some(wake) = &self.shared.spares_wake {
+            wake.stop();
+        }
+        if let Some(thread) = self.spare_thread.take() {
+            let _ = thread.join();
+        }
         if let Some(thread) = self.commit_thread.take() {
             let _ = thread.join();
         }
@@ -336,9 +363,24 @@ impl Drop for Store {
     }
 }
 
+/// The spare thread: tops up every volume's spare segment files when a
+/// segment starts, and once a minute.
+fn spare_loop(shared: Weak<Shared>, wake: Arc<Wake>) {
+    while wake.wait(Duration::from_secs(60)) {
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let volumes: Vec<Arc<Volume>> = shared.volumes.read().values().cloned().collect();
+        drop(shared);
+        for volume in volumes {
+            volume.prepare_spares();
+        }
+    }
+}
+
 /// The retention thread: a pass over every volume each `interval`, or as
 /// soon as a volume's journal goes over its budget.
-fn retention_loop(shared: Weak<Shared>, wake: Arc<RetentionWake>, interval: Duration) {
+fn retention_loop(shared: Weak<Shared>, wake: Arc<Wake>, interval: Duration) {
     while wake.wait(interval) {
         let Some(shared) = shared.upgrade() else {
             return;
@@ -531,8 +573,11 @@ impl Shared {
             recovery.checkpoint,
             base.file,
             base.intent,
-            // Without the thread nobody would answer a stalled writer.
-            self.options.retention_interval.map(|_| self.wake.clone()),
+            Wakes {
+                // Without the thread nobody would answer a stalled writer.
+                retention: self.options.retention_interval.map(|_| self.wake.clone()),
+                spares: self.spares_wake.clone(),
+            },
             VolumeTuning {
                 checkpoint_records: self.options.checkpoint_records.max(1),
                 retention: self.options.retention,

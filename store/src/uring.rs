@@ -182,6 +182,29 @@ pub fn punch_hole(file: &File, offset: u64, length: u64) -> io::Result<()> {
     if result == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
+/// What the filesystem holding `file` is, as far as preparing files goes:
+/// whether it keeps files in memory (tmpfs, ramfs: a file's pages are its
+/// storage) and how many bytes it has available to us (`fstatfs(2)`).
+pub fn filesystem_facts(file: &File) -> io::Result<(bool, u64)> {
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    let mut facts = std::mem::MaybeUninit::<libc::statfs>::zeroed();
+    // SAFETY: fstatfs writes one `statfs` into the buffer it is given, which
+    // is ours and large enough; the descriptor is owned by `file`, which is
+    // borrowed for the whole call.
+    let result = unsafe { libc::fstatfs(file.as_raw_fd(), facts.as_mut_ptr()) };
+    if result != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fstatfs succeeded, so it filled the struct (and it was zeroed).
+    let facts = unsafe { facts.assume_init() };
+    // The field types differ between architectures.
+    #[allow(clippy::unnecessary_cast)]
+    let (kind, block, available) = (facts.f_type as i64, facts.f_bsize as u64, facts.f_bavail as u64);
+    let available = available.saturating_mul(block);
+    Ok((kind == TMPFS_MAGIC || kind == RAMFS_MAGIC, available))
+}
+
 /// Allocates `length` bytes at `offset` in `file` (`fallocate(2)` mode 0:
 /// the file grows, with zeros, if the range ends past it). Fails with
 /// EOPNOTSUPP where the filesystem cannot, ENOSPC where the space is not
@@ -410,6 +433,10 @@ impl StorageBackend for UringBackend {
     ) -> io::Result<()> {
         // A plain system call: copies are rare (cleaning) and need no buffer.
         crate::backend::copy_in_kernel(self, &self.file, source, source_offset, length, offset)
+    }
+
+    fn prepare(&self, length: u64) -> io::Result<()> {
+        crate::backend::prepare_file(self, &self.file, length)
     }
 
     fn allocate(&self, offset: u64, length: u64) -> io::Result<()> {

@@ -24,7 +24,7 @@ use crate::layout::{
     RecordHeader, RecordKind,
 };
 use crate::retention::{
-    BASE_FILE, BASE_MAP_FILE, FOLD_FILE, RetentionPolicy, RetentionWake, budget_seq, replace_file,
+    BASE_FILE, BASE_MAP_FILE, FOLD_FILE, RetentionPolicy, Wake, budget_seq, replace_file,
 };
 
 /// One run of a block-status answer.
@@ -189,6 +189,16 @@ pub struct VolumeStats {
     pub no_space_refusals: u64,
 }
 
+/// The store's background threads a volume wakes.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Wakes {
+    /// Retention: when a segment fills while the journal is over its
+    /// budget; a writer stalled on the budget waits for it.
+    pub retention: Option<Arc<Wake>>,
+    /// The spare thread: when a segment starts (it may have used a spare).
+    pub spares: Option<Arc<Wake>>,
+}
+
 /// Volume-level tunables, from the store's options.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct VolumeTuning {
@@ -322,8 +332,10 @@ pub struct Volume {
     floor: AtomicU64,
     /// The target of the last fold intent known durable.
     intent_written: AtomicU64,
-    /// Woken when a segment fills while the journal is over its budget.
-    wake: Option<Arc<RetentionWake>>,
+    /// The store threads this volume wakes.
+    wakes: Wakes,
+    /// Held while a spare file is prepared; deleting the volume waits for it.
+    spare_lock: Mutex<()>,
     /// The journal budget in bytes (u64::MAX: none), for the write path.
     budget: AtomicU64,
     /// Dead bytes of base segments that cleaning tolerates.
@@ -453,11 +465,15 @@ impl Appender<'_> {
             }
         };
         volume.last_time.store(time, Ordering::Relaxed);
-        if volume.journal.take_rolled()
-            && let Some(wake) = &volume.wake
-            && volume.over_budget()
-        {
-            wake.notify();
+        if volume.journal.take_rolled() {
+            if let Some(wake) = &volume.wakes.retention
+                && volume.over_budget()
+            {
+                wake.notify();
+            }
+            if let Some(wake) = &volume.wakes.spares {
+                wake.notify();
+            }
         }
         volume.index.write().insert(
             &NewRecord { kind, offset, length, location, payload_length: payload.len() as u32, time },
@@ -489,7 +505,7 @@ impl Volume {
         checkpoint: Checkpoint,
         base_file: Option<Arc<dyn StorageBackend>>,
         intent: Option<u64>,
-        wake: Option<Arc<RetentionWake>>,
+        wakes: Wakes,
         tuning: VolumeTuning,
         recovery: RecoveryStats,
     ) -> Self {
@@ -532,7 +548,8 @@ impl Volume {
             published: Condvar::new(),
             floor: AtomicU64::new(first_seq),
             intent_written: AtomicU64::new(intent.unwrap_or(0)),
-            wake,
+            wakes,
+            spare_lock: Mutex::new(()),
             budget: AtomicU64::new(tuning.retention.budget_bytes(size).unwrap_or(u64::MAX)),
             dead_allowance: AtomicU64::new(allowance),
             base_journal_bytes: AtomicU64::new(base_journal_bytes),
@@ -627,7 +644,32 @@ impl Volume {
     /// Refuses writes and retention from now on; waits for a fold under way.
     pub(crate) fn mark_deleted(&self) {
         let _fold = self.fold_lock.lock();
+        let _spare = self.spare_lock.lock();
         self.deleted.store(true, Ordering::Release);
+    }
+
+    /// Tops up the journal's spare files ([`Journal::prepare_spare`]):
+    /// what the store's spare thread does for each volume after a segment
+    /// starts. Returns how many it made. Best effort: a failure (a full
+    /// disk, an IO error) is logged and leaves the journal as it was.
+    pub fn prepare_spares(&self) -> usize {
+        let _spare = self.spare_lock.lock();
+        let mut made = 0;
+        while !self.deleted.load(Ordering::Acquire) && self.poison().is_none() {
+            match self.journal.prepare_spare() {
+                Ok(true) => made += 1,
+                Ok(false) => break,
+                Err(error) if crate::backend::is_no_space(&error) => {
+                    tracing::debug!(volume = %self.name, %error, "no spare segment file prepared");
+                    break;
+                }
+                Err(error) => {
+                    tracing::warn!(volume = %self.name, %error, "cannot prepare a spare segment file");
+                    break;
+                }
+            }
+        }
+        made
     }
 
     fn appender(&self) -> Result<Appender<'_>, WriteError> {
@@ -818,7 +860,7 @@ impl Volume {
 
     #[cold]
     fn wait_for_fold(&self, limit: u64) {
-        let Some(wake) = &self.wake else { return };
+        let Some(wake) = &self.wakes.retention else { return };
         if self.cannot_fold.load(Ordering::Relaxed) {
             return;
         }

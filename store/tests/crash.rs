@@ -5,7 +5,8 @@
 //! equal to the model's image at that seq (DESIGN.md invariants 1-3).
 //!
 //! Retention runs as one of the random operations, with a random policy
-//! (window, journal budget, spare segment files), so crashes land in the
+//! (window, journal budget, spare segment files), and so does the spare
+//! thread's work (spare files made ahead of the writer), so crashes land in the
 //! middle of folds, cleans and reclaims too (a crash may also strike just
 //! before any rename or file removal): after each crash every retained
 //! point still equals the model (reading base data from the segments it
@@ -143,8 +144,10 @@ struct Coverage {
     /// cases where a fold wrote small pieces into the base file in place.
     folded: u64,
     folded_in_place: u64,
-    /// Cases that reused a spare segment file.
+    /// Cases that reused a spare segment file; cases that prepared one
+    /// ahead (a new file of zeros, not a reclaimed segment).
     recycled: u64,
+    prepared: u64,
     /// Cases whose crash interrupted a fold (or failed one).
     fold_interrupted: u64,
     /// Cases that recovered with a folded base, or with a fold pending.
@@ -170,6 +173,7 @@ impl std::ops::AddAssign for Coverage {
         self.folded += other.folded;
         self.folded_in_place += other.folded_in_place;
         self.recycled += other.recycled;
+        self.prepared += other.prepared;
         self.fold_interrupted += other.fold_interrupted;
         self.recovered_base += other.recovered_base;
         self.recovered_pending += other.recovered_pending;
@@ -397,7 +401,15 @@ fn run_case(seed: u64) -> Result<Coverage, String> {
                 }
                 continue;
             }
-            115..=117 => {
+            115 => {
+                // What the spare thread does: whole-segment spare files
+                // made ahead of the writer (zeros, fresh segment numbers).
+                if volume.prepare_spares() > 0 {
+                    coverage.prepared = 1;
+                }
+                continue;
+            }
+            116..=117 => {
                 let history = volume.history();
                 let seq = rng.range(history.first_seq, history.head_seq);
                 held = Some(volume.open_point(seq).map_err(|e| format!("open point {seq}: {e:?}"))?);

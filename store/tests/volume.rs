@@ -45,6 +45,81 @@ fn real_dir_round_trip_and_lock() {
     assert_eq!(read(&volume, (1 << 29) + (3 << 20) - 2, 4), [7, 7, 0, 0]);
 }
 
+/// Polls `done` for up to 20 s (the spare thread works in the background).
+fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// On real files the store's spare thread makes whole-segment spare files
+/// as soon as a volume opens and again after segments start in them: on a
+/// disk (allocated with fallocate) and in memory (tmpfs: written with
+/// zeros). New segments start in them, and what was written there reads
+/// back, before and after a restart.
+#[test]
+fn spare_files_are_prepared_ahead_of_the_writer() {
+    let mut dirs = vec![tempfile::tempdir().unwrap()];
+    if let Ok(dir) = tempfile::tempdir_in("/dev/shm") {
+        dirs.push(dir);
+    }
+    for dir in dirs {
+        let options = StoreOptions {
+            commit_interval: None,
+            segment_bytes: 1 << 20,
+            spare_segments: 2,
+            ..StoreOptions::default()
+        };
+        let store = Store::open(dir.path(), options.clone()).unwrap();
+        let volume = store.create_volume("v", 16 << 20).unwrap();
+        let volume_dir = dir.path().join("volumes/v");
+        let spares = || -> Vec<(String, u64, u64)> {
+            let mut found = Vec::new();
+            for entry in std::fs::read_dir(&volume_dir).unwrap() {
+                let entry = entry.unwrap();
+                let name = entry.file_name().into_string().unwrap();
+                if name.starts_with("spare-") {
+                    let meta = entry.metadata().unwrap();
+                    found.push((name, meta.len(), std::os::unix::fs::MetadataExt::blocks(&meta) * 512));
+                }
+            }
+            found
+        };
+        // Created after the store opened: the first roll wakes the thread.
+        volume.write(0, &[1; 4096], false).unwrap();
+        eventually("two spares", || volume.stats().spare_segments == 2);
+        let prepared = spares();
+        assert_eq!(prepared.len(), 2, "{dir:?}: {prepared:?}");
+        for (name, len, allocated) in &prepared {
+            assert_eq!(*len, 1 << 20, "{dir:?}: {name} is a whole segment");
+            assert!(*allocated >= *len, "{dir:?}: {name} has {allocated} of {len} bytes allocated");
+        }
+        // 6 MiB in 256 KiB writes: new segments start in the spares, and the
+        // thread makes new ones behind them.
+        let mut data = vec![0; 6 << 20];
+        for (i, byte) in data.iter_mut().enumerate() {
+            *byte = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17) as u8;
+        }
+        for (i, chunk) in data.chunks(256 << 10).enumerate() {
+            volume.write(4096 + (i as u64) * (256 << 10), chunk, false).unwrap();
+        }
+        volume.flush().unwrap();
+        let stats = volume.stats();
+        assert!(stats.recycled_segments >= 2, "{dir:?}: segments started in spares: {stats:?}");
+        eventually("spares made again", || volume.stats().spare_segments == 2);
+        assert_eq!(read(&volume, 4096, data.len()), data, "{dir:?}");
+        store.close().unwrap();
+        drop((volume, store));
+        let store = Store::open(dir.path(), options).unwrap();
+        let volume = store.volume("v").unwrap();
+        assert_eq!(read(&volume, 0, 4096), vec![1; 4096], "{dir:?}");
+        assert_eq!(read(&volume, 4096, data.len()), data, "{dir:?}");
+        assert!(spares().len() <= 2, "{dir:?}: {:?}", spares());
+    }
+}
+
 /// Snapshots, rollback and its undo, resize and points all read the images
 /// the operations promise, and history stays readable.
 #[test]
