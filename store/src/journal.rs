@@ -65,7 +65,8 @@ pub struct JournalOptions {
     pub buffer_bytes: usize,
     /// Hash each payload with blake3 on the write path.
     pub inline_blake3: bool,
-    /// Reclaimed segment files kept for reuse.
+    /// Spare segment files kept ready for new segments (reclaimed, or
+    /// made ahead by [`Journal::prepare_spare`]).
     pub spare_segments: usize,
     /// Disk space allocated ahead of the journal's tail at a time (never
     /// past the segment size). A record is appended only once its bytes
@@ -754,8 +755,8 @@ impl Journal {
         count
     }
 
-    /// Makes one more spare file, a whole segment long, allocated and with
-    /// its pages in memory ([`StorageBackend::prepare`]), if the journal
+    /// Makes one more spare file, a whole segment long, allocated (and on
+    /// tmpfs with its pages in memory: [`StorageBackend::prepare`]), if the journal
     /// keeps fewer spares than [`JournalOptions::spare_segments`]. Returns
     /// whether it made one.
     ///

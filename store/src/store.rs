@@ -54,7 +54,9 @@ pub struct StoreOptions {
     /// and as soon as a segment fills while a journal is over its budget.
     /// None: no thread ([`Store::enforce_retention`] runs a pass by hand).
     pub retention_interval: Option<Duration>,
-    /// Reclaimed segment files each volume keeps for reuse.
+    /// Spare segment files each volume keeps ready for new segments:
+    /// reclaimed ones, and on real files ones a background thread makes
+    /// ahead (docs/journal.md, "Spare files made ahead"). 0: none.
     pub spare_segments: usize,
     /// Journal space each volume allocates on disk ahead of its tail at a
     /// time (`fallocate`), so that a full disk refuses writes with ENOSPC
@@ -195,8 +197,6 @@ impl Store {
         let spare_thread = match shared.spares_wake.clone() {
             Some(wake) => {
                 let weak = Arc::downgrade(&shared);
-                // Every volume's first top-up happens at once.
-                wake.notify();
                 Some(
                     std::thread::Builder::new()
                         .name("rewind-spares".into())
@@ -363,17 +363,20 @@ impl Drop for Store {
     }
 }
 
-/// The spare thread: tops up every volume's spare segment files when a
-/// segment starts, and once a minute.
+/// The spare thread: tops up the spare segment files of each volume that
+/// started a segment. Only writing volumes start one, so an idle volume
+/// gets no files it does not need.
 fn spare_loop(shared: Weak<Shared>, wake: Arc<Wake>) {
-    while wake.wait(Duration::from_secs(60)) {
+    while wake.wait(Duration::from_secs(3600)) {
         let Some(shared) = shared.upgrade() else {
             return;
         };
         let volumes: Vec<Arc<Volume>> = shared.volumes.read().values().cloned().collect();
         drop(shared);
         for volume in volumes {
-            volume.prepare_spares();
+            if volume.take_spares_wanted() {
+                volume.prepare_spares();
+            }
         }
     }
 }

@@ -336,6 +336,8 @@ pub struct Volume {
     wakes: Wakes,
     /// Held while a spare file is prepared; deleting the volume waits for it.
     spare_lock: Mutex<()>,
+    /// A segment started since the spare thread last topped up the spares.
+    spares_wanted: AtomicBool,
     /// The journal budget in bytes (u64::MAX: none), for the write path.
     budget: AtomicU64,
     /// Dead bytes of base segments that cleaning tolerates.
@@ -472,6 +474,7 @@ impl Appender<'_> {
                 wake.notify();
             }
             if let Some(wake) = &volume.wakes.spares {
+                volume.spares_wanted.store(true, Ordering::Relaxed);
                 wake.notify();
             }
         }
@@ -550,6 +553,7 @@ impl Volume {
             intent_written: AtomicU64::new(intent.unwrap_or(0)),
             wakes,
             spare_lock: Mutex::new(()),
+            spares_wanted: AtomicBool::new(false),
             budget: AtomicU64::new(tuning.retention.budget_bytes(size).unwrap_or(u64::MAX)),
             dead_allowance: AtomicU64::new(allowance),
             base_journal_bytes: AtomicU64::new(base_journal_bytes),
@@ -646,6 +650,12 @@ impl Volume {
         let _fold = self.fold_lock.lock();
         let _spare = self.spare_lock.lock();
         self.deleted.store(true, Ordering::Release);
+    }
+
+    /// Whether a segment started since the last call (the spare thread's
+    /// question).
+    pub(crate) fn take_spares_wanted(&self) -> bool {
+        self.spares_wanted.swap(false, Ordering::Relaxed)
     }
 
     /// Tops up the journal's spare files ([`Journal::prepare_spare`]):
