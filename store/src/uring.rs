@@ -182,12 +182,25 @@ pub fn punch_hole(file: &File, offset: u64, length: u64) -> io::Result<()> {
     if result == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
-/// What the filesystem holding `file` is, as far as preparing files goes:
-/// whether it keeps files in memory (tmpfs, ramfs: a file's pages are its
-/// storage) and how many bytes it has available to us (`fstatfs(2)`).
-pub fn filesystem_facts(file: &File) -> io::Result<(bool, u64)> {
+/// What [`filesystem_facts`] tells of the filesystem holding a file.
+#[derive(Debug, Clone, Copy)]
+pub struct FilesystemFacts {
+    /// It keeps files in memory (tmpfs, ramfs): a file's pages are its storage.
+    pub in_memory: bool,
+    /// It writes every block anew (btrfs, ZFS, bcachefs): overwriting a
+    /// block costs as much as writing a new one.
+    pub copy_on_write: bool,
+    /// Bytes available to us.
+    pub available: u64,
+}
+
+/// What the filesystem holding `file` is (`fstatfs(2)`).
+pub fn filesystem_facts(file: &File) -> io::Result<FilesystemFacts> {
     const TMPFS_MAGIC: i64 = 0x0102_1994;
     const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    const BTRFS_MAGIC: i64 = 0x9123_683e;
+    const ZFS_MAGIC: i64 = 0x2fc1_2fc1;
+    const BCACHEFS_MAGIC: i64 = 0xca45_1a4e;
     let mut facts = std::mem::MaybeUninit::<libc::statfs>::zeroed();
     // SAFETY: fstatfs writes one `statfs` into the buffer it is given, which
     // is ours and large enough; the descriptor is owned by `file`, which is
@@ -201,8 +214,11 @@ pub fn filesystem_facts(file: &File) -> io::Result<(bool, u64)> {
     // The field types differ between architectures.
     #[allow(clippy::unnecessary_cast)]
     let (kind, block, available) = (facts.f_type as i64, facts.f_bsize as u64, facts.f_bavail as u64);
-    let available = available.saturating_mul(block);
-    Ok((kind == TMPFS_MAGIC || kind == RAMFS_MAGIC, available))
+    Ok(FilesystemFacts {
+        in_memory: matches!(kind, TMPFS_MAGIC | RAMFS_MAGIC),
+        copy_on_write: matches!(kind, BTRFS_MAGIC | ZFS_MAGIC | BCACHEFS_MAGIC),
+        available: available.saturating_mul(block),
+    })
 }
 
 /// Allocates `length` bytes at `offset` in `file` (`fallocate(2)` mode 0:
