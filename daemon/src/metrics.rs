@@ -284,8 +284,14 @@ const VOLUME_SERIES: &[VolumeSeries] = &[
     VolumeSeries {
         name: "rewind_volume_recycled_segments_total",
         kind: "counter",
-        help: "Journal segments started in a reused segment file.",
+        help: "Journal segments started in a spare file (reclaimed, or made ahead) rather than a new one.",
         value: |_, stats| Some(stats.recycled_segments),
+    },
+    VolumeSeries {
+        name: "rewind_volume_spares_made_total",
+        kind: "counter",
+        help: "Spare segment files made ahead of the writer because reclaim did not keep up.",
+        value: |_, stats| Some(stats.spares_made),
     },
 ];
 

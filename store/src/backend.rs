@@ -150,9 +150,9 @@ pub fn is_no_space(error: &io::Error) -> bool {
 static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
 
 /// A file is prepared only while its filesystem would keep this many times
-/// its length available after it: spare files save time, never the last
-/// space the journal needs.
-const PREPARE_HEADROOM: u64 = 4;
+/// its length available after it, and a tenth of its size: spare files
+/// save time, never the last space a journal needs.
+const PREPARE_HEADROOM: u64 = 3;
 
 /// The file engines' [`StorageBackend::prepare`], `file` being the open
 /// file behind `backend`: zeros written over the whole length, as
@@ -177,7 +177,8 @@ pub(crate) fn prepare_file<B: StorageBackend + ?Sized>(
 ) -> io::Result<()> {
     const STEP: u64 = 1 << 20;
     let facts = crate::uring::filesystem_facts(file)?;
-    if facts.available < length.saturating_mul(PREPARE_HEADROOM) {
+    let keep = length.saturating_mul(PREPARE_HEADROOM).max(facts.total / 10);
+    if facts.total == 0 || facts.available < length.saturating_add(keep) {
         return Err(io::Error::new(
             io::ErrorKind::StorageFull,
             format!("{} bytes available: too few to prepare {length} more", facts.available),

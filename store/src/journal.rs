@@ -41,7 +41,8 @@ fn parse_segment_name(name: &str) -> Option<u64> {
     name.strip_prefix("seg-")?.strip_suffix(".log")?.parse().ok()
 }
 
-/// File name of a reclaimed segment file kept for reuse (it was segment `number`).
+/// File name of a spare segment file: a reclaimed one (it was segment
+/// `number`), or one made ahead (`number` was never a segment's).
 fn spare_name(number: u64) -> String {
     format!("spare-{number:010}.log")
 }
@@ -170,8 +171,13 @@ pub struct Journal {
     keep_reserve: AtomicBool,
     /// Segments started in a spare file, since the journal was opened.
     recycled: AtomicU64,
+    /// Spare files made ahead ([`Journal::prepare_spare`]), since then.
+    made: AtomicU64,
     /// A segment was started since [`Journal::take_rolled`] last looked.
     rolled: AtomicBool,
+    /// A segment started that left no spare file behind, in a journal of
+    /// two segments or more: reclaim is not keeping up with the writer.
+    short_of_spares: AtomicBool,
     /// Everything before this location has been handed to a segment file;
     /// reads below it need no lock.
     written_below: AtomicU64,
@@ -349,7 +355,12 @@ impl Journal {
         true
     }
 
-    /// Segments started in a reused spare file since the journal was opened.
+    /// Spare files made ahead since the journal was opened.
+    pub fn made_count(&self) -> u64 {
+        self.made.load(Ordering::Relaxed)
+    }
+
+    /// Segments started in a spare file since the journal was opened.
     pub fn recycled_count(&self) -> u64 {
         self.recycled.load(Ordering::Relaxed)
     }
@@ -357,6 +368,15 @@ impl Journal {
     /// Whether a segment was started since the last call (cheap when not).
     pub fn take_rolled(&self) -> bool {
         self.rolled.load(Ordering::Relaxed) && self.rolled.swap(false, Ordering::Relaxed)
+    }
+
+    /// Whether a segment started since the last call and left the journal
+    /// without a spare file, in a journal past its first segment: the cue
+    /// to make spares ahead ([`Self::prepare_spare`]). A journal whose
+    /// reclaimed segments keep the spares coming never asks, and a volume
+    /// that wrote less than a segment never gets any.
+    pub fn take_short_of_spares(&self) -> bool {
+        self.short_of_spares.load(Ordering::Relaxed) && self.short_of_spares.swap(false, Ordering::Relaxed)
     }
 
     /// The target size of new segments.
@@ -755,8 +775,8 @@ impl Journal {
         count
     }
 
-    /// Makes one more spare file, a whole segment long, allocated (and on
-    /// tmpfs with its pages in memory: [`StorageBackend::prepare`]), if the journal
+    /// Makes one more spare file, a whole segment long, its zeros written
+    /// ([`StorageBackend::prepare`]), if the journal
     /// keeps fewer spares than [`JournalOptions::spare_segments`]. Returns
     /// whether it made one.
     ///
@@ -788,19 +808,18 @@ impl Journal {
             let _ = self.fs.remove_file(&path);
             return Err(error);
         }
-        // Lock order as in reclaim: reserve, then spares.
-        let mut reserve = self.reserve.lock();
+        // Lock order as in reclaim: reserve, then spares. A prepared file
+        // never becomes the cleaner's reserve, which the writer never
+        // frees: that one comes from a reclaimed segment (no new space).
+        let reserve = self.reserve.lock();
         let mut spares = self.spares.lock();
         if spares.len() + usize::from(reserve.is_some()) >= self.options.spare_segments {
             drop((spares, reserve));
             self.fs.remove_file(&path)?;
             return Ok(false);
         }
-        if reserve.is_none() && self.keep_reserve.load(Ordering::Relaxed) {
-            *reserve = Some(name);
-        } else {
-            spares.push(name);
-        }
+        spares.push(name);
+        self.made.fetch_add(1, Ordering::Relaxed);
         Ok(true)
     }
 
@@ -893,6 +912,9 @@ impl Journal {
         }
         self.segments.write().insert(number, Segment { file: file.clone(), first_seq });
         self.rolled.store(true, Ordering::Relaxed);
+        if self.segments.read().len() >= 2 && self.spares.lock().is_empty() {
+            self.short_of_spares.store(true, Ordering::Relaxed);
+        }
         let header = SegmentHeader { volume_id: self.volume_id, number, first_seq, chain: writer.chain };
         writer.segment_number = number;
         writer.segment = Some(file);
@@ -1281,7 +1303,9 @@ pub fn recover(
         reserve: Mutex::new(None),
         keep_reserve: AtomicBool::new(false),
         recycled: AtomicU64::new(0),
+        made: AtomicU64::new(0),
         rolled: AtomicBool::new(false),
+        short_of_spares: AtomicBool::new(false),
         written_below: AtomicU64::new(0),
         bytes: AtomicU64::new(0),
         writer: Mutex::new(Writer {
@@ -1463,7 +1487,10 @@ pub fn recover(
             // Cut a torn tail, a reservation's zeros or a reused file's
             // stale bytes, or restore the missing padding of the last
             // record, so the next record starts exactly at `position`.
-            if len > position && zeros_to_end(file.as_ref(), position, len)? {
+            // (Which counter the bytes go to is all the scan decides: a
+            // megabyte tells a reservation's or a prepared spare's zeros
+            // from a torn tail without reading a whole segment.)
+            if len > position && zeros_to_end(file.as_ref(), position, len.min(position + (1 << 20)))? {
                 reserved_bytes += len - position;
             } else {
                 cut_bytes += len.saturating_sub(position);

@@ -119,6 +119,11 @@ impl Wake {
         self.condvar.notify_all();
     }
 
+    /// Whether [`Self::stop`] was called.
+    pub fn stopped(&self) -> bool {
+        self.state.lock().1
+    }
+
     /// Waits until notified or `timeout` passed; false once stopped.
     pub fn wait(&self, timeout: Duration) -> bool {
         let mut state = self.state.lock();

@@ -363,18 +363,30 @@ impl Drop for Store {
     }
 }
 
-/// The spare thread: tops up the spare segment files of each volume that
-/// started a segment. Only writing volumes start one, so an idle volume
-/// gets no files it does not need.
+/// How long the spare thread lets retention reclaim segments before it
+/// makes spare files itself.
+const SPARE_DELAY: Duration = Duration::from_millis(100);
+
+/// The spare thread: tops up the spare segment files of each volume whose
+/// journal ran short of them (a segment start left none, reclaim is not
+/// keeping up) and still has none a moment later. Idle volumes, and
+/// volumes whose reclaimed segments keep the spares coming, get no files
+/// made for them.
 fn spare_loop(shared: Weak<Shared>, wake: Arc<Wake>) {
     while wake.wait(Duration::from_secs(3600)) {
+        // Give the retention pass that the same segment start woke a
+        // moment to reclaim segments: when it does, there is nothing to make.
+        std::thread::sleep(SPARE_DELAY);
         let Some(shared) = shared.upgrade() else {
             return;
         };
         let volumes: Vec<Arc<Volume>> = shared.volumes.read().values().cloned().collect();
         drop(shared);
         for volume in volumes {
-            if volume.take_spares_wanted() {
+            if wake.stopped() {
+                return;
+            }
+            if volume.take_spares_wanted() && volume.spare_files() == 0 {
                 volume.prepare_spares();
             }
         }

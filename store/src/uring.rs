@@ -190,17 +190,19 @@ pub struct FilesystemFacts {
     /// It writes every block anew (btrfs, ZFS, bcachefs): overwriting a
     /// block costs as much as writing a new one.
     pub copy_on_write: bool,
-    /// Bytes available to us.
+    /// Bytes available to us, and the filesystem's size (0 where it has
+    /// no limit: ramfs, tmpfs mounted with `size=0`).
     pub available: u64,
+    pub total: u64,
 }
 
 /// What the filesystem holding `file` is (`fstatfs(2)`).
 pub fn filesystem_facts(file: &File) -> io::Result<FilesystemFacts> {
-    const TMPFS_MAGIC: i64 = 0x0102_1994;
-    const RAMFS_MAGIC: i64 = 0x8584_58f6;
-    const BTRFS_MAGIC: i64 = 0x9123_683e;
-    const ZFS_MAGIC: i64 = 0x2fc1_2fc1;
-    const BCACHEFS_MAGIC: i64 = 0xca45_1a4e;
+    const TMPFS_MAGIC: u32 = 0x0102_1994;
+    const RAMFS_MAGIC: u32 = 0x8584_58f6;
+    const BTRFS_MAGIC: u32 = 0x9123_683e;
+    const ZFS_MAGIC: u32 = 0x2fc1_2fc1;
+    const BCACHEFS_MAGIC: u32 = 0xca45_1a4e;
     let mut facts = std::mem::MaybeUninit::<libc::statfs>::zeroed();
     // SAFETY: fstatfs writes one `statfs` into the buffer it is given, which
     // is ours and large enough; the descriptor is owned by `file`, which is
@@ -211,13 +213,17 @@ pub fn filesystem_facts(file: &File) -> io::Result<FilesystemFacts> {
     }
     // SAFETY: fstatfs succeeded, so it filled the struct (and it was zeroed).
     let facts = unsafe { facts.assume_init() };
-    // The field types differ between architectures.
+    // The field types differ between architectures; magic numbers are 32
+    // bits (a signed 32-bit `f_type` holds the larger ones as negatives).
     #[allow(clippy::unnecessary_cast)]
-    let (kind, block, available) = (facts.f_type as i64, facts.f_bsize as u64, facts.f_bavail as u64);
+    let (kind, block) = (facts.f_type as u32, facts.f_bsize as u64);
+    #[allow(clippy::unnecessary_cast)]
+    let (available, total) = (facts.f_bavail as u64, facts.f_blocks as u64);
     Ok(FilesystemFacts {
         in_memory: matches!(kind, TMPFS_MAGIC | RAMFS_MAGIC),
         copy_on_write: matches!(kind, BTRFS_MAGIC | ZFS_MAGIC | BCACHEFS_MAGIC),
         available: available.saturating_mul(block),
+        total: total.saturating_mul(block),
     })
 }
 

@@ -166,10 +166,13 @@ pub struct VolumeStats {
     /// dropped without a copy).
     pub reclaimed_segments: u64,
     pub reclaimed_bytes: u64,
-    /// Segments started in a reused (recycled) segment file.
+    /// Segments started in a spare file (reclaimed, or made ahead).
     pub recycled_segments: u64,
-    /// Reclaimed segment files kept for reuse.
+    /// Spare segment files kept ready: reclaimed ones and ones made ahead.
     pub spare_segments: u64,
+    /// Spare segment files the spare thread made (written whole), since
+    /// the volume was opened.
+    pub spares_made: u64,
     /// When the journal is over budget but a protected point (snapshot,
     /// clone base, rollback target) keeps it from folding further: that
     /// point's seq.
@@ -195,7 +198,8 @@ pub(crate) struct Wakes {
     /// Retention: when a segment fills while the journal is over its
     /// budget; a writer stalled on the budget waits for it.
     pub retention: Option<Arc<Wake>>,
-    /// The spare thread: when a segment starts (it may have used a spare).
+    /// The spare thread: when a segment start leaves the journal without
+    /// spare files.
     pub spares: Option<Arc<Wake>>,
 }
 
@@ -336,7 +340,8 @@ pub struct Volume {
     wakes: Wakes,
     /// Held while a spare file is prepared; deleting the volume waits for it.
     spare_lock: Mutex<()>,
-    /// A segment started since the spare thread last topped up the spares.
+    /// A segment started and left the journal short of spare files since
+    /// the spare thread last looked.
     spares_wanted: AtomicBool,
     /// The journal budget in bytes (u64::MAX: none), for the write path.
     budget: AtomicU64,
@@ -473,7 +478,9 @@ impl Appender<'_> {
             {
                 wake.notify();
             }
-            if let Some(wake) = &volume.wakes.spares {
+            if let Some(wake) = &volume.wakes.spares
+                && volume.journal.take_short_of_spares()
+            {
                 volume.spares_wanted.store(true, Ordering::Relaxed);
                 wake.notify();
             }
@@ -652,8 +659,14 @@ impl Volume {
         self.deleted.store(true, Ordering::Release);
     }
 
-    /// Whether a segment started since the last call (the spare thread's
-    /// question).
+    /// Spare segment files the journal holds now (the cleaner's reserve
+    /// included).
+    pub(crate) fn spare_files(&self) -> usize {
+        self.journal.spare_count()
+    }
+
+    /// Whether the journal ran short of spare files since the last call
+    /// (the spare thread's question).
     pub(crate) fn take_spares_wanted(&self) -> bool {
         self.spares_wanted.swap(false, Ordering::Relaxed)
     }
@@ -665,7 +678,8 @@ impl Volume {
     pub fn prepare_spares(&self) -> usize {
         let _spare = self.spare_lock.lock();
         let mut made = 0;
-        while !self.deleted.load(Ordering::Acquire) && self.poison().is_none() {
+        let stopping = || self.wakes.spares.as_ref().is_some_and(|wake| wake.stopped());
+        while !self.deleted.load(Ordering::Acquire) && self.poison().is_none() && !stopping() {
             match self.journal.prepare_spare() {
                 Ok(true) => made += 1,
                 Ok(false) => break,
@@ -1563,6 +1577,7 @@ impl Volume {
             reclaimed_segments: counters.reclaimed_segments.load(Ordering::Relaxed),
             reclaimed_bytes: counters.reclaimed_bytes.load(Ordering::Relaxed),
             recycled_segments: self.journal.recycled_count(),
+            spares_made: self.journal.made_count(),
             spare_segments: self.journal.spare_count() as u64,
             retention_blocked_at: self.retention.lock().blocked_at,
             fold_failures: counters.failures.load(Ordering::Relaxed),

@@ -55,10 +55,12 @@ fn eventually(what: &str, mut done: impl FnMut() -> bool) {
 }
 
 /// On real files the store's spare thread makes whole-segment spare files
-/// as soon as a volume opens and again after segments start in them: on a
-/// disk (allocated with fallocate) and in memory (tmpfs: written with
-/// zeros). New segments start in them, and what was written there reads
-/// back, before and after a restart.
+/// when a segment start leaves a journal of two segments or more without
+/// one: on a disk and in memory (tmpfs), written whole. A volume that wrote
+/// less than a segment gets none. New segments start in them, and what was
+/// written there reads back, before and after a restart. Once reclaimed
+/// segments keep the spares coming (sequential overwrites under a journal
+/// budget), the thread makes no more.
 #[test]
 fn spare_files_are_prepared_ahead_of_the_writer() {
     let mut dirs = vec![tempfile::tempdir().unwrap()];
@@ -70,6 +72,8 @@ fn spare_files_are_prepared_ahead_of_the_writer() {
             commit_interval: None,
             segment_bytes: 1 << 20,
             spare_segments: 2,
+            retention: store::RetentionPolicy::KEEP_ALL,
+            retention_interval: None,
             ..StoreOptions::default()
         };
         let store = Store::open(dir.path(), options.clone()).unwrap();
@@ -87,8 +91,12 @@ fn spare_files_are_prepared_ahead_of_the_writer() {
             }
             found
         };
-        // Created after the store opened: the first roll wakes the thread.
+        // Less than a segment: no spares.
         volume.write(0, &[1; 4096], false).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert_eq!(spares(), vec![], "{dir:?}: spares for a volume that wrote 4 KiB");
+        // A second segment starts without a spare: two are made.
+        volume.write(4096, &vec![2; 1 << 20], false).unwrap();
         eventually("two spares", || volume.stats().spare_segments == 2);
         let prepared = spares();
         assert_eq!(prepared.len(), 2, "{dir:?}: {prepared:?}");
@@ -109,14 +117,36 @@ fn spare_files_are_prepared_ahead_of_the_writer() {
         let stats = volume.stats();
         assert!(stats.recycled_segments >= 2, "{dir:?}: segments started in spares: {stats:?}");
         eventually("spares made again", || volume.stats().spare_segments == 2);
+        assert!(volume.stats().spares_made >= 4, "{dir:?}: {:?}", volume.stats());
         assert_eq!(read(&volume, 4096, data.len()), data, "{dir:?}");
         store.close().unwrap();
         drop((volume, store));
-        let store = Store::open(dir.path(), options).unwrap();
+        let store = Store::open(dir.path(), options.clone()).unwrap();
         let volume = store.volume("v").unwrap();
         assert_eq!(read(&volume, 0, 4096), vec![1; 4096], "{dir:?}");
         assert_eq!(read(&volume, 4096, data.len()), data, "{dir:?}");
         assert!(spares().len() <= 2, "{dir:?}: {:?}", spares());
+        // Overwrite the same 2 MiB over and over under a 4 MiB budget,
+        // retention after each pass: reclaimed segments become the spares.
+        volume.set_retention_policy(Some(store::RetentionPolicy {
+            window: None,
+            max_journal_bytes: Some(store::JournalBudget::Bytes(4 << 20)),
+        }));
+        let before = volume.stats();
+        for round in 0..40u8 {
+            volume.write(0, &vec![round; 2 << 20], false).unwrap();
+            volume.flush().unwrap();
+            store.enforce_retention().unwrap();
+        }
+        // Let the thread catch up with whatever it was asked for.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let stats = volume.stats();
+        assert!(stats.recycled_segments - before.recycled_segments >= 20, "{dir:?}: {stats:?}");
+        assert!(
+            stats.spares_made - before.spares_made <= 4,
+            "{dir:?}: spares made while reclaim supplied them: {stats:?}"
+        );
+        assert_eq!(read(&volume, 0, 4096), vec![39; 4096], "{dir:?}");
     }
 }
 
