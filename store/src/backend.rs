@@ -82,10 +82,10 @@ pub trait StorageBackend: Send + Sync + fmt::Debug {
     }
     /// Readies a new, empty file to be written `length` bytes from its
     /// start: at least its space allocated ([`Self::allocate`], the
-    /// default); the file engines write and sync zeros, so that the writes
-    /// that fill it later overwrite pages and blocks that exist instead of
+    /// default); in memory (tmpfs) the file engines write zeros, so that
+    /// the writes that fill it later overwrite pages that exist instead of
     /// allocating their own under the file's lock ([`prepare_file`]). The
-    /// file reads as zeros after it. It is slow (it writes the whole
+    /// file reads as zeros after it. It may be slow (writing the whole
     /// length); the store calls it off the write path to make spare
     /// segment files.
     fn prepare(&self, length: u64) -> io::Result<()> {
@@ -155,21 +155,16 @@ static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
 const PREPARE_HEADROOM: u64 = 3;
 
 /// The file engines' [`StorageBackend::prepare`], `file` being the open
-/// file behind `backend`: zeros written over the whole length, as
-/// PostgreSQL initializes its WAL files (`wal_init_zero`).
+/// file behind `backend`.
 ///
-/// - In memory (tmpfs), writing is what allocates every page and touches
-///   it. `fallocate` would allocate pages without touching them, and in a
-///   virtual machine the first touch is the expensive part.
-/// - On a disk, the zeros are synced: the blocks are then allocated and
-///   initialized on disk, so a record written there later makes its
-///   `fdatasync` write data only. In a block that `fallocate` left
-///   unwritten the same sync also commits the filesystem's journal (the
-///   extent turns written): 4 KiB writes with a flush each ran at
-///   4135–4437 against 5747–5793 IOPS (docs/journal.md). The page cache
-///   keeps the zeros' pages too, for the writers to overwrite.
-/// - On copy-on-write filesystems (btrfs, ZFS, bcachefs) overwriting
-///   saves nothing: `fallocate` only.
+/// - In memory (tmpfs), zeros are written over the whole length: writing
+///   is what allocates every page and touches it. `fallocate` would
+///   allocate pages without touching them, and in a virtual machine the
+///   first touch is the expensive part.
+/// - On a disk, `fallocate` only. Writing zeros too (synced, as PostgreSQL
+///   initializes its WAL files, or left in the page cache) was measured:
+///   the side-by-side run's flushes were slower and its first sequential
+///   writes no faster (docs/journal.md, "Spare files made ahead").
 pub(crate) fn prepare_file<B: StorageBackend + ?Sized>(
     backend: &B,
     file: &File,
@@ -184,7 +179,7 @@ pub(crate) fn prepare_file<B: StorageBackend + ?Sized>(
             format!("{} bytes available: too few to prepare {length} more", facts.available),
         ));
     }
-    if facts.copy_on_write {
+    if !facts.in_memory {
         return backend.allocate(0, length);
     }
     let mut at = 0;
@@ -195,7 +190,7 @@ pub(crate) fn prepare_file<B: StorageBackend + ?Sized>(
         backend.write_vectored_at(&slices, at)?;
         at += step as u64;
     }
-    if facts.in_memory { Ok(()) } else { backend.sync() }
+    Ok(())
 }
 
 /// Block size [`allocate_by_writing`] assumes (the largest common

@@ -187,9 +187,6 @@ pub fn punch_hole(file: &File, offset: u64, length: u64) -> io::Result<()> {
 pub struct FilesystemFacts {
     /// It keeps files in memory (tmpfs, ramfs): a file's pages are its storage.
     pub in_memory: bool,
-    /// It writes every block anew (btrfs, ZFS, bcachefs): overwriting a
-    /// block costs as much as writing a new one.
-    pub copy_on_write: bool,
     /// Bytes available to us, and the filesystem's size (0 where it has
     /// no limit: ramfs, tmpfs mounted with `size=0`).
     pub available: u64,
@@ -200,9 +197,6 @@ pub struct FilesystemFacts {
 pub fn filesystem_facts(file: &File) -> io::Result<FilesystemFacts> {
     const TMPFS_MAGIC: u32 = 0x0102_1994;
     const RAMFS_MAGIC: u32 = 0x8584_58f6;
-    const BTRFS_MAGIC: u32 = 0x9123_683e;
-    const ZFS_MAGIC: u32 = 0x2fc1_2fc1;
-    const BCACHEFS_MAGIC: u32 = 0xca45_1a4e;
     let mut facts = std::mem::MaybeUninit::<libc::statfs>::zeroed();
     // SAFETY: fstatfs writes one `statfs` into the buffer it is given, which
     // is ours and large enough; the descriptor is owned by `file`, which is
@@ -221,7 +215,6 @@ pub fn filesystem_facts(file: &File) -> io::Result<FilesystemFacts> {
     let (available, total) = (facts.f_bavail as u64, facts.f_blocks as u64);
     Ok(FilesystemFacts {
         in_memory: matches!(kind, TMPFS_MAGIC | RAMFS_MAGIC),
-        copy_on_write: matches!(kind, BTRFS_MAGIC | ZFS_MAGIC | BCACHEFS_MAGIC),
         available: available.saturating_mul(block),
         total: total.saturating_mul(block),
     })
