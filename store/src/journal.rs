@@ -374,7 +374,7 @@ impl Journal {
     /// without a spare file, in a journal past its first segment: the cue
     /// to make spares ahead ([`Self::prepare_spare`]). A journal whose
     /// reclaimed segments keep the spares coming never asks, and a volume
-    /// that wrote less than a segment never gets any.
+    /// that wrote less than two segments never gets any.
     pub fn take_short_of_spares(&self) -> bool {
         self.short_of_spares.load(Ordering::Relaxed) && self.short_of_spares.swap(false, Ordering::Relaxed)
     }
@@ -775,18 +775,18 @@ impl Journal {
         count
     }
 
-    /// Makes one more spare file, a whole segment long, its zeros written
-    /// ([`StorageBackend::prepare`]), if the journal
-    /// keeps fewer spares than [`JournalOptions::spare_segments`]. Returns
-    /// whether it made one.
+    /// Makes one more spare file, a whole segment long and prepared
+    /// ([`StorageBackend::prepare`]: zeros written on tmpfs, space
+    /// allocated on disks), if the journal keeps fewer spares than
+    /// [`JournalOptions::spare_segments`]. Returns whether it made one.
     ///
     /// A growing journal has no reclaimed files to reuse, so each new
     /// segment's writes would allocate its pages under the file's lock;
     /// the store's spare thread calls this off the write path instead
-    /// (docs/journal.md, "Spare files").
+    /// (docs/journal.md, "Spare files made ahead").
     ///
     /// The file gets a segment number never used before, so it can never
-    /// be mistaken for a segment. It holds zeros only: a crash part way
+    /// be mistaken for a segment. It reads as zeros only: a crash part way
     /// leaves a shorter spare, which recovery keeps or removes like any.
     pub fn prepare_spare(&self) -> io::Result<bool> {
         if self.spare_count() >= self.options.spare_segments {
