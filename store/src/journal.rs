@@ -376,7 +376,12 @@ impl Journal {
     /// reclaimed segments keep the spares coming never asks, and a volume
     /// that wrote less than two segments never gets any.
     pub fn take_short_of_spares(&self) -> bool {
-        self.short_of_spares.load(Ordering::Relaxed) && self.short_of_spares.swap(false, Ordering::Relaxed)
+        self.short_of_spares() && self.short_of_spares.swap(false, Ordering::Relaxed)
+    }
+
+    /// [`Self::take_short_of_spares`] without taking it.
+    pub fn short_of_spares(&self) -> bool {
+        self.short_of_spares.load(Ordering::Relaxed)
     }
 
     /// The target size of new segments.

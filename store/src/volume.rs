@@ -340,9 +340,6 @@ pub struct Volume {
     wakes: Wakes,
     /// Held while a spare file is prepared; deleting the volume waits for it.
     spare_lock: Mutex<()>,
-    /// A segment started and left the journal short of spare files since
-    /// the spare thread last looked.
-    spares_wanted: AtomicBool,
     /// The journal budget in bytes (u64::MAX: none), for the write path.
     budget: AtomicU64,
     /// Dead bytes of base segments that cleaning tolerates.
@@ -479,9 +476,8 @@ impl Appender<'_> {
                 wake.notify();
             }
             if let Some(wake) = &volume.wakes.spares
-                && volume.journal.take_short_of_spares()
+                && volume.journal.short_of_spares()
             {
-                volume.spares_wanted.store(true, Ordering::Relaxed);
                 wake.notify();
             }
         }
@@ -560,7 +556,6 @@ impl Volume {
             intent_written: AtomicU64::new(intent.unwrap_or(0)),
             wakes,
             spare_lock: Mutex::new(()),
-            spares_wanted: AtomicBool::new(false),
             budget: AtomicU64::new(tuning.retention.budget_bytes(size).unwrap_or(u64::MAX)),
             dead_allowance: AtomicU64::new(allowance),
             base_journal_bytes: AtomicU64::new(base_journal_bytes),
@@ -668,7 +663,7 @@ impl Volume {
     /// Whether the journal ran short of spare files since the last call
     /// (the spare thread's question).
     pub(crate) fn take_spares_wanted(&self) -> bool {
-        self.spares_wanted.swap(false, Ordering::Relaxed)
+        self.journal.take_short_of_spares()
     }
 
     /// Tops up the journal's spare files ([`Journal::prepare_spare`]):
