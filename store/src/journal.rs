@@ -37,8 +37,10 @@ pub fn segment_name(number: u64) -> String {
     format!("seg-{number:010}.log")
 }
 
+/// The number of segment file `name`; names with numbers no location can
+/// hold are not ours ([`layout::MAX_SEGMENT_NUMBER`]).
 fn parse_segment_name(name: &str) -> Option<u64> {
-    name.strip_prefix("seg-")?.strip_suffix(".log")?.parse().ok()
+    name.strip_prefix("seg-")?.strip_suffix(".log")?.parse().ok().filter(|&n| n <= layout::MAX_SEGMENT_NUMBER)
 }
 
 /// File name of a spare segment file: a reclaimed one (it was segment
@@ -48,7 +50,11 @@ fn spare_name(number: u64) -> String {
 }
 
 fn parse_spare_name(name: &str) -> Option<u64> {
-    name.strip_prefix("spare-")?.strip_suffix(".log")?.parse().ok()
+    name.strip_prefix("spare-")?
+        .strip_suffix(".log")?
+        .parse()
+        .ok()
+        .filter(|&n| n <= layout::MAX_SEGMENT_NUMBER)
 }
 
 /// Name of the index checkpoint file in a volume directory.
@@ -229,6 +235,19 @@ impl Writer {
     pub fn last_seq(&self) -> u64 {
         self.last_seq
     }
+
+    /// A segment number never used before, for a new segment or spare.
+    fn take_number(&mut self) -> io::Result<u64> {
+        let number = self.highest_number.map_or(0, |highest| highest + 1);
+        if number > layout::MAX_SEGMENT_NUMBER {
+            return Err(io::Error::other(format!(
+                "this volume has used all {} segment numbers; copy it to a new volume",
+                layout::MAX_SEGMENT_NUMBER + 1
+            )));
+        }
+        self.highest_number = Some(number);
+        Ok(number)
+    }
 }
 
 /// A record appended but not yet visible (see [`Writer::pending`]).
@@ -392,7 +411,7 @@ impl Journal {
     /// Sets the target size of segments started from now on (at least one
     /// record always fits: a bigger record gets a segment of its own).
     pub fn set_segment_bytes(&self, bytes: u64) {
-        self.segment_bytes.store(bytes.max(1), Ordering::Relaxed);
+        self.segment_bytes.store(bytes.clamp(1, layout::MAX_SEGMENT_BYTES), Ordering::Relaxed);
     }
 
     /// The segments in order, the current (last) one included.
@@ -797,12 +816,7 @@ impl Journal {
         if self.spare_count() >= self.options.spare_segments {
             return Ok(false);
         }
-        let number = {
-            let mut writer = self.writer.lock();
-            let number = writer.highest_number.map_or(0, |highest| highest + 1);
-            writer.highest_number = Some(number);
-            number
-        };
+        let number = self.writer.lock().take_number()?;
         let name = spare_name(number);
         let path = format!("{}/{name}", self.dir);
         let prepared = self
@@ -844,9 +858,8 @@ impl Journal {
     /// removes this file (or makes it a spare again).
     fn roll(&self, writer: &mut Writer, first_seq: u64, span: u64) -> Result<(), AppendError> {
         self.write_out(writer).map_err(AppendError::Io)?;
-        let number = writer.highest_number.map_or(0, |highest| highest + 1);
         // A number is never used twice, even by a file removed again below.
-        writer.highest_number = Some(number);
+        let number = writer.take_number().map_err(AppendError::Io)?;
         let path = format!("{}/{}", self.dir, segment_name(number));
         let need = SEGMENT_HEADER_LEN as u64 + span;
         let spare = self.spares.lock().pop();
@@ -1302,7 +1315,7 @@ pub fn recover(
         dir: dir.to_owned(),
         volume_id,
         options,
-        segment_bytes: AtomicU64::new(options.segment_bytes),
+        segment_bytes: AtomicU64::new(options.segment_bytes.clamp(1, layout::MAX_SEGMENT_BYTES)),
         segments: RwLock::new(BTreeMap::new()),
         spares: Mutex::new(Vec::new()),
         reserve: Mutex::new(None),

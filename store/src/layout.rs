@@ -73,7 +73,8 @@
 //! Base map file `base-map` (BASE_MAP_FIXED_LEN bytes, runs, snapshot names);
 //! replaced whole (write `base-map.tmp`, fsync, rename, fsync the directory)
 //!   0  magic            [u8; 8]  b"RWNDBASE"
-//!   8  version          u32      BASE_MAP_VERSION (version 1: runs without location)
+//!   8  version          u32      BASE_MAP_VERSION (version 1: runs without location;
+//!                                version 2: locations with 40 bits of position)
 //!  12  crc32c           u32      over the whole file with this field zeroed
 //!  16  volume id        u128
 //!  32  base seq         u64      the base image is the image at this seq
@@ -99,7 +100,8 @@
 //! ```
 //!
 //! A journal *location* is `segment_number << LOCATION_SEGMENT_SHIFT | byte
-//! position in the segment file`.
+//! position in the segment file`: 32 bits of each, so segment numbers go up
+//! to MAX_SEGMENT_NUMBER and segments up to MAX_SEGMENT_BYTES.
 
 /// Version written in every segment header and superblock.
 pub const FORMAT_VERSION: u32 = 1;
@@ -158,7 +160,10 @@ pub const VOLUME_RESERVED_OFFSET: usize = VOLUME_PARENT_NAME_LENGTH_OFFSET + 2;
 /// Bytes of the superblock before the names.
 pub const VOLUME_FIXED_LEN: usize = VOLUME_RESERVED_OFFSET + 4;
 
-pub const INDEX_MAGIC: u32 = u32::from_le_bytes(*b"RWIX");
+/// `RWI2`: locations as [`location`] builds them. Chunks of the first
+/// layout (`RWIX`, 40-bit positions) are not read: recovery replays the
+/// journal instead and rewrites the file.
+pub const INDEX_MAGIC: u32 = u32::from_le_bytes(*b"RWI2");
 pub const INDEX_MAGIC_OFFSET: usize = 0;
 pub const INDEX_CRC_OFFSET: usize = INDEX_MAGIC_OFFSET + 4;
 pub const INDEX_FIRST_SEQ_OFFSET: usize = INDEX_CRC_OFFSET + 4;
@@ -200,8 +205,9 @@ pub const BASE_RUN_LOCATION_OFFSET: usize = BASE_RUN_KIND_OFFSET + 8;
 pub const BASE_RUN_LEN: usize = BASE_RUN_LOCATION_OFFSET + 8;
 /// Bytes of one run in a version 1 base map file (no location).
 pub const BASE_RUN_V1_LEN: usize = BASE_RUN_LOCATION_OFFSET;
-/// Version of the base map file (2: runs carry a journal location).
-pub const BASE_MAP_VERSION: u32 = 2;
+/// Version of the base map file (2: runs carry a journal location; 3: in
+/// today's location layout, [`LOCATION_SEGMENT_SHIFT`]).
+pub const BASE_MAP_VERSION: u32 = 3;
 
 pub const FOLD_MAGIC: [u8; 8] = *b"RWNDFOLD";
 pub const FOLD_MAGIC_OFFSET: usize = 0;
@@ -212,10 +218,20 @@ pub const FOLD_TARGET_OFFSET: usize = FOLD_VOLUME_ID_OFFSET + 16;
 /// Bytes of the fold intent file.
 pub const FOLD_LEN: usize = FOLD_TARGET_OFFSET + 8;
 
-/// Bits of a journal location that hold the byte position in the segment.
-pub const LOCATION_SEGMENT_SHIFT: u32 = 40;
+/// Bits of a journal location that hold the byte position in the segment
+/// (32; it was 40 in index checkpoints `RWIX` and base maps version 2,
+/// which left 24 bits, 16.7 million segments, for the segment number).
+pub const LOCATION_SEGMENT_SHIFT: u32 = 32;
 /// Largest byte position a location can hold.
 pub const LOCATION_POSITION_MASK: u64 = (1 << LOCATION_SEGMENT_SHIFT) - 1;
+/// Largest segment number a location can hold: 4.29 billion segments, so
+/// even at the smallest segment size (1 MiB) a volume can write 4 PiB.
+pub const MAX_SEGMENT_NUMBER: u64 = u64::MAX >> LOCATION_SEGMENT_SHIFT;
+/// Largest segment size: every position in a segment, a record bigger than
+/// the segment size included, must fit a location.
+pub const MAX_SEGMENT_BYTES: u64 = 1 << 31;
+/// [`LOCATION_SEGMENT_SHIFT`] of base maps version 2.
+const LOCATION_SEGMENT_SHIFT_V2: u32 = 40;
 
 const _: () = assert!(SEGMENT_HEADER_LEN == 64);
 const _: () = assert!(RECORD_HEADER_LEN == 96);
@@ -225,12 +241,16 @@ const _: () = assert!(INDEX_ENTRY_LEN == 40);
 const _: () = assert!(BASE_MAP_FIXED_LEN == 72);
 const _: () = assert!(BASE_RUN_LEN == 32 && BASE_RUN_V1_LEN == 24);
 const _: () = assert!(FOLD_LEN == 40);
+// A segment may pass its size by one record (MAX_RECORD_PAYLOAD and a header).
+const _: () = assert!(MAX_SEGMENT_BYTES + (64 << 20) <= LOCATION_POSITION_MASK);
+const _: () = assert!(MAX_SEGMENT_NUMBER == u32::MAX as u64);
 const _: () = assert!((RECORD_HEADER_LEN as u64).is_multiple_of(RECORD_ALIGN));
 const _: () = assert!((SEGMENT_HEADER_LEN as u64).is_multiple_of(RECORD_ALIGN));
 
 /// Builds a journal location from a segment number and a byte position.
 pub fn location(segment: u64, position: u64) -> u64 {
     debug_assert!(position <= LOCATION_POSITION_MASK);
+    debug_assert!(segment <= MAX_SEGMENT_NUMBER);
     (segment << LOCATION_SEGMENT_SHIFT) | position
 }
 
@@ -570,9 +590,10 @@ impl BaseMapFile {
         if bytes.len() < BASE_MAP_FIXED_LEN || bytes[..8] != BASE_MAP_MAGIC {
             return None;
         }
-        let run_len = match u32_at(bytes, BASE_MAP_VERSION_OFFSET) {
+        let version = u32_at(bytes, BASE_MAP_VERSION_OFFSET);
+        let run_len = match version {
             1 => BASE_RUN_V1_LEN,
-            BASE_MAP_VERSION => BASE_RUN_LEN,
+            2 | BASE_MAP_VERSION => BASE_RUN_LEN,
             _ => return None,
         };
         let mut crc = crc32c::crc32c(&bytes[..BASE_MAP_CRC_OFFSET]);
@@ -589,7 +610,19 @@ impl BaseMapFile {
             let run = bytes.get(at..at.checked_add(run_len)?)?;
             let (start, end) = (u64_at(run, BASE_RUN_START_OFFSET), u64_at(run, BASE_RUN_END_OFFSET));
             let kind = crate::base::BaseKind::from_u8(run[BASE_RUN_KIND_OFFSET])?;
-            let location = if run_len == BASE_RUN_LEN { u64_at(run, BASE_RUN_LOCATION_OFFSET) } else { 0 };
+            let mut location =
+                if run_len == BASE_RUN_LEN { u64_at(run, BASE_RUN_LOCATION_OFFSET) } else { 0 };
+            if version == 2 && location != 0 {
+                // Version 2's layout: 24 bits of segment, 40 of position.
+                let (number, position) = (
+                    location >> LOCATION_SEGMENT_SHIFT_V2,
+                    location & ((1 << LOCATION_SEGMENT_SHIFT_V2) - 1),
+                );
+                if position > LOCATION_POSITION_MASK {
+                    return None;
+                }
+                location = self::location(number, position);
+            }
             if start < last_end || start >= end {
                 return None;
             }
@@ -871,12 +904,12 @@ mod tests {
         map.set(8192, 9000, crate::base::BaseKind::Hole);
         let file =
             BaseMapFile { volume_id: 7, seq: 5, time: 9, size: 1 << 20, map, snapshots: vec!["s".into()] };
-        let v2 = file.encode();
-        let mut v1 = v2[..BASE_MAP_FIXED_LEN].to_vec();
-        for run in v2[BASE_MAP_FIXED_LEN..BASE_MAP_FIXED_LEN + 2 * BASE_RUN_LEN].chunks(BASE_RUN_LEN) {
+        let current = file.encode();
+        let mut v1 = current[..BASE_MAP_FIXED_LEN].to_vec();
+        for run in current[BASE_MAP_FIXED_LEN..BASE_MAP_FIXED_LEN + 2 * BASE_RUN_LEN].chunks(BASE_RUN_LEN) {
             v1.extend_from_slice(&run[..BASE_RUN_V1_LEN]);
         }
-        v1.extend_from_slice(&v2[BASE_MAP_FIXED_LEN + 2 * BASE_RUN_LEN..]);
+        v1.extend_from_slice(&current[BASE_MAP_FIXED_LEN + 2 * BASE_RUN_LEN..]);
         put(&mut v1, BASE_MAP_VERSION_OFFSET, &1u32.to_le_bytes());
         put(&mut v1, BASE_MAP_CRC_OFFSET, &[0; 4]);
         let crc = crc32c::crc32c(&v1);
@@ -884,11 +917,43 @@ mod tests {
         assert_eq!(BaseMapFile::decode(&v1), Some(file));
     }
 
-    /// Location helpers split what they join.
+    /// A version 2 base map (locations with 24 bits of segment number and
+    /// 40 of position) decodes into today's locations; one naming a position
+    /// no segment can reach is refused.
+    #[test]
+    fn version_2_base_map_decodes_into_current_locations() {
+        let mut map = crate::base::BaseMap::new();
+        map.set(0, 4096, crate::base::BaseKind::Data);
+        map.set_journal(4096, 12288, location(0xab_cdef, 200));
+        map.set_journal(12288, 16384, location(3, 64 + (1 << 31)));
+        let file = BaseMapFile { volume_id: 7, seq: 5, time: 9, size: 1 << 20, map, snapshots: vec![] };
+        let mut v2 = file.encode();
+        let seal = |bytes: &mut Vec<u8>| {
+            put(bytes, BASE_MAP_VERSION_OFFSET, &2u32.to_le_bytes());
+            put(bytes, BASE_MAP_CRC_OFFSET, &[0; 4]);
+            let crc = crc32c::crc32c(bytes);
+            put(bytes, BASE_MAP_CRC_OFFSET, &crc.to_le_bytes());
+        };
+        let run_location = |run: usize| BASE_MAP_FIXED_LEN + run * BASE_RUN_LEN + BASE_RUN_LOCATION_OFFSET;
+        put(&mut v2, run_location(1), &((0xab_cdef_u64 << 40) | 200).to_le_bytes());
+        put(&mut v2, run_location(2), &((3u64 << 40) | (64 + (1 << 31))).to_le_bytes());
+        seal(&mut v2);
+        assert_eq!(BaseMapFile::decode(&v2), Some(file));
+        // Read with today's layout it would have named other segments.
+        assert_ne!(split_location((0xab_cdef_u64 << 40) | 200).0, 0xab_cdef);
+        put(&mut v2, run_location(2), &((3u64 << 40) | (64 + (1 << 32))).to_le_bytes());
+        seal(&mut v2);
+        assert_eq!(BaseMapFile::decode(&v2), None);
+    }
+
+    /// Location helpers split what they join, up to the largest segment
+    /// number and position.
     #[test]
     fn locations_round_trip() {
         let joined = location(12345, LOCATION_POSITION_MASK);
         assert_eq!(split_location(joined), (12345, LOCATION_POSITION_MASK));
+        let last = location(MAX_SEGMENT_NUMBER, 64);
+        assert_eq!(split_location(last), (MAX_SEGMENT_NUMBER, 64));
     }
 
     proptest! {

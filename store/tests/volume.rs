@@ -646,6 +646,105 @@ fn checkpoint_bounds_replay_and_verify_checks_records() {
     assert_eq!(record.blake3, *blake3::hash(&[2; 100]).as_bytes());
 }
 
+/// An index checkpoint of the first layout (magic `RWIX`, whose locations
+/// had 40 bits of position) is not read: the journal is replayed whole, the
+/// data is intact, and the file is rewritten in today's layout.
+#[test]
+fn a_checkpoint_of_the_first_layout_is_replayed_over() {
+    use store::Filesystem;
+    let fs = MemoryFs::new();
+    let clock = Arc::new(ManualClock::new(T0));
+    let options = StoreOptions { checkpoint_records: 10, ..memory_options(&fs, &clock) };
+    let store = Store::open("/unused".as_ref(), options.clone()).unwrap();
+    let volume = store.create_volume("v", 1 << 20).unwrap();
+    for i in 0..50u64 {
+        volume.write(i * 1000, &[i as u8 + 1; 1000], true).unwrap();
+    }
+    store.close().unwrap();
+    drop((volume, store));
+    let index = fs.open_file("volumes/v/index", false).unwrap();
+    let mut bytes = vec![0; index.len().unwrap() as usize];
+    index.read_at(&mut bytes, 0).unwrap();
+    let mut at = 0;
+    let mut chunks = 0;
+    while at < bytes.len() {
+        assert_eq!(&bytes[at..at + 4], b"RWI2");
+        bytes[at..at + 4].copy_from_slice(b"RWIX");
+        let count = u32::from_le_bytes(bytes[at + 16..at + 20].try_into().unwrap()) as usize;
+        at += 40 + count * 40;
+        chunks += 1;
+    }
+    assert!(chunks >= 1);
+    index.write_at(&bytes, 0).unwrap();
+    index.sync().unwrap();
+    drop(index);
+    for (checkpointed, replayed) in [(0, 50), (50, 0)] {
+        let store = Store::open("/unused".as_ref(), options.clone()).unwrap();
+        let volume = store.volume("v").unwrap();
+        let stats = volume.recovery_stats();
+        assert_eq!((stats.checkpointed, stats.replayed), (checkpointed, replayed));
+        for i in 0..50u64 {
+            assert_eq!(read(&volume, i * 1000, 1000), vec![i as u8 + 1; 1000], "write {i}");
+        }
+        store.close().unwrap();
+    }
+}
+
+/// Segment numbers (32 bits in a journal location) never wrap: a file
+/// named past the last number is not taken for a segment or spare, and once
+/// the last number is used, starting a segment fails with a clear error
+/// instead of reusing one; every acknowledged write stays readable.
+#[test]
+fn segment_numbers_never_wrap() {
+    use store::Filesystem;
+    let fs = MemoryFs::new();
+    let clock = Arc::new(ManualClock::new(T0));
+    let options = StoreOptions { segment_bytes: 4096, ..memory_options(&fs, &clock) };
+    let store = Store::open("/unused".as_ref(), options.clone()).unwrap();
+    let volume = store.create_volume("v", 1 << 20).unwrap();
+    volume.write(0, &[1; 1000], true).unwrap();
+    store.close().unwrap();
+    drop((volume, store));
+    let last = store::layout::MAX_SEGMENT_NUMBER;
+    let beyond = format!("volumes/v/spare-{:010}.log", last + 1);
+    fs.open_file(&beyond, true).unwrap().write_at(&[0; 4096], 0).unwrap();
+    // Not a spare: segments keep their small numbers and roll as usual.
+    let store = Store::open("/unused".as_ref(), options.clone()).unwrap();
+    let volume = store.volume("v").unwrap();
+    for i in 1..20u64 {
+        volume.write(i * 1000, &[i as u8 + 1; 1000], true).unwrap();
+    }
+    assert!(volume.stats().segments >= 4);
+    store.close().unwrap();
+    drop((volume, store));
+    assert!(fs.exists(&beyond));
+    // The last number taken (by a spare): the next segment cannot start.
+    fs.open_file(&format!("volumes/v/spare-{last:010}.log"), true).unwrap().write_at(&[0; 4096], 0).unwrap();
+    let store = Store::open("/unused".as_ref(), options.clone()).unwrap();
+    let volume = store.volume("v").unwrap();
+    let mut refused = None;
+    for i in 20..40u64 {
+        match volume.write(i * 1000, &[i as u8 + 1; 1000], true) {
+            Ok(_) => {}
+            Err(error) => {
+                refused = Some((i, error));
+                break;
+            }
+        }
+    }
+    let (first_refused, error) = refused.expect("a segment start past the last number must fail");
+    let source = std::error::Error::source(&error).map(|source| source.to_string()).unwrap_or_default();
+    assert!(source.contains("segment numbers"), "{error}: {source}");
+    drop((volume, store));
+    let store = Store::open("/unused".as_ref(), options).unwrap();
+    let volume = store.volume("v").unwrap();
+    assert_eq!(read(&volume, 0, 1000), vec![1; 1000]);
+    for i in 1..first_refused {
+        assert_eq!(read(&volume, i * 1000, 1000), vec![i as u8 + 1; 1000], "write {i}");
+    }
+    assert_eq!(read(&volume, first_refused * 1000, 1000), vec![0; 1000]);
+}
+
 /// A synced record that rots in the middle of the journal ends recovery
 /// there (the rotten record is never served), and the segments after it are
 /// set aside as `*.cut-N` files, not deleted, so nothing is destroyed.
