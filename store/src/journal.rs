@@ -586,6 +586,12 @@ impl Journal {
         header: &mut RecordHeader,
         payload: &[u8],
     ) -> Result<Appended, AppendError> {
+        if header.seq > crate::index::MAX_SEQ {
+            return Err(AppendError::Io(io::Error::other(format!(
+                "this volume has used all {} seqs; copy it to a new volume",
+                crate::index::MAX_SEQ
+            ))));
+        }
         let span = layout::record_span(payload.len());
         if writer.segment.is_none()
             || (writer.position > SEGMENT_HEADER_LEN as u64

@@ -654,6 +654,9 @@ impl BaseMapFile {
         if at != bytes.len() {
             return None;
         }
+        if u64_at(bytes, BASE_MAP_SEQ_OFFSET) > crate::index::MAX_SEQ {
+            return None;
+        }
         Some(Self {
             volume_id: u128_at(bytes, BASE_MAP_VOLUME_ID_OFFSET),
             seq: u64_at(bytes, BASE_MAP_SEQ_OFFSET),

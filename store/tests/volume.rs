@@ -745,6 +745,50 @@ fn segment_numbers_never_wrap() {
     assert_eq!(read(&volume, first_refused * 1000, 1000), vec![0; 1000]);
 }
 
+/// Seqs never pass what the index can hold: the write that would need one
+/// more fails with a clear error instead of a panic, and every
+/// acknowledged write stays readable.
+#[test]
+fn seqs_run_out_with_a_clear_error() {
+    use store::Filesystem;
+    let fs = MemoryFs::new();
+    let clock = Arc::new(ManualClock::new(T0));
+    let options = memory_options(&fs, &clock);
+    let store = Store::open("/unused".as_ref(), options.clone()).unwrap();
+    let volume = store.create_volume("v", 1 << 20).unwrap();
+    let volume_id = volume.id();
+    store.close().unwrap();
+    drop((volume, store));
+    // A volume whose history was folded up to two seqs before the last.
+    let last = store::index::MAX_SEQ;
+    let base = store::layout::BaseMapFile {
+        volume_id,
+        seq: last - 2,
+        time: T0,
+        size: 1 << 20,
+        map: store::base::BaseMap::new(),
+        snapshots: vec![],
+    };
+    let file = fs.open_file("volumes/v/base-map", true).unwrap();
+    file.write_at(&base.encode(), 0).unwrap();
+    file.sync().unwrap();
+    drop(file);
+    let store = Store::open("/unused".as_ref(), options.clone()).unwrap();
+    let volume = store.volume("v").unwrap();
+    assert_eq!(volume.head_seq(), last - 2);
+    volume.write(0, &[1; 1000], true).unwrap();
+    volume.write(1000, &[2; 1000], true).unwrap();
+    let error = volume.write(2000, &[3; 1000], true).unwrap_err();
+    let source = std::error::Error::source(&error).map(|source| source.to_string()).unwrap_or_default();
+    assert!(source.contains("seqs"), "{error}: {source}");
+    drop((volume, store));
+    let store = Store::open("/unused".as_ref(), options).unwrap();
+    let volume = store.volume("v").unwrap();
+    assert_eq!(volume.head_seq(), last);
+    assert_eq!(read(&volume, 0, 3000), [vec![1; 1000], vec![2; 1000], vec![0; 1000]].concat());
+    assert!(volume.create_snapshot("late").is_err());
+}
+
 /// A synced record that rots in the middle of the journal ends recovery
 /// there (the rotten record is never served), and the segments after it are
 /// set aside as `*.cut-N` files, not deleted, so nothing is destroyed.
