@@ -322,11 +322,18 @@ struct InputBuffer {
     data: Vec<u8>,
     start: usize,
     end: usize,
+    /// The socket's receive low-water mark (`SO_RCVLOWAT`) as last set.
+    low_water: usize,
+    /// The last request carried a bulk payload, and no header was parsed
+    /// since: when drained, read just the next header, so that a bulk
+    /// payload after it is read straight into its own buffer instead of
+    /// copied out of this one.
+    header_only: bool,
 }
 
 impl InputBuffer {
     fn new(capacity: usize) -> InputBuffer {
-        InputBuffer { data: vec![0; capacity], start: 0, end: 0 }
+        InputBuffer { data: vec![0; capacity], start: 0, end: 0, low_water: 1, header_only: false }
     }
 
     fn filled(&self) -> &[u8] {
@@ -363,9 +370,28 @@ impl InputBuffer {
         }
     }
 
-    async fn read_from(&mut self, reader: &mut OwnedReadHalf) -> io::Result<usize> {
+    /// Sets the socket's low-water mark to `bytes` unless it is already
+    /// (best effort: a failure leaves reads waking as before).
+    fn wake_at(&mut self, reader: &OwnedReadHalf, bytes: usize) {
+        if self.low_water != bytes && sys::set_receive_low_water(reader.as_ref().as_raw_fd(), bytes).is_ok() {
+            self.low_water = bytes;
+        }
+    }
+
+    /// Where the next read goes: the free space, or just a header's worth
+    /// (see `header_only`).
+    fn room(&mut self) -> &mut [u8] {
         self.make_room();
-        let count = reader.read(&mut self.data[self.end..]).await?;
+        let end = if self.header_only && self.start == self.end {
+            (self.end + REQUEST_HEADER_LEN).min(self.data.len())
+        } else {
+            self.data.len()
+        };
+        &mut self.data[self.end..end]
+    }
+
+    async fn read_from(&mut self, reader: &mut OwnedReadHalf) -> io::Result<usize> {
+        let count = reader.read(self.room()).await?;
         self.end += count;
         Ok(count)
     }
@@ -374,8 +400,7 @@ impl InputBuffer {
     /// the reactor (whose cached readiness would answer "not readable"
     /// until its next poll): `None` when there is nothing yet.
     fn read_now(&mut self, reader: &OwnedReadHalf) -> io::Result<Option<usize>> {
-        self.make_room();
-        let count = sys::recv_now(reader.as_ref().as_raw_fd(), &mut self.data[self.end..])?;
+        let count = sys::recv_now(reader.as_ref().as_raw_fd(), self.room())?;
         self.end += count.unwrap_or(0);
         Ok(count)
     }
@@ -597,6 +622,15 @@ enum Parse {
     },
 }
 
+impl Parse {
+    /// A payload read straight into its buffer by [`read_more`]: the
+    /// reactor wakes the connection when enough of it arrived, so polling
+    /// would only take it in small pieces (and through the input buffer).
+    fn is_bulk_payload(&self) -> bool {
+        matches!(self, Parse::Payload { data: Some(data), .. } if data.len() >= DIRECT_PAYLOAD)
+    }
+}
+
 /// The outcome of one parsing step.
 enum Step {
     NeedInput,
@@ -604,6 +638,16 @@ enum Step {
     Handled,
     Start(u64, Command, IoBuffer),
 }
+
+/// Payloads at least this long are read straight into their buffer (all
+/// of it that is not in the input buffer already), and the header after
+/// one alone.
+const DIRECT_PAYLOAD: usize = 16 << 10;
+
+/// While a bulk payload arrives, the connection waits for this much of it
+/// at a time (or the rest, if less) before it reads: a 1 MiB write then
+/// takes a few reads instead of one per segment the socket received.
+const LOW_WATER_MAX: usize = 256 << 10;
 
 /// Reads more bytes: straight into a write payload when the input buffer is
 /// drained (no second copy of bulk data), else into the input buffer.
@@ -614,12 +658,15 @@ async fn read_more(
 ) -> io::Result<usize> {
     if let Parse::Payload { data: Some(data), filled, .. } = parse
         && input.filled().is_empty()
-        && data.len() - *filled >= 16 << 10
+        && data.len() >= DIRECT_PAYLOAD
     {
+        let remaining = data.len() - *filled;
+        input.wake_at(reader, remaining.min(LOW_WATER_MAX));
         let count = reader.read(&mut data[*filled..]).await?;
         *filled += count;
         return Ok(count);
     }
+    input.wake_at(reader, 1);
     input.read_from(reader).await
 }
 
@@ -685,7 +732,7 @@ impl<'a, D: BlockDevice> Transmission<'a, D> {
             // Only a client that keeps one request in flight is polled
             // for: with more, the replies just sent keep it busy, and the
             // poll would take the CPU it needs to send the next batch.
-            if want_input && inflight.is_empty() && out.is_empty() {
+            if want_input && inflight.is_empty() && out.is_empty() && !parse.is_bulk_payload() {
                 let one_at_a_time = started_since_idle <= 1;
                 started_since_idle = 0;
                 if one_at_a_time && self.poll_idle() {
@@ -754,6 +801,7 @@ impl<'a, D: BlockDevice> Transmission<'a, D> {
             if *filled < *total {
                 return Ok(Step::NeedInput);
             }
+            self.input.header_only = *total >= DIRECT_PAYLOAD;
             let Parse::Payload { cookie, command, data, .. } = std::mem::replace(parse, Parse::Header) else {
                 unreachable!("matched above")
             };
@@ -773,6 +821,7 @@ impl<'a, D: BlockDevice> Transmission<'a, D> {
         self.input.consume(REQUEST_HEADER_LEN);
         let checked = check_request(&self.session, &header);
         let total = header.payload_length() as usize;
+        self.input.header_only = false;
         if total > 0 {
             let data = checked.is_ok().then(|| self.pool.take(total));
             *parse = Parse::Payload { cookie: header.cookie, command: checked, data, total, filled: 0 };

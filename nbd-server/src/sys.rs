@@ -21,6 +21,29 @@ pub(crate) fn recv_now(socket: RawFd, into: &mut [u8]) -> io::Result<Option<usiz
     Ok(Some(count as usize))
 }
 
+/// `SO_RCVLOWAT`: the socket reports readable (to epoll, so to tokio)
+/// only once it holds at least `bytes` (or at end of stream, on an error,
+/// or when the kernel's receive window runs short). Reads that do not
+/// wait are unaffected.
+pub(crate) fn set_receive_low_water(socket: RawFd, bytes: usize) -> io::Result<()> {
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `value` is a valid c_int for the call's duration; the
+    // descriptor is the caller's open socket.
+    let result = unsafe {
+        libc::setsockopt(
+            socket,
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if result < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// `sendfile(2)`: up to `count` bytes of `file` at `offset` into `socket`.
 /// Returns the bytes sent (0: the file ends at `offset`); `WouldBlock` when
 /// the socket's buffer is full.
