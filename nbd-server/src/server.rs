@@ -639,6 +639,10 @@ enum Step {
     Start(u64, Command, IoBuffer),
 }
 
+/// A client seen pipelining is not polled for until it started this many
+/// requests without.
+const SERIAL_WINDOW: u64 = 256;
+
 /// Payloads at least this long are read straight into their buffer (all
 /// of it that is not in the input buffer already), and the header after
 /// one alone.
@@ -688,8 +692,10 @@ impl<'a, D: BlockDevice> Transmission<'a, D> {
         let mut out = Outgoing::new();
         let mut parse = Parse::Header;
         let mut inflight_bytes = 0usize;
-        // Requests started since the connection last ran out of work.
-        let mut started_since_idle = 0usize;
+        // Requests started on this connection, and the count before which
+        // the client was seen keeping two or more requests outstanding.
+        let mut started = 0u64;
+        let mut pipelined_until = 0u64;
         // No new requests once the client said DISC, hung up, or we shut down.
         let mut closing = *self.shutdown.borrow();
         loop {
@@ -703,7 +709,12 @@ impl<'a, D: BlockDevice> Transmission<'a, D> {
                     Step::Disconnect => closing = true,
                     Step::Handled => {}
                     Step::Start(cookie, command, payload) => {
-                        started_since_idle += 1;
+                        // Another request not yet answered in full: the
+                        // client does not wait for each reply.
+                        if !inflight.is_empty() || !out.is_empty() {
+                            pipelined_until = started + SERIAL_WINDOW;
+                        }
+                        started += 1;
                         let (future, bytes) = self.start(cookie, command, payload);
                         inflight_bytes += bytes;
                         inflight.push(future);
@@ -729,15 +740,19 @@ impl<'a, D: BlockDevice> Transmission<'a, D> {
             let want_input = !closing
                 && inflight.len() < self.config.max_inflight_requests
                 && inflight_bytes + out.bytes < self.config.max_inflight_bytes;
-            // Only a client that keeps one request in flight is polled
-            // for: with more, the replies just sent keep it busy, and the
-            // poll would take the CPU it needs to send the next batch.
-            if want_input && inflight.is_empty() && out.is_empty() && !parse.is_bulk_payload() {
-                let one_at_a_time = started_since_idle <= 1;
-                started_since_idle = 0;
-                if one_at_a_time && self.poll_idle() {
-                    continue;
-                }
+            // Only a client that keeps one request at a time outstanding
+            // is polled for: one that pipelines is busy with the replies
+            // just sent, and the poll would take the CPU it needs to send
+            // the next requests (on two cores, 4 KiB random reads at QD32:
+            // about a sixth fewer with the poll).
+            if want_input
+                && inflight.is_empty()
+                && out.is_empty()
+                && started >= pipelined_until
+                && !parse.is_bulk_payload()
+                && self.poll_idle()
+            {
+                continue;
             }
             tokio::select! {
                 biased;
@@ -775,7 +790,15 @@ impl<'a, D: BlockDevice> Transmission<'a, D> {
             return false;
         }
         let deadline = Instant::now() + self.config.idle_poll;
+        let socket = self.reader.as_ref().as_raw_fd();
         loop {
+            if !sys::readable_now(socket) {
+                if Instant::now() >= deadline {
+                    return false;
+                }
+                std::hint::spin_loop();
+                continue;
+            }
             match self.input.read_now(&self.reader) {
                 Ok(Some(count)) => return count > 0,
                 Ok(None) => {}

@@ -21,6 +21,17 @@ pub(crate) fn recv_now(socket: RawFd, into: &mut [u8]) -> io::Result<Option<usiz
     Ok(Some(count as usize))
 }
 
+/// `poll(2)` with no wait: whether the socket has bytes (or an end of
+/// stream, or an error) to read. Unlike a `recv` that finds nothing, it
+/// does not take the socket's lock, so spinning on it does not hold up the
+/// kernel delivering the very bytes waited for.
+pub(crate) fn readable_now(socket: RawFd) -> bool {
+    let mut entry = libc::pollfd { fd: socket, events: libc::POLLIN, revents: 0 };
+    // SAFETY: `entry` is one valid pollfd for the call's duration.
+    let ready = unsafe { libc::poll(&mut entry, 1, 0) };
+    ready > 0 && entry.revents != 0
+}
+
 /// `SO_RCVLOWAT`: the socket reports readable (to epoll, so to tokio)
 /// only once it holds at least `bytes` (or at end of stream, on an error,
 /// or when the kernel's receive window runs short). Reads that do not
