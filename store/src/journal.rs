@@ -20,8 +20,8 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io;
 use std::os::fd::RawFd;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
 
 use parking_lot::{Mutex, RwLock};
 
@@ -157,6 +157,62 @@ pub struct Reclaimed {
     pub spared: u64,
 }
 
+/// A journal's spare files: names in its volume directory.
+#[derive(Debug)]
+struct Spares {
+    fs: Arc<dyn Filesystem>,
+    dir: String,
+    names: Mutex<Vec<String>>,
+    /// The journal's volume was reopened or deleted: its files belong to
+    /// whoever opened the directory next, never to this list.
+    closed: AtomicBool,
+}
+
+impl Spares {
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Vec<String>> {
+        self.names.lock()
+    }
+
+    /// Removes every file on the list, freeing its space; returns how many
+    /// there were. Takes only this list's lock, and not while removing.
+    fn release(&self) -> usize {
+        let names = std::mem::take(&mut *self.names.lock());
+        let count = names.len();
+        for name in names {
+            if let Err(error) = self.fs.remove_file(&format!("{}/{name}", self.dir)) {
+                tracing::warn!(dir = self.dir, name, %error, "cannot remove a spare segment file");
+            }
+        }
+        count
+    }
+}
+
+/// The spare files of every journal of a store. A journal that runs out of
+/// space removes its own spares first, then the other journals' (spares
+/// hold no data, they only save page allocations), so that one volume's
+/// spares never keep another from writing. Cleaners' reserves stay.
+#[derive(Debug, Default)]
+pub struct SparePool {
+    members: Mutex<Vec<Weak<Spares>>>,
+}
+
+impl SparePool {
+    /// Removes the spare files of every journal in the pool but `except`;
+    /// returns how many there were.
+    fn release_others(&self, except: &Arc<Spares>) -> usize {
+        let members: Vec<Arc<Spares>> = {
+            let mut members = self.members.lock();
+            members.retain(|member| member.strong_count() > 0);
+            members.iter().filter_map(Weak::upgrade).collect()
+        };
+        members
+            .iter()
+            .filter(|member| !Arc::ptr_eq(member, except) && !member.closed.load(Ordering::Acquire))
+            .map(|member| member.release())
+            .sum()
+    }
+}
+
 /// The segment files of a volume and the bytes not yet handed to them.
 #[derive(Debug)]
 pub struct Journal {
@@ -168,7 +224,9 @@ pub struct Journal {
     segment_bytes: AtomicU64,
     segments: RwLock<BTreeMap<u64, Segment>>,
     /// Names of spare files in the volume directory, ready for reuse.
-    spares: Mutex<Vec<String>>,
+    spares: Arc<Spares>,
+    /// The store's pool of spares ([`Journal::join_pool`]).
+    pool: OnceLock<Arc<SparePool>>,
     /// The cleaner's reserve: one more spare file that neither new
     /// segments nor the write path's release take, kept while
     /// [`Journal::set_keep_reserve`] says base segments hold live data
@@ -754,8 +812,9 @@ impl Journal {
     /// Allocates `file` from `allocated` to at least `end`: a whole
     /// [`JournalOptions::reserve_bytes`] ahead (up to the segment size)
     /// when the space is there, else exactly to `end`; past a lack of
-    /// space, the spare files are removed (they only save page
-    /// allocations) and it tries once more. Returns the new allocated end.
+    /// space, this journal's spare files are removed (they only save page
+    /// allocations) and it tries again, then the other journals' in the
+    /// store ([`SparePool`]). Returns the new allocated end.
     fn allocate_ahead(
         &self,
         file: &dyn StorageBackend,
@@ -767,7 +826,8 @@ impl Journal {
         }
         let limit = self.segment_bytes.load(Ordering::Relaxed).max(end);
         let ahead = allocated.saturating_add(self.options.reserve_bytes).min(limit).max(end);
-        let mut spares_released = false;
+        // Releases tried: 1 this journal's spares, 2 the other journals'.
+        let mut releases = 0;
         loop {
             let mut no_space = match file.allocate(allocated, ahead - allocated) {
                 Ok(()) => return Ok(ahead),
@@ -779,30 +839,61 @@ impl Journal {
                     Err(error) => AppendError::allocation(error),
                 };
             }
-            if matches!(no_space, AppendError::NoSpace(_)) && !spares_released {
-                spares_released = true;
-                if self.release_spares() > 0 {
-                    continue;
-                }
+            if !matches!(no_space, AppendError::NoSpace(_)) {
+                return Err(no_space);
             }
-            return Err(no_space);
+            // Try again after a release that removed files.
+            let mut freed = 0;
+            while freed == 0 && releases < 2 {
+                releases += 1;
+                freed = if releases == 1 { self.release_spares() } else { self.release_others_spares() };
+            }
+            if freed == 0 {
+                return Err(no_space);
+            }
         }
     }
 
     /// Removes every spare segment file but the cleaner's reserve, freeing
     /// its space; returns how many there were.
     fn release_spares(&self) -> usize {
-        let names = std::mem::take(&mut *self.spares.lock());
-        let count = names.len();
-        for name in names {
-            if let Err(error) = self.fs.remove_file(&format!("{}/{name}", self.dir)) {
-                tracing::warn!(dir = self.dir, name, %error, "cannot remove a spare segment file");
-            }
-        }
+        let count = self.spares.release();
         if count > 0 {
             tracing::warn!(dir = self.dir, count, "journal out of disk space: spare segment files removed");
         }
         count
+    }
+
+    /// Removes the spare files of the store's other journals (their
+    /// cleaners' reserves stay); returns how many there were.
+    fn release_others_spares(&self) -> usize {
+        let count = self.pool.get().map_or(0, |pool| pool.release_others(&self.spares));
+        if count > 0 {
+            tracing::warn!(
+                dir = self.dir,
+                count,
+                "journal out of disk space: other volumes' spare segment files removed"
+            );
+        }
+        count
+    }
+
+    /// Joins the store's pool of spare files: from now on this journal
+    /// may free the others' spares when out of space, and they its.
+    pub fn join_pool(&self, pool: &Arc<SparePool>) {
+        if self.pool.set(pool.clone()).is_ok() {
+            let mut members = pool.members.lock();
+            members.retain(|member| member.strong_count() > 0);
+            members.push(Arc::downgrade(&self.spares));
+        }
+    }
+
+    /// Forgets the spare files (without removing them) and leaves the
+    /// pool: the volume is being reopened or deleted, and its directory's
+    /// files are no longer this journal's to use or remove.
+    pub fn close_spares(&self) {
+        self.spares.closed.store(true, Ordering::Release);
+        self.spares.lock().clear();
     }
 
     /// Makes one more spare file, a whole segment long and prepared
@@ -1323,7 +1414,13 @@ pub fn recover(
         options,
         segment_bytes: AtomicU64::new(options.segment_bytes.clamp(1, layout::MAX_SEGMENT_BYTES)),
         segments: RwLock::new(BTreeMap::new()),
-        spares: Mutex::new(Vec::new()),
+        spares: Arc::new(Spares {
+            fs: fs.clone(),
+            dir: dir.to_owned(),
+            names: Mutex::new(Vec::new()),
+            closed: AtomicBool::new(false),
+        }),
+        pool: OnceLock::new(),
         reserve: Mutex::new(None),
         keep_reserve: AtomicBool::new(false),
         recycled: AtomicU64::new(0),

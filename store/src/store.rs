@@ -11,7 +11,7 @@ use crate::backend::{EngineChoice, Filesystem, RealFs, pick_engine};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{CloneError, CreateError, DeleteError, FlushError, OpenError, RetentionError};
 use crate::index::{BaseState, Index, MAX_VOLUME_SIZE};
-use crate::journal::{JournalOptions, recover};
+use crate::journal::{JournalOptions, SparePool, recover};
 use crate::layout::{SEGMENT_HEADER_LEN, Superblock};
 use crate::retention::{RetentionPolicy, Wake, load_base};
 use crate::volume::{RecoveryStats, Volume, VolumeTuning, Wakes};
@@ -99,6 +99,8 @@ struct Shared {
     wake: Arc<Wake>,
     /// Wakes the spare thread, when there is one.
     spares_wake: Option<Arc<Wake>>,
+    /// Every volume's spare files, for a journal out of space to free.
+    spare_pool: Arc<SparePool>,
     _lock: Option<std::fs::File>,
 }
 
@@ -164,6 +166,7 @@ impl Store {
             // Spare files save page allocations on real files only; tests
             // on the memory engine call Volume::prepare_spares themselves.
             spares_wake: spares_wake.then(|| Arc::new(Wake::default())),
+            spare_pool: Arc::default(),
             _lock: lock,
         });
         shared.load_all()?;
@@ -576,6 +579,7 @@ impl Shared {
         let mut index = Index::with_base(base.state, superblock.created);
         let recovery =
             recover(self.fs.clone(), dir, superblock.volume_id, self.journal_options(), &mut index)?;
+        recovery.journal.join_pool(&self.spare_pool);
         Ok(Arc::new(Volume::new(
             superblock.name.clone(),
             superblock.volume_id,

@@ -652,6 +652,8 @@ impl Volume {
         let _fold = self.fold_lock.lock();
         let _spare = self.spare_lock.lock();
         self.deleted.store(true, Ordering::Release);
+        // Whoever opens the directory next owns its spare files.
+        self.journal.close_spares();
     }
 
     /// Spare segment files the journal holds now (the cleaner's reserve

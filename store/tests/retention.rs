@@ -310,6 +310,80 @@ fn full_disk_releases_spare_segments_before_refusing() {
     model.check(&volume);
 }
 
+/// A volume out of space frees the other volumes' spare files too (they
+/// hold no data): one volume's spares never keep another from writing. A
+/// reopened volume's spares are its new journal's, freed once. Nothing
+/// acknowledged is lost anywhere, and the volumes stay writable.
+#[test]
+fn a_volume_out_of_space_frees_the_other_volumes_spares() {
+    let fs = MemoryFs::new();
+    let clock = Arc::new(ManualClock::new(T0));
+    let options = StoreOptions {
+        reserve_bytes: 1,
+        spare_segments: 2,
+        ..budget_options(&fs, &clock, 32 << 10, 8 << 10)
+    };
+    let store = open(&fs, &options);
+    let mut rng = SimRng::new(11);
+    let mut volumes = Vec::new();
+    for name in ["a", "b", "c"] {
+        let volume = store.create_volume(name, 64 << 10).unwrap();
+        let mut model = Model::new(64 << 10);
+        model.write(&volume, &mut rng, 0, 1000);
+        volume.flush().unwrap();
+        volumes.push((volume, model));
+    }
+    // "a" and "c" hold two spares each, "b" none; "c" is reopened (its
+    // old object keeps the files listed until it forgets them).
+    for volume in [&volumes[0].0, &volumes[2].0] {
+        assert_eq!(volume.prepare_spares(), 2);
+        assert_eq!(volume.stats().spare_segments, 2);
+    }
+    let old_c = volumes[2].0.clone();
+    volumes[2].0 = store.reopen_volume("c").unwrap();
+    assert_eq!(volumes[2].0.stats().spare_segments, 2);
+    fs.set_capacity(Some(fs.used_bytes()));
+    let (b, model) = &mut volumes[1];
+    let mut written = 0;
+    loop {
+        let length = rng.range(500, 1500) as usize;
+        let offset = rng.below(60) * 1000;
+        let mut data = vec![0; length];
+        rng.fill(&mut data);
+        match b.write(offset, &data, false) {
+            Ok(_) => {
+                let mut image = model.images.last().unwrap().clone();
+                image[offset as usize..offset as usize + length].copy_from_slice(&data);
+                model.images.push(image);
+                written += length;
+            }
+            Err(error) => {
+                assert!(matches!(error, store::WriteError::NoSpace(_)), "{error:?}");
+                break;
+            }
+        }
+        assert!(written < 1 << 20, "the disk never filled");
+    }
+    // Four spares of 8 KiB freed: more than a segment's worth written.
+    assert!(written > 24 << 10, "only {written} bytes written on the others' spares");
+    for (volume, _) in &volumes {
+        assert_eq!(volume.stats().spare_segments, 0, "{}", volume.name());
+    }
+    assert_eq!(old_c.stats().spare_segments, 0);
+    // With space again every volume writes on (no spare name left that
+    // points at a removed file) and reads what was acknowledged.
+    fs.set_capacity(None);
+    for (volume, model) in &mut volumes {
+        for _ in 0..40 {
+            let (length, offset) = (rng.range(500, 1500) as usize, rng.below(60) * 1000);
+            model.write(volume, &mut rng, offset, length);
+        }
+        volume.flush().unwrap();
+        assert!(volume.poison().is_none());
+        model.check(volume);
+    }
+}
+
 /// Captures log lines (for the warning tests).
 #[derive(Clone, Default)]
 struct Log(Arc<Mutex<Vec<u8>>>);
