@@ -54,6 +54,24 @@ fn eventually(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// Where `file`'s first data lies (`SEEK_DATA`), `None` if it has none.
+fn first_data(file: &std::fs::File) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: lseek on a descriptor `file` owns; no memory is passed.
+    let at = unsafe { libc::lseek(file.as_raw_fd(), 0, libc::SEEK_DATA) };
+    u64::try_from(at).ok()
+}
+
+/// Whether `file` lives on ext4.
+fn is_ext4(file: &std::fs::File) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut facts = std::mem::MaybeUninit::<libc::statfs>::zeroed();
+    // SAFETY: fstatfs fills the buffer it is given, ours and large enough.
+    let result = unsafe { libc::fstatfs(file.as_raw_fd(), facts.as_mut_ptr()) };
+    // SAFETY: fstatfs succeeded, so the struct is filled.
+    result == 0 && unsafe { facts.assume_init() }.f_type as u32 == 0xEF53
+}
+
 /// On real files the store's spare thread makes whole-segment spare files
 /// when a segment start leaves a journal of two segments or more without
 /// one: on a disk and in memory (tmpfs), written whole. A volume that wrote
@@ -103,6 +121,18 @@ fn spare_files_are_prepared_ahead_of_the_writer() {
         for (name, len, allocated) in &prepared {
             assert_eq!(*len, 1 << 20, "{dir:?}: {name} is a whole segment");
             assert!(*allocated >= *len, "{dir:?}: {name} has {allocated} of {len} bytes allocated");
+            // In memory the zeros are written (the pages exist); on ext4
+            // the space is only allocated (unwritten extents read as a
+            // hole), nothing written that writeback would have to carry.
+            let file = std::fs::File::open(volume_dir.join(name)).unwrap();
+            let facts = store::uring::filesystem_facts(&file).unwrap();
+            match (facts.in_memory, first_data(&file)) {
+                (true, data) => assert_eq!(data, Some(0), "{dir:?}: {name} not written in memory"),
+                (false, data) if is_ext4(&file) => {
+                    assert_eq!(data, None, "{dir:?}: {name} was written, not just allocated")
+                }
+                _ => {}
+            }
         }
         // 6 MiB in 256 KiB writes: new segments start in the spares, and the
         // thread makes new ones behind them.
