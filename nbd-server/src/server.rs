@@ -789,6 +789,8 @@ impl<'a, D: BlockDevice> Transmission<'a, D> {
         if self.config.idle_poll.is_zero() {
             return false;
         }
+        // poll(2) honours the low-water mark a bulk payload left set.
+        self.input.wake_at(&self.reader, 1);
         let deadline = Instant::now() + self.config.idle_poll;
         let socket = self.reader.as_ref().as_raw_fd();
         loop {

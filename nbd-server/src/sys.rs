@@ -22,7 +22,8 @@ pub(crate) fn recv_now(socket: RawFd, into: &mut [u8]) -> io::Result<Option<usiz
 }
 
 /// `poll(2)` with no wait: whether the socket has bytes (or an end of
-/// stream, or an error) to read. Unlike a `recv` that finds nothing, it
+/// stream, or an error) to read, at least its low-water mark of them
+/// ([`set_receive_low_water`]). Unlike a `recv` that finds nothing, it
 /// does not take the socket's lock, so spinning on it does not hold up the
 /// kernel delivering the very bytes waited for.
 pub(crate) fn readable_now(socket: RawFd) -> bool {
@@ -32,10 +33,10 @@ pub(crate) fn readable_now(socket: RawFd) -> bool {
     ready > 0 && entry.revents != 0
 }
 
-/// `SO_RCVLOWAT`: the socket reports readable (to epoll, so to tokio)
-/// only once it holds at least `bytes` (or at end of stream, on an error,
-/// or when the kernel's receive window runs short). Reads that do not
-/// wait are unaffected.
+/// `SO_RCVLOWAT`: the socket reports readable (to epoll, so to tokio, and
+/// to poll) only once it holds at least `bytes` (or at end of stream, on
+/// an error, or when the kernel's receive window runs short). Reads that
+/// do not wait are unaffected.
 pub(crate) fn set_receive_low_water(socket: RawFd, bytes: usize) -> io::Result<()> {
     let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
     // SAFETY: `value` is a valid c_int for the call's duration; the

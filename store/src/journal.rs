@@ -157,6 +157,18 @@ pub struct Reclaimed {
     pub spared: u64,
 }
 
+/// Whether `count` records from `first` get seqs the index can hold
+/// ([`crate::index::MAX_SEQ`]); an error naming the cause if not.
+pub fn check_seqs(first: u64, count: u64) -> io::Result<()> {
+    if first.saturating_add(count.saturating_sub(1)) > crate::index::MAX_SEQ {
+        return Err(io::Error::other(format!(
+            "this volume has used all {} seqs; copy it to a new volume",
+            crate::index::MAX_SEQ
+        )));
+    }
+    Ok(())
+}
+
 /// A journal's spare files: names in its volume directory.
 #[derive(Debug)]
 struct Spares {
@@ -174,11 +186,13 @@ impl Spares {
     }
 
     /// Removes every file on the list, freeing its space; returns how many
-    /// there were. Takes only this list's lock, and not while removing.
+    /// there were. Takes only this list's lock, and holds it while
+    /// removing, so that [`Journal::close_spares`] waits for a release
+    /// under way (a reopen lists the directory after that).
     fn release(&self) -> usize {
-        let names = std::mem::take(&mut *self.names.lock());
+        let mut names = self.names.lock();
         let count = names.len();
-        for name in names {
+        for name in names.drain(..) {
             if let Err(error) = self.fs.remove_file(&format!("{}/{name}", self.dir)) {
                 tracing::warn!(dir = self.dir, name, %error, "cannot remove a spare segment file");
             }
@@ -197,9 +211,9 @@ pub struct SparePool {
 }
 
 impl SparePool {
-    /// Removes the spare files of every journal in the pool but `except`;
-    /// returns how many there were.
-    fn release_others(&self, except: &Arc<Spares>) -> usize {
+    /// Removes the spare files of one journal in the pool other than
+    /// `except` that has any; returns how many there were (0: none left).
+    fn release_another(&self, except: &Arc<Spares>) -> usize {
         let members: Vec<Arc<Spares>> = {
             let mut members = self.members.lock();
             members.retain(|member| member.strong_count() > 0);
@@ -209,7 +223,8 @@ impl SparePool {
             .iter()
             .filter(|member| !Arc::ptr_eq(member, except) && !member.closed.load(Ordering::Acquire))
             .map(|member| member.release())
-            .sum()
+            .find(|&count| count > 0)
+            .unwrap_or(0)
     }
 }
 
@@ -644,12 +659,7 @@ impl Journal {
         header: &mut RecordHeader,
         payload: &[u8],
     ) -> Result<Appended, AppendError> {
-        if header.seq > crate::index::MAX_SEQ {
-            return Err(AppendError::Io(io::Error::other(format!(
-                "this volume has used all {} seqs; copy it to a new volume",
-                crate::index::MAX_SEQ
-            ))));
-        }
+        check_seqs(header.seq, 1).map_err(AppendError::Io)?;
         let span = layout::record_span(payload.len());
         if writer.segment.is_none()
             || (writer.position > SEGMENT_HEADER_LEN as u64
@@ -826,8 +836,9 @@ impl Journal {
         }
         let limit = self.segment_bytes.load(Ordering::Relaxed).max(end);
         let ahead = allocated.saturating_add(self.options.reserve_bytes).min(limit).max(end);
-        // Releases tried: 1 this journal's spares, 2 the other journals'.
-        let mut releases = 0;
+        // This journal's spares are released first, then one other
+        // journal's at a time, until the allocation fits or none is left.
+        let mut own_released = false;
         loop {
             let mut no_space = match file.allocate(allocated, ahead - allocated) {
                 Ok(()) => return Ok(ahead),
@@ -844,9 +855,12 @@ impl Journal {
             }
             // Try again after a release that removed files.
             let mut freed = 0;
-            while freed == 0 && releases < 2 {
-                releases += 1;
-                freed = if releases == 1 { self.release_spares() } else { self.release_others_spares() };
+            if !own_released {
+                own_released = true;
+                freed = self.release_spares();
+            }
+            if freed == 0 {
+                freed = self.release_others_spares();
             }
             if freed == 0 {
                 return Err(no_space);
@@ -864,10 +878,10 @@ impl Journal {
         count
     }
 
-    /// Removes the spare files of the store's other journals (their
-    /// cleaners' reserves stay); returns how many there were.
+    /// Removes the spare files of another journal of the store that has
+    /// some (its cleaner's reserve stays); returns how many there were.
     fn release_others_spares(&self) -> usize {
-        let count = self.pool.get().map_or(0, |pool| pool.release_others(&self.spares));
+        let count = self.pool.get().map_or(0, |pool| pool.release_another(&self.spares));
         if count > 0 {
             tracing::warn!(
                 dir = self.dir,
@@ -959,17 +973,24 @@ impl Journal {
         let number = writer.take_number().map_err(AppendError::Io)?;
         let path = format!("{}/{}", self.dir, segment_name(number));
         let need = SEGMENT_HEADER_LEN as u64 + span;
-        let spare = self.spares.lock().pop();
-        let prepared = match &spare {
-            Some(name) => {
-                // Reuse: rename, then overwrite from the start. Never
-                // truncate: the point is to keep the file's pages (and so
-                // their space).
-                let spare_path = format!("{}/{name}", self.dir);
-                if let Err(error) = self.fs.rename(&spare_path, &path) {
+        let mut spare = self.spares.lock().pop();
+        if let Some(name) = &spare {
+            // Reuse: rename, then overwrite from the start. Never truncate:
+            // the point is to keep the file's pages (and so their space).
+            if let Err(error) = self.fs.rename(&format!("{}/{name}", self.dir), &path) {
+                if error.kind() != io::ErrorKind::NotFound {
                     self.spares.lock().push(name.clone());
                     return Err(AppendError::allocation(error));
                 }
+                // Removed meanwhile (another journal's release for space
+                // raced a reopen's listing): there is no spare after all.
+                tracing::warn!(dir = self.dir, name, "a spare segment file was gone; starting a new file");
+                spare = None;
+            }
+        }
+        let prepared = match &spare {
+            Some(name) => {
+                let spare_path = format!("{}/{name}", self.dir);
                 let prepared = self
                     .fs
                     .open_file(&path, false)
@@ -1531,6 +1552,13 @@ pub fn recover(
         first_segment = false;
         touched.push(number);
         while let Some(head) = reader.get(position, RECORD_HEADER_LEN)? {
+            if position + RECORD_HEADER_LEN as u64 > layout::LOCATION_POSITION_MASK {
+                // Only a segment size over 4 GiB, which no version configures
+                // by default and this one caps, could have put records here.
+                return Err(invalid(
+                    "a segment holds records past 4 GiB, more than a journal location can name",
+                ));
+            }
             let Ok((header, crc)) = RecordHeader::decode(head) else {
                 break;
             };

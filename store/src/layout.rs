@@ -242,7 +242,10 @@ const _: () = assert!(BASE_MAP_FIXED_LEN == 72);
 const _: () = assert!(BASE_RUN_LEN == 32 && BASE_RUN_V1_LEN == 24);
 const _: () = assert!(FOLD_LEN == 40);
 // A segment may pass its size by one record (MAX_RECORD_PAYLOAD and a header).
-const _: () = assert!(MAX_SEGMENT_BYTES + (64 << 20) <= LOCATION_POSITION_MASK);
+const _: () = assert!(
+    MAX_SEGMENT_BYTES + (MAX_RECORD_PAYLOAD + RECORD_HEADER_LEN) as u64 + RECORD_ALIGN
+        <= LOCATION_POSITION_MASK
+);
 const _: () = assert!(MAX_SEGMENT_NUMBER == u32::MAX as u64);
 const _: () = assert!((RECORD_HEADER_LEN as u64).is_multiple_of(RECORD_ALIGN));
 const _: () = assert!((SEGMENT_HEADER_LEN as u64).is_multiple_of(RECORD_ALIGN));
@@ -947,6 +950,23 @@ mod tests {
         put(&mut v2, run_location(2), &((3u64 << 40) | (64 + (1 << 32))).to_le_bytes());
         seal(&mut v2);
         assert_eq!(BaseMapFile::decode(&v2), None);
+    }
+
+    /// A base map naming a seq past what the index can hold is refused.
+    #[test]
+    fn base_map_past_the_last_seq_is_refused() {
+        let map = crate::base::BaseMap::new();
+        let mut file = BaseMapFile {
+            volume_id: 7,
+            seq: crate::index::MAX_SEQ,
+            time: 9,
+            size: 4096,
+            map,
+            snapshots: vec![],
+        };
+        assert_eq!(BaseMapFile::decode(&file.encode()), Some(file.clone()));
+        file.seq += 1;
+        assert_eq!(BaseMapFile::decode(&file.encode()), None);
     }
 
     /// Location helpers split what they join, up to the largest segment

@@ -740,8 +740,12 @@ impl Volume {
                 .collect();
             let mut appender = self.appender()?;
             self.check_range(offset, data.len() as u64)?;
-            // Space for all the records first, so that a full disk refuses
-            // the whole write, not a part of it.
+            // Seqs and space for all the records first, so that running
+            // out refuses the whole write, not a part of it.
+            if let Err(error) = crate::journal::check_seqs(appender.head() + 1, headers.len() as u64) {
+                self.set_poison(&error);
+                return Err(WriteError::Io(error));
+            }
             let total = data.chunks(MAX_RECORD_PAYLOAD).map(|part| layout::record_span(part.len())).sum();
             match self.journal.reserve_records(&mut appender.writer, total) {
                 Ok(()) => {}
