@@ -54,6 +54,11 @@ fn eventually(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// The text of what caused `error` (empty if nothing did).
+fn cause(error: &WriteError) -> String {
+    std::error::Error::source(error).map(|source| source.to_string()).unwrap_or_default()
+}
+
 /// Where `file`'s first data lies (`SEEK_DATA`), `None` if it has none.
 fn first_data(file: &std::fs::File) -> Option<u64> {
     use std::os::fd::AsRawFd;
@@ -763,7 +768,7 @@ fn segment_numbers_never_wrap() {
         }
     }
     let (first_refused, error) = refused.expect("a segment start past the last number must fail");
-    let source = std::error::Error::source(&error).map(|source| source.to_string()).unwrap_or_default();
+    let source = cause(&error);
     assert!(source.contains("segment numbers"), "{error}: {source}");
     drop((volume, store));
     let store = Store::open("/unused".as_ref(), options).unwrap();
@@ -837,7 +842,7 @@ fn seqs_run_out_with_a_clear_error() {
     // A write of three records (8 MiB each at most) needs three seqs: it is
     // refused whole, nothing of it appended.
     let error = volume.write(0, &vec![9; (16 << 20) + 1], false).unwrap_err();
-    let source = std::error::Error::source(&error).map(|source| source.to_string()).unwrap_or_default();
+    let source = cause(&error);
     assert!(source.contains("seqs"), "{error}: {source}");
     assert_eq!(volume.head_seq(), last - 2);
     drop((volume, store));
@@ -848,7 +853,7 @@ fn seqs_run_out_with_a_clear_error() {
     volume.write(0, &[1; 1000], true).unwrap();
     volume.write(1000, &[2; 1000], true).unwrap();
     let error = volume.write(2000, &[3; 1000], true).unwrap_err();
-    let source = std::error::Error::source(&error).map(|source| source.to_string()).unwrap_or_default();
+    let source = cause(&error);
     assert!(source.contains("seqs"), "{error}: {source}");
     drop((volume, store));
     let store = Store::open("/unused".as_ref(), options).unwrap();
