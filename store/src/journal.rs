@@ -157,6 +157,12 @@ pub struct Reclaimed {
     pub spared: u64,
 }
 
+/// The size segments get for a wanted `bytes`: at least 1 (one record
+/// always fits anyway), at most what a location can name.
+fn segment_size(bytes: u64) -> u64 {
+    bytes.clamp(1, layout::MAX_SEGMENT_BYTES)
+}
+
 /// Whether `count` records from `first` get seqs the index can hold
 /// ([`crate::index::MAX_SEQ`]); an error naming the cause if not.
 pub fn check_seqs(first: u64, count: u64) -> io::Result<()> {
@@ -484,7 +490,7 @@ impl Journal {
     /// Sets the target size of segments started from now on (at least one
     /// record always fits: a bigger record gets a segment of its own).
     pub fn set_segment_bytes(&self, bytes: u64) {
-        self.segment_bytes.store(bytes.clamp(1, layout::MAX_SEGMENT_BYTES), Ordering::Relaxed);
+        self.segment_bytes.store(segment_size(bytes), Ordering::Relaxed);
     }
 
     /// The segments in order, the current (last) one included.
@@ -1433,7 +1439,7 @@ pub fn recover(
         dir: dir.to_owned(),
         volume_id,
         options,
-        segment_bytes: AtomicU64::new(options.segment_bytes.clamp(1, layout::MAX_SEGMENT_BYTES)),
+        segment_bytes: AtomicU64::new(segment_size(options.segment_bytes)),
         segments: RwLock::new(BTreeMap::new()),
         spares: Arc::new(Spares {
             fs: fs.clone(),

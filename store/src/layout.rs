@@ -657,12 +657,13 @@ impl BaseMapFile {
         if at != bytes.len() {
             return None;
         }
-        if u64_at(bytes, BASE_MAP_SEQ_OFFSET) > crate::index::MAX_SEQ {
+        let seq = u64_at(bytes, BASE_MAP_SEQ_OFFSET);
+        if seq > crate::index::MAX_SEQ {
             return None;
         }
         Some(Self {
             volume_id: u128_at(bytes, BASE_MAP_VOLUME_ID_OFFSET),
-            seq: u64_at(bytes, BASE_MAP_SEQ_OFFSET),
+            seq,
             time: u64_at(bytes, BASE_MAP_TIME_OFFSET) as i64,
             size: u64_at(bytes, BASE_MAP_SIZE_OFFSET),
             map,

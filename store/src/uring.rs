@@ -191,6 +191,8 @@ pub struct FilesystemFacts {
     /// no limit: ramfs, tmpfs mounted with `size=0`).
     pub available: u64,
     pub total: u64,
+    /// The filesystem's magic number (`f_type`, e.g. 0xEF53 for ext4).
+    pub magic: u32,
 }
 
 /// What the filesystem holding `file` is (`fstatfs(2)`).
@@ -217,6 +219,7 @@ pub fn filesystem_facts(file: &File) -> io::Result<FilesystemFacts> {
         in_memory: matches!(kind, TMPFS_MAGIC | RAMFS_MAGIC),
         available: available.saturating_mul(block),
         total: total.saturating_mul(block),
+        magic: kind,
     })
 }
 
