@@ -164,7 +164,7 @@ impl BlockDevice for VolumeDevice {
         if length < OFFLOAD_BYTES as u64 {
             return None;
         }
-        // Only cached bytes (sendfile runs on the connection's task), in at
+        // Only cached bytes (sendfile runs on the connection's thread), in at
         // most one piece per 64 KiB on average (a fragmented read costs a
         // system call per piece either way; past that, one read is cheaper).
         let cached = nbd_server::FileSlice::cached;
@@ -229,6 +229,13 @@ impl BlockDevice for VolumeDevice {
             // A point has nothing to make durable.
             Target::Point(_) => Ok(()),
         }
+    }
+
+    fn flush_here(&self) -> Option<Result<(), DeviceError>> {
+        Some(match &self.target {
+            Target::Head(volume) => SYNC_COST.time(|| volume.flush()).map_err(flush_error),
+            Target::Point(_) => Ok(()),
+        })
     }
 
     async fn trim(&self, offset: u64, length: u64, fua: bool) -> Result<(), DeviceError> {

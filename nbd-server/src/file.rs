@@ -87,6 +87,10 @@ impl BlockDevice for FileDevice {
         joined(tokio::task::spawn_blocking(move || cost.time(|| file.sync_data())).await)
     }
 
+    fn flush_here(&self) -> Option<Result<(), DeviceError>> {
+        Some(self.sync_cost.time(|| self.file.sync_data()).map_err(DeviceError::from))
+    }
+
     async fn trim(&self, _offset: u64, _length: u64, _fua: bool) -> Result<(), DeviceError> {
         Ok(())
     }

@@ -1,7 +1,8 @@
 //! The async driver: accepts TCP connections and runs the handshake and
 //! transmission machines over them on tokio.
 //!
-//! One task per connection. Within a connection, requests run concurrently
+//! One thread per connection, running a single-threaded runtime
+//! ([`Server::spawn_connection`]). Within a connection, requests run concurrently
 //! (bounded by [`ServerConfig::max_inflight_requests`] and
 //! [`ServerConfig::max_inflight_bytes`]) and replies go out in completion
 //! order, coalesced into as few `writev` calls as the socket allows.
@@ -168,18 +169,14 @@ impl<C: Catalog> Server<C> {
                             drop(stream);
                             continue;
                         }
-                        let catalog = self.catalog.clone();
-                        let config = self.config.clone();
-                        let observer = self.observer.clone();
-                        let shutdown = shutdown.clone();
-                        let pool = self.pool.clone();
-                        connections.spawn(async move {
-                            tracing::debug!(%peer, "connection opened");
-                            match serve_connection(stream, catalog, config, observer, shutdown, pool).await {
-                                Ok(()) => tracing::debug!(%peer, "connection closed"),
-                                Err(error) => tracing::info!(%peer, %error, "connection ended"),
+                        match self.spawn_connection(stream, peer, shutdown.clone()) {
+                            Ok(finished) => {
+                                connections.spawn(async move {
+                                    let _ = finished.await;
+                                });
                             }
-                        });
+                            Err(error) => tracing::warn!(%peer, %error, "cannot serve connection; closed it"),
+                        }
                     }
                     Err(error) => {
                         // EMFILE and friends: back off instead of spinning.
@@ -197,6 +194,45 @@ impl<C: Catalog> Server<C> {
         }
         drop(listener);
         while connections.join_next().await.is_some() {}
+    }
+}
+
+impl<C: Catalog> Server<C> {
+    /// Serves one connection on a thread of its own, with a single-threaded
+    /// runtime: the connection's requests, the device calls that run inline
+    /// and its socket's readiness all stay on that thread, with no
+    /// work-stealing between runtime workers and no cross-thread wake-ups.
+    /// (On 2 cores, 1 MiB QD8 writes to tmpfs: 6,800–7,500 MiB/s, against
+    /// 5,450–5,650 with every connection a task of one two-worker runtime.)
+    /// Work a device offloads goes to the connection runtime's blocking
+    /// pool. The receiver completes when the thread is done.
+    fn spawn_connection(
+        &self,
+        stream: TcpStream,
+        peer: std::net::SocketAddr,
+        shutdown: watch::Receiver<bool>,
+    ) -> io::Result<tokio::sync::oneshot::Receiver<()>> {
+        let stream = stream.into_std()?;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let (catalog, config, observer, pool) =
+            (self.catalog.clone(), self.config.clone(), self.observer.clone(), self.pool.clone());
+        let (done, finished) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new().name("nbd-connection".into()).spawn(move || {
+            runtime.block_on(async move {
+                tracing::debug!(%peer, "connection opened");
+                let result = match TcpStream::from_std(stream) {
+                    Ok(stream) => serve_connection(stream, catalog, config, observer, shutdown, pool).await,
+                    Err(error) => Err(error.into()),
+                };
+                match result {
+                    Ok(()) => tracing::debug!(%peer, "connection closed"),
+                    Err(error) => tracing::info!(%peer, %error, "connection ended"),
+                }
+            });
+            drop(runtime);
+            let _ = done.send(());
+        })?;
+        Ok(finished)
     }
 }
 
@@ -714,7 +750,20 @@ impl<'a, D: BlockDevice> Transmission<'a, D> {
                         if !inflight.is_empty() || !out.is_empty() {
                             pipelined_until = started + SERIAL_WINDOW;
                         }
+                        let serial = started >= pipelined_until
+                            && inflight.is_empty()
+                            && out.is_empty()
+                            && self.input.filled().len() < REQUEST_HEADER_LEN;
                         started += 1;
+                        // A flush the client waits for with nothing else to
+                        // do: sync on this connection's own thread.
+                        if serial
+                            && matches!(command, Command::Flush)
+                            && let Some(done) = self.flush_here(cookie)
+                        {
+                            self.finish(done, &mut out);
+                            continue;
+                        }
                         let (future, bytes) = self.start(cookie, command, payload);
                         inflight_bytes += bytes;
                         inflight.push(future);
@@ -974,6 +1023,16 @@ impl<'a, D: BlockDevice> Transmission<'a, D> {
             }
             Command::Disconnect => unreachable!("handled by the parser"),
         }
+    }
+
+    /// Runs a flush on this thread, if the device can.
+    fn flush_here(&self, cookie: u64) -> Option<Completion> {
+        let started = Instant::now();
+        let reply = match self.device.flush_here()? {
+            Ok(()) => Reply::Ok,
+            Err(error) => Reply::Error(error),
+        };
+        Some(Completion { cookie, kind: RequestKind::Flush, bytes: 0, covered: 0, started, reply })
     }
 
     fn observe(&self, done: &Completion) {

@@ -331,3 +331,129 @@ fn write_payloads_complete_whatever_the_pace_and_split() {
     }
     assert!(std::fs::read(&path).expect("file") == model);
 }
+
+/// A memory device that counts how its flushes ran and keeps a durable
+/// copy, updated only by a flush; `fail_here` makes the next flush on the
+/// connection's thread fail.
+#[derive(Debug, Default)]
+struct FlushCounting {
+    data: std::sync::Mutex<Vec<u8>>,
+    durable: std::sync::Mutex<Vec<u8>>,
+    here: std::sync::atomic::AtomicUsize,
+    offloaded: std::sync::atomic::AtomicUsize,
+    fail_here: std::sync::atomic::AtomicBool,
+}
+
+impl FlushCounting {
+    fn sync(&self) {
+        let data = self.data.lock().expect("data").clone();
+        *self.durable.lock().expect("durable") = data;
+    }
+}
+
+impl BlockDevice for FlushCounting {
+    async fn read(&self, offset: u64, mut buffer: IoBuffer, start: usize) -> ReadResult {
+        let data = self.data.lock().expect("data");
+        let length = buffer.len() - start;
+        buffer[start..].copy_from_slice(&data[offset as usize..offset as usize + length]);
+        Ok((buffer, Vec::new()))
+    }
+
+    async fn write(&self, offset: u64, payload: IoBuffer, _fua: bool) -> Result<(), DeviceError> {
+        let mut data = self.data.lock().expect("data");
+        data[offset as usize..offset as usize + payload.len()].copy_from_slice(&payload);
+        Ok(())
+    }
+
+    async fn flush(&self) -> Result<(), DeviceError> {
+        self.offloaded.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.sync();
+        Ok(())
+    }
+
+    fn flush_here(&self) -> Option<Result<(), DeviceError>> {
+        self.here.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if self.fail_here.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            return Some(Err(DeviceError::new(Errno::Io, "sync failed")));
+        }
+        self.sync();
+        Some(Ok(()))
+    }
+
+    async fn trim(&self, _offset: u64, _length: u64, _fua: bool) -> Result<(), DeviceError> {
+        Ok(())
+    }
+
+    async fn write_zeroes(&self, _offset: u64, _length: u64, _flags: ZeroFlags) -> Result<(), DeviceError> {
+        Err(DeviceError::new(Errno::NotSup, "not in this test"))
+    }
+
+    async fn block_status(&self, _offset: u64, length: u64) -> Result<Vec<Extent>, DeviceError> {
+        Ok(vec![Extent { length, hole: false, zero: false }])
+    }
+}
+
+/// A flush from a client that waits for every reply runs on the
+/// connection's own thread (`flush_here`) and is answered only once the
+/// data is durable; a flush pipelined behind other requests takes the
+/// async path; a failed sync is an EIO reply, and the connection goes on.
+#[test]
+fn a_serial_flush_syncs_on_the_connection_and_answers_after_it() {
+    use rewind_tests::raw::{CMD_FLUSH, CMD_WRITE, RawClient};
+    use std::io::Write;
+    use std::sync::atomic::Ordering;
+    const EIO: u32 = 5;
+    let device = Arc::new(FlushCounting {
+        data: std::sync::Mutex::new(vec![0u8; 1 << 20]),
+        durable: std::sync::Mutex::new(vec![0u8; 1 << 20]),
+        ..FlushCounting::default()
+    });
+    let (addr, _stop) = serve(SingleExport { info: info(1 << 20, false), device: device.clone() });
+    let mut client = RawClient::connect(addr).expect("connect");
+    client.go("file").expect("go");
+    let mut stream = client.stream.try_clone().expect("clone");
+    let mut cookie = 0u64;
+    // One request at a time: write, reply, flush, reply.
+    for i in 0..20u64 {
+        let data = random_bytes(i + 1, 4096);
+        let offset = i * 8192;
+        cookie += 1;
+        client.request(0, CMD_WRITE, cookie, offset, 4096, &data).expect("write");
+        assert_eq!(client.simple_reply().expect("reply"), (0, cookie));
+        cookie += 1;
+        client.request(0, CMD_FLUSH, cookie, 0, 0, &[]).expect("flush");
+        assert_eq!(client.simple_reply().expect("reply"), (0, cookie));
+        let durable = device.durable.lock().expect("durable");
+        assert!(
+            durable[offset as usize..offset as usize + 4096] == data[..],
+            "flush {i} answered before the sync"
+        );
+    }
+    assert_eq!(device.here.load(Ordering::SeqCst), 20);
+    assert_eq!(device.offloaded.load(Ordering::SeqCst), 0);
+    // A failed sync on the connection's thread: EIO, and the next works.
+    device.fail_here.store(true, Ordering::SeqCst);
+    cookie += 1;
+    client.request(0, CMD_FLUSH, cookie, 0, 0, &[]).expect("flush");
+    assert_eq!(client.simple_reply().expect("reply"), (EIO, cookie));
+    cookie += 1;
+    client.request(0, CMD_FLUSH, cookie, 0, 0, &[]).expect("flush");
+    assert_eq!(client.simple_reply().expect("reply"), (0, cookie));
+    // Pipelined: writes and flushes in one send. No flush waits on the
+    // connection's thread while other requests are queued behind it.
+    let here_before = device.here.load(Ordering::SeqCst);
+    let mut burst = Vec::new();
+    for i in 0..8u64 {
+        cookie += 1;
+        burst.extend_from_slice(&request_header(CMD_WRITE, cookie, i * 4096, 4096));
+        burst.extend_from_slice(&random_bytes(100 + i, 4096));
+        cookie += 1;
+        burst.extend_from_slice(&request_header(CMD_FLUSH, cookie, 0, 0));
+    }
+    stream.write_all(&burst).expect("send");
+    for _ in 0..16 {
+        assert_eq!(client.simple_reply().expect("reply").0, 0);
+    }
+    assert_eq!(device.here.load(Ordering::SeqCst), here_before, "a pipelined flush ran on the connection");
+    assert_eq!(device.offloaded.load(Ordering::SeqCst), 8);
+}

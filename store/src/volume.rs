@@ -1121,7 +1121,7 @@ impl Volume {
         max_pieces: usize,
         accept: impl FnMut(RawFd, u64, u64) -> bool,
     ) -> Option<Vec<Lent>> {
-        // The caller must not wait (an NBD connection's task): a fold or a
+        // The caller must not wait (an NBD connection's thread): a fold or a
         // clean queued for the gate declines the loan; the caller reads.
         let _gate = self.gate.try_read()?;
         let pieces = self.plan(seq, size, offset, length).ok()?;
