@@ -91,6 +91,30 @@ pub trait StorageBackend: Send + Sync + fmt::Debug {
     fn prepare(&self, length: u64) -> io::Result<()> {
         self.allocate(0, length)
     }
+    /// Whether the file keeps its pages in memory (tmpfs, ramfs), where a
+    /// sync writes nothing out. The default (the memory engine, which
+    /// models a disk) says no.
+    fn in_memory(&self) -> bool {
+        false
+    }
+    /// The first offset at or after `offset` whose block has no data
+    /// written (`lseek(2)` `SEEK_HOLE`: a hole, or space `fallocate` left
+    /// unwritten; bytes written into the page cache count as data). The
+    /// file's end when there is none; `offset` when the engine cannot tell
+    /// (the default).
+    fn next_hole(&self, offset: u64) -> u64 {
+        offset
+    }
+}
+
+/// `lseek(fd, offset, SEEK_HOLE)`; `offset` when it fails (past the end).
+pub(crate) fn seek_hole(fd: std::os::fd::RawFd, offset: u64) -> u64 {
+    let Ok(at) = i64::try_from(offset) else {
+        return offset;
+    };
+    // SAFETY: lseek reads only its integer arguments; the caller owns `fd`.
+    let found = unsafe { libc::lseek(fd, at, libc::SEEK_HOLE) };
+    u64::try_from(found).unwrap_or(offset)
 }
 
 /// The portable [`StorageBackend::copy_from`]: reads and writes through a
@@ -170,7 +194,6 @@ pub(crate) fn prepare_file<B: StorageBackend + ?Sized>(
     file: &File,
     length: u64,
 ) -> io::Result<()> {
-    const STEP: u64 = 1 << 20;
     let facts = crate::uring::filesystem_facts(file)?;
     let keep = length.saturating_mul(PREPARE_HEADROOM).max(facts.total / 10);
     if facts.total == 0 || facts.available < length.saturating_add(keep) {
@@ -182,12 +205,23 @@ pub(crate) fn prepare_file<B: StorageBackend + ?Sized>(
     if !facts.in_memory {
         return backend.allocate(0, length);
     }
+    fill_zeros(backend, 0, length)
+}
+
+/// Writes zeros over `length` bytes at `offset` (the file grows if the
+/// range ends past it), up to 1 MiB per call.
+pub(crate) fn fill_zeros<B: StorageBackend + ?Sized>(
+    backend: &B,
+    offset: u64,
+    length: u64,
+) -> io::Result<()> {
+    const STEP: u64 = 1 << 20;
     let mut at = 0;
     while at < length {
         let step = (length - at).min(STEP) as usize;
         let slices: Vec<&[u8]> =
             (0..step).step_by(ZEROS.len()).map(|from| &ZEROS[..(step - from).min(ZEROS.len())]).collect();
-        backend.write_vectored_at(&slices, at)?;
+        backend.write_vectored_at(&slices, offset + at)?;
         at += step as u64;
     }
     Ok(())
@@ -372,6 +406,14 @@ impl StorageBackend for FileBackend {
 
     fn prepare(&self, length: u64) -> io::Result<()> {
         prepare_file(self, &self.file, length)
+    }
+
+    fn in_memory(&self) -> bool {
+        crate::uring::filesystem_facts(&self.file).is_ok_and(|facts| facts.in_memory)
+    }
+
+    fn next_hole(&self, offset: u64) -> u64 {
+        seek_hole(std::os::fd::AsRawFd::as_raw_fd(&self.file), offset)
     }
 
     fn raw_fd(&self) -> Option<std::os::fd::RawFd> {

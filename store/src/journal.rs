@@ -79,7 +79,18 @@ pub struct JournalOptions {
     /// past the segment size). A record is appended only once its bytes
     /// are allocated.
     pub reserve_bytes: u64,
+    /// While syncs come every [`SYNC_HEAVY_BYTES`] or less of records, on a
+    /// file that is not in memory, zeros are written this far ahead of the
+    /// records (within what is allocated), so that each sync finds its
+    /// blocks written already: a sync into space `fallocate` left unwritten
+    /// also commits the filesystem's journal (ext4 converts the extent).
+    /// 0: never.
+    pub zero_ahead_bytes: u64,
 }
+
+/// Syncs that cover this many bytes of records or fewer, on average, make
+/// a journal write zeros ahead ([`JournalOptions::zero_ahead_bytes`]).
+pub const SYNC_HEAVY_BYTES: u64 = 256 << 10;
 
 /// Why [`Journal::append`] failed.
 #[derive(Debug)]
@@ -289,6 +300,16 @@ pub struct Writer {
     /// The current segment reuses a spare file: stale bytes follow the
     /// records and are cut off when the segment is finished.
     recycled: bool,
+    /// Segment position below which zeros were written ahead (or records
+    /// were) in the current segment's file, when it is on a disk
+    /// ([`JournalOptions::zero_ahead_bytes`]).
+    zeroed: u64,
+    /// The current segment's file keeps its pages in memory (no zeros ahead).
+    in_memory: bool,
+    /// The journal's byte count at the last sync, and a moving average of
+    /// the bytes each sync covered (`u64::MAX` until one was seen).
+    bytes_at_sync: u64,
+    bytes_per_sync: u64,
     /// Segment position below which the current segment's file has disk
     /// space allocated: every appended record ends at or below it (the
     /// reserved region past `position` reads as zeros, or as a reused
@@ -786,10 +807,36 @@ impl Journal {
         }
         let segment = writer.segment.clone().expect("buffer implies a segment");
         writer.current_dirty = true;
+        self.zero_ahead(writer, segment.as_ref())?;
         segment.write_at(&writer.buffer, writer.buffer_start)?;
         writer.buffer_start += writer.buffer.len() as u64;
         writer.buffer.clear();
         self.settle_written_below(writer);
+        Ok(())
+    }
+
+    /// Writes zeros ahead of the buffer's records when syncs are frequent
+    /// and the file is on a disk ([`JournalOptions::zero_ahead_bytes`]):
+    /// from the buffer's end (or where earlier zeros end) up to
+    /// `zero_ahead_bytes` further, never past the allocated space, from
+    /// the first block with no data written (a reused file's old records
+    /// are written blocks already). The reserved region past the records
+    /// reads as zeros or stale bytes either way, and is cut when the
+    /// segment is finished.
+    fn zero_ahead(&self, writer: &mut Writer, segment: &dyn StorageBackend) -> io::Result<()> {
+        let end = writer.buffer_start + writer.buffer.len() as u64;
+        let step = self.options.zero_ahead_bytes;
+        if step == 0 || writer.in_memory || writer.bytes_per_sync > SYNC_HEAVY_BYTES || end <= writer.zeroed {
+            return Ok(());
+        }
+        let from = writer.zeroed.max(end);
+        let to = from.saturating_add(step).min(writer.allocated);
+        // Blocks written already (a reused file's old records) need none.
+        let hole = segment.next_hole(from).max(from);
+        if to > hole {
+            crate::backend::fill_zeros(segment, hole, to - hole)?;
+        }
+        writer.zeroed = to.max(end);
         Ok(())
     }
 
@@ -1059,8 +1106,10 @@ impl Journal {
         }
         let header = SegmentHeader { volume_id: self.volume_id, number, first_seq, chain: writer.chain };
         writer.segment_number = number;
+        writer.in_memory = file.in_memory();
         writer.segment = Some(file);
         writer.allocated = allocated;
+        writer.zeroed = 0;
         writer.current_dirty = true;
         writer.buffer.clear();
         writer.buffer.extend_from_slice(&header.encode());
@@ -1076,6 +1125,15 @@ impl Journal {
     /// those after them, wait for a later sync). Call with the writer lock;
     /// then call [`SyncTicket::sync`] without it.
     pub fn prepare_sync(&self, writer: &mut Writer) -> io::Result<SyncTicket> {
+        // How much each sync covers decides whether zeros go ahead.
+        let bytes = self.bytes.load(Ordering::Relaxed);
+        let covered = bytes.saturating_sub(writer.bytes_at_sync);
+        if covered > 0 {
+            writer.bytes_at_sync = bytes;
+            let average = writer.bytes_per_sync;
+            writer.bytes_per_sync =
+                if average == u64::MAX { covered } else { average - average / 8 + covered / 8 };
+        }
         self.write_out(writer)?;
         let mut files = std::mem::take(&mut writer.unsynced);
         if writer.current_dirty
@@ -1467,6 +1525,10 @@ pub fn recover(
             unsynced: Vec::new(),
             current_dirty: false,
             recycled: false,
+            zeroed: 0,
+            in_memory: false,
+            bytes_at_sync: 0,
+            bytes_per_sync: u64::MAX,
             allocated: 0,
             highest_number: None,
             last_seq: base_seq,
@@ -1660,6 +1722,8 @@ pub fn recover(
         writer.buffer_start = position;
         // The file now ends at the records: the next append reserves.
         writer.allocated = position;
+        writer.zeroed = position;
+        writer.in_memory = segments[&number].in_memory();
     }
     // New segments are numbered after every file found (a segment that does
     // not continue the journal, e.g. one whose header was torn before

@@ -63,6 +63,10 @@ pub struct StoreOptions {
     /// before acknowledging them instead of losing them at write-out
     /// (docs/journal.md, "Space"). Never more than a segment.
     pub reserve_bytes: u64,
+    /// Zeros a volume writes ahead of its records while its syncs are
+    /// frequent and small, on a disk (docs/journal.md, "Zeros ahead of
+    /// frequent syncs"). 0: never.
+    pub zero_ahead_bytes: u64,
 }
 
 impl Default for StoreOptions {
@@ -80,6 +84,7 @@ impl Default for StoreOptions {
             retention_interval: Some(Duration::from_secs(10)),
             spare_segments: 2,
             reserve_bytes: DEFAULT_RESERVE_BYTES,
+            zero_ahead_bytes: 1 << 20,
         }
     }
 }
@@ -444,6 +449,7 @@ impl Shared {
             inline_blake3: self.options.inline_blake3,
             spare_segments: self.options.spare_segments,
             reserve_bytes: self.options.reserve_bytes.max(1),
+            zero_ahead_bytes: self.options.zero_ahead_bytes,
         }
     }
 

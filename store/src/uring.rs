@@ -457,6 +457,14 @@ impl StorageBackend for UringBackend {
         crate::backend::prepare_file(self, &self.file, length)
     }
 
+    fn in_memory(&self) -> bool {
+        filesystem_facts(&self.file).is_ok_and(|facts| facts.in_memory)
+    }
+
+    fn next_hole(&self, offset: u64) -> u64 {
+        crate::backend::seek_hole(self.file.as_raw_fd(), offset)
+    }
+
     fn allocate(&self, offset: u64, length: u64) -> io::Result<()> {
         if length == 0 {
             return Ok(());

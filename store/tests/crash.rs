@@ -118,6 +118,7 @@ fn options(fs: &MemoryFs, clock: &Arc<ManualClock>, rng: &mut SimRng) -> StoreOp
         retention_interval: None,
         spare_segments: rng.below(3) as usize,
         reserve_bytes: [1, 256, 4096, 16 << 10][rng.below(4) as usize],
+        zero_ahead_bytes: [0, 64, 700, 4096][rng.below(4) as usize],
         ..StoreOptions::default()
     }
 }

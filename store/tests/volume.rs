@@ -175,6 +175,90 @@ fn spare_files_are_prepared_ahead_of_the_writer() {
     }
 }
 
+/// The first block at or after `offset` with no data written (a hole, or
+/// space `fallocate` left unwritten).
+fn first_hole(file: &std::fs::File, offset: u64) -> u64 {
+    use std::os::fd::AsRawFd;
+    // SAFETY: lseek on a descriptor `file` owns; no memory is passed.
+    let at = unsafe { libc::lseek(file.as_raw_fd(), offset as i64, libc::SEEK_HOLE) };
+    u64::try_from(at).expect("SEEK_HOLE")
+}
+
+/// A volume whose syncs each cover a few KiB writes zeros ahead of its
+/// records on a disk, so that a sync finds its blocks written (no extent
+/// conversion for the filesystem to commit); one whose syncs cover a MiB
+/// does not, nor does any volume in memory (tmpfs). What was written reads
+/// back after a restart: recovery takes the zeros for unused space.
+#[test]
+fn zeros_go_ahead_of_frequent_small_syncs_on_a_disk() {
+    let mut dirs = vec![tempfile::tempdir().unwrap()];
+    if let Ok(dir) = tempfile::tempdir_in("/dev/shm") {
+        dirs.push(dir);
+    }
+    for dir in dirs {
+        let options = StoreOptions {
+            commit_interval: None,
+            segment_bytes: 16 << 20,
+            spare_segments: 0,
+            retention: store::RetentionPolicy::KEEP_ALL,
+            retention_interval: None,
+            ..StoreOptions::default()
+        };
+        let store = Store::open(dir.path(), options.clone()).unwrap();
+        let small = store.create_volume("small", 16 << 20).unwrap();
+        let large = store.create_volume("large", 16 << 20).unwrap();
+        let mut model_small = vec![0u8; 16 << 20];
+        let mut model_large = vec![0u8; 16 << 20];
+        // 4 KiB writes, each flushed; 64 KiB writes, flushed every MiB.
+        for i in 0..300u64 {
+            let offset = (i * 7919 % 4096) * 4096;
+            let data = vec![(i % 251) as u8 + 1; 4096];
+            small.write(offset, &data, false).unwrap();
+            small.flush().unwrap();
+            model_small[offset as usize..offset as usize + 4096].copy_from_slice(&data);
+        }
+        for i in 0..48u64 {
+            let offset = (i * 37 % 256) * (64 << 10);
+            let data = vec![(i % 251) as u8 + 1; 64 << 10];
+            large.write(offset, &data, false).unwrap();
+            if i % 16 == 15 {
+                large.flush().unwrap();
+            }
+            model_large[offset as usize..offset as usize + (64 << 10)].copy_from_slice(&data);
+        }
+        let segment = |name: &str| {
+            std::fs::File::open(dir.path().join("volumes").join(name).join("seg-0000000000.log")).unwrap()
+        };
+        let in_memory = store::uring::filesystem_facts(&segment("small")).unwrap().in_memory;
+        let records_end = |volume: &store::Volume| volume.stats().journal_bytes;
+        let block_end = |bytes: u64| bytes.div_ceil(4096) * 4096;
+        let (small_end, large_end) = (records_end(&small), records_end(&large));
+        let small_hole = first_hole(&segment("small"), 0);
+        let large_hole = first_hole(&segment("large"), 0);
+        if in_memory {
+            assert_eq!(small_hole, block_end(small_end), "{dir:?}: zeros ahead in memory");
+        } else {
+            assert!(
+                small_hole >= block_end(small_end) + 4096,
+                "{dir:?}: no zeros ahead of frequent syncs: records end at {small_end}, written to {small_hole}"
+            );
+            assert!(small_hole <= small_end + (1 << 20), "{dir:?}: zeros past a MiB ahead: {small_hole}");
+        }
+        assert_eq!(large_hole, block_end(large_end), "{dir:?}: zeros ahead of MiB syncs");
+        store.close().unwrap();
+        drop((small, large, store));
+        let store = Store::open(dir.path(), options.clone()).unwrap();
+        for (name, model) in [("small", &mut model_small), ("large", &mut model_large)] {
+            let volume = store.volume(name).unwrap();
+            assert!(read(&volume, 0, model.len()) == *model, "{dir:?}: {name} after a restart");
+            volume.write(8192, &[0xAB; 4096], false).unwrap();
+            volume.flush().unwrap();
+            model[8192..8192 + 4096].fill(0xAB);
+            assert!(read(&volume, 0, model.len()) == *model, "{dir:?}: {name} written after a restart");
+        }
+    }
+}
+
 /// Snapshots, rollback and its undo, resize and points all read the images
 /// the operations promise, and history stays readable.
 #[test]
