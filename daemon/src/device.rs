@@ -17,7 +17,8 @@ use store::{PointView, Volume};
 /// cheap (tmpfs, a battery-backed cache), on the blocking pool otherwise.
 static SYNC_COST: SyncCost = SyncCost::new();
 
-/// Requests moving at least this many bytes run on the blocking pool.
+/// Reads of at least this many bytes that cannot be lent run on the
+/// blocking pool, so the connection answers others meanwhile.
 const OFFLOAD_BYTES: usize = 128 << 10;
 
 /// What an export serves, and the connection's hold on its volume (counted
@@ -197,17 +198,18 @@ impl BlockDevice for VolumeDevice {
         Ok((buffer, holes))
     }
 
+    /// Inline whatever the size, on the connection's own thread: the copy
+    /// into the journal is the write, and a hand-off to the blocking pool
+    /// only added thread switches and writers spinning on the segment
+    /// file's lock (1 MiB QD8 on tmpfs after a fill: 3,780–4,420 MiB/s
+    /// inline against 2,900–3,380 offloaded). A write with FUA on a disk
+    /// waits for a sync, so it goes to the pool.
     async fn write(&self, offset: u64, data: IoBuffer, fua: bool) -> Result<(), DeviceError> {
         let volume = self.writable()?;
-        if data.len() >= OFFLOAD_BYTES || (fua && !SYNC_COST.is_cheap()) {
+        if fua && !SYNC_COST.is_cheap() {
             let volume = volume.clone();
-            let write = move || volume.write(offset, &data, fua);
-            let result = if fua {
-                tokio::task::spawn_blocking(move || SYNC_COST.time(write)).await
-            } else {
-                tokio::task::spawn_blocking(write).await
-            };
-            joined(result)?.map_err(write_error)?;
+            let write = move || SYNC_COST.time(|| volume.write(offset, &data, true));
+            joined(tokio::task::spawn_blocking(write).await)?.map_err(write_error)?;
         } else if fua {
             SYNC_COST.time(|| volume.write(offset, &data, true)).map_err(write_error)?;
         } else {

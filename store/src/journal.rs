@@ -277,6 +277,12 @@ pub struct Journal {
     /// Everything before this location has been handed to a segment file;
     /// reads below it need no lock.
     written_below: AtomicU64,
+    /// Held while a large record is copied into its file. The kernel lets
+    /// one buffered write into a file at a time (the inode lock), and its
+    /// waiters spin while the holder copies: on two cores, 4 writers of
+    /// 256 KiB records spent an eighth of the CPU spinning there. Waiting
+    /// here sleeps instead.
+    copying: Arc<Mutex<()>>,
     pub(crate) writer: Mutex<Writer>,
     /// Bytes of all segment files (headers, records, padding).
     bytes: AtomicU64,
@@ -370,12 +376,16 @@ pub struct LargeWrite {
     position: u64,
     head: [u8; RECORD_HEADER_LEN],
     padding: usize,
+    /// The journal's [`Journal::copying`].
+    copying: Arc<Mutex<()>>,
 }
 
 impl LargeWrite {
-    /// Writes the record (header, `payload`, padding) in one vectored call.
-    /// Call without the writer lock.
+    /// Writes the record (header, `payload`, padding) in one vectored call,
+    /// one large record of the journal at a time. Call without the writer
+    /// lock.
     pub fn write(&self, payload: &[u8]) -> io::Result<()> {
+        let _one_at_a_time = self.copying.lock();
         self.file.write_vectored_at(&[&self.head, payload, &[0; 8][..self.padding]], self.position)
     }
 }
@@ -735,8 +745,15 @@ impl Journal {
         let crc = header.encode(&mut head);
         let segment = writer.segment.clone().expect("rolled above");
         writer.current_dirty = true;
-        let large =
-            LargeWrite { seq: header.seq, location, file: segment, position: writer.position, head, padding };
+        let large = LargeWrite {
+            seq: header.seq,
+            location,
+            file: segment,
+            position: writer.position,
+            head,
+            padding,
+            copying: self.copying.clone(),
+        };
         let mark = DurableMark { seq: header.seq, chain: crc, last_location: location, end_location: end };
         writer.pending.push_back(Pending { mark, done: false });
         writer.chain = crc;
@@ -1513,6 +1530,7 @@ pub fn recover(
         rolled: AtomicBool::new(false),
         short_of_spares: AtomicBool::new(false),
         written_below: AtomicU64::new(0),
+        copying: Arc::new(Mutex::new(())),
         bytes: AtomicU64::new(0),
         writer: Mutex::new(Writer {
             segment_number: 0,
