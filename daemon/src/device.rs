@@ -1,10 +1,11 @@
 //! Journaled volumes and their points as NBD block devices.
 //!
-//! The store is synchronous. Short operations (a 4 KiB read from the page
-//! cache, an append to the journal buffer) run inline on the connection's
-//! task: a thread hand-off would cost more than the work. Long ones (large
-//! copies, anything that waits for fdatasync) go to tokio's blocking pool so
-//! the connection keeps receiving requests meanwhile.
+//! The store is synchronous. Writes of any size (a copy into the journal)
+//! and short reads run inline on the connection's own thread: a thread
+//! hand-off would cost more than the work. Large reads that cannot be sent
+//! from the page cache, and anything that waits for a slow fdatasync, go to
+//! the connection runtime's blocking pool so the connection keeps receiving
+//! requests meanwhile.
 
 use std::collections::HashMap;
 use std::io;

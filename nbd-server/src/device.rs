@@ -204,7 +204,7 @@ pub trait BlockDevice: Send + Sync + 'static {
     /// files, in order, whose lengths add up to `length`, in the page cache
     /// (see [`FileSlice::if_cached`]). The server then answers with
     /// `sendfile(2)` on the connection's thread, one slice after another.
-    /// Called on that task, so it must not wait.
+    /// Called on that thread, so it must not wait.
     ///
     /// The socket holds references to the file's pages until the client has
     /// received them, so a device may only offer bytes that nothing rewrites

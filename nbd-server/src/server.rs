@@ -202,10 +202,11 @@ impl<C: Catalog> Server<C> {
     /// runtime: the connection's requests, the device calls that run inline
     /// and its socket's readiness all stay on that thread, with no
     /// work-stealing between runtime workers and no cross-thread wake-ups.
-    /// (On 2 cores, 1 MiB QD8 writes to tmpfs: 6,800–7,500 MiB/s, against
-    /// 5,450–5,650 with every connection a task of one two-worker runtime.)
-    /// Work a device offloads goes to the connection runtime's blocking
-    /// pool. The receiver completes when the thread is done.
+    /// (docs/nbd.md has the figures.) Work a device offloads goes to the
+    /// connection runtime's blocking pool, at most
+    /// [`CONNECTION_BLOCKING_THREADS`] threads. The receiver completes when
+    /// the thread is done; a thread that cannot be started is an error, and
+    /// the connection is closed.
     fn spawn_connection(
         &self,
         stream: TcpStream,
@@ -213,11 +214,23 @@ impl<C: Catalog> Server<C> {
         shutdown: watch::Receiver<bool>,
     ) -> io::Result<tokio::sync::oneshot::Receiver<()>> {
         let stream = stream.into_std()?;
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let (catalog, config, observer, pool) =
             (self.catalog.clone(), self.config.clone(), self.observer.clone(), self.pool.clone());
         let (done, finished) = tokio::sync::oneshot::channel();
         std::thread::Builder::new().name("nbd-connection".into()).spawn(move || {
+            // Built here, not on the accept task: a runtime must not be
+            // dropped inside another one (as it would be if the spawn failed).
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .max_blocking_threads(CONNECTION_BLOCKING_THREADS)
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    tracing::warn!(%peer, %error, "no runtime for the connection; closed it");
+                    return;
+                }
+            };
             runtime.block_on(async move {
                 tracing::debug!(%peer, "connection opened");
                 let result = match TcpStream::from_std(stream) {
@@ -235,6 +248,12 @@ impl<C: Catalog> Server<C> {
         Ok(finished)
     }
 }
+
+/// Threads of a connection's blocking pool (large uncached reads, slow
+/// syncs). Bounded per connection: with up to `max_connections` of them,
+/// tokio's default of 512 each would let clients start hundreds of
+/// thousands of threads.
+pub const CONNECTION_BLOCKING_THREADS: usize = 16;
 
 /// Why a connection ended other than by the client's choice.
 #[derive(Debug, thiserror::Error)]

@@ -454,6 +454,10 @@ fn a_serial_flush_syncs_on_the_connection_and_answers_after_it() {
     for _ in 0..16 {
         assert_eq!(client.simple_reply().expect("reply").0, 0);
     }
-    assert_eq!(device.here.load(Ordering::SeqCst), here_before, "a pipelined flush ran on the connection");
-    assert_eq!(device.offloaded.load(Ordering::SeqCst), 8);
+    // Only the first flush could run on the connection, and only if the
+    // stream happened to split right after it with the first write's reply
+    // already sent; every later one follows a request not yet answered.
+    let here = device.here.load(Ordering::SeqCst) - here_before;
+    let offloaded = device.offloaded.load(Ordering::SeqCst);
+    assert!(here <= 1 && here + offloaded == 8, "pipelined flushes ran on the connection: {here} of 8");
 }

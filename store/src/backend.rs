@@ -91,10 +91,14 @@ pub trait StorageBackend: Send + Sync + fmt::Debug {
     fn prepare(&self, length: u64) -> io::Result<()> {
         self.allocate(0, length)
     }
-    /// Whether the file keeps its pages in memory (tmpfs, ramfs), where a
-    /// sync writes nothing out. The default (the memory engine, which
-    /// models a disk) says no.
-    fn in_memory(&self) -> bool {
+    /// Whether the first sync after a write into space [`Self::allocate`]
+    /// reserved also commits the filesystem's metadata: ext4 and XFS keep
+    /// such blocks *unwritten* until then and convert them at the sync.
+    /// Not in memory (tmpfs), nor on filesystems that copy on write (an
+    /// overwrite of written blocks needs new ones there anyway). The
+    /// default says no; the memory engine says yes, so that the crash
+    /// tests cover what the journal does about it.
+    fn converts_allocations(&self) -> bool {
         false
     }
     /// The first offset at or after `offset` whose block has no data
@@ -408,8 +412,8 @@ impl StorageBackend for FileBackend {
         prepare_file(self, &self.file, length)
     }
 
-    fn in_memory(&self) -> bool {
-        crate::uring::filesystem_facts(&self.file).is_ok_and(|facts| facts.in_memory)
+    fn converts_allocations(&self) -> bool {
+        crate::uring::converts_allocations(&self.file)
     }
 
     fn next_hole(&self, offset: u64) -> u64 {

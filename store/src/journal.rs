@@ -310,11 +310,12 @@ pub struct Writer {
     /// were) in the current segment's file, when it is on a disk
     /// ([`JournalOptions::zero_ahead_bytes`]).
     zeroed: u64,
-    /// The current segment's file keeps its pages in memory (no zeros ahead).
-    in_memory: bool,
-    /// The journal's byte count at the last sync, and a moving average of
-    /// the bytes each sync covered (`u64::MAX` until one was seen).
-    bytes_at_sync: u64,
+    /// The current segment's filesystem converts allocated blocks at the
+    /// sync after their first write ([`StorageBackend::converts_allocations`]).
+    converts: bool,
+    /// Bytes of records appended since the last sync, and a moving average
+    /// of the bytes each sync covered (`u64::MAX` until one was seen).
+    unsynced_bytes: u64,
     bytes_per_sync: u64,
     /// Segment position below which the current segment's file has disk
     /// space allocated: every appended record ends at or below it (the
@@ -726,6 +727,7 @@ impl Journal {
             writer.last_location = location;
             writer.position += span;
             writer.last_seq = header.seq;
+            writer.unsynced_bytes += span;
             self.bytes.fetch_add(span, Ordering::Relaxed);
             let visible = writer.pending.is_empty();
             if !visible {
@@ -736,8 +738,9 @@ impl Journal {
             return Ok(Appended::Buffered { location, visible });
         }
         // Everything before the reserved bytes goes to the file first, so
-        // that the region's start is where the written part ends.
-        self.write_out(writer).map_err(AppendError::Io)?;
+        // that the region's start is where the written part ends (no zeros
+        // ahead: the record is about to go there).
+        self.write_buffer(writer, false).map_err(AppendError::Io)?;
         if writer.pending.is_empty() {
             writer.visible = self.last_mark(writer);
         }
@@ -761,6 +764,7 @@ impl Journal {
         writer.position += span;
         writer.buffer_start = writer.position;
         writer.last_seq = header.seq;
+        writer.unsynced_bytes += span;
         self.bytes.fetch_add(span, Ordering::Relaxed);
         Ok(Appended::Reserved(large))
     }
@@ -819,12 +823,20 @@ impl Journal {
     /// is kept, so reads of those records still work until the volume is
     /// reopened (they were never acknowledged durable).
     fn write_out(&self, writer: &mut Writer) -> io::Result<()> {
+        self.write_buffer(writer, true)
+    }
+
+    /// [`Self::write_out`], with zeros ahead of the records when
+    /// `zeros_ahead` and the journal's syncs call for them.
+    fn write_buffer(&self, writer: &mut Writer, zeros_ahead: bool) -> io::Result<()> {
         if writer.buffer.is_empty() {
             return Ok(());
         }
         let segment = writer.segment.clone().expect("buffer implies a segment");
         writer.current_dirty = true;
-        self.zero_ahead(writer, segment.as_ref())?;
+        if zeros_ahead {
+            self.zero_ahead(writer, segment.as_ref())?;
+        }
         segment.write_at(&writer.buffer, writer.buffer_start)?;
         writer.buffer_start += writer.buffer.len() as u64;
         writer.buffer.clear();
@@ -843,7 +855,7 @@ impl Journal {
     fn zero_ahead(&self, writer: &mut Writer, segment: &dyn StorageBackend) -> io::Result<()> {
         let end = writer.buffer_start + writer.buffer.len() as u64;
         let step = self.options.zero_ahead_bytes;
-        if step == 0 || writer.in_memory || writer.bytes_per_sync > SYNC_HEAVY_BYTES || end <= writer.zeroed {
+        if step == 0 || !writer.converts || writer.bytes_per_sync > SYNC_HEAVY_BYTES || end <= writer.zeroed {
             return Ok(());
         }
         let from = writer.zeroed.max(end);
@@ -1123,7 +1135,7 @@ impl Journal {
         }
         let header = SegmentHeader { volume_id: self.volume_id, number, first_seq, chain: writer.chain };
         writer.segment_number = number;
-        writer.in_memory = file.in_memory();
+        writer.converts = file.converts_allocations();
         writer.segment = Some(file);
         writer.allocated = allocated;
         writer.zeroed = 0;
@@ -1143,10 +1155,8 @@ impl Journal {
     /// then call [`SyncTicket::sync`] without it.
     pub fn prepare_sync(&self, writer: &mut Writer) -> io::Result<SyncTicket> {
         // How much each sync covers decides whether zeros go ahead.
-        let bytes = self.bytes.load(Ordering::Relaxed);
-        let covered = bytes.saturating_sub(writer.bytes_at_sync);
+        let covered = std::mem::take(&mut writer.unsynced_bytes);
         if covered > 0 {
-            writer.bytes_at_sync = bytes;
             let average = writer.bytes_per_sync;
             writer.bytes_per_sync =
                 if average == u64::MAX { covered } else { average - average / 8 + covered / 8 };
@@ -1544,8 +1554,8 @@ pub fn recover(
             current_dirty: false,
             recycled: false,
             zeroed: 0,
-            in_memory: false,
-            bytes_at_sync: 0,
+            converts: false,
+            unsynced_bytes: 0,
             bytes_per_sync: u64::MAX,
             allocated: 0,
             highest_number: None,
@@ -1741,7 +1751,7 @@ pub fn recover(
         // The file now ends at the records: the next append reserves.
         writer.allocated = position;
         writer.zeroed = position;
-        writer.in_memory = segments[&number].in_memory();
+        writer.converts = segments[&number].converts_allocations();
     }
     // New segments are numbered after every file found (a segment that does
     // not continue the journal, e.g. one whose header was torn before

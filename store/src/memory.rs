@@ -565,6 +565,12 @@ impl std::fmt::Debug for MemoryFile {
 }
 
 impl StorageBackend for MemoryFile {
+    /// Yes: the journal's zeros ahead of frequent syncs run here too, so
+    /// the crash tests cover them.
+    fn converts_allocations(&self) -> bool {
+        true
+    }
+
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let mut state = self.state.lock();
         state.fault(Op::Read)?;

@@ -195,6 +195,15 @@ pub struct FilesystemFacts {
     pub magic: u32,
 }
 
+/// Whether `file` is on ext4 or XFS, which keep blocks `fallocate`
+/// reserved unwritten until their first write and convert them at the
+/// next sync ([`crate::StorageBackend::converts_allocations`]).
+pub fn converts_allocations(file: &File) -> bool {
+    const EXT4: u32 = 0xEF53;
+    const XFS: u32 = 0x5846_5342;
+    filesystem_facts(file).is_ok_and(|facts| matches!(facts.magic, EXT4 | XFS))
+}
+
 /// What the filesystem holding `file` is (`fstatfs(2)`).
 pub fn filesystem_facts(file: &File) -> io::Result<FilesystemFacts> {
     const TMPFS_MAGIC: u32 = 0x0102_1994;
@@ -457,8 +466,8 @@ impl StorageBackend for UringBackend {
         crate::backend::prepare_file(self, &self.file, length)
     }
 
-    fn in_memory(&self) -> bool {
-        filesystem_facts(&self.file).is_ok_and(|facts| facts.in_memory)
+    fn converts_allocations(&self) -> bool {
+        converts_allocations(&self.file)
     }
 
     fn next_hole(&self, offset: u64) -> u64 {
