@@ -80,7 +80,8 @@ pub struct JournalOptions {
     /// are allocated.
     pub reserve_bytes: u64,
     /// While syncs come every [`SYNC_HEAVY_BYTES`] or less of records, on a
-    /// file that is not in memory, zeros are written this far ahead of the
+    /// filesystem that converts allocated blocks at a sync (ext4, XFS:
+    /// [`StorageBackend::converts_allocations`]), zeros are written this far ahead of the
     /// records (within what is allocated), so that each sync finds its
     /// blocks written already: a sync into space `fallocate` left unwritten
     /// also commits the filesystem's journal (ext4 converts the extent).
@@ -307,8 +308,7 @@ pub struct Writer {
     /// records and are cut off when the segment is finished.
     recycled: bool,
     /// Segment position below which zeros were written ahead (or records
-    /// were) in the current segment's file, when it is on a disk
-    /// ([`JournalOptions::zero_ahead_bytes`]).
+    /// were) in the current segment's file ([`JournalOptions::zero_ahead_bytes`]).
     zeroed: u64,
     /// The current segment's filesystem converts allocated blocks at the
     /// sync after their first write ([`StorageBackend::converts_allocations`]).
@@ -845,7 +845,8 @@ impl Journal {
     }
 
     /// Writes zeros ahead of the buffer's records when syncs are frequent
-    /// and the file is on a disk ([`JournalOptions::zero_ahead_bytes`]):
+    /// and the file's filesystem converts allocated blocks at a sync
+    /// ([`JournalOptions::zero_ahead_bytes`]):
     /// from the buffer's end (or where earlier zeros end) up to
     /// `zero_ahead_bytes` further, never past the allocated space, from
     /// the first block with no data written (a reused file's old records
