@@ -265,15 +265,8 @@ pub fn allocate_by_writing<B: StorageBackend + ?Sized>(file: &B, offset: u64, le
 /// Writes zeros over `length` bytes at `offset`, up to the file's end only:
 /// the portable [`StorageBackend::punch_hole`].
 pub fn write_zeros<B: StorageBackend + ?Sized>(file: &B, offset: u64, length: u64) -> io::Result<()> {
-    static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
     let end = offset.saturating_add(length).min(file.len()?);
-    let mut at = offset;
-    while at < end {
-        let step = (end - at).min(ZEROS.len() as u64) as usize;
-        file.write_at(&ZEROS[..step], at)?;
-        at += step as u64;
-    }
-    Ok(())
+    fill_zeros(file, offset, end.saturating_sub(offset))
 }
 
 /// The directory tree under a store's data dir. Paths are relative, with `/`.

@@ -67,6 +67,29 @@ fn first_data(file: &std::fs::File) -> Option<u64> {
     u64::try_from(at).ok()
 }
 
+/// A directory on the build's disk (ext4 on CI and here, unlike /tmp on
+/// some machines) and, where there is one, a directory in /dev/shm.
+fn disk_and_memory_dirs() -> Vec<tempfile::TempDir> {
+    let mut dirs = vec![tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()];
+    if let Ok(dir) = tempfile::tempdir_in("/dev/shm") {
+        dirs.push(dir);
+    }
+    dirs
+}
+
+/// Options for a store on real files: 1 MiB segments, every point kept,
+/// no background commits or retention.
+fn real_file_options(spare_segments: usize) -> StoreOptions {
+    StoreOptions {
+        commit_interval: None,
+        segment_bytes: 1 << 20,
+        spare_segments,
+        retention: store::RetentionPolicy::KEEP_ALL,
+        retention_interval: None,
+        ..StoreOptions::default()
+    }
+}
+
 /// On real files the store's spare thread makes whole-segment spare files
 /// when a segment start leaves a journal of two segments or more without
 /// one: on a disk and in memory (tmpfs), written whole. A volume that wrote
@@ -76,19 +99,8 @@ fn first_data(file: &std::fs::File) -> Option<u64> {
 /// budget), the thread makes no more.
 #[test]
 fn spare_files_are_prepared_ahead_of_the_writer() {
-    let mut dirs = vec![tempfile::tempdir().unwrap()];
-    if let Ok(dir) = tempfile::tempdir_in("/dev/shm") {
-        dirs.push(dir);
-    }
-    for dir in dirs {
-        let options = StoreOptions {
-            commit_interval: None,
-            segment_bytes: 1 << 20,
-            spare_segments: 2,
-            retention: store::RetentionPolicy::KEEP_ALL,
-            retention_interval: None,
-            ..StoreOptions::default()
-        };
+    for dir in disk_and_memory_dirs() {
+        let options = real_file_options(2);
         let store = Store::open(dir.path(), options.clone()).unwrap();
         let volume = store.create_volume("v", 16 << 20).unwrap();
         let volume_dir = dir.path().join("volumes/v");
@@ -192,21 +204,8 @@ fn first_hole(file: &std::fs::File, offset: u64) -> u64 {
 /// the zeros for unused space.
 #[test]
 fn zeros_go_ahead_of_frequent_small_syncs_on_a_disk() {
-    // The build's directory: a disk (CI's and ours: ext4), unlike /tmp on
-    // some machines.
-    let mut dirs = vec![tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()];
-    if let Ok(dir) = tempfile::tempdir_in("/dev/shm") {
-        dirs.push(dir);
-    }
-    for dir in dirs {
-        let options = StoreOptions {
-            commit_interval: None,
-            segment_bytes: 1 << 20,
-            spare_segments: 0,
-            retention: store::RetentionPolicy::KEEP_ALL,
-            retention_interval: None,
-            ..StoreOptions::default()
-        };
+    for dir in disk_and_memory_dirs() {
+        let options = real_file_options(0);
         let store = Store::open(dir.path(), options.clone()).unwrap();
         let small = store.create_volume("small", 16 << 20).unwrap();
         let large = store.create_volume("large", 16 << 20).unwrap();
