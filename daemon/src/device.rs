@@ -113,10 +113,6 @@ fn read_error(error: store::ReadError) -> DeviceError {
     os_error(error.raw_os_error(), io::ErrorKind::Other, error.to_string())
 }
 
-fn joined<T>(result: Result<T, tokio::task::JoinError>) -> Result<T, DeviceError> {
-    result.map_err(|error| DeviceError::new(Errno::Io, format!("IO task failed: {error}")))
-}
-
 fn read_only() -> DeviceError {
     DeviceError::new(Errno::Perm, "points in time are read-only")
 }
@@ -186,13 +182,11 @@ impl BlockDevice for VolumeDevice {
         let length = buffer.len() - start;
         if length >= OFFLOAD_BYTES {
             let device = self.clone();
-            return joined(
-                tokio::task::spawn_blocking(move || {
-                    let holes = device.read_sparse(offset, &mut buffer[start..])?;
-                    Ok((buffer, holes))
-                })
-                .await,
-            )?
+            return tokio::task::spawn_blocking(move || {
+                let holes = device.read_sparse(offset, &mut buffer[start..])?;
+                Ok((buffer, holes))
+            })
+            .await?
             .map_err(read_error);
         }
         let holes = self.read_sparse(offset, &mut buffer[start..]).map_err(read_error)?;
@@ -210,7 +204,7 @@ impl BlockDevice for VolumeDevice {
         if fua && !SYNC_COST.is_cheap() {
             let volume = volume.clone();
             let write = move || SYNC_COST.time(|| volume.write(offset, &data, true));
-            joined(tokio::task::spawn_blocking(write).await)?.map_err(write_error)?;
+            tokio::task::spawn_blocking(write).await?.map_err(write_error)?;
         } else if fua {
             SYNC_COST.time(|| volume.write(offset, &data, true)).map_err(write_error)?;
         } else {
@@ -226,7 +220,8 @@ impl BlockDevice for VolumeDevice {
             }
             Target::Head(volume) => {
                 let volume = volume.clone();
-                joined(tokio::task::spawn_blocking(move || SYNC_COST.time(|| volume.flush())).await)?
+                tokio::task::spawn_blocking(move || SYNC_COST.time(|| volume.flush()))
+                    .await?
                     .map_err(flush_error)
             }
             // A point has nothing to make durable.
@@ -244,7 +239,7 @@ impl BlockDevice for VolumeDevice {
     async fn trim(&self, offset: u64, length: u64, fua: bool) -> Result<(), DeviceError> {
         let volume = self.writable()?.clone();
         if fua {
-            joined(tokio::task::spawn_blocking(move || volume.trim(offset, length, true)).await)?
+            tokio::task::spawn_blocking(move || volume.trim(offset, length, true)).await?
         } else {
             volume.trim(offset, length, false)
         }
@@ -257,7 +252,7 @@ impl BlockDevice for VolumeDevice {
         // FAST_ZERO never needs ENOTSUP.
         let volume = self.writable()?.clone();
         if flags.fua {
-            joined(tokio::task::spawn_blocking(move || volume.write_zeroes(offset, length, true)).await)?
+            tokio::task::spawn_blocking(move || volume.write_zeroes(offset, length, true)).await?
         } else {
             volume.write_zeroes(offset, length, false)
         }

@@ -86,6 +86,13 @@ impl From<io::Error> for DeviceError {
     }
 }
 
+/// An IO task that panicked or was cancelled (`spawn_blocking`): EIO.
+impl From<tokio::task::JoinError> for DeviceError {
+    fn from(error: tokio::task::JoinError) -> DeviceError {
+        DeviceError::new(Errno::Io, format!("IO task failed: {error}"))
+    }
+}
+
 /// One run of blocks with the same `base:allocation` status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Extent {

@@ -3,15 +3,18 @@
 //! from the page cache with sendfile ([`BlockDevice::read_in_place`]).
 
 use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use crate::buffer::IoBuffer;
-use crate::device::{BlockDevice, DeviceError, Errno, Extent, FileSlice, ReadResult, SyncCost, ZeroFlags};
+use crate::device::{BlockDevice, DeviceError, Extent, FileSlice, ReadResult, SyncCost, ZeroFlags};
 
-/// Reads at least this long are sent with sendfile when their bytes are
-/// cached, and read on the blocking pool when not (so that the copy of one
-/// overlaps sending the reply before it).
+/// Reads at least this long are offered for sendfile when their bytes are
+/// cached (the server takes the offer while the connection is the only
+/// one reading in bulk: `server::BulkReads`), copied on the connection's
+/// thread when cached but not sent in place, and read on the blocking pool
+/// when not cached (a disk read must not hold up the connection).
 pub const LARGE_READ: usize = 128 << 10;
 
 /// A raw file served as it is: byte `n` of the device is byte `n` of the
@@ -23,10 +26,6 @@ pub struct FileDevice {
     size: u64,
     /// Flushes run inline while syncs are cheap (tmpfs), offloaded otherwise.
     sync_cost: Arc<SyncCost>,
-}
-
-fn joined<T>(result: Result<Result<T, std::io::Error>, tokio::task::JoinError>) -> Result<T, DeviceError> {
-    result.map_err(|error| DeviceError::new(Errno::Io, error.to_string()))?.map_err(DeviceError::from)
 }
 
 impl FileDevice {
@@ -54,14 +53,16 @@ impl BlockDevice for FileDevice {
     }
 
     async fn read(&self, offset: u64, mut buffer: IoBuffer, start: usize) -> ReadResult {
-        if buffer.len() - start >= LARGE_READ {
+        let length = buffer.len() - start;
+        // Cached bytes are copied inline: a hand-off to the blocking pool
+        // only adds thread switches (nbdcopy, four connections: 4.1-4.4
+        // GB/s inline against 3.6-4.2 handed off).
+        if length >= LARGE_READ && !FileSlice::cached(self.file.as_raw_fd(), offset, length as u64) {
             let file = self.file.clone();
-            let buffer = joined(
-                tokio::task::spawn_blocking(move || {
-                    file.read_exact_at(&mut buffer[start..], offset).map(|()| buffer)
-                })
-                .await,
-            )?;
+            let buffer = tokio::task::spawn_blocking(move || {
+                file.read_exact_at(&mut buffer[start..], offset).map(|()| buffer)
+            })
+            .await??;
             return Ok((buffer, Vec::new()));
         }
         self.file.read_exact_at(&mut buffer[start..], offset)?;
@@ -84,7 +85,7 @@ impl BlockDevice for FileDevice {
             return Ok(self.sync_cost.time(|| self.file.sync_data())?);
         }
         let (file, cost) = (self.file.clone(), self.sync_cost.clone());
-        joined(tokio::task::spawn_blocking(move || cost.time(|| file.sync_data())).await)
+        Ok(tokio::task::spawn_blocking(move || cost.time(|| file.sync_data())).await??)
     }
 
     fn flush_here(&self) -> Option<Result<(), DeviceError>> {

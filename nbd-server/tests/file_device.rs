@@ -8,6 +8,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use nbd_server::device::ReadResult;
@@ -56,30 +57,49 @@ fn serve_file(path: &Path) -> (SocketAddr, Arc<FileDevice>, tokio::sync::watch::
     (addr, device, stop)
 }
 
-/// A test device that sends every large read from its file in place, cached
-/// or not, and fails if the server asks it to read one: replies that carry
-/// the right bytes prove they came through sendfile. Read-only.
-#[derive(Clone, Debug)]
+/// A test device that offers every large read from its file in place,
+/// cached or not. Without `copied` it fails if the server asks it to read
+/// one instead: replies that carry the right bytes prove they came through
+/// sendfile. With it, such reads are read and counted. Read-only.
+#[derive(Clone, Debug, Default)]
 struct InPlaceOnly {
-    file: Arc<File>,
+    file: Option<Arc<File>>,
+    /// Large reads the server asked to have in place.
+    offered: Arc<AtomicUsize>,
+    copied: Option<Arc<AtomicUsize>>,
+}
+
+impl InPlaceOnly {
+    fn new(file: Arc<File>) -> InPlaceOnly {
+        InPlaceOnly { file: Some(file), ..InPlaceOnly::default() }
+    }
+
+    fn file(&self) -> &Arc<File> {
+        self.file.as_ref().expect("a file")
+    }
 }
 
 impl BlockDevice for InPlaceOnly {
     /// In two slices, so replies of several chunks are covered too.
     fn read_in_place(&self, offset: u64, length: u64) -> Option<Vec<FileSlice>> {
         let length = usize::try_from(length).ok().filter(|&length| length >= LARGE_READ)?;
+        self.offered.fetch_add(1, Ordering::Relaxed);
+        let file = self.file();
         let first = length / 3;
         Some(vec![
-            FileSlice { file: self.file.clone(), offset, length: first },
-            FileSlice { file: self.file.clone(), offset: offset + first as u64, length: length - first },
+            FileSlice { file: file.clone(), offset, length: first },
+            FileSlice { file: file.clone(), offset: offset + first as u64, length: length - first },
         ])
     }
 
     async fn read(&self, offset: u64, mut buffer: IoBuffer, start: usize) -> ReadResult {
         if buffer.len() - start >= LARGE_READ {
-            return Err(DeviceError::new(Errno::Io, "a large read reached read()"));
+            let Some(copied) = &self.copied else {
+                return Err(DeviceError::new(Errno::Io, "a large read reached read()"));
+            };
+            copied.fetch_add(1, Ordering::Relaxed);
         }
-        self.file.read_exact_at(&mut buffer[start..], offset)?;
+        self.file().read_exact_at(&mut buffer[start..], offset)?;
         Ok((buffer, Vec::new()))
     }
 
@@ -131,7 +151,7 @@ fn nbdcopy_to(addr: SocketAddr, to: &Path) {
 /// Many reads in flight, large and small mixed, at unaligned offsets, with
 /// structured replies and then simple ones; each reply must hold its range.
 const MIXED_READS: &str = r#"
-import nbd, random, sys
+import nbd, random, sys, time
 path = sys.argv[2]
 data = open(path, "rb").read()
 for structured in (True, False):
@@ -156,6 +176,8 @@ for structured in (True, False):
     for entry in pending:
         check(entry)
     h.shutdown()
+    # Past the server's bulk-read window: the next connection reads alone.
+    time.sleep(0.1)
 print("ok")
 "#;
 
@@ -213,8 +235,53 @@ fn sendfile_replies_keep_their_place_in_the_stream_with_simple_and_structured_re
     // Every large read goes out with sendfile (read() would fail it), and
     // 16 reads of up to 3 MiB in flight overrun the socket's buffer, so
     // sends are partial and wait for room.
-    let (addr, _stop) = serve(SingleExport { info: info(SIZE as u64, true), device: InPlaceOnly { file } });
+    let (addr, _stop) = serve(SingleExport { info: info(SIZE as u64, true), device: InPlaceOnly::new(file) });
     mixed_reads(addr, &path);
+}
+
+/// Sendfile only while one connection reads in bulk: a single nbdcopy
+/// connection gets every large read in place; several reading at once get
+/// them copied (the server asks the device for no in-place bytes while
+/// another connection read in bulk within the window), and every byte is
+/// right either way.
+#[test]
+fn large_reads_go_in_place_only_while_one_connection_reads_in_bulk() {
+    // nbdcopy hands its threads 128 MiB at a time: two of them read at once
+    // only from a 256 MiB disk up.
+    const BIG: usize = 256 << 20;
+    let dir = scratch();
+    let data = random_bytes(17, BIG);
+    let path = write_file(dir.path(), "disk.raw", &data);
+    let copied = Arc::new(AtomicUsize::new(0));
+    let device = InPlaceOnly {
+        copied: Some(copied.clone()),
+        ..InPlaceOnly::new(Arc::new(File::open(&path).expect("open")))
+    };
+    let offered = device.offered.clone();
+    let (addr, _stop) = serve(SingleExport { info: info(BIG as u64, true), device });
+    let requests = BIG / (1 << 20);
+    for connections in [1, 4] {
+        offered.store(0, Ordering::Relaxed);
+        copied.store(0, Ordering::Relaxed);
+        let copy = dir.path().join(format!("copy-{connections}.raw"));
+        run_ok(
+            Command::new("nbdcopy")
+                .arg(format!("--connections={connections}"))
+                .args(["--request-size=1048576", &uri(addr)])
+                .arg(&copy),
+            Duration::from_secs(60),
+        );
+        assert!(std::fs::read(&copy).expect("copy") == data, "{connections} connections: copy differs");
+        let (offered, copied) = (offered.load(Ordering::Relaxed), copied.load(Ordering::Relaxed));
+        assert_eq!(offered + copied, requests, "{connections} connections: every 1 MiB read counted once");
+        if connections == 1 {
+            assert_eq!(copied, 0, "one connection: every large read in place");
+        } else {
+            assert!(copied >= requests / 2, "several connections: {copied} of {requests} reads copied");
+        }
+        // Past the window before the next run.
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]
@@ -226,7 +293,7 @@ fn a_file_shorter_than_its_reply_closes_that_connection_and_no_other() {
     // The export claims 1 MiB more than the file holds: a reply's header
     // promises bytes sendfile cannot find.
     let export = info((5 << 20) as u64, true);
-    let (addr, _stop) = serve(SingleExport { info: export, device: InPlaceOnly { file } });
+    let (addr, _stop) = serve(SingleExport { info: export, device: InPlaceOnly::new(file) });
     let short = run(
         Command::new(SYSTEM_PYTHON)
             .arg("-c")
@@ -238,7 +305,7 @@ fn a_file_shorter_than_its_reply_closes_that_connection_and_no_other() {
     // Other connections are served as before.
     let out = nbd_python(
         &format!(
-            "import nbd, sys\nh = nbd.NBD()\nh.connect_uri(sys.argv[1])\n\
+            "import nbd, sys, time\ntime.sleep(0.1)\nh = nbd.NBD()\nh.connect_uri(sys.argv[1])\n\
              d = h.pread(1 << 20, 1 << 20)\nassert d == open({:?}, 'rb').read()[1 << 20:2 << 20]\nprint('ok')",
             path.display().to_string()
         ),
