@@ -215,7 +215,8 @@ pub struct Deleted {
     /// Clones that still read through the (now hidden) volume.
     pub clones_kept: Vec<String>,
     /// NBD connections that were open to the volume (only with force):
-    /// their requests now fail.
+    /// their writes now fail; their reads show the deleted data until they
+    /// disconnect.
     pub nbd_connections: u64,
 }
 

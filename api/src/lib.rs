@@ -13,3 +13,12 @@ pub use point::{
     validate_volume_name,
 };
 pub use size::{SizeError, format_size, parse_size};
+
+/// Quotes a word for a POSIX shell when it needs it (`#812` would start a
+/// comment): for commands printed in messages and hints.
+pub fn shell_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && !word.starts_with('#')
+        && word.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./:@%+=,#".contains(&b));
+    if plain { word.to_owned() } else { format!("'{}'", word.replace('\'', r"'\''")) }
+}

@@ -152,7 +152,7 @@ pub enum VolumeCommand {
         /// The volume
         #[arg(value_parser = volume_name)]
         name: String,
-        /// Delete even if NBD clients are connected (their requests then fail) or clones read through it
+        /// Delete even if NBD clients are connected (their writes then fail) or clones read through it
         /// (it disappears, but its data is kept until its last clone is deleted)
         #[arg(long)]
         force: bool,

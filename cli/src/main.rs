@@ -399,7 +399,8 @@ async fn volume(command: VolumeCommand, client: &Client, json: bool) -> Result<(
                 };
                 if deleted.nbd_connections > 0 {
                     text.push_str(&format!(
-                        "Warning: {} to it now fail.\n",
+                        "Warning: {} still open to it: writes now fail; reads show the deleted data \
+                         until the client disconnects.\n",
                         plural(deleted.nbd_connections, "NBD connection")
                     ));
                 }
@@ -480,13 +481,17 @@ fn human_timeline(timeline: &Timeline) -> String {
     );
     let interval = i128::from(timeline.interval_seconds) * 1_000_000_000;
     let mut table = Table::new(&["START", "WRITES", "BYTES", "POINT AT END", "SNAPSHOTS"]);
-    for bucket in &timeline.buckets {
-        let start = parse_time(&bucket.start);
+    let starts: Vec<Option<i128>> = timeline.buckets.iter().map(|bucket| parse_time(&bucket.start)).collect();
+    for (row, bucket) in timeline.buckets.iter().enumerate() {
+        let start = starts[row];
+        // A row ends where the next begins: the first row may start at the
+        // history's start, off the interval's grid.
+        let end = starts.get(row + 1).copied().flatten().or(start.map(|start| start + interval));
         let snapshots: Vec<&str> = timeline
             .snapshots
             .iter()
             .filter(|snapshot| {
-                matches!((start, parse_time(&snapshot.time)), (Some(start), Some(time)) if time >= start && time < start + interval)
+                matches!((start, end, parse_time(&snapshot.time)), (Some(start), Some(end), Some(time)) if time >= start && time < end)
             })
             .map(|snapshot| snapshot.name.as_str())
             .collect();
@@ -635,5 +640,47 @@ fn man(out: Option<PathBuf>) -> Result<(), Failure> {
             }
             _ => Ok(()),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rewind_api::control::{PointInfo, SnapshotInfo, Timeline, TimelineBucket};
+
+    fn bucket(start: &str) -> TimelineBucket {
+        TimelineBucket { start: start.into(), writes: 1, bytes: 4096, last_seq: Some(1) }
+    }
+
+    /// The first row starts at the history's start, off the interval's
+    /// grid, and ends where the second begins: a snapshot is listed in the
+    /// one row whose span holds it.
+    #[test]
+    fn a_snapshot_is_listed_in_the_one_row_that_holds_it() {
+        let point = |seq, time: &str| PointInfo { seq, time: time.into() };
+        let snapshot = |name: &str, time: &str| SnapshotInfo { name: name.into(), seq: 1, time: time.into() };
+        let timeline = Timeline {
+            volume: "tl".into(),
+            since: "-1h".into(),
+            interval_seconds: 10,
+            first: point(0, "2026-11-29T07:00:57.197Z"),
+            head: point(3, "2026-11-29T07:01:15Z"),
+            buckets: vec![
+                bucket("2026-11-29T07:00:57.197Z"),
+                bucket("2026-11-29T07:01:00Z"),
+                bucket("2026-11-29T07:01:10Z"),
+            ],
+            snapshots: vec![
+                snapshot("first", "2026-11-29T07:00:58Z"),
+                snapshot("second", "2026-11-29T07:01:03Z"),
+                snapshot("third", "2026-11-29T07:01:12Z"),
+            ],
+        };
+        let text = super::human_timeline(&timeline);
+        let rows: Vec<&str> = text.lines().skip(2).collect();
+        assert_eq!(rows.len(), 3, "{text}");
+        for (row, name) in ["first", "second", "third"].into_iter().enumerate() {
+            let listed: Vec<usize> = (0..3).filter(|&other| rows[other].contains(name)).collect();
+            assert_eq!(listed, vec![row], "{name}:\n{text}");
+        }
     }
 }

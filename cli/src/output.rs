@@ -75,14 +75,7 @@ pub fn duration(seconds: u64) -> String {
     }
 }
 
-/// Quotes a word for a POSIX shell when it needs it (`#812` would start a
-/// comment).
-pub fn shell_word(word: &str) -> String {
-    let plain = !word.is_empty()
-        && !word.starts_with('#')
-        && word.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./:@%+=,#".contains(&b));
-    if plain { word.to_owned() } else { format!("'{}'", word.replace('\'', r"'\''")) }
-}
+pub use rewind_api::shell_word;
 
 #[cfg(test)]
 mod tests {

@@ -103,8 +103,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|error| anyhow::anyhow!("cannot create data dir {}: {error}", config.data_dir.display()))
         .inspect_err(|_| remove_empty(&made))?;
-    let control_socket =
-        control::ControlSocket::bind(&config.control).inspect_err(|_| remove_empty(&made))?;
+    let control_socket = control::ControlSocket::bind(&config.control, &config.data_dir)
+        .inspect_err(|_| remove_empty(&made))?;
     let store = open_store(&config)?;
     let catalog = Arc::new(VolumeCatalog::new(store.clone())?);
     tracing::info!(
@@ -145,11 +145,28 @@ async fn run(config: Config) -> anyhow::Result<()> {
 /// A data dir that exists must be a directory (a typo pointing at a file
 /// would otherwise fail later with a less direct message).
 fn check_data_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
     match std::fs::metadata(dir) {
         Ok(metadata) if !metadata.is_dir() => {
             anyhow::bail!("data dir {} is not a directory; pass --data-dir DIR", dir.display())
         }
-        _ => Ok(()),
+        Ok(_) => {
+            // An existing directory this user cannot write to would only
+            // show up later as a control socket or volume file we cannot
+            // create: say what it is.
+            let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+                .map_err(|_| anyhow::anyhow!("data dir {} has a NUL byte in its name", dir.display()))?;
+            // SAFETY: `path` is a valid NUL-terminated string for the call.
+            if unsafe { libc::access(path.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
+                let error = std::io::Error::last_os_error().kind();
+                anyhow::bail!(
+                    "data dir {} is not writable by this user ({error}); fix its permissions or pass --data-dir DIR",
+                    dir.display()
+                );
+            }
+            Ok(())
+        }
+        Err(_) => Ok(()),
     }
 }
 

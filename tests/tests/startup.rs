@@ -138,6 +138,42 @@ fn data_dir_errors_say_what_is_wrong_once() {
     assert!(line.contains(&format!("data dir {data} is in use by another process")), "{line}");
     assert_eq!(line.matches(data).count(), 1, "the path once: {line}");
     assert!(!other_socket.exists(), "the failed start removed its socket");
+
+    // The same data dir with its default control socket: that daemon
+    // answers on it, and the remedy is another data dir, not --control.
+    let line = fails(&rewindd(&["--data-dir", data, "--nbd-listen", &port]), 1);
+    assert!(line.contains(&format!("data dir {data} is in use by another rewindd")), "{line}");
+    assert!(line.contains("--data-dir DIR") && !line.contains("--control"), "{line}");
+
+    // An existing directory this user cannot write to is named as such
+    // (not as a control socket it could not create). Root writes anywhere,
+    // so as root the daemon runs as nobody.
+    let locked = dir.path().join("locked");
+    std::fs::create_dir(&locked).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o555)).unwrap();
+    let args = ["--data-dir", locked.to_str().unwrap(), "--nbd-listen", &port];
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let output = if root {
+        let mut command = Command::new("setpriv");
+        command.args(["--reuid", "65534", "--regid", "65534", "--clear-groups"]).arg(binary("rewindd"));
+        command.args(args).args(["--replication-listen", &format!("127.0.0.1:{}", free_port())]);
+        run(&mut command, Duration::from_secs(30))
+    } else {
+        rewindd(&args)
+    };
+    let line = fails(&output, 1);
+    assert_eq!(
+        line,
+        format!(
+            "rewindd: data dir {} is not writable by this user (permission denied); fix its permissions or \
+             pass --data-dir DIR",
+            locked.display()
+        )
+    );
+    assert_eq!(std::fs::read_dir(&locked).unwrap().count(), 0, "nothing was made in it");
 }
 
 #[test]

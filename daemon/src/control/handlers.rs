@@ -586,7 +586,7 @@ pub async fn rollback(
             head,
             "roll back",
             "its image would change under a running VM, whose next write corrupts its filesystem",
-            &format!("rewind rollback {name} --to POINT"),
+            &format!("rewind rollback {name} --to {}", rewind_api::shell_word(&request.to)),
         ));
     }
     let rolling = volume.clone();

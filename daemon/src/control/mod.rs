@@ -55,14 +55,15 @@ pub struct ControlSocket {
 impl ControlSocket {
     /// Binds `path` with mode 0600, replacing a stale socket. Call before
     /// anything else in the process creates files (the umask is
-    /// process-wide while it binds).
-    pub fn bind(path: &Path) -> anyhow::Result<ControlSocket> {
+    /// process-wide while it binds). `data_dir` is the daemon's, for the
+    /// message when another daemon answers on a socket inside it.
+    pub fn bind(path: &Path, data_dir: &Path) -> anyhow::Result<ControlSocket> {
         if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).with_context(|| {
                 format!("cannot create the directory of control socket {}", path.display())
             })?;
         }
-        remove_stale(path)?;
+        remove_stale(path, data_dir)?;
         let listener = bind_private(path).map_err(|error| {
             let hint = if path.as_os_str().len() > 100 {
                 " (socket paths are limited to 107 bytes; pass a shorter --control PATH)"
@@ -104,7 +105,7 @@ impl Drop for ControlSocket {
 
 /// Clears the way for a new socket at `path`: removes a socket nobody
 /// listens on, refuses to touch a live one or a file that is not a socket.
-fn remove_stale(path: &Path) -> anyhow::Result<()> {
+fn remove_stale(path: &Path, data_dir: &Path) -> anyhow::Result<()> {
     let metadata = match std::fs::symlink_metadata(path) {
         Ok(metadata) => metadata,
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -117,6 +118,13 @@ fn remove_stale(path: &Path) -> anyhow::Result<()> {
         );
     }
     match std::os::unix::net::UnixStream::connect(path) {
+        // The socket in the data dir (the default): that daemon has the
+        // data dir too, and another --control PATH would not help.
+        Ok(_) if path.parent() == Some(data_dir) => anyhow::bail!(
+            "data dir {} is in use by another rewindd (it answers on {}); stop it, or pass --data-dir DIR",
+            data_dir.display(),
+            path.display()
+        ),
         Ok(_) => anyhow::bail!(
             "another rewindd is serving control socket {}; stop it, or pass --control PATH",
             path.display()
