@@ -191,6 +191,10 @@ pub struct VolumeDetail {
     pub base_bytes: u64,
     /// The journal budget retention keeps to, if any.
     pub journal_budget_bytes: Option<u64>,
+    /// What keeps the journal over its budget, if something does: the
+    /// protected point retention cannot fold past (a snapshot, a clone's
+    /// base, a rollback target), e.g. `snapshot before-upgrade (#47)`.
+    pub retention_blocked_by: Option<String>,
     pub index_memory_bytes: u64,
     pub recovery: RecoveryInfo,
     /// Export name of the live head (`nbd://ADDR/NAME`).

@@ -576,6 +576,12 @@ fn human_volume(detail: &VolumeDetail) -> String {
             format_size(detail.index_memory_bytes)
         ),
     );
+    if let Some(blocker) = &detail.retention_blocked_by {
+        line(
+            "RETENTION",
+            format!("blocked by {blocker}: the journal grows past its budget until that point is deleted"),
+        );
+    }
     if let Some(origin) = &volume.clone_of {
         line("clone of", format!("{} at #{}", origin.volume, origin.seq));
     }

@@ -739,3 +739,44 @@ fn slow_answers_show_a_spinner_on_a_terminal_only() {
     let quick = on_terminal(&fast, "");
     assert!(!quick.contains("reading the timeline"), "no spinner for a quick answer:\n{quick}");
 }
+
+#[test]
+fn volume_show_names_the_snapshot_that_keeps_the_journal_over_budget() {
+    // A 4 MiB budget, retention every second: a snapshot under 8 MiB of
+    // later writes keeps the journal over budget. `volume show` names it
+    // (human and JSON) until it is deleted, then says nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("rewindd.toml");
+    std::fs::write(&config, "[store]\njournal_budget = \"4MiB\"\nretention_interval = \"1s\"\n").unwrap();
+    let daemon = Daemon::start_in(&dir.path().join("data"), &["--config", config.to_str().unwrap()]);
+    rewind_ok(&daemon, &["volume", "create", "vm", "--size", "16MiB"]);
+    nbd_write(&daemon.uri("vm"), 0, MIB as usize, 0x11);
+    rewind_ok(&daemon, &["snapshot", "create", "vm", "keep"]);
+    let blocked_by = || rewind_json(&daemon, &["volume", "show", "vm"])["retention_blocked_by"].clone();
+    assert_eq!(blocked_by(), serde_json::Value::Null, "nothing over budget yet");
+    for round in 0..8u64 {
+        nbd_write(&daemon.uri("vm"), round * MIB, MIB as usize, 0x20 + round as u8);
+    }
+    let wait_for = |want: &dyn Fn(&serde_json::Value) -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let value = blocked_by();
+            if want(&value) {
+                return value;
+            }
+            assert!(std::time::Instant::now() < deadline, "retention_blocked_by stayed {value}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let value = wait_for(&|value| value.is_string());
+    assert!(value.as_str().unwrap().starts_with("snapshot keep (#"), "{value}");
+    let shown = rewind_ok(&daemon, &["volume", "show", "vm"]);
+    assert!(
+        shown.contains("RETENTION    blocked by snapshot keep (#")
+            && shown.contains("the journal grows past its budget until that point is deleted"),
+        "{shown}"
+    );
+    rewind_ok(&daemon, &["snapshot", "delete", "vm", "keep"]);
+    wait_for(&|value| value.is_null());
+    assert!(!rewind_ok(&daemon, &["volume", "show", "vm"]).contains("RETENTION"));
+}

@@ -218,6 +218,26 @@ fn snapshot_info(snapshot: store::Snapshot) -> SnapshotInfo {
     SnapshotInfo { name: snapshot.name, seq: snapshot.seq, time: rfc3339(snapshot.time) }
 }
 
+/// What protects point `seq` of `volume` from retention, in words.
+fn blocker(state: &ControlState, volume: &Arc<Volume>, seq: u64) -> String {
+    let snapshots: Vec<String> =
+        volume.snapshots().into_iter().filter(|snapshot| snapshot.seq == seq).map(|s| s.name).collect();
+    if !snapshots.is_empty() {
+        return format!("snapshot {} (#{seq})", snapshots.join(", "));
+    }
+    let clones: Vec<String> = state
+        .store
+        .volumes()
+        .iter()
+        .filter(|v| v.clone_parent().is_some_and(|(parent, at)| parent == volume.name() && at == seq))
+        .map(|v| v.name().to_owned())
+        .collect();
+    if !clones.is_empty() {
+        return format!("the base of clone {} (#{seq})", clones.join(", "));
+    }
+    format!("point #{seq} (a rollback's branch point or a deletion not yet durable)")
+}
+
 fn clones_of(state: &ControlState, name: &str) -> Vec<String> {
     state
         .store
@@ -363,6 +383,7 @@ pub async fn show_volume(
             journal_segments: stats.segments,
             base_bytes: stats.base_bytes,
             journal_budget_bytes: stats.journal_budget_bytes,
+            retention_blocked_by: stats.retention_blocked_at.map(|seq| blocker(&state, &volume, seq)),
             index_memory_bytes: stats.index_bytes,
             recovery: RecoveryInfo {
                 checkpointed_records: recovery.checkpointed,
