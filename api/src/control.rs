@@ -119,6 +119,9 @@ pub struct PointInfo {
 pub struct CloneOrigin {
     pub volume: String,
     pub seq: u64,
+    /// The parent was deleted (forced) and is kept hidden for its clones;
+    /// a volume created since under its name is another volume.
+    pub deleted: bool,
 }
 
 /// NBD connections open to a volume.

@@ -297,10 +297,9 @@ async fn volume(command: VolumeCommand, client: &Client, json: bool) -> Result<(
                         volume.snapshot_count.to_string(),
                         format_size(volume.journal_bytes),
                         connections_cell(volume.nbd_connections),
-                        volume
-                            .clone_of
-                            .as_ref()
-                            .map_or("-".into(), |origin| format!("{}@#{}", origin.volume, origin.seq)),
+                        volume.clone_of.as_ref().map_or("-".into(), |origin| {
+                            format!("{}@#{}{}", origin.volume, origin.seq, deleted(origin))
+                        }),
                     ]);
                     if let Some(error) = &volume.write_error {
                         notes.push_str(&refuses_writes(&volume.name, error));
@@ -469,6 +468,11 @@ fn parse_time(text: &str) -> Option<i128> {
     OffsetDateTime::parse(text, &Rfc3339).ok().map(OffsetDateTime::unix_timestamp_nanos)
 }
 
+/// ` (deleted)` after the name of a clone's deleted parent.
+fn deleted(origin: &rewind_api::control::CloneOrigin) -> &'static str {
+    if origin.deleted { " (deleted)" } else { "" }
+}
+
 fn human_timeline(timeline: &Timeline) -> String {
     let mut out = format!(
         "{}: history #{} ({}) to #{} ({}); {} per row\n",
@@ -583,7 +587,7 @@ fn human_volume(detail: &VolumeDetail) -> String {
         );
     }
     if let Some(origin) = &volume.clone_of {
-        line("clone of", format!("{} at #{}", origin.volume, origin.seq));
+        line("clone of", format!("{}{} at #{}", origin.volume, deleted(origin), origin.seq));
     }
     line("clones", if volume.clones.is_empty() { "none".into() } else { volume.clones.join(", ") });
     line("serve at", detail.uri.clone());

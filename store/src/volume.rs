@@ -629,6 +629,18 @@ impl Volume {
         }
     }
 
+    /// The clone's parent volume's id (a deleted parent's name may be
+    /// taken by a new volume; its id never is).
+    pub fn clone_parent_id(&self) -> Option<u128> {
+        self.parent_id()
+    }
+
+    /// Whether the clone's parent was deleted (forced: it stays hidden
+    /// while clones read through it).
+    pub fn clone_parent_deleted(&self) -> bool {
+        self.parent.read().as_ref().is_some_and(|(parent, _)| parent.deleted.load(Ordering::Acquire))
+    }
+
     pub(crate) fn parent_id(&self) -> Option<u128> {
         self.parent.read().as_ref().map(|(parent, _)| parent.id)
     }

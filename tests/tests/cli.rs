@@ -325,6 +325,24 @@ fn deleting_a_volume_a_clone_needs_is_refused_unless_forced() {
         list["volumes"].as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["child", "default"]);
     assert_eq!(nbd_digest(&daemon.uri("child"), 4 * MIB), expected, "the clone still reads the cloned point");
+
+    // A new volume under the deleted one's name is another volume: the
+    // clone's origin is shown as deleted, the new one has no clones, and
+    // deleting it says nothing about the old one's.
+    let shown = rewind_json(&daemon, &["volume", "show", "child"]);
+    assert_eq!(shown["volume"]["clone_of"], serde_json::json!({"volume": "base", "seq": 1, "deleted": true}));
+    rewind_ok(&daemon, &["volume", "create", "base", "--size", "4MiB"]);
+    let child = rewind_ok(&daemon, &["volume", "show", "child"]);
+    assert!(child.contains("clone of     base (deleted) at #1"), "{child}");
+    let list = rewind_ok(&daemon, &["volume", "list"]);
+    assert!(
+        list.lines().any(|line| line.starts_with("child ") && line.contains("base@#1 (deleted)")),
+        "{list}"
+    );
+    assert_eq!(rewind_json(&daemon, &["volume", "show", "base"])["volume"]["clones"], serde_json::json!([]));
+    let deleted = rewind_ok(&daemon, &["volume", "delete", "base"]);
+    assert_eq!(deleted.trim(), "Deleted volume base and its history.");
+    assert_eq!(nbd_digest(&daemon.uri("child"), 4 * MIB), expected, "the clone still reads the cloned point");
     rewind_ok(&daemon, &["volume", "delete", "child"]);
 }
 
@@ -566,7 +584,10 @@ fn clone_and_export_serve_points_over_nbd() {
     let first = nbd_digest(&daemon.uri("default"), MIB);
     nbd_write(&daemon.uri("default"), 0, 4096, 8);
     let cloned = rewind_json(&daemon, &["clone", "default", "--at", "#1", "--name", "copy"]);
-    assert_eq!(cloned["volume"]["clone_of"], serde_json::json!({"volume": "default", "seq": 1}));
+    assert_eq!(
+        cloned["volume"]["clone_of"],
+        serde_json::json!({"volume": "default", "seq": 1, "deleted": false})
+    );
     assert_eq!(nbd_digest(&daemon.uri("copy"), MIB), first);
     nbd_write(&daemon.uri("copy"), 0, 4096, 9);
     assert_ne!(nbd_digest(&daemon.uri("copy"), MIB), first, "the clone takes writes");

@@ -229,7 +229,9 @@ fn blocker(state: &ControlState, volume: &Arc<Volume>, seq: u64) -> String {
         .store
         .volumes()
         .iter()
-        .filter(|v| v.clone_parent().is_some_and(|(parent, at)| parent == volume.name() && at == seq))
+        .filter(|v| {
+            v.clone_parent_id() == Some(volume.id()) && v.clone_parent().is_some_and(|(_, at)| at == seq)
+        })
         .map(|v| v.name().to_owned())
         .collect();
     if !clones.is_empty() {
@@ -238,12 +240,14 @@ fn blocker(state: &ControlState, volume: &Arc<Volume>, seq: u64) -> String {
     format!("point #{seq} (a rollback's branch point or a deletion not yet durable)")
 }
 
-fn clones_of(state: &ControlState, name: &str) -> Vec<String> {
+/// The live clones that read through `volume` (by id: a deleted volume's
+/// name may be taken again).
+fn clones_of(state: &ControlState, volume: &Volume) -> Vec<String> {
     state
         .store
         .volumes()
         .iter()
-        .filter(|v| v.clone_parent().is_some_and(|(parent, _)| parent == name))
+        .filter(|v| v.clone_parent_id() == Some(volume.id()))
         .map(|v| v.name().to_owned())
         .collect()
 }
@@ -260,8 +264,12 @@ fn volume_info(state: &ControlState, volume: &Arc<Volume>) -> VolumeInfo {
         points: history.head_seq.saturating_sub(history.first_seq) + 1,
         snapshot_count: stats.snapshots,
         journal_bytes: stats.journal_bytes,
-        clone_of: volume.clone_parent().map(|(volume, seq)| CloneOrigin { volume, seq }),
-        clones: clones_of(state, volume.name()),
+        clone_of: volume.clone_parent().map(|(parent, seq)| CloneOrigin {
+            volume: parent,
+            seq,
+            deleted: volume.clone_parent_deleted(),
+        }),
+        clones: clones_of(state, volume),
         write_error: volume.poison().map(|poison| poison.to_string()),
         nbd_connections: connections(state, volume.name()),
     }
@@ -402,8 +410,7 @@ pub async fn delete_volume(
     ApiPath(name): ApiPath<String>,
     ApiQuery(query): ApiQuery<Force>,
 ) -> ApiResult<Json<Deleted>> {
-    lookup(&state, &name)?;
-    let clones = clones_of(&state, &name);
+    let clones = clones_of(&state, &*lookup(&state, &name)?);
     let open = connections(&state, &name);
     let open_total = open.head + open.points;
     if open_total > 0 && !query.force {
