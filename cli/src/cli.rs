@@ -146,14 +146,15 @@ pub enum VolumeCommand {
     },
     /// Delete a volume and all its history
     #[command(long_about = "Delete a volume and all its history.\n\n\
-        Refused while NBD clients are connected to the volume (its head or its points) or clones read \
-        through it; --force overrides both.")]
+        Refused while NBD clients are connected to the volume (its head or its points), clones read \
+        through it, or it has named snapshots (kept until deleted); --force overrides all three.")]
     Delete {
         /// The volume
         #[arg(value_parser = volume_name)]
         name: String,
-        /// Delete even if NBD clients are connected (their writes then fail) or clones read through it
-        /// (it disappears, but its data is kept until its last clone is deleted)
+        /// Delete even if NBD clients are connected (their writes then fail), clones read through it
+        /// (it disappears, but its data is kept until its last clone is deleted), or it has named
+        /// snapshots (deleted with it)
         #[arg(long)]
         force: bool,
     },

@@ -340,7 +340,14 @@ fn deleting_a_volume_a_clone_needs_is_refused_unless_forced() {
         "{list}"
     );
     assert_eq!(rewind_json(&daemon, &["volume", "show", "base"])["volume"]["clones"], serde_json::json!([]));
-    let deleted = rewind_ok(&daemon, &["volume", "delete", "base"]);
+    // Named snapshots are kept until deleted: a volume that has some is
+    // deleted only with --force.
+    rewind_ok(&daemon, &["snapshot", "create", "base", "keep-me"]);
+    let stderr = rewind_fails(&daemon, &["volume", "delete", "base"], 1);
+    assert!(stderr.contains("volume base has named snapshots, deleted with it: keep-me"), "{stderr}");
+    assert!(stderr.contains("rewind volume delete base --force"), "{stderr}");
+    assert_eq!(rewind_json(&daemon, &["snapshot", "list", "base"])["snapshots"][0]["name"], "keep-me");
+    let deleted = rewind_ok(&daemon, &["volume", "delete", "base", "--force"]);
     assert_eq!(deleted.trim(), "Deleted volume base and its history.");
     assert_eq!(nbd_digest(&daemon.uri("child"), 4 * MIB), expected, "the clone still reads the cloned point");
     rewind_ok(&daemon, &["volume", "delete", "child"]);

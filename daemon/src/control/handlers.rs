@@ -410,25 +410,38 @@ pub async fn delete_volume(
     ApiPath(name): ApiPath<String>,
     ApiQuery(query): ApiQuery<Force>,
 ) -> ApiResult<Json<Deleted>> {
-    let clones = clones_of(&state, &*lookup(&state, &name)?);
+    let target = lookup(&state, &name)?;
+    let clones = clones_of(&state, &target);
+    let snapshots: Vec<String> = target.snapshots().into_iter().map(|snapshot| snapshot.name).collect();
     let open = connections(&state, &name);
     let open_total = open.head + open.points;
-    if open_total > 0 && !query.force {
-        let mut reasons = vec![format!(
-            "{} open ({} to its head, {} to points)",
-            plural(open_total, "NBD connection"),
-            open.head,
-            open.points
-        )];
-        let mut first = vec!["stop the VM (or disconnect the NBD clients)"];
+    if (open_total > 0 || !snapshots.is_empty()) && !query.force {
+        // Named snapshots are kept until deleted: deleting the volume
+        // would delete them too, so that takes --force as well.
+        let mut reasons = Vec::new();
+        let mut first = Vec::new();
+        if open_total > 0 {
+            reasons.push(format!(
+                "{} open ({} to its head, {} to points)",
+                plural(open_total, "NBD connection"),
+                open.head,
+                open.points
+            ));
+            first.push("stop the VM (or disconnect the NBD clients)".to_owned());
+        }
         if !clones.is_empty() {
             reasons.push(format!("clones that read through it: {}", clones.join(", ")));
-            first.push("delete the clones");
+            first.push("delete the clones".to_owned());
+        }
+        if !snapshots.is_empty() {
+            reasons.push(format!("named snapshots, deleted with it: {}", snapshots.join(", ")));
+            first.push(format!("delete the snapshots you do not need (rewind snapshot delete {name} NAME)"));
         }
         return Err(ApiError::conflict(format!("volume {name} has {}", reasons.join(", and "))).hint(
             format!(
                 "{} first; or force it (rewind volume delete {name} --force; API: ?force=true): \
-                 connected clients then get errors, and clones keep its data until the last one is deleted",
+                 connected clients then get errors, its snapshots go with it, and clones keep its data \
+                 until the last one is deleted",
                 first.join(" and ")
             ),
         ));
