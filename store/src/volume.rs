@@ -1414,8 +1414,10 @@ impl Volume {
     }
 
     /// Writes and bytes per `bucket_nanos` interval from `since_nanos` to the
-    /// head's time (at most 100,000 buckets).
-    pub fn timeline(&self, since_nanos: i64, bucket_nanos: i64) -> Vec<Bucket> {
+    /// head's time (at most 100,000 buckets), counting only records from
+    /// `from_nanos` on (the first bucket may start before it: buckets on
+    /// whole intervals, counted from a snapshot's instant).
+    pub fn timeline(&self, since_nanos: i64, bucket_nanos: i64, from_nanos: i64) -> Vec<Bucket> {
         const MAX_BUCKETS: i128 = 100_000;
         // Any i64 input is valid: do the arithmetic in i128.
         let bucket = i128::from(bucket_nanos.max(1));
@@ -1423,10 +1425,11 @@ impl Volume {
         let (head, end, first) = {
             let index = self.index.read();
             let head = self.head_seq();
-            let first = if since_nanos <= index.time(index.base_seq()) {
+            let from = since_nanos.max(from_nanos);
+            let first = if from <= index.time(index.base_seq()) {
                 index.base_seq() + 1
             } else {
-                index.resolve_time(since_nanos - 1) + 1
+                index.resolve_time(from - 1) + 1
             };
             (head, i128::from(index.time(head)).max(since), first)
         };

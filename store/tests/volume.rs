@@ -689,12 +689,17 @@ fn timeline_counts_writes() {
     clock.advance(2_000_000_000);
     volume.write(0, &[1; 20], false).unwrap();
     volume.trim(0, 100, false).unwrap();
-    let buckets = volume.timeline(T0, 1_000_000_000);
+    let buckets = volume.timeline(T0, 1_000_000_000, i64::MIN);
     let counts: Vec<(u64, u64)> = buckets.iter().map(|b| (b.writes, b.bytes)).collect();
     assert_eq!(counts, vec![(1, 10), (0, 0), (2, 120)]);
+    // Counted from an instant inside the first bucket: the write before it
+    // is not in it.
+    let from_later: Vec<(u64, u64)> =
+        volume.timeline(T0, 10_000_000_000, T0 + 1).iter().map(|b| (b.writes, b.bytes)).collect();
+    assert_eq!(from_later, vec![(2, 120)]);
     // Hostile inputs neither panic nor allocate without bound.
-    assert_eq!(volume.timeline(i64::MIN, 1).len(), 100_000);
-    assert_eq!(volume.timeline(i64::MAX, i64::MIN).len(), 1);
+    assert_eq!(volume.timeline(i64::MIN, 1, i64::MIN).len(), 100_000);
+    assert_eq!(volume.timeline(i64::MAX, i64::MIN, i64::MIN).len(), 1);
     assert!(volume.resolve_time(i64::MIN).is_err());
     assert!(volume.resolve_time(i64::MAX).is_err());
 }

@@ -648,6 +648,15 @@ fn timeline_counts_writes_and_bytes_per_interval() {
     let created = &timeline["first"]["time"];
     assert_eq!(&timeline["buckets"][0]["start"], created, "{timeline}");
     assert_eq!(&timeline["since"], created, "{timeline}");
+    // From the snapshot, an hour per row: the one row starts at the
+    // snapshot and counts only the write after it.
+    let timeline = rewind_json(&daemon, &["timeline", "default", "--since", "mark", "--interval", "1h"]);
+    let mark = rewind_json(&daemon, &["snapshot", "list", "default"])["snapshots"][0]["time"].clone();
+    assert_eq!(timeline["buckets"][0]["start"], mark, "{timeline}");
+    let buckets = timeline["buckets"].as_array().unwrap();
+    let writes: u64 = buckets.iter().map(|b| b["writes"].as_u64().unwrap()).sum();
+    let bytes: u64 = buckets.iter().map(|b| b["bytes"].as_u64().unwrap()).sum();
+    assert_eq!((writes, bytes), (1, 512), "{timeline}");
 }
 
 #[test]

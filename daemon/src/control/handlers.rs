@@ -780,9 +780,10 @@ pub async fn timeline(
     };
     let interval = interval_seconds as i64 * 1_000_000_000;
     // Rows start on whole intervals (02:00, 03:00), not at odd instants;
-    // but the first row does not start before the history does.
+    // but the first row starts where asked (or where the history does),
+    // and counts the writes from there only.
+    let first_row_start = since;
     let since = since - since.rem_euclid(interval);
-    let first_row_start = since.max(history.first_time);
     let rows = (end - since) / interval + 1;
     if rows > TIMELINE_MAX_ROWS {
         return Err(ApiError::bad_request(format!(
@@ -792,7 +793,7 @@ pub async fn timeline(
     }
     let scanning = volume.clone();
     let buckets = blocking(move || {
-        let mut buckets = scanning.timeline(since, interval);
+        let mut buckets = scanning.timeline(since, interval, first_row_start);
         // The store stops at the last write; a timeline runs until now.
         while (buckets.len() as i64) < rows {
             let start = since + buckets.len() as i64 * interval;
@@ -812,8 +813,12 @@ pub async fn timeline(
             .collect()
     })
     .await?;
-    let snapshots =
-        volume.snapshots().into_iter().filter(|snapshot| snapshot.time >= since).map(snapshot_info).collect();
+    let snapshots = volume
+        .snapshots()
+        .into_iter()
+        .filter(|snapshot| snapshot.time >= first_row_start)
+        .map(snapshot_info)
+        .collect();
     Ok(Json(Timeline {
         volume: name,
         since: rfc3339(first_row_start),
