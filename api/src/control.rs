@@ -192,6 +192,15 @@ pub struct VolumeDetail {
     pub journal_segments: u64,
     /// Bytes of data in the base image that retention folds old history into.
     pub base_bytes: u64,
+    /// Of `volume.journal_bytes`: the history segments (the retained
+    /// records; what the budget bounds).
+    pub history_bytes: u64,
+    /// Of `volume.journal_bytes`: base image data that folds left in place
+    /// in journal segments (retention folds without copying).
+    pub base_journal_bytes: u64,
+    /// Of `volume.journal_bytes`: superseded bytes of those segments, which
+    /// cleaning reclaims once they pass a quarter of the budget.
+    pub dead_journal_bytes: u64,
     /// The journal budget retention keeps to, if any.
     pub journal_budget_bytes: Option<u64>,
     /// What keeps the journal over its budget, if something does: the

@@ -573,9 +573,18 @@ fn human_volume(detail: &VolumeDetail) -> String {
     line(
         "journal",
         format!(
-            "{} in {}{budget}, base image {}, index {} in memory",
+            "{} in {}: history {}{budget}, base data {}, dead {}",
             format_size(volume.journal_bytes),
             plural(detail.journal_segments, "segment"),
+            format_size(detail.history_bytes),
+            format_size(detail.base_journal_bytes),
+            format_size(detail.dead_journal_bytes)
+        ),
+    );
+    line(
+        "base image",
+        format!(
+            "{} in the base file, index {} in memory",
             format_size(detail.base_bytes),
             format_size(detail.index_memory_bytes)
         ),

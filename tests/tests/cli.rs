@@ -813,7 +813,26 @@ fn volume_show_names_the_snapshot_that_keeps_the_journal_over_budget() {
             && shown.contains("the journal grows past its budget until that point is deleted"),
         "{shown}"
     );
+    let shown = rewind_json(&daemon, &["volume", "show", "vm"]);
+    let bytes = |shown: &serde_json::Value, key: &str| shown[key].as_u64().unwrap();
+    assert!(bytes(&shown, "history_bytes") > 4 * MIB, "the history is past its budget: {shown}");
+
     rewind_ok(&daemon, &["snapshot", "delete", "vm", "keep"]);
     wait_for(&|value| value.is_null());
-    assert!(!rewind_ok(&daemon, &["volume", "show", "vm"]).contains("RETENTION"));
+    let text = rewind_ok(&daemon, &["volume", "show", "vm"]);
+    assert!(!text.contains("RETENTION"), "{text}");
+    assert!(text.contains("history ") && text.contains("base data ") && text.contains("dead "), "{text}");
+    // Folded in place: the history is back within its budget (plus the
+    // segment being written), the rest of the journal is base data and
+    // dead bytes, and the parts add up to the journal.
+    let shown = rewind_json(&daemon, &["volume", "show", "vm"]);
+    let (history, base, dead) = (
+        bytes(&shown, "history_bytes"),
+        bytes(&shown, "base_journal_bytes"),
+        bytes(&shown, "dead_journal_bytes"),
+    );
+    assert!(history <= 5 * MIB, "{shown}");
+    assert!(base > 0, "{shown}");
+    let journal = shown["volume"]["journal_bytes"].as_u64().unwrap();
+    assert_eq!(history + base + dead, journal, "{shown}");
 }
