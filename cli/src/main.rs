@@ -581,14 +581,8 @@ fn human_volume(detail: &VolumeDetail) -> String {
             format_size(detail.dead_journal_bytes)
         ),
     );
-    line(
-        "base image",
-        format!(
-            "{} in the base file, index {} in memory",
-            format_size(detail.base_bytes),
-            format_size(detail.index_memory_bytes)
-        ),
-    );
+    line("base file", format!("{} of base image data", format_size(detail.base_bytes)));
+    line("index", format!("{} in memory", format_size(detail.index_memory_bytes)));
     if let Some(blocker) = &detail.retention_blocked_by {
         line(
             "RETENTION",
