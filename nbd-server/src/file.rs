@@ -15,7 +15,7 @@ use crate::device::{BlockDevice, DeviceError, Extent, FileSlice, ReadResult, Syn
 /// one reading in bulk: `server::BulkReads`), copied on the connection's
 /// thread when cached but not sent in place, and read on the blocking pool
 /// when not cached (a disk read must not hold up the connection).
-pub const LARGE_READ: usize = 128 << 10;
+pub const LARGE_READ: usize = crate::server::BULK_READ as usize;
 
 /// A raw file served as it is: byte `n` of the device is byte `n` of the
 /// file. Nothing is stored besides the file, so every extent reports data.

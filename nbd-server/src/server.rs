@@ -145,13 +145,11 @@ pub const BULK_READ: u64 = 128 << 10;
 /// by [`BlockDevice::read_in_place`]) saves the server its copy, but the
 /// client then copies from cold page-cache pages instead of from the
 /// socket buffers the server's copy just warmed. While one connection reads
-/// in bulk the CPUs have room for that and sendfile wins (fio, 1 MiB reads
-/// at QD8: 7.6-8.5 GB/s against 3.4-4.3 copied); once two or more read at
-/// the same time they share the CPUs, and copying wins (two fio readers:
-/// 5.3-6.0 GB/s against 3.5-3.9 with sendfile; nbdcopy with four
-/// connections: 3.5-3.9 against 3.4). So a connection reads in place only
-/// when no other connection started a bulk read in the last
-/// [`BULK_READ_WINDOW`] (docs/nbd.md, "Large reads").
+/// in bulk the CPUs have room for that and sendfile wins; once two or more
+/// read at the same time they share the CPUs, and copying wins (figures in
+/// docs/nbd.md, "Large reads"). So a connection reads in place only when
+/// no other connection started a bulk read in the last
+/// [`BULK_READ_WINDOW`].
 #[derive(Debug)]
 pub struct BulkReads {
     epoch: Instant,

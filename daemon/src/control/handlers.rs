@@ -225,31 +225,29 @@ fn blocker(state: &ControlState, volume: &Arc<Volume>, seq: u64) -> String {
     if !snapshots.is_empty() {
         return format!("snapshot {} (#{seq})", snapshots.join(", "));
     }
-    let clones: Vec<String> = state
-        .store
-        .volumes()
-        .iter()
-        .filter(|v| {
-            v.clone_parent_id() == Some(volume.id()) && v.clone_parent().is_some_and(|(_, at)| at == seq)
-        })
-        .map(|v| v.name().to_owned())
-        .collect();
+    let clones: Vec<String> =
+        clones_at(state, volume).into_iter().filter(|&(_, at)| at == seq).map(|(name, _)| name).collect();
     if !clones.is_empty() {
         return format!("the base of clone {} (#{seq})", clones.join(", "));
     }
     format!("point #{seq} (a rollback's branch point or a deletion not yet durable)")
 }
 
-/// The live clones that read through `volume` (by id: a deleted volume's
-/// name may be taken again).
-fn clones_of(state: &ControlState, volume: &Volume) -> Vec<String> {
+/// The live clones that read through `volume`, with the seq each was
+/// cloned at (matched by id: a deleted volume's name may be taken again).
+fn clones_at(state: &ControlState, volume: &Volume) -> Vec<(String, u64)> {
     state
         .store
         .volumes()
         .iter()
         .filter(|v| v.clone_parent_id() == Some(volume.id()))
-        .map(|v| v.name().to_owned())
+        .filter_map(|v| v.clone_parent().map(|(_, seq)| (v.name().to_owned(), seq)))
         .collect()
+}
+
+/// The names of the live clones that read through `volume`.
+fn clones_of(state: &ControlState, volume: &Volume) -> Vec<String> {
+    clones_at(state, volume).into_iter().map(|(name, _)| name).collect()
 }
 
 fn volume_info(state: &ControlState, volume: &Arc<Volume>) -> VolumeInfo {
