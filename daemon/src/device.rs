@@ -3,9 +3,9 @@
 //! The store is synchronous. Writes of any size (a copy into the journal)
 //! and short reads run inline on the connection's own thread: a thread
 //! hand-off would cost more than the work. Large reads that cannot be sent
-//! from the page cache, and anything that waits for a slow fdatasync, go to
-//! the connection runtime's blocking pool so the connection keeps receiving
-//! requests meanwhile.
+//! from the page cache (unless the data dir is on tmpfs), and anything that
+//! waits for a slow fdatasync, go to the connection runtime's blocking pool
+//! so the connection keeps receiving requests meanwhile.
 
 use std::collections::HashMap;
 use std::io;
@@ -139,6 +139,13 @@ impl VolumeDevice {
         Ok(zeros)
     }
 
+    fn in_memory(&self) -> bool {
+        match &self.target {
+            Target::Head(volume) => volume.in_memory(),
+            Target::Point(point) => point.in_memory(),
+        }
+    }
+
     fn extents(&self, offset: u64, length: u64) -> Result<Vec<store::Extent>, store::ReadError> {
         match &self.target {
             Target::Head(volume) => volume.extents(offset, length),
@@ -178,9 +185,12 @@ impl BlockDevice for VolumeDevice {
         lent.into_iter().map(slice).collect()
     }
 
+    /// Large reads go to the blocking pool unless the volume's files are
+    /// in memory (tmpfs): then no read waits, and a hand-off costs more
+    /// than it frees (docs/journal.md, "Reads").
     async fn read(&self, offset: u64, mut buffer: IoBuffer, start: usize) -> nbd_server::device::ReadResult {
         let length = buffer.len() - start;
-        if length >= OFFLOAD_BYTES {
+        if length >= OFFLOAD_BYTES && !self.in_memory() {
             let device = self.clone();
             return tokio::task::spawn_blocking(move || {
                 let holes = device.read_sparse(offset, &mut buffer[start..])?;

@@ -291,6 +291,12 @@ pub trait Filesystem: Send + Sync + fmt::Debug {
     fn rename(&self, from: &str, to: &str) -> io::Result<()>;
     /// Makes the directory's entries durable.
     fn sync_dir(&self, path: &str) -> io::Result<()>;
+    /// Whether every file's bytes are always in memory (tmpfs, ramfs): a
+    /// read never waits for a disk, so a caller need not move large reads
+    /// off a thread that must stay responsive.
+    fn in_memory(&self) -> bool {
+        false
+    }
 }
 
 /// The IO engine to use for files on a real disk.
@@ -440,7 +446,12 @@ pub struct RealFs {
     root: PathBuf,
     engine: Engine,
     ring: Option<Arc<crate::uring::Ring>>,
+    /// `root` is on tmpfs or ramfs.
+    in_memory: bool,
 }
+
+/// `f_type` of ramfs (include/uapi/linux/magic.h; libc does not name it).
+const RAMFS_MAGIC: i64 = 0x8584_58f6;
 
 impl RealFs {
     /// Uses `root` (created if missing) with the given engine.
@@ -450,7 +461,20 @@ impl RealFs {
             Engine::File => None,
             Engine::Uring => Some(Arc::new(crate::uring::Ring::start(crate::uring::RING_DEPTH)?)),
         };
-        Ok(Self { root: root.to_owned(), engine, ring })
+        // SAFETY: statfs writes only into `stat`; the path is a valid C
+        // string for the call.
+        let in_memory =
+            std::ffi::CString::new(root.as_os_str().as_encoded_bytes()).is_ok_and(|path| unsafe {
+                let mut stat: libc::statfs = std::mem::zeroed();
+                if libc::statfs(path.as_ptr(), &mut stat) != 0 {
+                    return false;
+                }
+                // f_type's and the constants' types differ by architecture.
+                #[allow(clippy::unnecessary_cast)]
+                let in_memory = [libc::TMPFS_MAGIC as i64, RAMFS_MAGIC].contains(&(stat.f_type as i64));
+                in_memory
+            });
+        Ok(Self { root: root.to_owned(), engine, ring, in_memory })
     }
 
     /// The engine files are opened with.
@@ -464,6 +488,10 @@ impl RealFs {
 }
 
 impl Filesystem for RealFs {
+    fn in_memory(&self) -> bool {
+        self.in_memory
+    }
+
     fn create_dir_all(&self, path: &str) -> io::Result<()> {
         fs::create_dir_all(self.path(path))
     }

@@ -31,6 +31,7 @@ use crate::layout::{
     self, FLAG_BLAKE3, INDEX_CHUNK_HEADER_LEN, INDEX_CHUNK_MAX_ENTRIES, INDEX_ENTRY_LEN, IndexChunkHeader,
     IndexEntry, RECORD_HEADER_LEN, RecordHeader, RecordKind, SEGMENT_HEADER_LEN, SegmentHeader,
 };
+use crate::mapped::Mapping;
 
 /// File name of segment `number`.
 pub fn segment_name(number: u64) -> String {
@@ -142,12 +143,35 @@ fn remove_segment(fs: &dyn Filesystem, dir: &str, number: u64) -> io::Result<()>
     Ok(())
 }
 
+fn missing_segment() -> io::Error {
+    io::Error::new(io::ErrorKind::NotFound, "segment missing")
+}
+
 /// One segment file of the journal.
 #[derive(Debug)]
 struct Segment {
     file: Arc<dyn StorageBackend>,
     /// Seq of its first record (from its header).
     first_seq: u64,
+    /// The file mapped for reads, made at the first read (`None`: not a
+    /// real file, or it could not be mapped).
+    map: OnceLock<Option<Mapping>>,
+}
+
+impl Segment {
+    fn new(file: Arc<dyn StorageBackend>, first_seq: u64) -> Segment {
+        Segment { file, first_seq, map: OnceLock::new() }
+    }
+
+    /// Copies record bytes from the mapping (`bytes`: its length, the
+    /// journal's segment size); false when that cannot be done (read them
+    /// from the file: it reports any error).
+    fn copy_mapped(&self, bytes: u64, position: u64, buf: &mut [u8]) -> bool {
+        self.map
+            .get_or_init(|| Mapping::new(self.file.raw_fd()?, usize::try_from(bytes).ok()?))
+            .as_ref()
+            .is_some_and(|map| map.copy(position, buf))
+    }
 }
 
 /// One segment as retention sees it.
@@ -433,11 +457,7 @@ impl SyncTicket {
 impl Journal {
     /// The file of segment `number` (NotFound once it was reclaimed).
     pub(crate) fn segment(&self, number: u64) -> io::Result<Arc<dyn StorageBackend>> {
-        self.segments
-            .read()
-            .get(&number)
-            .map(|segment| segment.file.clone())
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "segment missing"))
+        self.segments.read().get(&number).map(|segment| segment.file.clone()).ok_or_else(missing_segment)
     }
 
     /// Bytes of all segment files.
@@ -651,11 +671,23 @@ impl Journal {
         Some(lent)
     }
 
-    /// Reads journal bytes at `location` (they must lie within one record).
+    /// Reads journal bytes at `location` (they must lie within one record):
+    /// written ones from the segment's mapping (`crate::mapped`) when it
+    /// can, else with a read of the file.
     pub fn read(&self, location: u64, buf: &mut [u8]) -> io::Result<()> {
         if location + buf.len() as u64 <= self.written_below.load(Ordering::Acquire) {
             let (number, position) = layout::split_location(location);
-            return self.segment(number)?.read_at(buf, position);
+            let file = {
+                // Held over the copy: a segment leaves the map (and its
+                // mapping goes) only under the write lock.
+                let segments = self.segments.read();
+                let segment = segments.get(&number).ok_or_else(missing_segment)?;
+                if segment.copy_mapped(self.segment_bytes(), position, buf) {
+                    return Ok(());
+                }
+                segment.file.clone()
+            };
+            return file.read_at(buf, position);
         }
         let writer = self.writer.lock();
         let (number, position) = layout::split_location(location);
@@ -1129,7 +1161,7 @@ impl Journal {
         if writer.recycled {
             self.recycled.fetch_add(1, Ordering::Relaxed);
         }
-        self.segments.write().insert(number, Segment { file: file.clone(), first_seq });
+        self.segments.write().insert(number, Segment::new(file.clone(), first_seq));
         self.rolled.store(true, Ordering::Relaxed);
         if self.segments.read().len() >= 2 && self.spares.lock().is_empty() {
             self.short_of_spares.store(true, Ordering::Relaxed);
@@ -1773,7 +1805,7 @@ pub fn recover(
         if live.contains(&number) {
             // A base segment (or the start segment) the base map points into.
             let first_seq = headers[&number].first_seq;
-            kept.insert(number, Segment { file, first_seq });
+            kept.insert(number, Segment::new(file, first_seq));
             continue;
         }
         if number < keep_from && start_segment.is_some() {
@@ -1790,7 +1822,7 @@ pub fn recover(
         }
         if keep_through.is_some_and(|kept| number <= kept) {
             let first_seq = headers.get(&number).map_or(next_seq, |header| header.first_seq);
-            kept.insert(number, Segment { file, first_seq });
+            kept.insert(number, Segment::new(file, first_seq));
             continue;
         }
         let len = file.len().unwrap_or(0);

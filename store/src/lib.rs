@@ -35,6 +35,7 @@ pub mod error;
 pub mod index;
 pub mod journal;
 pub mod layout;
+pub mod mapped;
 pub mod memory;
 pub mod retention;
 pub mod store;

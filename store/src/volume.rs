@@ -1026,6 +1026,12 @@ impl Volume {
         })
     }
 
+    /// Whether its files are always in memory (tmpfs): a read never waits
+    /// for a disk ([`Filesystem::in_memory`]).
+    pub fn in_memory(&self) -> bool {
+        self.fs.in_memory()
+    }
+
     /// Reads the head.
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), ReadError> {
         self.read_head(offset, buf, None)
@@ -2260,6 +2266,11 @@ pub struct PointView {
 }
 
 impl PointView {
+    /// [`Volume::in_memory`] of its volume.
+    pub fn in_memory(&self) -> bool {
+        self.volume.in_memory()
+    }
+
     /// Size of the image at this point.
     pub fn size(&self) -> u64 {
         self.size

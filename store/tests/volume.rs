@@ -1094,3 +1094,54 @@ fn concurrent_large_writes_stay_in_order_across_crashes() {
         }
     }
 }
+
+/// Journal records are read through mappings of the segment files
+/// (`store::mapped`; docs/journal.md, "Reads"): on a disk and in memory,
+/// what was written reads back across segments and after a restart. A
+/// segment file cut shorter behind the journal's back reads as an IO
+/// error, not a crash (a mapping raises SIGBUS there), and the records of
+/// the other segments still read. The store knows which data dir is in
+/// memory.
+#[test]
+fn journal_reads_through_mappings_and_a_segment_cut_short_is_an_error() {
+    for dir in disk_and_memory_dirs() {
+        let in_memory = dir.path().starts_with("/dev/shm");
+        let options = real_file_options(0);
+        let pattern = |i: usize| -> Vec<u8> { (0..256 << 10).map(|b| (b * 31 + i * 7) as u8).collect() };
+        let store = Store::open(dir.path(), options.clone()).unwrap();
+        let volume = store.create_volume("v", 16 << 20).unwrap();
+        assert_eq!(volume.in_memory(), in_memory, "{dir:?}");
+        for i in 0..12 {
+            volume.write(i as u64 * (1 << 20), &pattern(i), false).unwrap();
+        }
+        volume.flush().unwrap();
+        for i in 0..12 {
+            assert_eq!(read(&volume, i as u64 * (1 << 20), 256 << 10), pattern(i), "{dir:?}: record {i}");
+        }
+        store.close().unwrap();
+        drop((volume, store));
+        let store = Store::open(dir.path(), options).unwrap();
+        let volume = store.volume("v").unwrap();
+        for i in 0..12 {
+            assert_eq!(
+                read(&volume, i as u64 * (1 << 20), 256 << 10),
+                pattern(i),
+                "{dir:?}: record {i} reopened"
+            );
+        }
+        let segments: Vec<_> = std::fs::read_dir(dir.path().join("volumes/v"))
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .filter(|path| path.file_name().unwrap().to_str().unwrap().starts_with("seg-"))
+            .collect();
+        assert!(segments.len() >= 3, "{dir:?}: {segments:?}");
+        let first = segments.iter().min().unwrap();
+        std::fs::OpenOptions::new().write(true).open(first).unwrap().set_len(4096).unwrap();
+        let mut buf = vec![0; 256 << 10];
+        let error = volume.read(0, &mut buf).unwrap_err();
+        assert!(matches!(error, store::ReadError::Io(_)), "{dir:?}: {error:?}");
+        // Again: the mapping is not used twice after a fault.
+        assert!(matches!(volume.read(4096, &mut buf[..4096]), Err(store::ReadError::Io(_))), "{dir:?}");
+        assert_eq!(read(&volume, 11 << 20, 256 << 10), pattern(11), "{dir:?}: a later segment");
+    }
+}
