@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use nbd_server::{Catalog, Export, ExportInfo, Listing, LookupError};
-use rewind_api::{Point, format_time, parse_export_name};
+use rewind_api::{ExportName, Point, format_time, parse_export_name};
 use store::{History, PointError, Store, Volume};
 
 use crate::device::{OpenExports, VolumeDevice};
@@ -17,6 +17,9 @@ use crate::device::{OpenExports, VolumeDevice};
 pub const DEFAULT_VOLUME_SIZE: u64 = 1 << 30;
 /// Name of the volume an empty data dir starts with.
 pub const DEFAULT_VOLUME: &str = "default";
+/// How long a new NBD connection waits for a rollback, reopen or delete of
+/// its volume to finish (they take milliseconds) before it is refused.
+const BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Every volume the daemon serves, and every point of each.
 #[derive(Debug)]
@@ -129,13 +132,39 @@ impl Catalog for VolumeCatalog {
         listings
     }
 
+    /// Waits (up to [`BUSY_WAIT`]) while a rollback, reopen or delete of
+    /// the volume is under way: the connection then sees its outcome.
     async fn open(&self, name: &str) -> Result<Export<Self::Device>, LookupError> {
         let name = if name.is_empty() { DEFAULT_VOLUME } else { name };
         let parsed = parse_export_name(name).map_err(|error| lookup_error(error.to_string()))?;
+        let deadline = tokio::time::Instant::now() + BUSY_WAIT;
+        loop {
+            if let Some(export) = self.try_open(name, &parsed).await? {
+                return Ok(export);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(lookup_error(format!(
+                    "volume {} is busy: a rollback, reopen or delete of it is under way; try again",
+                    parsed.volume
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    }
+}
+
+impl VolumeCatalog {
+    /// Opens export `name`; `None` if its volume was busy or replaced
+    /// meanwhile (look it up again).
+    async fn try_open(
+        &self,
+        name: &str,
+        parsed: &ExportName,
+    ) -> Result<Option<Export<VolumeDevice>>, LookupError> {
         let volume = self.volume(&parsed.volume)?;
-        let Some(point) = parsed.point else {
-            let guard = self.open.hold(volume.name(), true);
-            return Ok(Export {
+        let Some(point) = &parsed.point else {
+            let Some(guard) = self.hold(&volume, true) else { return Ok(None) };
+            return Ok(Some(Export {
                 info: ExportInfo {
                     name: volume.name().to_owned(),
                     description: format!("live head of {}", volume.name()),
@@ -146,16 +175,17 @@ impl Catalog for VolumeCatalog {
                     fast_zero: true,
                 },
                 device: VolumeDevice::head(volume, guard),
-            });
+            }));
         };
         let typed = name.split_once('@').map_or("", |(_, typed)| typed);
-        let seq = resolve_point(&volume, &point, typed).map_err(lookup_error)?;
+        let seq = resolve_point(&volume, point, typed).map_err(lookup_error)?;
         // Opening a point builds its read plan; keep it off the async threads.
         let opened = tokio::task::spawn_blocking(move || volume.open_point(seq).map(|view| (volume, view)))
             .await
             .map_err(|error| lookup_error(format!("cannot open point: {error}")))?;
         let (volume, view) = opened.map_err(|error| lookup_error(error.to_string()))?;
-        Ok(Export {
+        let Some(guard) = self.hold(&volume, false) else { return Ok(None) };
+        Ok(Some(Export {
             info: ExportInfo {
                 name: name.to_owned(),
                 description: format!(
@@ -170,7 +200,61 @@ impl Catalog for VolumeCatalog {
                 preferred_block: 4096,
                 fast_zero: false,
             },
-            device: VolumeDevice::point(Arc::new(view), self.open.hold(volume.name(), false)),
-        })
+            device: VolumeDevice::point(Arc::new(view), guard),
+        }))
+    }
+
+    /// Counts a connection to `volume` (its head, or a point), unless an
+    /// exclusive operation runs on it or it is no longer the catalog's
+    /// volume of that name (reopened or deleted since it was looked up).
+    fn hold(&self, volume: &Arc<Volume>, head: bool) -> Option<Arc<crate::device::ExportGuard>> {
+        let guard = self.open.hold(volume.name(), head)?;
+        let current = self.store.volume(volume.name()).is_some_and(|current| Arc::ptr_eq(&current, volume));
+        current.then_some(guard)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    /// A connection that arrives during a rollback, reopen or delete waits
+    /// for it, then sees its outcome: the head once it is done, or the news
+    /// that the volume is gone.
+    #[tokio::test]
+    async fn a_connection_during_an_exclusive_operation_waits_and_sees_its_outcome() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = store::StoreOptions { commit_interval: None, ..Default::default() };
+        let store = Arc::new(Store::open(dir.path(), options).unwrap());
+        store.create_volume("db", 1 << 20).unwrap();
+        let catalog = VolumeCatalog::new(store.clone()).unwrap();
+        let open = catalog.open_exports().clone();
+
+        let exclusive = open.exclusive("db").unwrap();
+        let opening = async {
+            let export = catalog.open("db").await.map(|export| export.info.name);
+            (export, Instant::now())
+        };
+        let releasing = async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert_eq!(open.count("db"), (0, 0), "connected during the operation");
+            drop(exclusive);
+            Instant::now()
+        };
+        let ((export, opened_at), released_at) = tokio::join!(opening, releasing);
+        assert_eq!(export.unwrap(), "db");
+        assert!(opened_at >= released_at);
+
+        let exclusive = open.exclusive("db").unwrap();
+        let opening = catalog.open("db@#0");
+        let deleting = async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            store.delete_volume("db", true).unwrap();
+            drop(exclusive);
+        };
+        let (export, ()) = tokio::join!(opening, deleting);
+        let error = export.map(|export| export.info.name).unwrap_err();
+        assert!(error.message.starts_with("no volume named db"), "{}", error.message);
     }
 }

@@ -7,7 +7,7 @@
 //! waits for a slow fdatasync, go to the connection runtime's blocking pool
 //! so the connection keeps receiving requests meanwhile.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::sync::{Arc, Mutex};
 
@@ -38,11 +38,19 @@ enum Target {
 }
 
 /// NBD connections holding each volume open, so the control API can refuse
-/// (or warn about) a rollback or delete under a running VM.
+/// (or warn about) a rollback or delete under a running VM; and the
+/// volumes under such an operation, which gain no connection meanwhile.
 #[derive(Debug, Default)]
 pub struct OpenExports {
+    registry: Mutex<Registry>,
+}
+
+#[derive(Debug, Default)]
+struct Registry {
     /// Volume name → (head connections, point connections).
-    counts: Mutex<HashMap<String, (usize, usize)>>,
+    counts: HashMap<String, (usize, usize)>,
+    /// Volumes under an exclusive operation ([`OpenExports::exclusive`]).
+    busy: HashSet<String>,
 }
 
 /// One connection's hold on a volume; released on drop.
@@ -53,39 +61,73 @@ pub struct ExportGuard {
     head: bool,
 }
 
+/// An operation that must see every connection to a volume (a rollback,
+/// reopen or delete): while it lives, the volume gains none, so the count
+/// it checked stays true (it can only fall). Released on drop.
+#[derive(Debug)]
+pub struct Exclusive {
+    registry: Arc<OpenExports>,
+    volume: String,
+}
+
+/// Another exclusive operation on the volume is under way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Busy;
+
 impl OpenExports {
-    /// Counts a connection to `volume`'s head (`head`) or one of its points.
-    pub fn hold(self: &Arc<Self>, volume: &str, head: bool) -> Arc<ExportGuard> {
-        let mut counts = self.counts.lock().unwrap_or_else(|poison| poison.into_inner());
-        let entry = counts.entry(volume.to_owned()).or_default();
+    fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Counts a connection to `volume`'s head (`head`) or one of its
+    /// points; `None` while an exclusive operation runs on it (try again).
+    pub fn hold(self: &Arc<Self>, volume: &str, head: bool) -> Option<Arc<ExportGuard>> {
+        let mut registry = self.lock();
+        if registry.busy.contains(volume) {
+            return None;
+        }
+        let entry = registry.counts.entry(volume.to_owned()).or_default();
         if head {
             entry.0 += 1;
         } else {
             entry.1 += 1;
         }
-        Arc::new(ExportGuard { registry: self.clone(), volume: volume.to_owned(), head })
+        Some(Arc::new(ExportGuard { registry: self.clone(), volume: volume.to_owned(), head }))
+    }
+
+    /// Starts an exclusive operation on `volume`, or says another one runs.
+    pub fn exclusive(self: &Arc<Self>, volume: &str) -> Result<Exclusive, Busy> {
+        if !self.lock().busy.insert(volume.to_owned()) {
+            return Err(Busy);
+        }
+        Ok(Exclusive { registry: self.clone(), volume: volume.to_owned() })
     }
 
     /// (connections to the head, connections to points) of `volume`.
     pub fn count(&self, volume: &str) -> (usize, usize) {
-        let counts = self.counts.lock().unwrap_or_else(|poison| poison.into_inner());
-        counts.get(volume).copied().unwrap_or_default()
+        self.lock().counts.get(volume).copied().unwrap_or_default()
     }
 }
 
 impl Drop for ExportGuard {
     fn drop(&mut self) {
-        let mut counts = self.registry.counts.lock().unwrap_or_else(|poison| poison.into_inner());
-        if let Some(entry) = counts.get_mut(&self.volume) {
+        let mut registry = self.registry.lock();
+        if let Some(entry) = registry.counts.get_mut(&self.volume) {
             if self.head {
                 entry.0 = entry.0.saturating_sub(1);
             } else {
                 entry.1 = entry.1.saturating_sub(1);
             }
             if *entry == (0, 0) {
-                counts.remove(&self.volume);
+                registry.counts.remove(&self.volume);
             }
         }
+    }
+}
+
+impl Drop for Exclusive {
+    fn drop(&mut self) {
+        self.registry.lock().busy.remove(&self.volume);
     }
 }
 
@@ -277,5 +319,34 @@ impl BlockDevice for VolumeDevice {
             .take(1024)
             .map(|e| Extent { length: e.length, hole: e.hole, zero: e.zero })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_exclusive_operation_keeps_new_connections_out_until_it_ends() {
+        let open = Arc::new(OpenExports::default());
+        let head = open.hold("db", true).unwrap();
+        let point = open.hold("db", false).unwrap();
+        assert_eq!(open.count("db"), (1, 1));
+        let exclusive = open.exclusive("db").unwrap();
+        // The count it checks can only fall meanwhile.
+        assert!(open.hold("db", true).is_none());
+        assert!(open.hold("db", false).is_none());
+        assert_eq!(open.exclusive("db").unwrap_err(), Busy);
+        // Other volumes are not held up.
+        let other = open.hold("web", true).unwrap();
+        assert!(open.exclusive("web").is_ok());
+        drop(point);
+        assert_eq!(open.count("db"), (1, 0));
+        drop(exclusive);
+        let again = open.hold("db", true).unwrap();
+        assert_eq!(open.count("db"), (2, 0));
+        drop((head, again, other));
+        assert_eq!(open.count("db"), (0, 0));
+        assert!(open.exclusive("db").is_ok());
     }
 }

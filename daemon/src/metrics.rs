@@ -477,7 +477,7 @@ mod tests {
         let volume = store.create_volume("db", 1 << 20).unwrap();
         volume.write(0, &[1; 4096], true).unwrap();
         let open = std::sync::Arc::new(OpenExports::default());
-        let _hold = open.hold("db", true);
+        let _hold = open.hold("db", true).unwrap();
         let text = metrics.render(&store, &open);
         assert!(text.contains("rewind_nbd_requests_total{kind=\"read\",result=\"ok\"} 2\n"), "{text}");
         assert!(text.contains("rewind_nbd_requests_total{kind=\"read\",result=\"error\"} 1\n"));

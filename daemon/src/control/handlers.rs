@@ -6,10 +6,12 @@
 //!
 //! Rollback, delete and reopen check the NBD connections open to the volume
 //! first ([`crate::device::OpenExports`]) and refuse with 409 unless forced:
-//! a rollback or delete under a running VM corrupts its filesystem. The
-//! check and the operation are not atomic: a client that connects in
-//! between is not seen (the guard is against the VM the user forgot, not
-//! against a race).
+//! a rollback or delete under a running VM corrupts its filesystem. They
+//! hold the volume exclusively from before the check until they are done
+//! ([`crate::device::OpenExports::exclusive`]): a client that connects
+//! meanwhile waits (up to 5 s) and then sees the outcome, so none slips
+//! in between the check and the operation. A second such operation on the
+//! same volume meanwhile gets 409.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -184,6 +186,16 @@ fn unknown_snapshot(volume: &Volume, name: &str) -> ApiError {
 }
 
 /// NBD connections open to `name`.
+/// Starts an exclusive operation on volume `name` (rollback, reopen,
+/// delete): no NBD connection to it opens until the returned guard drops,
+/// so the connections counted after this stay counted.
+fn exclusive(state: &ControlState, name: &str) -> ApiResult<crate::device::Exclusive> {
+    state.open_exports.exclusive(name).map_err(|_| {
+        ApiError::conflict(format!("a rollback, reopen or delete of volume {name} is under way"))
+            .hint("try again once it has finished")
+    })
+}
+
 fn connections(state: &ControlState, name: &str) -> NbdConnections {
     let (head, points) = state.open_exports.count(name);
     NbdConnections { head: head as u64, points: points as u64 }
@@ -412,6 +424,7 @@ pub async fn delete_volume(
     ApiQuery(query): ApiQuery<Force>,
 ) -> ApiResult<Json<Deleted>> {
     let target = lookup(&state, &name)?;
+    let _exclusive = exclusive(&state, &name)?;
     let clones = clones_of(&state, &target);
     let snapshots: Vec<String> = target.snapshots().into_iter().map(|snapshot| snapshot.name).collect();
     let open = connections(&state, &name);
@@ -472,6 +485,7 @@ pub async fn reopen_volume(
     ApiQuery(query): ApiQuery<Force>,
 ) -> ApiResult<Json<Reopened>> {
     let volume = lookup(&state, &name)?;
+    let _exclusive = exclusive(&state, &name)?;
     // Connections hold the old volume object: after a reopen their writes
     // keep failing until the client reconnects.
     let head = connections(&state, &name).head;
@@ -621,6 +635,7 @@ pub async fn rollback(
     let volume = lookup(&state, &name)?;
     let point = parse_point(&request.to)?;
     let target = resolve(&volume, &point, &request.to)?;
+    let _exclusive = exclusive(&state, &name)?;
     let head = connections(&state, &name).head;
     if head > 0 && !query.force {
         return Err(refuse_under_clients(
