@@ -181,6 +181,12 @@ pub struct VolumeCreated {
     pub volume: VolumeInfo,
     /// Where the volume's head is served, read-write.
     pub uri: String,
+    /// Set when the volume can grow past the data dir's free space: its
+    /// image plus a journal of one complete overwrite (about 2.25 times
+    /// its size) does not fit. Writes past the free space are refused
+    /// (ENOSPC), never lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 /// `GET /v1/volumes/{volume}`.

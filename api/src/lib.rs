@@ -12,7 +12,7 @@ pub use point::{
     ExportName, Point, PointError, format_time, normalize_time, parse_duration, parse_export_name,
     validate_volume_name,
 };
-pub use size::{SizeError, format_size, parse_size};
+pub use size::{SizeError, format_size, format_size_exact, parse_size};
 
 /// Quotes a word for a POSIX shell when it needs it (`#812` would start a
 /// comment): for commands printed in messages and hints.

@@ -101,10 +101,27 @@ pub fn format_size(bytes: u64) -> String {
     }
 }
 
+/// [`format_size`] for a volume's size, where the exact figure matters:
+/// the byte count follows when the short form rounds ("4.00 MiB (4198400
+/// bytes)").
+pub fn format_size_exact(bytes: u64) -> String {
+    let short = format_size(bytes);
+    if short.contains('.') { format!("{short} ({bytes} bytes)") } else { short }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn exact_sizes_say_the_bytes_when_the_short_form_rounds() {
+        assert_eq!(format_size_exact(4100 << 10), "4.00 MiB (4198400 bytes)");
+        assert_eq!(format_size_exact(3 << 29), "1.50 GiB (1610612736 bytes)");
+        assert_eq!(format_size_exact(1 << 30), "1 GiB");
+        assert_eq!(format_size_exact(4096), "4 KiB");
+        assert_eq!(format_size_exact(1000), "1000 B");
+    }
 
     #[test]
     fn units_mean_what_users_expect() {

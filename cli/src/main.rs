@@ -21,7 +21,7 @@ use rewind_api::control::{
     Rollback, RolledBack, SizeArg, SnapshotCreated, SnapshotDeleted, SnapshotList, Status, Timeline,
     VolumeCreated, VolumeDetail, VolumeInfo, VolumeList, percent_encode,
 };
-use rewind_api::format_size;
+use rewind_api::{format_size, format_size_exact};
 use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -203,7 +203,7 @@ async fn run(cli: Cli, client: &Client) -> Result<(), Failure> {
                     cloned.point.seq,
                     display_time(&cloned.point.time),
                     cloned.volume.name,
-                    format_size(cloned.volume.size_bytes),
+                    format_size_exact(cloned.volume.size_bytes),
                     cloned.uri
                 )
             });
@@ -220,7 +220,7 @@ async fn run(cli: Cli, client: &Client) -> Result<(), Failure> {
                     exported.volume,
                     exported.point.seq,
                     display_time(&exported.point.time),
-                    format_size(exported.size_bytes)
+                    format_size_exact(exported.size_bytes)
                 );
                 format!("{}\n", exported.uri)
             });
@@ -263,10 +263,13 @@ async fn volume(command: VolumeCommand, client: &Client, json: bool) -> Result<(
             let created: VolumeCreated =
                 with_progress(&message, progress, client.post("/v1/volumes", &request)).await?;
             print(json, &created, |created| {
+                if let Some(warning) = &created.warning {
+                    eprintln!("warning: {warning}");
+                }
                 format!(
                     "Created volume {} ({}).\nServe it: {}\n",
                     created.volume.name,
-                    format_size(created.volume.size_bytes),
+                    format_size_exact(created.volume.size_bytes),
                     created.uri
                 )
             });
@@ -327,14 +330,14 @@ async fn volume(command: VolumeCommand, client: &Client, json: bool) -> Result<(
                     return format!(
                         "{} is already {}: nothing to do.\n",
                         resized.volume,
-                        format_size(resized.new_size_bytes)
+                        format_size_exact(resized.new_size_bytes)
                     );
                 };
                 let mut text = format!(
                     "Resized {} from {} to {} (#{seq}).\n",
                     resized.volume,
-                    format_size(resized.old_size_bytes),
-                    format_size(resized.new_size_bytes),
+                    format_size_exact(resized.old_size_bytes),
+                    format_size_exact(resized.new_size_bytes),
                 );
                 if resized.new_size_bytes < resized.old_size_bytes {
                     text.push_str(&format!(
@@ -553,7 +556,7 @@ fn human_volume(detail: &VolumeDetail) -> String {
     let volume = &detail.volume;
     let mut out = format!("Volume {}\n", volume.name);
     let mut line = |key: &str, value: String| out.push_str(&format!("  {key:<12} {value}\n"));
-    line("size", format_size(volume.size_bytes));
+    line("size", format_size_exact(volume.size_bytes));
     line(
         "history",
         format!(

@@ -91,7 +91,22 @@ fn volume_create_list_show_resize_delete() {
     let json = rewind_json(&daemon, &["volume", "create", "db2", "--size", "1G"]);
     assert_eq!(json["volume"]["size_bytes"], 1u64 << 30);
     assert_eq!(json["uri"], daemon.uri("db2"), "create gives the URI, as clone does");
+    assert_eq!(json.get("warning"), None, "1 GiB fits: {json}");
     assert_eq!(rewind_json(&daemon, &["volume", "delete", "db2"])["volume"], "db2");
+
+    // A size the short form rounds is given in bytes too.
+    let odd = rewind_ok(&daemon, &["volume", "create", "odd", "--size", "4100K"]);
+    assert!(odd.contains("Created volume odd (4.00 MiB (4198400 bytes))"), "{odd}");
+    // A volume that can outgrow the data dir is created (it is thin), with
+    // a warning that says how much it can use against what is free.
+    let output = rewind(&daemon, &["volume", "create", "huge", "--size", "1P"]);
+    let (stdout, stderr) = texts(&output);
+    assert!(output.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("Created volume huge (1 PiB)"), "{stdout}");
+    assert!(stderr.starts_with("warning: the data dir has "), "{stderr}");
+    assert!(stderr.contains("this volume can use up to 2.25 PiB"), "{stderr}");
+    let json = rewind_json(&daemon, &["volume", "create", "huge2", "--size", "1P"]);
+    assert!(json["warning"].as_str().unwrap().contains("refused (ENOSPC), never lost"), "{json}");
 }
 
 #[test]

@@ -14,6 +14,7 @@
 //! same volume meanwhile gets 409.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 
 use axum::Json;
@@ -383,7 +384,36 @@ pub async fn create_volume(
     })?;
     tracing::info!(volume = volume.name(), size, "created volume");
     let uri = nbd_uri(&client_address(state.nbd_listen), volume.name());
-    Ok((StatusCode::CREATED, Json(VolumeCreated { volume: volume_info(&state, &volume), uri })))
+    let warning = space_warning(&state.data_dir, size);
+    if let Some(warning) = &warning {
+        tracing::warn!(volume = volume.name(), "{warning}");
+    }
+    Ok((StatusCode::CREATED, Json(VolumeCreated { volume: volume_info(&state, &volume), uri, warning })))
+}
+
+/// The warning for a new volume of `size` bytes whose image plus a journal
+/// of one complete overwrite (the default budget: about 2.25 times its
+/// size; docs/journal.md, "The space bound") does not fit in the data
+/// dir's free space.
+fn space_warning(data_dir: &Path, size: u64) -> Option<String> {
+    let path = std::ffi::CString::new(data_dir.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: statvfs writes only into `stat`; `path` is a valid C string.
+    let stat = unsafe {
+        let mut stat: libc::statvfs = std::mem::zeroed();
+        (libc::statvfs(path.as_ptr(), &mut stat) == 0).then_some(stat)
+    }?;
+    // Their types differ by architecture (u32 or u64).
+    #[allow(clippy::useless_conversion)]
+    let free = u64::from(stat.f_bavail).saturating_mul(u64::from(stat.f_frsize));
+    let needs = size.saturating_mul(9) / 4;
+    (needs > free).then(|| {
+        format!(
+            "the data dir has {} free, and this volume can use up to {} (its image plus a journal of one \
+             complete overwrite); writes past the free space are refused (ENOSPC), never lost",
+            rewind_api::format_size(free),
+            rewind_api::format_size(needs)
+        )
+    })
 }
 
 pub async fn show_volume(
