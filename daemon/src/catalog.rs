@@ -17,8 +17,10 @@ use crate::device::{OpenExports, VolumeDevice};
 pub const DEFAULT_VOLUME_SIZE: u64 = 1 << 30;
 /// Name of the volume an empty data dir starts with.
 pub const DEFAULT_VOLUME: &str = "default";
-/// How long a new NBD connection waits for a rollback, reopen or delete of
-/// its volume to finish (they take milliseconds) before it is refused.
+/// How long a new NBD connection waits at most for a rollback, reopen or
+/// delete of its volume to finish (they usually take milliseconds; a
+/// reopen replays the journal's tail) before it is refused. Capped at half
+/// the handshake deadline, so the client gets the reason, not a timeout.
 const BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Every volume the daemon serves, and every point of each.
@@ -26,6 +28,8 @@ const BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 pub struct VolumeCatalog {
     store: Arc<Store>,
     open: Arc<OpenExports>,
+    /// How long an open waits for a busy volume ([`BUSY_WAIT`] at most).
+    busy_wait: std::time::Duration,
 }
 
 /// "retained history: #0 (2026-11-28T02:00:00Z) to #812 (2026-11-28T02:14:03Z)"
@@ -90,13 +94,18 @@ pub fn resolve_point(volume: &Volume, point: &Point, typed: &str) -> Result<u64,
 }
 
 impl VolumeCatalog {
-    /// Serves the volumes of `store`, creating `default` if there are none.
-    pub fn new(store: Arc<Store>) -> anyhow::Result<VolumeCatalog> {
+    /// Serves the volumes of `store`, creating `default` if there are none;
+    /// `handshake_timeout` is the NBD server's handshake deadline.
+    pub fn new(store: Arc<Store>, handshake_timeout: std::time::Duration) -> anyhow::Result<VolumeCatalog> {
         if store.volumes().is_empty() {
             store.create_volume(DEFAULT_VOLUME, DEFAULT_VOLUME_SIZE)?;
             tracing::info!(name = DEFAULT_VOLUME, size = DEFAULT_VOLUME_SIZE, "created volume");
         }
-        Ok(VolumeCatalog { store, open: Arc::new(OpenExports::default()) })
+        Ok(VolumeCatalog {
+            store,
+            open: Arc::new(OpenExports::default()),
+            busy_wait: BUSY_WAIT.min(handshake_timeout / 2),
+        })
     }
 
     /// Who holds which volume open over NBD.
@@ -134,10 +143,11 @@ impl Catalog for VolumeCatalog {
 
     /// Waits (up to [`BUSY_WAIT`]) while a rollback, reopen or delete of
     /// the volume is under way: the connection then sees its outcome.
+    /// Rollback holds point connections back too, for simplicity: briefly.
     async fn open(&self, name: &str) -> Result<Export<Self::Device>, LookupError> {
         let name = if name.is_empty() { DEFAULT_VOLUME } else { name };
         let parsed = parse_export_name(name).map_err(|error| lookup_error(error.to_string()))?;
-        let deadline = tokio::time::Instant::now() + BUSY_WAIT;
+        let deadline = tokio::time::Instant::now() + self.busy_wait;
         loop {
             if let Some(export) = self.try_open(name, &parsed).await? {
                 return Ok(export);
@@ -161,6 +171,9 @@ impl VolumeCatalog {
         name: &str,
         parsed: &ExportName,
     ) -> Result<Option<Export<VolumeDevice>>, LookupError> {
+        if self.open.busy(&parsed.volume) {
+            return Ok(None);
+        }
         let volume = self.volume(&parsed.volume)?;
         let Some(point) = &parsed.point else {
             let Some(guard) = self.hold(&volume, true) else { return Ok(None) };
@@ -228,7 +241,7 @@ mod tests {
         let options = store::StoreOptions { commit_interval: None, ..Default::default() };
         let store = Arc::new(Store::open(dir.path(), options).unwrap());
         store.create_volume("db", 1 << 20).unwrap();
-        let catalog = VolumeCatalog::new(store.clone()).unwrap();
+        let catalog = VolumeCatalog::new(store.clone(), std::time::Duration::from_secs(10)).unwrap();
         let open = catalog.open_exports().clone();
 
         let exclusive = open.exclusive("db").unwrap();

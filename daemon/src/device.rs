@@ -103,6 +103,11 @@ impl OpenExports {
         Ok(Exclusive { registry: self.clone(), volume: volume.to_owned() })
     }
 
+    /// Whether an exclusive operation runs on `volume`.
+    pub fn busy(&self, volume: &str) -> bool {
+        self.lock().busy.contains(volume)
+    }
+
     /// (connections to the head, connections to points) of `volume`.
     pub fn count(&self, volume: &str) -> (usize, usize) {
         self.lock().counts.get(volume).copied().unwrap_or_default()

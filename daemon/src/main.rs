@@ -106,7 +106,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let control_socket = control::ControlSocket::bind(&config.control, &config.data_dir)
         .inspect_err(|_| remove_empty(&made))?;
     let store = open_store(&config)?;
-    let catalog = Arc::new(VolumeCatalog::new(store.clone())?);
+    let catalog = Arc::new(VolumeCatalog::new(store.clone(), config.nbd.handshake_timeout)?);
     tracing::info!(
         data_dir = %config.data_dir.display(),
         nbd = %nbd_listen,

@@ -451,7 +451,7 @@ pub struct RealFs {
 }
 
 /// `f_type` of ramfs (include/uapi/linux/magic.h; libc does not name it).
-const RAMFS_MAGIC: i64 = 0x8584_58f6;
+const RAMFS_MAGIC: u32 = 0x8584_58f6;
 
 impl RealFs {
     /// Uses `root` (created if missing) with the given engine.
@@ -469,10 +469,9 @@ impl RealFs {
                 if libc::statfs(path.as_ptr(), &mut stat) != 0 {
                     return false;
                 }
-                // f_type's and the constants' types differ by architecture.
-                #[allow(clippy::unnecessary_cast)]
-                let in_memory = [libc::TMPFS_MAGIC as i64, RAMFS_MAGIC].contains(&(stat.f_type as i64));
-                in_memory
+                // f_type is 32 bits wide, signed or not, or 64 bits, by
+                // architecture: compare the low 32 bits, where the magics are.
+                [libc::TMPFS_MAGIC as u32, RAMFS_MAGIC].contains(&(stat.f_type as u32))
             });
         Ok(Self { root: root.to_owned(), engine, ring, in_memory })
     }

@@ -225,6 +225,10 @@ pub enum ReadError {
     /// the history now starts at `first_seq`.
     #[error("point #{seq} is no longer retained: the history now starts at #{first_seq}")]
     Retired { seq: u64, first_seq: u64 },
+    /// The volume was reopened after this reader opened it: its files now
+    /// belong to the new volume object, which may reuse them. Reconnect.
+    #[error("the volume was reopened after this connection opened it: reconnect")]
+    Replaced,
 }
 
 impl ReadError {
@@ -235,7 +239,7 @@ impl ReadError {
             Self::Io(error) => error.raw_os_error().or(Some(libc::EIO)),
             Self::Corrupt { .. } => Some(libc::EIO),
             // The export's image is gone, as if the export were shut down.
-            Self::Retired { .. } => Some(libc::ESHUTDOWN),
+            Self::Retired { .. } | Self::Replaced => Some(libc::ESHUTDOWN),
         }
     }
 }

@@ -155,7 +155,7 @@ struct Segment {
     first_seq: u64,
     /// The file mapped for reads, made at the first read (`None`: not a
     /// real file, or it could not be mapped).
-    map: OnceLock<Option<Mapping>>,
+    map: OnceLock<Option<Arc<Mapping>>>,
 }
 
 impl Segment {
@@ -163,14 +163,16 @@ impl Segment {
         Segment { file, first_seq, map: OnceLock::new() }
     }
 
-    /// Copies record bytes from the mapping (`bytes`: its length, the
-    /// journal's segment size); false when that cannot be done (read them
-    /// from the file: it reports any error).
-    fn copy_mapped(&self, bytes: u64, position: u64, buf: &mut [u8]) -> bool {
+    /// The segment's mapping, made at the first call: of its file's length
+    /// or `bytes` (the journal's segment size), whichever is larger, so a
+    /// segment still being written needs one mapping.
+    fn mapping(&self, bytes: u64) -> Option<Arc<Mapping>> {
         self.map
-            .get_or_init(|| Mapping::new(self.file.raw_fd()?, usize::try_from(bytes).ok()?))
-            .as_ref()
-            .is_some_and(|map| map.copy(position, buf))
+            .get_or_init(|| {
+                let length = self.file.len().ok()?.max(bytes);
+                Mapping::new(self.file.raw_fd()?, usize::try_from(length).ok()?).map(Arc::new)
+            })
+            .clone()
     }
 }
 
@@ -677,16 +679,17 @@ impl Journal {
     pub fn read(&self, location: u64, buf: &mut [u8]) -> io::Result<()> {
         if location + buf.len() as u64 <= self.written_below.load(Ordering::Acquire) {
             let (number, position) = layout::split_location(location);
-            let file = {
-                // Held over the copy: a segment leaves the map (and its
-                // mapping goes) only under the write lock.
+            // The copy runs outside the segment table's lock (a page may
+            // have to be read in); the reader's hold on the volume's gate
+            // keeps the file from being reused meanwhile, as for `pread`.
+            let (file, mapping) = {
                 let segments = self.segments.read();
                 let segment = segments.get(&number).ok_or_else(missing_segment)?;
-                if segment.copy_mapped(self.segment_bytes(), position, buf) {
-                    return Ok(());
-                }
-                segment.file.clone()
+                (segment.file.clone(), segment.mapping(self.segment_bytes()))
             };
+            if mapping.is_some_and(|mapping| mapping.copy(position, buf)) {
+                return Ok(());
+            }
             return file.read_at(buf, position);
         }
         let writer = self.writer.lock();

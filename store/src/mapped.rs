@@ -8,8 +8,11 @@
 //! docs/journal.md, "Reads", has the figures.
 //!
 //! A mapped read cannot return an error: a page that cannot be read in (a
-//! disk error, or a file cut shorter behind the journal's back) raises
-//! SIGBUS. This module's handler turns that into a failed copy. When the
+//! disk error, or a page wholly beyond the end of a file cut shorter
+//! behind the journal's back) raises SIGBUS. (The rest of a file's last,
+//! partial page reads as zeros, as the kernel maps it. Only the journal
+//! cuts its segment files: after a segment's last record, past which
+//! nothing reads, and at recovery, before anything is mapped.) This module's handler turns that into a failed copy. When the
 //! fault lies in the mapping the faulting thread is copying from, it maps a
 //! page of zeros over the bad page so the copy can finish, and marks the
 //! mapping poisoned. Every copy checks the mark after copying, so no reader
@@ -20,7 +23,7 @@
 
 use std::cell::Cell;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering, compiler_fence};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering, compiler_fence, fence};
 use std::sync::{Once, OnceLock};
 
 /// A read-only shared mapping of the first `len` bytes of a file.
@@ -84,7 +87,10 @@ impl Mapping {
         if self.poisoned.load(Ordering::Acquire) {
             return false;
         }
-        COPYING_FROM.with(|cell| cell.set(self));
+        // Volatile: the optimizer must neither drop these stores (nothing
+        // it can see reads them) nor assume `self` never escapes.
+        // SAFETY: the cell's own pointer, on this thread.
+        COPYING_FROM.with(|cell| unsafe { std::ptr::write_volatile(cell.as_ptr(), self as *const Mapping) });
         compiler_fence(Ordering::SeqCst);
         // SAFETY: `start..start + len` lies within the mapping, which lives
         // as long as `self`; `buf` is ours and cannot overlap a read-only
@@ -92,9 +98,11 @@ impl Mapping {
         // docs), so the copy always completes.
         unsafe { std::ptr::copy_nonoverlapping(self.ptr.add(start), buf.as_mut_ptr(), buf.len()) };
         compiler_fence(Ordering::SeqCst);
-        COPYING_FROM.with(|cell| cell.set(std::ptr::null()));
+        // SAFETY: as above.
+        COPYING_FROM.with(|cell| unsafe { std::ptr::write_volatile(cell.as_ptr(), std::ptr::null()) });
         // Another thread's fault on a page this copy read is marked before
         // the zeros are mapped, so a copy that saw them sees the mark.
+        fence(Ordering::SeqCst);
         !self.poisoned.load(Ordering::SeqCst)
     }
 
@@ -146,7 +154,8 @@ fn install_handler() -> bool {
 /// The SIGBUS handler: see the module docs. It only reads a thread-local
 /// cell and atomics and makes system calls.
 extern "C" fn on_sigbus(signal: libc::c_int, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
-    let mapping = COPYING_FROM.with(Cell::get);
+    // SAFETY: the cell's own pointer, on this thread.
+    let mapping = COPYING_FROM.with(|cell| unsafe { std::ptr::read_volatile(cell.as_ptr()) });
     // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers.
     let address = unsafe { (*info).si_addr() } as usize;
     if !mapping.is_null() {
@@ -245,7 +254,11 @@ mod tests {
         // raise SIGBUS when touched.
         file.set_len(page as u64).unwrap();
         let mut buf = vec![1; 2 * page];
-        assert!(!mapping.copy(page as u64 / 2, &mut buf), "a copy over a lost page must fail");
+        let copied = mapping.copy(page as u64 / 2, &mut buf);
+        // Read what was copied: a copy into a buffer nobody reads may be
+        // optimised away, and with it the fault.
+        assert_eq!(buf[..page / 2], vec![0x5a; page / 2], "the page still in the file");
+        assert!(!copied, "a copy over a lost page must fail");
         assert!(mapping.poisoned());
         // Poisoned: even the page still in the file is not copied again.
         let mut first = vec![1; 16];

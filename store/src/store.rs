@@ -328,6 +328,10 @@ impl Store {
                 }
             }
         }
+        // Before anything writes to the new object: from here the old one
+        // reads nothing (points opened through it get an error, not bytes
+        // of a reused segment file).
+        old.mark_replaced();
         self.shared.volumes.write().insert(name.to_owned(), volume.clone());
         Ok(volume)
     }

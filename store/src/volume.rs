@@ -365,6 +365,8 @@ pub struct Volume {
     /// The index checkpoint; only the current leader (or close) touches it.
     checkpoint: Mutex<Checkpoint>,
     deleted: AtomicBool,
+    /// Reopened: a new object owns the files ([`Self::mark_replaced`]).
+    replaced: AtomicBool,
     tuning: VolumeTuning,
     recovery: RecoveryStats,
     flushes: AtomicU64,
@@ -572,6 +574,7 @@ impl Volume {
             synced: Condvar::new(),
             checkpoint: Mutex::new(checkpoint),
             deleted: AtomicBool::new(false),
+            replaced: AtomicBool::new(false),
             tuning,
             recovery,
             flushes: AtomicU64::new(0),
@@ -666,6 +669,15 @@ impl Volume {
         self.deleted.store(true, Ordering::Release);
         // Whoever opens the directory next owns its spare files.
         self.journal.close_spares();
+    }
+
+    /// Refuses reads from now on ([`ReadError::Replaced`]): a reopened
+    /// volume's new object owns its files and may reuse a segment file
+    /// this one still reads, so what this one would read is not its data.
+    /// Waits for reads under way.
+    pub(crate) fn mark_replaced(&self) {
+        let _gate = self.gate.write();
+        self.replaced.store(true, Ordering::Release);
     }
 
     /// Spare segment files the journal holds now (the cleaner's reserve
@@ -1094,6 +1106,9 @@ impl Volume {
         })?;
         // Reuse this thread's vectors: reads allocate nothing in the
         // common case (a clone's base read nests and takes fresh ones).
+        if self.replaced.load(Ordering::Acquire) {
+            return Err(ReadError::Replaced);
+        }
         let mut pieces = SCRATCH_PIECES.with(|cell| cell.take());
         pieces.clear();
         let index = self.index.read();
@@ -1541,6 +1556,9 @@ impl Volume {
                 Err(ReadError::OutOfBounds { .. }) => break,
                 // Folded meanwhile: continue after the new base.
                 Err(ReadError::Retired { .. }) => seq = seq.max(self.index.read().base_seq()),
+                Err(error @ ReadError::Replaced) => {
+                    return Err(VerifyError::Io(std::io::Error::other(error.to_string())));
+                }
             }
             seq += 1;
         }

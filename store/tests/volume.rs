@@ -392,9 +392,21 @@ fn enospc_poisons_and_keeps_flushed_writes() {
     // acknowledged), so a flush has nothing to refuse.
     volume.flush().unwrap();
     fs.set_faults(Faults::default(), 0);
+    let point = volume.open_point(1).unwrap();
     let reopened = store.reopen_volume("v").unwrap();
     assert!(matches!(volume.write(0, b"no", false), Err(WriteError::Deleted)));
+    // The old object and the points opened through it read nothing now:
+    // the new object owns the files and may reuse them.
+    let mut buf = [0; 4];
+    assert!(matches!(volume.read(0, &mut buf), Err(store::ReadError::Replaced)));
+    let error = point.read(0, &mut buf).unwrap_err();
+    assert!(matches!(error, store::ReadError::Replaced), "{error:?}");
+    assert_eq!(error.raw_os_error(), Some(libc::ESHUTDOWN));
+    assert!(matches!(point.extents(0, 4096), Err(store::ReadError::Replaced)));
     assert_eq!(read(&reopened, 0, 4), b"kept");
+    let mut kept = [0; 4];
+    reopened.open_point(1).unwrap().read(0, &mut kept).unwrap();
+    assert_eq!(&kept, b"kept");
     reopened.write(0, b"ok", true).unwrap();
     drop(store);
     let store = Store::open("/unused".as_ref(), options).unwrap();

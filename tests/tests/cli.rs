@@ -401,7 +401,8 @@ fn rollback_delete_and_reopen_refuse_while_a_client_is_connected() {
     let stderr = rewind_fails(&daemon, &["volume", "delete", "emr"], 1);
     assert!(stderr.contains("volume emr has 1 NBD connection open (1 to its head, 0 to points)"), "{stderr}");
     let stderr = rewind_fails(&daemon, &["volume", "reopen", "emr"], 1);
-    assert!(stderr.contains("1 NBD connection open to its head"), "{stderr}");
+    assert!(stderr.contains("1 NBD connection open (1 to its head, 0 to points)"), "{stderr}");
+    assert!(stderr.contains("their reads and writes would fail until they reconnect"), "{stderr}");
     assert_eq!(
         rewind_json(&daemon, &["volume", "show", "emr"])["volume"]["head"]["seq"],
         3,

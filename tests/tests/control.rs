@@ -148,6 +148,15 @@ fn connected_clients_make_rollback_delete_and_reopen_conflicts_unless_forced() {
     assert_eq!(json(&body)["stale_nbd_connections"], 1);
     vm.close();
     wait_disconnected(&daemon, "default");
+    // A connection to a point alone makes reopen a conflict too: it keeps
+    // the old volume object, whose reads fail after a reopen.
+    let reader = HeldConnection::open(&daemon.uri("default@%230"));
+    let (status, body) = http(&path, "POST", "/v1/volumes/default/reopen", None);
+    assert_eq!(status, 409, "{body}");
+    let error = json(&body)["error"].as_str().unwrap().to_owned();
+    assert!(error.contains("1 NBD connection open (0 to its head, 1 to points)"), "{error}");
+    reader.close();
+    wait_disconnected(&daemon, "default");
     let (status, body) = http(&path, "POST", "/v1/volumes/default/reopen", None);
     assert_eq!(status, 200, "{body}");
     assert_eq!(json(&body)["volume"]["name"], "default");

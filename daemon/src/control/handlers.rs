@@ -189,7 +189,9 @@ fn unknown_snapshot(volume: &Volume, name: &str) -> ApiError {
 /// NBD connections open to `name`.
 /// Starts an exclusive operation on volume `name` (rollback, reopen,
 /// delete): no NBD connection to it opens until the returned guard drops,
-/// so the connections counted after this stay counted.
+/// so the connections counted after this stay counted. Take it before
+/// looking the volume up, and move it into the blocking task that does
+/// the work: a client that hangs up drops the handler, not the task.
 fn exclusive(state: &ControlState, name: &str) -> ApiResult<crate::device::Exclusive> {
     state.open_exports.exclusive(name).map_err(|_| {
         ApiError::conflict(format!("a rollback, reopen or delete of volume {name} is under way"))
@@ -197,20 +199,32 @@ fn exclusive(state: &ControlState, name: &str) -> ApiResult<crate::device::Exclu
     })
 }
 
+/// NBD connections open to volume `name`, to its head and to its points.
 fn connections(state: &ControlState, name: &str) -> NbdConnections {
     let (head, points) = state.open_exports.count(name);
     NbdConnections { head: head as u64, points: points as u64 }
 }
 
-/// The 409 for `head` NBD connections open to `volume`'s head, which `what`
+/// NBD connections an operation refuses to go on under.
+enum Open {
+    /// Those to the head.
+    Head(u64),
+    /// Those to the head and to points.
+    Any(NbdConnections),
+}
+
+/// The 409 for the NBD connections open to `volume`, which `what`
 /// ("roll back", "reopen it") would change or replace under them;
 /// `command` is the CLI command that would go ahead with `--force`.
-fn refuse_under_clients(volume: &str, head: u64, what: &str, consequence: &str, command: &str) -> ApiError {
-    ApiError::conflict(format!(
-        "volume {volume} has {} open to its head: {consequence}",
-        plural(head, "NBD connection")
-    ))
-    .hint(format!(
+fn refuse_under_clients(volume: &str, open: Open, what: &str, consequence: &str, command: &str) -> ApiError {
+    let open = match open {
+        Open::Head(head) => format!("{} open to its head", plural(head, "NBD connection")),
+        Open::Any(NbdConnections { head, points }) => format!(
+            "{} open ({head} to its head, {points} to points)",
+            plural(head + points, "NBD connection")
+        ),
+    };
+    ApiError::conflict(format!("volume {volume} has {open}: {consequence}")).hint(format!(
         "stop the VM (or disconnect the NBD clients) first, then {what} again; to go ahead anyway: \
          {command} --force (API: ?force=true)"
     ))
@@ -453,8 +467,8 @@ pub async fn delete_volume(
     ApiPath(name): ApiPath<String>,
     ApiQuery(query): ApiQuery<Force>,
 ) -> ApiResult<Json<Deleted>> {
+    let exclusive = exclusive(&state, &name)?;
     let target = lookup(&state, &name)?;
-    let _exclusive = exclusive(&state, &name)?;
     let clones = clones_of(&state, &target);
     let snapshots: Vec<String> = target.snapshots().into_iter().map(|snapshot| snapshot.name).collect();
     let open = connections(&state, &name);
@@ -492,7 +506,11 @@ pub async fn delete_volume(
     }
     let store_state = state.clone();
     let volume = name.clone();
-    let deleted = blocking(move || store_state.store.delete_volume(&volume, query.force)).await?;
+    let deleted = blocking(move || {
+        let _exclusive = exclusive;
+        store_state.store.delete_volume(&volume, query.force)
+    })
+    .await?;
     deleted.map_err(|error| match error {
         DeleteError::NotFound(name) => unknown_volume(&state, &name),
         DeleteError::HasClones { volume, clones } => ApiError::conflict(format!(
@@ -514,17 +532,19 @@ pub async fn reopen_volume(
     ApiPath(name): ApiPath<String>,
     ApiQuery(query): ApiQuery<Force>,
 ) -> ApiResult<Json<Reopened>> {
+    let exclusive = exclusive(&state, &name)?;
     let volume = lookup(&state, &name)?;
-    let _exclusive = exclusive(&state, &name)?;
     // Connections hold the old volume object: after a reopen their writes
-    // keep failing until the client reconnects.
-    let head = connections(&state, &name).head;
+    // keep failing, and their reads fail too (the new object owns the
+    // journal files and may reuse them), until the client reconnects.
+    let open = connections(&state, &name);
+    let head = open.head + open.points;
     if head > 0 && !query.force {
         return Err(refuse_under_clients(
             &name,
-            head,
+            Open::Any(open),
             "reopen it",
-            "they would keep the old volume, and their writes would keep failing until they reconnect",
+            "they would keep the old volume, and their reads and writes would fail until they reconnect",
             &format!("rewind volume reopen {name}"),
         ));
     }
@@ -532,7 +552,11 @@ pub async fn reopen_volume(
     drop(volume);
     let store_state = state.clone();
     let reopening = name.clone();
-    let reopened = blocking(move || store_state.store.reopen_volume(&reopening)).await?;
+    let reopened = blocking(move || {
+        let _exclusive = exclusive;
+        store_state.store.reopen_volume(&reopening)
+    })
+    .await?;
     let volume = reopened.map_err(|error| match error {
         // Deleted meanwhile.
         OpenError::Corrupt { .. } if state.store.volume(&name).is_none() => unknown_volume(&state, &name),
@@ -662,22 +686,27 @@ pub async fn rollback(
     ApiQuery(query): ApiQuery<Force>,
     ApiJson(request): ApiJson<Rollback>,
 ) -> ApiResult<Json<RolledBack>> {
-    let volume = lookup(&state, &name)?;
     let point = parse_point(&request.to)?;
+    let exclusive = exclusive(&state, &name)?;
+    let volume = lookup(&state, &name)?;
     let target = resolve(&volume, &point, &request.to)?;
-    let _exclusive = exclusive(&state, &name)?;
     let head = connections(&state, &name).head;
     if head > 0 && !query.force {
         return Err(refuse_under_clients(
             &name,
-            head,
+            Open::Head(head),
             "roll back",
             "its image would change under a running VM, whose next write corrupts its filesystem",
             &format!("rewind rollback {name} --to {}", rewind_api::shell_word(&request.to)),
         ));
     }
     let rolling = volume.clone();
-    let outcome = blocking(move || rolling.rollback(target)).await?.map_err(|error| match error {
+    let outcome = blocking(move || {
+        let _exclusive = exclusive;
+        rolling.rollback(target)
+    })
+    .await?
+    .map_err(|error| match error {
         RollbackError::Point(PointError::OutsideHistory { window, .. }) => {
             outside_history(&volume, &request.to, &window)
         }
