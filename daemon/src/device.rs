@@ -145,11 +145,11 @@ fn os_error(code: Option<i32>, kind: io::ErrorKind, message: String) -> DeviceEr
 }
 
 fn write_error(error: store::WriteError) -> DeviceError {
-    os_error(error.raw_os_error(), error.kind(), error.to_string())
+    os_error(error.raw_os_error(), error.kind(), crate::error_chain(&error))
 }
 
 fn flush_error(error: store::FlushError) -> DeviceError {
-    os_error(error.raw_os_error(), error.kind(), error.to_string())
+    os_error(error.raw_os_error(), error.kind(), crate::error_chain(&error))
 }
 
 fn read_error(error: store::ReadError) -> DeviceError {
@@ -157,7 +157,7 @@ fn read_error(error: store::ReadError) -> DeviceError {
         // Corruption is reported, never served.
         tracing::error!(%error, "refusing to serve a corrupt record");
     }
-    os_error(error.raw_os_error(), io::ErrorKind::Other, error.to_string())
+    os_error(error.raw_os_error(), io::ErrorKind::Other, crate::error_chain(&error))
 }
 
 fn read_only() -> DeviceError {
@@ -330,6 +330,15 @@ impl BlockDevice for VolumeDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_read_tells_the_client_and_the_log_its_cause() {
+        let error = read_error(store::ReadError::Io(io::Error::from_raw_os_error(libc::EIO)));
+        assert_eq!(error.errno, Errno::Io);
+        assert_eq!(error.message, "journal read failed: Input/output error (os error 5)");
+        let error = read_error(store::ReadError::Replaced);
+        assert_eq!(error.errno, Errno::Shutdown);
+    }
 
     #[test]
     fn an_exclusive_operation_keeps_new_connections_out_until_it_ends() {

@@ -26,6 +26,18 @@ use tokio::sync::watch;
 use crate::catalog::VolumeCatalog;
 use crate::config::{Args, Config};
 
+/// `error` and its causes, as one line: "journal read failed: failed to
+/// fill whole buffer".
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    message
+}
+
 fn main() -> ExitCode {
     let args = match Args::try_parse() {
         Ok(args) => args,

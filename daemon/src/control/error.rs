@@ -47,12 +47,7 @@ impl ApiError {
     /// 500: the daemon failed (IO). The cause chain goes to the log and the
     /// message; the hint points at the log.
     pub fn internal(context: &str, error: &(dyn std::error::Error + 'static)) -> ApiError {
-        let mut message = format!("{context}: {error}");
-        let mut source = error.source();
-        while let Some(cause) = source {
-            message.push_str(&format!(": {cause}"));
-            source = cause.source();
-        }
+        let message = format!("{context}: {}", crate::error_chain(error));
         tracing::error!(error = %message, "control request failed");
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
