@@ -54,6 +54,14 @@ static PAGE: AtomicUsize = AtomicUsize::new(0);
 /// The SIGBUS action before ours (set before ours is installed).
 static PREVIOUS: OnceLock<libc::sigaction> = OnceLock::new();
 
+/// Mappings alive in this process, and the most there may be: each is a
+/// kernel memory map entry (and a poisoned page splits one in up to
+/// three), under `vm.max_map_count` (65,530 by default) together with the
+/// rest of the process. Past the cap segments are read with `pread`, so
+/// the handler's zero page always has an entry to spare.
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+const MAX_LIVE: usize = 16_384;
+
 static INSTALL: Once = Once::new();
 static INSTALLED: AtomicBool = AtomicBool::new(false);
 
@@ -65,10 +73,15 @@ impl Mapping {
         if len == 0 || !install_handler() {
             return None;
         }
+        if LIVE.fetch_add(1, Ordering::Relaxed) >= MAX_LIVE {
+            LIVE.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
         // SAFETY: a new mapping at an address of the kernel's choice; it
         // aliases nothing of ours.
         let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, fd, 0) };
         if ptr == libc::MAP_FAILED {
+            LIVE.fetch_sub(1, Ordering::Relaxed);
             return None;
         }
         Some(Mapping { ptr: ptr.cast(), len, poisoned: AtomicBool::new(false) })
@@ -117,6 +130,7 @@ impl Drop for Mapping {
         // SAFETY: unmaps exactly what `new` mapped; nothing borrows it
         // (`copy` borrows `self`).
         unsafe { libc::munmap(self.ptr.cast_mut().cast(), self.len) };
+        LIVE.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -270,6 +284,25 @@ mod tests {
         assert!(again.copy(0, &mut buf));
         assert_eq!(buf, vec![0x5a; page]);
         assert!(!again.copy(2 * page as u64, &mut buf));
+    }
+
+    #[test]
+    fn mappings_stop_at_the_cap_and_come_back_once_dropped() {
+        let page = page();
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(&vec![3; page]).unwrap();
+        let mut ours = Vec::new();
+        while let Some(mapping) = Mapping::new(file.as_raw_fd(), page) {
+            ours.push(mapping);
+            assert!(ours.len() <= MAX_LIVE, "past the cap");
+        }
+        // The other tests of this process hold a few at most.
+        assert!(ours.len() > MAX_LIVE - 64, "stopped at {}", ours.len());
+        drop(ours);
+        let mapping = Mapping::new(file.as_raw_fd(), page).expect("a slot once dropped");
+        let mut buf = vec![0; 8];
+        assert!(mapping.copy(0, &mut buf));
+        assert_eq!(buf, vec![3; 8]);
     }
 
     /// Run in a child process by the test below: touches a lost page of a
