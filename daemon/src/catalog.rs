@@ -233,8 +233,9 @@ mod tests {
     use std::time::{Duration, Instant};
 
     /// A connection that arrives during a rollback, reopen or delete waits
-    /// for it, then sees its outcome: the head once it is done, or the news
-    /// that the volume is gone.
+    /// for it, then sees its outcome: the head once it is done, the
+    /// reopened volume (not the old object), or the news that the volume is
+    /// gone.
     #[tokio::test]
     async fn a_connection_during_an_exclusive_operation_waits_and_sees_its_outcome() {
         let dir = tempfile::tempdir().unwrap();
@@ -258,6 +259,22 @@ mod tests {
         let ((export, opened_at), released_at) = tokio::join!(opening, releasing);
         assert_eq!(export.unwrap(), "db");
         assert!(opened_at >= released_at);
+
+        // Reopened while the connection waited: it gets the new object
+        // (the old one refuses writes).
+        let exclusive = open.exclusive("db").unwrap();
+        let opening = catalog.open("db");
+        let reopening = async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            store.reopen_volume("db").unwrap();
+            drop(exclusive);
+        };
+        let (export, ()) = tokio::join!(opening, reopening);
+        let device = export.unwrap().device;
+        let written =
+            nbd_server::BlockDevice::write(&device, 0, nbd_server::IoBuffer::unpooled(vec![7; 4096]), true);
+        written.await.expect("a write through the reopened volume");
+        drop(device);
 
         let exclusive = open.exclusive("db").unwrap();
         let opening = catalog.open("db@#0");
