@@ -682,15 +682,17 @@ impl Journal {
             // The copy runs outside the segment table's lock (a page may
             // have to be read in); the reader's hold on the volume's gate
             // keeps the file from being reused meanwhile, as for `pread`.
-            let (file, mapping) = {
+            let source = {
                 let segments = self.segments.read();
                 let segment = segments.get(&number).ok_or_else(missing_segment)?;
-                (segment.file.clone(), segment.mapping(self.segment_bytes()))
+                segment.mapping(self.segment_bytes()).ok_or_else(|| segment.file.clone())
             };
-            if mapping.is_some_and(|mapping| mapping.copy(position, buf)) {
-                return Ok(());
-            }
-            return file.read_at(buf, position);
+            return match source {
+                Ok(mapping) if mapping.copy(position, buf) => Ok(()),
+                // A page could not be read in: the file says why.
+                Ok(_) => self.segment(number)?.read_at(buf, position),
+                Err(file) => file.read_at(buf, position),
+            };
         }
         let writer = self.writer.lock();
         let (number, position) = layout::split_location(location);

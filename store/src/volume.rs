@@ -632,19 +632,15 @@ impl Volume {
         }
     }
 
-    /// The clone's parent volume's id (a deleted parent's name may be
-    /// taken by a new volume; its id never is).
-    pub fn clone_parent_id(&self) -> Option<u128> {
-        self.parent_id()
-    }
-
     /// Whether the clone's parent was deleted (forced: it stays hidden
     /// while clones read through it).
     pub fn clone_parent_deleted(&self) -> bool {
         self.parent.read().as_ref().is_some_and(|(parent, _)| parent.deleted.load(Ordering::Acquire))
     }
 
-    pub(crate) fn parent_id(&self) -> Option<u128> {
+    /// The clone's parent volume's id (a deleted parent's name may be
+    /// taken by a new volume; its id never is).
+    pub fn parent_id(&self) -> Option<u128> {
         self.parent.read().as_ref().map(|(parent, _)| parent.id)
     }
 
@@ -1104,11 +1100,11 @@ impl Volume {
             length,
             size,
         })?;
-        // Reuse this thread's vectors: reads allocate nothing in the
-        // common case (a clone's base read nests and takes fresh ones).
         if self.replaced.load(Ordering::Acquire) {
             return Err(ReadError::Replaced);
         }
+        // Reuse this thread's vectors: reads allocate nothing in the
+        // common case (a clone's base read nests and takes fresh ones).
         let mut pieces = SCRATCH_PIECES.with(|cell| cell.take());
         pieces.clear();
         let index = self.index.read();
@@ -1489,6 +1485,9 @@ impl Volume {
     /// verify).
     pub fn read_record(&self, seq: u64) -> Result<JournalRecord, ReadError> {
         let _gate = self.gate.read();
+        if self.replaced.load(Ordering::Acquire) {
+            return Err(ReadError::Replaced);
+        }
         let entry = {
             let index = self.index.read();
             let head = self.head_seq();

@@ -403,6 +403,7 @@ fn enospc_poisons_and_keeps_flushed_writes() {
     assert!(matches!(error, store::ReadError::Replaced), "{error:?}");
     assert_eq!(error.raw_os_error(), Some(libc::ESHUTDOWN));
     assert!(matches!(point.extents(0, 4096), Err(store::ReadError::Replaced)));
+    assert!(matches!(volume.read_record(1), Err(store::ReadError::Replaced)));
     assert_eq!(read(&reopened, 0, 4), b"kept");
     let mut kept = [0; 4];
     reopened.open_point(1).unwrap().read(0, &mut kept).unwrap();

@@ -186,7 +186,6 @@ fn unknown_snapshot(volume: &Volume, name: &str) -> ApiError {
         .hint(format!("rewind snapshot list {} shows the snapshots", volume.name()))
 }
 
-/// NBD connections open to `name`.
 /// Starts an exclusive operation on volume `name` (rollback, reopen,
 /// delete): no NBD connection to it opens until the returned guard drops,
 /// so the connections counted after this stay counted. Take it before
@@ -267,7 +266,7 @@ fn clones_at(state: &ControlState, volume: &Volume) -> Vec<(String, u64)> {
         .store
         .volumes()
         .iter()
-        .filter(|v| v.clone_parent_id() == Some(volume.id()))
+        .filter(|v| v.parent_id() == Some(volume.id()))
         .filter_map(|v| v.clone_parent().map(|(_, seq)| (v.name().to_owned(), seq)))
         .collect()
 }
@@ -538,8 +537,8 @@ pub async fn reopen_volume(
     // keep failing, and their reads fail too (the new object owns the
     // journal files and may reuse them), until the client reconnects.
     let open = connections(&state, &name);
-    let head = open.head + open.points;
-    if head > 0 && !query.force {
+    let open_total = open.head + open.points;
+    if open_total > 0 && !query.force {
         return Err(refuse_under_clients(
             &name,
             Open::Any(open),
@@ -565,11 +564,11 @@ pub async fn reopen_volume(
              rewind volume reopen {name} again (or restart rewindd)"
         )),
     })?;
-    tracing::info!(volume = name, cleared = ?cleared, stale_connections = head, "reopened volume");
+    tracing::info!(volume = name, cleared = ?cleared, stale_connections = open_total, "reopened volume");
     Ok(Json(Reopened {
         volume: volume_info(&state, &volume),
         cleared_write_error: cleared,
-        stale_nbd_connections: head,
+        stale_nbd_connections: open_total,
     }))
 }
 
