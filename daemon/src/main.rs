@@ -157,7 +157,6 @@ async fn run(config: Config) -> anyhow::Result<()> {
 /// A data dir that exists must be a directory (a typo pointing at a file
 /// would otherwise fail later with a less direct message).
 fn check_data_dir(dir: &Path) -> anyhow::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
     match std::fs::metadata(dir) {
         Ok(metadata) if !metadata.is_dir() => {
             anyhow::bail!("data dir {} is not a directory; pass --data-dir DIR", dir.display())
@@ -166,11 +165,10 @@ fn check_data_dir(dir: &Path) -> anyhow::Result<()> {
             // An existing directory this user cannot write to would only
             // show up later as a control socket or volume file we cannot
             // create: say what it is.
-            let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
-                .map_err(|_| anyhow::anyhow!("data dir {} has a NUL byte in its name", dir.display()))?;
-            // SAFETY: `path` is a valid NUL-terminated string for the call.
-            if unsafe { libc::access(path.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
-                let error = std::io::Error::last_os_error().kind();
+            if let Err(error) =
+                rustix::fs::access(dir, rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK)
+            {
+                let error = std::io::Error::from(error).kind();
                 anyhow::bail!(
                     "data dir {} is not writable by this user ({error}); fix its permissions or pass --data-dir DIR",
                     dir.display()

@@ -461,18 +461,10 @@ impl RealFs {
             Engine::File => None,
             Engine::Uring => Some(Arc::new(crate::uring::Ring::start(crate::uring::RING_DEPTH)?)),
         };
-        // SAFETY: statfs writes only into `stat`; the path is a valid C
-        // string for the call.
-        let in_memory =
-            std::ffi::CString::new(root.as_os_str().as_encoded_bytes()).is_ok_and(|path| unsafe {
-                let mut stat: libc::statfs = std::mem::zeroed();
-                if libc::statfs(path.as_ptr(), &mut stat) != 0 {
-                    return false;
-                }
-                // f_type is 32 bits wide, signed or not, or 64 bits, by
-                // architecture: compare the low 32 bits, where the magics are.
-                [libc::TMPFS_MAGIC as u32, RAMFS_MAGIC].contains(&(stat.f_type as u32))
-            });
+        // f_type is 32 bits wide, signed or not, or 64 bits, by
+        // architecture: compare the low 32 bits, where the magics are.
+        let in_memory = rustix::fs::statfs(root)
+            .is_ok_and(|stat| [libc::TMPFS_MAGIC as u32, RAMFS_MAGIC].contains(&(stat.f_type as u32)));
         Ok(Self { root: root.to_owned(), engine, ring, in_memory })
     }
 

@@ -409,15 +409,8 @@ pub async fn create_volume(
 /// size; docs/journal.md, "The space bound") does not fit in the data
 /// dir's free space.
 fn space_warning(data_dir: &Path, size: u64) -> Option<String> {
-    let path = std::ffi::CString::new(data_dir.as_os_str().as_encoded_bytes()).ok()?;
-    // SAFETY: statvfs writes only into `stat`; `path` is a valid C string.
-    let stat = unsafe {
-        let mut stat: libc::statvfs = std::mem::zeroed();
-        (libc::statvfs(path.as_ptr(), &mut stat) == 0).then_some(stat)
-    }?;
-    // Their types differ by architecture (u32 or u64).
-    #[allow(clippy::useless_conversion)]
-    let free = u64::from(stat.f_bavail).saturating_mul(u64::from(stat.f_frsize));
+    let stat = rustix::fs::statvfs(data_dir).ok()?;
+    let free = stat.f_bavail.saturating_mul(stat.f_frsize);
     let needs = size.saturating_mul(9) / 4;
     (needs > free).then(|| {
         format!(
