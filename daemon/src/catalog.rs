@@ -141,7 +141,8 @@ impl Catalog for VolumeCatalog {
         listings
     }
 
-    /// Waits (up to [`BUSY_WAIT`]) while a rollback, reopen or delete of
+    /// Waits (up to `busy_wait`: [`BUSY_WAIT`], or half the handshake
+    /// deadline if that is shorter) while a rollback, reopen or delete of
     /// the volume is under way: the connection then sees its outcome.
     /// Rollback holds point connections back too, for simplicity: briefly.
     async fn open(&self, name: &str) -> Result<Export<Self::Device>, LookupError> {

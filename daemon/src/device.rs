@@ -234,7 +234,7 @@ impl BlockDevice for VolumeDevice {
 
     /// Large reads go to the blocking pool unless the volume's files are
     /// in memory (tmpfs): then no read waits, and a hand-off costs more
-    /// than it frees (docs/journal.md, "Reads").
+    /// than it frees (docs/journal.md, "Reading records through mappings").
     async fn read(&self, offset: u64, mut buffer: IoBuffer, start: usize) -> nbd_server::device::ReadResult {
         let length = buffer.len() - start;
         if length >= OFFLOAD_BYTES && !self.in_memory() {

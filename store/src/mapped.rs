@@ -5,21 +5,23 @@
 //! (on tmpfs, a 4 GiB copy of a volume after random 4 KiB writes spent 18 %
 //! of the server's time in the lookups alone). From a mapping, a cached
 //! piece is a `memcpy`: its pages are looked up once, when first touched.
-//! docs/journal.md, "Reads", has the figures.
+//! docs/journal.md, "Reading records through mappings", has the figures.
 //!
 //! A mapped read cannot return an error: a page that cannot be read in (a
 //! disk error, or a page wholly beyond the end of a file cut shorter
 //! behind the journal's back) raises SIGBUS. (The rest of a file's last,
 //! partial page reads as zeros, as the kernel maps it. Only the journal
 //! cuts its segment files: after a segment's last record, past which
-//! nothing reads, and at recovery, before anything is mapped.) This module's handler turns that into a failed copy. When the
-//! fault lies in the mapping the faulting thread is copying from, it maps a
-//! page of zeros over the bad page so the copy can finish, and marks the
-//! mapping poisoned. Every copy checks the mark after copying, so no reader
-//! ever takes those zeros for data. The caller then reads with `pread`,
-//! which reports the real error; a poisoned mapping is never read again. A
-//! SIGBUS anywhere else goes to the handler that was there before (Rust's
-//! stack-overflow check, or the default action).
+//! nothing reads, and at recovery, before anything is mapped.)
+//!
+//! This module's handler turns that into a failed copy. When the fault
+//! lies in the mapping the faulting thread is copying from, it maps a page
+//! of zeros over the bad page so the copy can finish, and marks the
+//! mapping poisoned. Every copy checks the mark after copying, so no
+//! reader ever takes those zeros for data. The caller then reads with
+//! `pread`, which reports the real error; a poisoned mapping is never read
+//! again. A SIGBUS anywhere else goes to the handler that was there before
+//! (Rust's stack-overflow check, or the default action).
 
 use std::cell::Cell;
 use std::os::fd::RawFd;

@@ -1109,7 +1109,7 @@ fn concurrent_large_writes_stay_in_order_across_crashes() {
 }
 
 /// Journal records are read through mappings of the segment files
-/// (`store::mapped`; docs/journal.md, "Reads"): on a disk and in memory,
+/// (`store::mapped`; docs/journal.md, "Reading records through mappings"): on a disk and in memory,
 /// what was written reads back across segments and after a restart. A
 /// segment file cut shorter behind the journal's back reads as an IO
 /// error, not a crash (a mapping raises SIGBUS there), and the records of

@@ -9,9 +9,10 @@
 //! a rollback or delete under a running VM corrupts its filesystem. They
 //! hold the volume exclusively from before the check until they are done
 //! ([`crate::device::OpenExports::exclusive`]): a client that connects
-//! meanwhile waits (up to 5 s) and then sees the outcome, so none slips
-//! in between the check and the operation. A second such operation on the
-//! same volume meanwhile gets 409.
+//! meanwhile waits (up to 5 s, or half the handshake deadline if shorter)
+//! and then sees the outcome, so none slips in between the check and the
+//! operation. A second such operation on the same volume meanwhile gets
+//! 409.
 
 use std::net::SocketAddr;
 use std::path::Path;
