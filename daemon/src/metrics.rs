@@ -282,6 +282,13 @@ const VOLUME_SERIES: &[VolumeSeries] = &[
         value: |_, stats| Some(stats.no_space_refusals),
     },
     VolumeSeries {
+        name: "rewind_volume_damaged_records_total",
+        kind: "counter",
+        help: "Records of base data whose crc32c cleaning found wrong (bit rot after their sync); \
+               their segment is kept and not cleaned again.",
+        value: |_, stats| Some(stats.damaged_records),
+    },
+    VolumeSeries {
         name: "rewind_volume_recycled_segments_total",
         kind: "counter",
         help: "Journal segments started in a spare file (reclaimed, or made ahead) rather than a new one.",

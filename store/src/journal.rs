@@ -462,6 +462,46 @@ impl Journal {
         self.segments.read().get(&number).map(|segment| segment.file.clone()).ok_or_else(missing_segment)
     }
 
+    /// Walks the records of segment `number` in order and hands `each`
+    /// every record whose payload overlaps one of `wanted` (journal
+    /// locations of payload bytes, `[start, end)`, sorted by start): its
+    /// header, its payload's journal location, and the payload if its
+    /// crc32c checks out, else `None`. The walk ends at the file's end or
+    /// at a header that does not decode; what it did not reach was not
+    /// handed out (the caller treats it as unchecked). Payloads no range
+    /// wants are skipped unread where they are not in the read buffer.
+    pub(crate) fn check_records(
+        &self,
+        number: u64,
+        wanted: &[(u64, u64)],
+        mut each: impl FnMut(&RecordHeader, u64, Option<&[u8]>) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let Some(&(_, last_wanted)) = wanted.iter().max_by_key(|range| range.1) else {
+            return Ok(());
+        };
+        let mut reader = SegmentReader::new(self.segment(number)?)?;
+        let mut position = SEGMENT_HEADER_LEN as u64;
+        let mut next = 0;
+        while layout::location(number, position) < last_wanted {
+            let Some(head) = reader.get(position, RECORD_HEADER_LEN)? else { break };
+            let Ok((header, _)) = RecordHeader::decode(head) else { break };
+            let payload_at = layout::location(number, position + RECORD_HEADER_LEN as u64);
+            let payload_end = payload_at + u64::from(header.payload_length);
+            while next < wanted.len() && wanted[next].1 <= payload_at {
+                next += 1;
+            }
+            if next < wanted.len() && wanted[next].0 < payload_end && header.payload_length > 0 {
+                let length = header.payload_length as usize;
+                let payload = reader
+                    .get(position + RECORD_HEADER_LEN as u64, length)?
+                    .filter(|payload| crc32c::crc32c(payload) == header.payload_crc);
+                each(&header, payload_at, payload)?;
+            }
+            position += layout::record_span(header.payload_length as usize);
+        }
+        Ok(())
+    }
+
     /// Bytes of all segment files.
     pub fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)

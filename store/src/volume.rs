@@ -1,7 +1,7 @@
 //! A journaled volume: its head (read-write) and its points (read-only),
 //! and the retention that folds its oldest history into the base image.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -90,8 +90,15 @@ pub struct VerifyReport {
     pub records: u64,
     /// Payload bytes checked.
     pub bytes: u64,
-    /// Seqs whose record failed its crc32c or blake3.
+    /// Seqs whose record failed its crc32c or blake3 (history records),
+    /// or its crc32c (folded records still holding base data).
     pub corrupt: Vec<u64>,
+    /// Folded records checked that still hold base data in their
+    /// journal segment.
+    pub base_records: u64,
+    /// Bytes of base data in journal segments that lie in no readable
+    /// record (a damaged record header stops the walk of its segment).
+    pub unreadable_base_bytes: u64,
 }
 
 /// What the last open of a volume found (for logs and metrics).
@@ -190,6 +197,11 @@ pub struct VolumeStats {
     /// disk had no space for their journal records (the volume stays
     /// writable).
     pub no_space_refusals: u64,
+    /// Records of base data that cleaning found damaged (their crc32c no
+    /// longer matches, or their header is unreadable), since the volume
+    /// was opened. Their bytes stay where they are, uncopied, and their
+    /// segment is not cleaned again (docs/journal.md, "Cleaning").
+    pub damaged_records: u64,
 }
 
 /// The store's background threads a volume wakes.
@@ -276,6 +288,7 @@ struct RetentionCounters {
     failures: AtomicU64,
     clean_failures: AtomicU64,
     stalls: AtomicU64,
+    damaged_records: AtomicU64,
     /// Writes refused for lack of disk space (not a retention counter, but
     /// kept with the volume's other counters).
     no_space: AtomicU64,
@@ -291,6 +304,8 @@ const BLOCKED_WARNING_INTERVAL_NANOS: i64 = 10 * 60 * 1_000_000_000;
 /// instead of leaving it in the journal and punching the base file
 /// (docs/journal.md, "The fold").
 const FOLD_IN_PLACE_MAX: u64 = 64 << 10;
+/// Damaged records a clean names in a log line each (the rest are counted).
+const DAMAGE_LOGGED: u64 = 8;
 /// Segments cleaned per retention pass at most (the next pass goes on).
 const CLEAN_SEGMENTS_PER_PASS: usize = 16;
 /// Records whose ranges a fold collects at once.
@@ -326,6 +341,8 @@ pub struct Volume {
     fold_lock: Mutex<()>,
     retention: Mutex<RetentionState>,
     counters: RetentionCounters,
+    /// Base segments holding damaged base data: cleaning leaves them be.
+    damaged_segments: Mutex<BTreeSet<u64>>,
     /// The newest durable record, for index checkpoints.
     durable_mark: Mutex<Option<DurableMark>>,
     /// Signalled (with the writer lock) when the head moves past records
@@ -552,6 +569,7 @@ impl Volume {
             fold_lock: Mutex::new(()),
             retention: Mutex::new(RetentionState::default()),
             counters: RetentionCounters::default(),
+            damaged_segments: Mutex::new(BTreeSet::new()),
             durable_mark: Mutex::new(durable_mark),
             published: Condvar::new(),
             floor: AtomicU64::new(first_seq),
@@ -1539,8 +1557,11 @@ impl Volume {
         })
     }
 
-    /// Reads back every record and checks its crc32c (and blake3 where
-    /// stored). Corruption is reported, not fixed.
+    /// Reads back every record of the history and checks its crc32c (and
+    /// blake3 where stored), then every folded record whose bytes are
+    /// still base data in its journal segment (crc32c). Corruption is
+    /// reported, not fixed. Holds off folds and cleans while it reads the
+    /// base data.
     pub fn verify(&self) -> Result<VerifyReport, VerifyError> {
         let mut report = VerifyReport::default();
         let mut seq = self.index.read().base_seq() + 1;
@@ -1560,6 +1581,28 @@ impl Volume {
                 }
             }
             seq += 1;
+        }
+        // Base data still in journal segments: every record a journal run
+        // of the base map points into, read whole. No fold or clean moves
+        // it meanwhile.
+        let _fold = self.fold_lock.lock();
+        let mut runs: Vec<BaseRun> =
+            self.index.read().base_map().iter().filter(|run| run.kind == BaseKind::Journal).collect();
+        runs.sort_unstable_by_key(|run| run.location);
+        for segment_runs in runs.chunk_by(|a, b| a.segment() == b.segment()) {
+            let unreached = self
+                .check_base_runs(segment_runs, |header, _, _, payload| {
+                    match payload {
+                        Some(payload) => {
+                            report.base_records += 1;
+                            report.bytes += payload.len() as u64;
+                        }
+                        None => report.corrupt.push(header.seq),
+                    }
+                    Ok(())
+                })
+                .map_err(VerifyError::Io)?;
+            report.unreadable_base_bytes += unreached.iter().map(|run| run.end - run.start).sum::<u64>();
         }
         Ok(report)
     }
@@ -1623,6 +1666,7 @@ impl Volume {
             clean_failures: counters.clean_failures.load(Ordering::Relaxed),
             write_stalls: counters.stalls.load(Ordering::Relaxed),
             no_space_refusals: counters.no_space.load(Ordering::Relaxed),
+            damaged_records: counters.damaged_records.load(Ordering::Relaxed),
         }
     }
 
@@ -2119,9 +2163,12 @@ impl Volume {
             return Ok(());
         }
         let usage = self.segment_usage();
+        // Segments with damaged base data are kept as they are: their
+        // dead bytes are not cleaning's to free.
+        let damaged = self.damaged_segments.lock().clone();
         let mut dead: u64 = usage
             .iter()
-            .filter(|segment| segment.base)
+            .filter(|segment| segment.base && !damaged.contains(&segment.number))
             .map(|segment| segment.bytes.saturating_sub(segment.live_bytes))
             .sum();
         let allowance = self.dead_allowance.load(Ordering::Relaxed);
@@ -2133,7 +2180,12 @@ impl Volume {
         // just before its successor's first.
         let mut candidates: Vec<(f64, SegmentUsage)> = usage
             .windows(2)
-            .filter(|pair| pair[0].base && pair[0].live_bytes > 0 && pair[0].bytes > 0)
+            .filter(|pair| {
+                pair[0].base
+                    && pair[0].live_bytes > 0
+                    && pair[0].bytes > 0
+                    && !damaged.contains(&pair[0].number)
+            })
             .map(|pair| {
                 let segment = pair[0];
                 let live = segment.live_bytes.min(segment.bytes) as f64 / segment.bytes as f64;
@@ -2173,29 +2225,93 @@ impl Volume {
         }
         // 1. Copy, in journal order (sequential reads), and sync. No map
         // points at these base file ranges yet, so no reader reads them.
+        // Each record a run points into is read whole and its crc32c
+        // checked first: a record damaged since its sync is not copied
+        // into the base file, where nothing would check it again.
         let base_file = self.open_base_file()?;
         runs.sort_unstable_by_key(|run| run.location);
         let mut copied = 0;
-        let mut source: Option<(u64, Arc<dyn StorageBackend>)> = None;
-        for (i, run) in runs.iter().enumerate() {
-            let (number, position) = layout::split_location(run.location);
-            let file = match &source {
-                Some((open, file)) if *open == number => file.clone(),
-                _ => {
-                    let file = self.journal.segment(number)?;
-                    source = Some((number, file.clone()));
-                    file
+        let mut written = Vec::with_capacity(runs.len());
+        let mut damaged = Vec::new();
+        let mut damaged_records = 0;
+        let mut failure = None;
+        for segment_runs in runs.chunk_by(|a, b| a.segment() == b.segment()) {
+            let number = layout::split_location(segment_runs[0].location).0;
+            let result = self.check_base_runs(segment_runs, |header, payload_at, covered, payload| {
+                let Some(payload) = payload else {
+                    // The first few by name; the count follows below.
+                    if damaged_records < DAMAGE_LOGGED {
+                        tracing::error!(
+                            volume = %self.name,
+                            seq = header.seq,
+                            segment = number,
+                            offset = header.offset,
+                            "damaged base data: a folded record's checksum no longer matches; it stays in its \
+                             journal segment, uncleaned"
+                        );
+                    }
+                    damaged_records += 1;
+                    damaged.extend_from_slice(covered);
+                    return Ok(());
+                };
+                for &run in covered {
+                    let from = (run.location - payload_at) as usize;
+                    let bytes = &payload[from..from + (run.end - run.start) as usize];
+                    // Listed first: a failed write is punched out too.
+                    written.push(run);
+                    base_file.write_at(bytes, run.start)?;
+                    copied += run.end - run.start;
                 }
-            };
-            if let Err(error) = base_file.copy_from(file.as_ref(), position, run.end - run.start, run.start) {
-                // Give back the space of the copies no map points at (on a
-                // full disk the retry needs it).
-                for run in &runs[..=i] {
-                    let _ = base_file.punch_hole(run.start, run.end - run.start);
+                Ok(())
+            });
+            match result {
+                Ok(unreached) if unreached.is_empty() => {}
+                Ok(mut unreached) => {
+                    tracing::error!(
+                        volume = %self.name,
+                        segment = number,
+                        runs = unreached.len(),
+                        "damaged base data: runs of base data lie in no readable record of their journal \
+                         segment; they stay there, uncleaned"
+                    );
+                    damaged_records += 1;
+                    damaged.append(&mut unreached);
                 }
-                return Err(error.into());
+                Err(error) => {
+                    failure = Some(error);
+                    break;
+                }
             }
-            copied += run.end - run.start;
+        }
+        if let Some(error) = failure {
+            // Give back the space of the copies no map points at (on a
+            // full disk the retry needs it).
+            for run in &written {
+                let _ = base_file.punch_hole(run.start, run.end - run.start);
+            }
+            return Err(error.into());
+        }
+        let mut cleaned = numbers.len() as u64;
+        if !damaged.is_empty() {
+            let mut segments = self.damaged_segments.lock();
+            let before = segments.len();
+            segments.extend(damaged.iter().filter_map(BaseRun::segment));
+            cleaned -= numbers.iter().filter(|number| segments.contains(number)).count() as u64;
+            tracing::error!(
+                volume = %self.name,
+                records = damaged_records,
+                new_segments = segments.len() - before,
+                kept = ?segments,
+                "cleaning found damaged base data and left it in place (those ranges read back as \
+                 damaged until rewritten or restored from a replica); its segments are kept and no \
+                 longer cleaned"
+            );
+            drop(segments);
+            self.counters.damaged_records.fetch_add(damaged_records, Ordering::Relaxed);
+        }
+        let runs = written;
+        if runs.is_empty() {
+            return Ok(());
         }
         base_file.sync()?;
         // 2. Commit: the same base, those runs now in the base file.
@@ -2223,7 +2339,7 @@ impl Volume {
             self.base_journal_bytes.store(index.base_map().journal_bytes(), Ordering::Relaxed);
         }
         self.journal.set_keep_reserve(self.base_journal_bytes.load(Ordering::Relaxed) > 0);
-        let segments = numbers.len() as u64;
+        let segments = cleaned;
         report.cleaned_segments += segments;
         report.cleaned_bytes += copied;
         self.counters.cleaned_segments.fetch_add(segments, Ordering::Relaxed);
@@ -2231,6 +2347,45 @@ impl Volume {
         tracing::debug!(volume = %self.name, segments, copied, "cleaned");
         // 4. Reclaim.
         self.reclaim(report)
+    }
+
+    /// Walks the records that `runs` (journal runs into one segment,
+    /// sorted by location) point into, each read whole and its crc32c
+    /// checked: `each` gets the record's header, its payload's journal
+    /// location, the runs within its payload, and the payload, or `None`
+    /// when its checksum does not match. Returns the runs that lie in no
+    /// record the walk could read (a damaged header stops it).
+    fn check_base_runs(
+        &self,
+        runs: &[BaseRun],
+        mut each: impl FnMut(&RecordHeader, u64, &[BaseRun], Option<&[u8]>) -> std::io::Result<()>,
+    ) -> std::io::Result<Vec<BaseRun>> {
+        let Some(number) = runs.first().and_then(BaseRun::segment) else {
+            return Ok(Vec::new());
+        };
+        let wanted: Vec<(u64, u64)> =
+            runs.iter().map(|run| (run.location, run.location + (run.end - run.start))).collect();
+        let mut next = 0;
+        let mut unreached = Vec::new();
+        self.journal.check_records(number, &wanted, |header, payload_at, payload| {
+            // Runs before this record's payload lie in no record found.
+            while next < runs.len() && runs[next].location < payload_at {
+                unreached.push(runs[next]);
+                next += 1;
+            }
+            let first = next;
+            let payload_end = payload_at + u64::from(header.payload_length);
+            while next < runs.len() && runs[next].location < payload_end {
+                if runs[next].location + (runs[next].end - runs[next].start) > payload_end {
+                    // Past the payload's end: no record of ours holds it.
+                    break;
+                }
+                next += 1;
+            }
+            each(header, payload_at, &runs[first..next], payload)
+        })?;
+        unreached.extend_from_slice(&runs[next..]);
+        Ok(unreached)
     }
 
     /// The base file, created on first use (its directory entry becomes
