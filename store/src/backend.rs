@@ -84,7 +84,7 @@ pub trait StorageBackend: Send + Sync + fmt::Debug {
     /// start: at least its space allocated ([`Self::allocate`], the
     /// default); in memory (tmpfs) the file engines write zeros, so that
     /// the writes that fill it later overwrite pages that exist instead of
-    /// allocating their own under the file's lock ([`prepare_file`]). The
+    /// allocating their own under the file's lock (`prepare_file`). The
     /// file reads as zeros after it. It may be slow (writing the whole
     /// length); the store calls it off the write path to make spare
     /// segment files.
