@@ -2,7 +2,7 @@
 //! transmission machines over them on tokio.
 //!
 //! One thread per connection, running a single-threaded runtime
-//! ([`Server::spawn_connection`]). Within a connection, requests run concurrently
+//! (`Server::spawn_connection`). Within a connection, requests run concurrently
 //! (bounded by [`ServerConfig::max_inflight_requests`] and
 //! [`ServerConfig::max_inflight_bytes`]) and replies go out in completion
 //! order, coalesced into as few `writev` calls as the socket allows.
