@@ -771,6 +771,28 @@ fn cleaning_copies_hot_segments_late_and_cold_data_at_most_once() {
     model.check(&volume);
 }
 
+/// Flips (xor 0x5A) the byte `at` bytes into the payload of the folded
+/// record that wrote 4 KiB block `block` of the model's head (before the
+/// payload when negative: its header), in whichever segment file holds it.
+/// Returns the file's name.
+fn flip_record_byte(fs: &MemoryFs, model: &Model, block: usize, at: i64) -> String {
+    use store::Filesystem;
+    let data = &model.images.last().unwrap()[block * 4096..][..4096];
+    for name in fs.list_dir("volumes/v").unwrap().into_iter().filter(|name| name.starts_with("seg-")) {
+        let file = fs.open_file(&format!("volumes/v/{name}"), false).unwrap();
+        let mut bytes = vec![0; file.len().unwrap() as usize];
+        file.read_at(&mut bytes, 0).unwrap();
+        if let Some(payload) = bytes.windows(64).position(|window| window == &data[..64]) {
+            let at = (payload as i64 + at) as u64;
+            let mut byte = [0u8];
+            file.read_at(&mut byte, at).unwrap();
+            file.write_at(&[byte[0] ^ 0x5A], at).unwrap();
+            return name;
+        }
+    }
+    panic!("block {block}'s record is in no segment");
+}
+
 /// Cleaning reads every record it copies whole and checks its crc32c: a
 /// folded record whose bytes rotted in their segment after the sync is not
 /// copied into the base file (where nothing would check it again); it stays
@@ -791,20 +813,7 @@ fn cleaning_checks_crcs_and_leaves_damaged_base_data_in_place() {
     // Flip a byte of block 5's data (written by seq 6) where its folded
     // record lies in a base segment.
     let damaged_block = 5;
-    let data = model.images.last().unwrap()[damaged_block * 4096..][..4096].to_vec();
-    let mut found = None;
-    for name in fs.list_dir("volumes/v").unwrap().into_iter().filter(|name| name.starts_with("seg-")) {
-        let file = fs.open_file(&format!("volumes/v/{name}"), false).unwrap();
-        let mut bytes = vec![0; file.len().unwrap() as usize];
-        file.read_at(&mut bytes, 0).unwrap();
-        if let Some(at) = bytes.windows(64).position(|window| window == &data[..64]) {
-            found = Some((name, file, at as u64 + 100));
-        }
-    }
-    let (segment_name, segment, at) = found.expect("block 5's record in a segment");
-    let mut byte = [0u8];
-    segment.read_at(&mut byte, at).unwrap();
-    segment.write_at(&[byte[0] ^ 0x5A], at).unwrap();
+    let segment_name = flip_record_byte(&fs, &model, damaged_block, 100);
     let report = volume.verify().unwrap();
     assert_eq!(report.corrupt, vec![damaged_block as u64 + 1], "{report:?}");
     // Overwrite every other block, over and over: the other base segments
@@ -853,6 +862,59 @@ fn cleaning_checks_crcs_and_leaves_damaged_base_data_in_place() {
     }
     assert!(!fs.exists(&format!("volumes/v/{segment_name}")), "{segment_name} kept after its data died");
     assert!(volume.verify().unwrap().corrupt.is_empty());
+    model.check(&volume);
+}
+
+/// A record header that no longer decodes stops the walk of its segment:
+/// cleaning copies the runs before it and leaves that record's and every
+/// later run of the segment where they are (uncopied, counted, segment
+/// kept), and `verify` counts their bytes as unreadable. The data itself
+/// is intact, so reads still match the model; once every block is written
+/// again, the segment goes.
+#[test]
+fn a_damaged_header_in_a_base_segment_leaves_the_rest_of_it_in_place() {
+    use store::Filesystem;
+    let size = 512 << 10;
+    let Filled { fs, volume, mut model, mut rng, .. } = filled(size, 128 << 10, 37);
+    volume.flush().unwrap();
+    volume.enforce_retention(T0).unwrap();
+    // The seq field of block 9's record header (96 bytes before its data).
+    let damaged_block = 9;
+    let segment_name = flip_record_byte(&fs, &model, damaged_block, -96 + 8);
+    let report = volume.verify().unwrap();
+    assert!(report.corrupt.is_empty(), "{report:?}");
+    assert!(report.unreadable_base_bytes >= 4096, "{report:?}");
+    for _round in 0..12 {
+        for _ in 0..64 {
+            let block = rng.below(size / 4096);
+            if block != damaged_block as u64 {
+                model.write(&volume, &mut rng, block * 4096, 4096);
+            }
+        }
+        volume.flush().unwrap();
+        volume.enforce_retention(T0).unwrap();
+    }
+    let stats = volume.stats();
+    assert!(stats.cleaned_segments > 0, "{stats:?}");
+    assert!(stats.damaged_records >= 1, "{stats:?}");
+    assert!(fs.exists(&format!("volumes/v/{segment_name}")), "{segment_name} was reclaimed");
+    model.check(&volume);
+    for block in 0..size / 4096 {
+        model.write(&volume, &mut rng, block * 4096, 4096);
+    }
+    for _round in 0..4 {
+        volume.flush().unwrap();
+        volume.enforce_retention(T0).unwrap();
+        for _ in 0..64 {
+            let block = rng.below(size / 4096);
+            model.write(&volume, &mut rng, block * 4096, 4096);
+        }
+    }
+    volume.flush().unwrap();
+    volume.enforce_retention(T0).unwrap();
+    assert!(!fs.exists(&format!("volumes/v/{segment_name}")), "{segment_name} kept after its data died");
+    let report = volume.verify().unwrap();
+    assert!(report.corrupt.is_empty() && report.unreadable_base_bytes == 0, "{report:?}");
     model.check(&volume);
 }
 
