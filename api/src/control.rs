@@ -262,6 +262,25 @@ pub struct Flushed {
     pub durable_seq: u64,
 }
 
+/// `POST /v1/volumes/{volume}/verify`: every record of the history read
+/// back and checked (crc32c, and blake3 where stored), then every folded
+/// record whose bytes are still base data in a journal segment (crc32c).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verified {
+    pub volume: String,
+    /// History records checked.
+    pub records: u64,
+    /// Folded records still holding base data, checked.
+    pub base_records: u64,
+    /// Payload bytes checked.
+    pub bytes: u64,
+    /// Seqs of the records whose checksums no longer match (empty: none).
+    pub corrupt: Vec<u64>,
+    /// Bytes of base data that lie in no readable record (a damaged
+    /// record header ends the walk of its segment).
+    pub unreadable_base_bytes: u64,
+}
+
 /// A named snapshot.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotInfo {

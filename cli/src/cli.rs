@@ -90,8 +90,8 @@ pub enum Command {
     Peer(Unavailable),
     /// [not available yet] Make a replica writable (failover)
     Promote(Unavailable),
-    /// [not available yet] Check a volume's integrity, and a replica against its primary
-    Verify(Unavailable),
+    /// Read back everything a volume keeps and check its checksums
+    Verify(VerifyArgs),
 }
 
 /// Arguments of a command that comes in a later release: taken as they
@@ -236,6 +236,21 @@ pub struct ExportArgs {
     /// The point to serve (forms below)
     #[arg(long, allow_hyphen_values = true, value_parser = point, value_name = "POINT")]
     pub at: String,
+}
+
+/// `rewind verify VOL`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Reads every record of the volume's history (crc32c, and blake3 where stored) and every \
+                  folded record still holding base data, and names the damaged ones. It reads as much as the \
+                  journal holds (seconds per GiB) while the volume keeps serving. Exit 0: no damage; exit 1: \
+                  damage found (or the check failed). Comparing a replica with its primary (--peer) comes \
+                  with replication."
+)]
+pub struct VerifyArgs {
+    /// The volume
+    #[arg(value_parser = volume_name)]
+    pub volume: String,
 }
 
 fn volume_name(text: &str) -> Result<String, String> {

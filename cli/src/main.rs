@@ -19,7 +19,7 @@ use clap::{CommandFactory, FromArgMatches};
 use rewind_api::control::{
     CloneVolume, Cloned, CreateSnapshot, CreateVolume, Deleted, Exported, NbdConnections, Reopened, Resized,
     Rollback, RolledBack, SizeArg, SnapshotCreated, SnapshotDeleted, SnapshotList, Status, Timeline,
-    VolumeCreated, VolumeDetail, VolumeInfo, VolumeList, percent_encode,
+    Verified, VolumeCreated, VolumeDetail, VolumeInfo, VolumeList, percent_encode,
 };
 use rewind_api::{format_size, format_size_exact};
 use serde::Serialize;
@@ -209,6 +209,51 @@ async fn run(cli: Cli, client: &Client) -> Result<(), Failure> {
             });
             Ok(())
         }
+        Command::Verify(args) => {
+            let path = format!("{}/verify", volume_path(&args.volume));
+            let message = format!("verifying {}", args.volume);
+            let verified: Verified =
+                with_progress(&message, progress, client.post(&path, &serde_json::json!({}))).await?;
+            let checked = format!(
+                "{} and {} of base data, {}",
+                plural(verified.records, "history record"),
+                plural(verified.base_records, "folded record"),
+                format_size(verified.bytes)
+            );
+            if verified.corrupt.is_empty() && verified.unreadable_base_bytes == 0 {
+                print(json, &verified, |verified| {
+                    format!("{}: no damage ({checked} checked).\n", verified.volume)
+                });
+                return Ok(());
+            }
+            let mut what = Vec::new();
+            if !verified.corrupt.is_empty() {
+                let seqs: Vec<String> =
+                    verified.corrupt.iter().take(20).map(|seq| format!("#{seq}")).collect();
+                let more = if verified.corrupt.len() > seqs.len() { ", ..." } else { "" };
+                let fail =
+                    if verified.corrupt.len() == 1 { "fails its checksum" } else { "fail their checksums" };
+                what.push(format!(
+                    "{} {fail} ({}{more})",
+                    plural(verified.corrupt.len() as u64, "record"),
+                    seqs.join(", ")
+                ));
+            }
+            if verified.unreadable_base_bytes > 0 {
+                what.push(format!(
+                    "{} of base data lie in no readable record",
+                    format_size(verified.unreadable_base_bytes)
+                ));
+            }
+            Err(Failure::new(
+                format!("{} is damaged: {}; intact: {checked}", verified.volume, what.join("; ")),
+                Some(
+                    "the disk changed bytes after they were synced; check it (SMART, dmesg), then restore the \
+                     affected ranges from a replica or a copy"
+                        .into(),
+                ),
+            ))
+        }
         Command::Export(args) => {
             let path = format!("{}/export?at={}", volume_path(&args.volume), percent_encode(&args.at, &[]));
             let message = format!("resolving {} at {}", args.volume, args.at);
@@ -241,13 +286,10 @@ async fn run(cli: Cli, client: &Client) -> Result<(), Failure> {
         | Command::Replication(_)
         | Command::Identity(_)
         | Command::Peer(_)
-        | Command::Promote(_)
-        | Command::Verify(_) => {
+        | Command::Promote(_) => {
             let name = std::env::args().skip(1).find(|arg| !arg.starts_with('-')).unwrap_or_default();
             Err(Failure::new(
-                format!(
-                    "rewind {name} is not available yet: this rewindd has no replication, peers or verify"
-                ),
+                format!("rewind {name} is not available yet: this rewindd has no replication or peers"),
                 Some("they come in a later release; rewind --help lists what works today".into()),
             ))
         }

@@ -192,7 +192,7 @@ fn served_openapi_document_is_docs_openapi_json_and_every_route_answers() {
             probed += 1;
         }
     }
-    assert_eq!(probed, 17, "every documented operation probed");
+    assert_eq!(probed, 18, "every documented operation probed");
 }
 
 #[test]
@@ -306,7 +306,7 @@ fn schemathesis_finds_no_server_errors_and_every_response_matches_the_schema() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "schemathesis failed ({}):\n{stdout}\n{stderr}", output.status);
-    assert!(stdout.contains("Tested: 17"), "every operation tested:\n{stdout}");
+    assert!(stdout.contains("Tested: 18"), "every operation tested:\n{stdout}");
     eprintln!(
         "{}",
         stdout.lines().rev().take(12).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
