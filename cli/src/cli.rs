@@ -243,9 +243,9 @@ pub struct ExportArgs {
 #[command(
     after_help = "Reads every record of the volume's history (crc32c, and blake3 where stored) and every \
                   folded record still holding base data, and names the damaged ones. It reads as much as the \
-                  journal holds (seconds per GiB) while the volume keeps serving. Exit 0: no damage; exit 1: \
-                  damage found (or the check failed). Comparing a replica with its primary (--peer) comes \
-                  with replication."
+                  journal holds (about half a second per GiB when cached, disk speed otherwise) while the \
+                  volume keeps serving. Exit 0: no damage; exit 1: damage found (or the check failed). \
+                  Comparing a replica with its primary (--peer) comes with replication."
 )]
 pub struct VerifyArgs {
     /// The volume
