@@ -771,6 +771,27 @@ fn cleaning_copies_hot_segments_late_and_cold_data_at_most_once() {
     model.check(&volume);
 }
 
+/// `rounds` rounds of 64 draws of `pick` (a 4 KiB block to write with
+/// random data through the model, or none), each round then flushed and
+/// followed by a retention pass.
+fn overwrite_rounds(
+    volume: &Arc<Volume>,
+    model: &mut Model,
+    rng: &mut SimRng,
+    rounds: usize,
+    mut pick: impl FnMut(&mut SimRng) -> Option<u64>,
+) {
+    for _round in 0..rounds {
+        for _ in 0..64 {
+            if let Some(block) = pick(rng) {
+                model.write(volume, rng, block * 4096, 4096);
+            }
+        }
+        volume.flush().unwrap();
+        volume.enforce_retention(T0).unwrap();
+    }
+}
+
 /// Flips (xor 0x5A) the byte `at` bytes into the payload of the folded
 /// record that wrote 4 KiB block `block` of the model's head (before the
 /// payload when negative: its header), in whichever segment file holds it.
@@ -818,17 +839,10 @@ fn cleaning_checks_crcs_and_leaves_damaged_base_data_in_place() {
     assert_eq!(report.corrupt, vec![damaged_block as u64 + 1], "{report:?}");
     // Overwrite every other block, over and over: the other base segments
     // die or get cleaned, and the damaged one, mostly dead, is chosen.
-    for _round in 0..12 {
-        for _ in 0..64 {
-            let mut block = rng.below(size / 4096);
-            if block == damaged_block as u64 {
-                block += 1;
-            }
-            model.write(&volume, &mut rng, block * 4096, 4096);
-        }
-        volume.flush().unwrap();
-        volume.enforce_retention(T0).unwrap();
-    }
+    overwrite_rounds(&volume, &mut model, &mut rng, 12, |rng| {
+        let block = rng.below(size / 4096);
+        Some(if block == damaged_block as u64 { block + 1 } else { block })
+    });
     let stats = volume.stats();
     assert!(stats.cleaned_segments > 0, "{stats:?}");
     assert_eq!(stats.damaged_records, 1, "{stats:?}");
@@ -841,25 +855,13 @@ fn cleaning_checks_crcs_and_leaves_damaged_base_data_in_place() {
     expected[damaged_block * 4096 + 100] ^= 0x5A;
     assert!(head == expected, "the head differs from the model beyond the damaged byte");
     // Later passes leave it alone (counted once), and verify still names it.
-    for _ in 0..64 {
-        let block = rng.below(size / 4096 / 2) * 2;
-        model.write(&volume, &mut rng, block * 4096, 4096);
-    }
-    volume.flush().unwrap();
-    volume.enforce_retention(T0).unwrap();
+    overwrite_rounds(&volume, &mut model, &mut rng, 1, |rng| Some(rng.below(size / 4096 / 2) * 2));
     assert_eq!(volume.stats().damaged_records, 1, "{:?}", volume.stats());
     assert_eq!(volume.verify().unwrap().corrupt, vec![damaged_block as u64 + 1]);
     // Once a new write covers the block, the damaged record is dead and
     // its segment goes like any other.
     model.write(&volume, &mut rng, damaged_block as u64 * 4096, 4096);
-    for _round in 0..12 {
-        for _ in 0..64 {
-            let block = rng.below(size / 4096);
-            model.write(&volume, &mut rng, block * 4096, 4096);
-        }
-        volume.flush().unwrap();
-        volume.enforce_retention(T0).unwrap();
-    }
+    overwrite_rounds(&volume, &mut model, &mut rng, 12, |rng| Some(rng.below(size / 4096)));
     assert!(!fs.exists(&format!("volumes/v/{segment_name}")), "{segment_name} kept after its data died");
     assert!(volume.verify().unwrap().corrupt.is_empty());
     model.check(&volume);
@@ -884,16 +886,9 @@ fn a_damaged_header_in_a_base_segment_leaves_the_rest_of_it_in_place() {
     let report = volume.verify().unwrap();
     assert!(report.corrupt.is_empty(), "{report:?}");
     assert!(report.unreadable_base_bytes >= 4096, "{report:?}");
-    for _round in 0..12 {
-        for _ in 0..64 {
-            let block = rng.below(size / 4096);
-            if block != damaged_block as u64 {
-                model.write(&volume, &mut rng, block * 4096, 4096);
-            }
-        }
-        volume.flush().unwrap();
-        volume.enforce_retention(T0).unwrap();
-    }
+    overwrite_rounds(&volume, &mut model, &mut rng, 12, |rng| {
+        Some(rng.below(size / 4096)).filter(|&block| block != damaged_block as u64)
+    });
     let stats = volume.stats();
     assert!(stats.cleaned_segments > 0, "{stats:?}");
     assert!(stats.damaged_records >= 1, "{stats:?}");
@@ -902,16 +897,9 @@ fn a_damaged_header_in_a_base_segment_leaves_the_rest_of_it_in_place() {
     for block in 0..size / 4096 {
         model.write(&volume, &mut rng, block * 4096, 4096);
     }
-    for _round in 0..4 {
-        volume.flush().unwrap();
-        volume.enforce_retention(T0).unwrap();
-        for _ in 0..64 {
-            let block = rng.below(size / 4096);
-            model.write(&volume, &mut rng, block * 4096, 4096);
-        }
-    }
     volume.flush().unwrap();
     volume.enforce_retention(T0).unwrap();
+    overwrite_rounds(&volume, &mut model, &mut rng, 4, |rng| Some(rng.below(size / 4096)));
     assert!(!fs.exists(&format!("volumes/v/{segment_name}")), "{segment_name} kept after its data died");
     let report = volume.verify().unwrap();
     assert!(report.corrupt.is_empty() && report.unreadable_base_bytes == 0, "{report:?}");
