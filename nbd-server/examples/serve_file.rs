@@ -4,6 +4,9 @@
 //! `nbd-layer`). Not a product: rewindd serves journaled volumes.
 //!
 //!     cargo run --release -p nbd-server --example serve_file -- 127.0.0.1:10809 disk.raw
+//!
+//! Logs go to stderr, filtered by `RUST_LOG` (default `warn`; e.g.
+//! `RUST_LOG=nbd_server::bulk=debug` shows how lone bulk reads are sent).
 
 use std::fs::OpenOptions;
 use std::sync::Arc;
@@ -16,6 +19,12 @@ fn main() -> std::io::Result<()> {
         eprintln!("usage: serve_file HOST:PORT FILE");
         std::process::exit(2);
     };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let device = FileDevice::new(OpenOptions::new().read(true).write(true).open(path)?)?;
     let info = ExportInfo {
         name: "file".into(),

@@ -223,6 +223,20 @@ pub trait BlockDevice: Send + Sync + 'static {
         None
     }
 
+    /// [`read`](Self::read), with the copy off the connection's thread (on
+    /// the blocking pool): the server asks for this when one connection
+    /// reads in bulk and it measured that faster than sending in place, so
+    /// the connection sends one reply while the next is copied
+    /// ([`BulkReads`](crate::bulk::BulkReads)). The default is `read`.
+    fn read_offloaded(
+        &self,
+        offset: u64,
+        buffer: IoBuffer,
+        start: usize,
+    ) -> impl Future<Output = ReadResult> + Send {
+        self.read(offset, buffer, start)
+    }
+
     /// Writes `data` at `offset`.
     fn write(
         &self,

@@ -11,11 +11,12 @@ use crate::buffer::IoBuffer;
 use crate::device::{BlockDevice, DeviceError, Extent, FileSlice, ReadResult, SyncCost, ZeroFlags};
 
 /// Reads at least this long are offered for sendfile when their bytes are
-/// cached (the server takes the offer while the connection is the only
-/// one reading in bulk: `server::BulkReads`), copied on the connection's
+/// cached (the server may take the offer while the connection is the only
+/// one reading in bulk: `bulk::BulkReads`), copied on the connection's
 /// thread when cached but not sent in place, and read on the blocking pool
-/// when not cached (a disk read must not hold up the connection).
-pub const LARGE_READ: usize = crate::server::BULK_READ as usize;
+/// when not cached (a disk read must not hold up the connection) or when
+/// the server asks for it.
+pub const LARGE_READ: usize = crate::bulk::BULK_READ as usize;
 
 /// A raw file served as it is: byte `n` of the device is byte `n` of the
 /// file. Nothing is stored besides the file, so every extent reports data.
@@ -58,14 +59,18 @@ impl BlockDevice for FileDevice {
         // only adds thread switches (nbdcopy, four connections: 4.1-4.4
         // GB/s inline against 3.6-4.2 handed off).
         if length >= LARGE_READ && !FileSlice::cached(self.file.as_raw_fd(), offset, length as u64) {
-            let file = self.file.clone();
-            let buffer = tokio::task::spawn_blocking(move || {
-                file.read_exact_at(&mut buffer[start..], offset).map(|()| buffer)
-            })
-            .await??;
-            return Ok((buffer, Vec::new()));
+            return self.read_offloaded(offset, buffer, start).await;
         }
         self.file.read_exact_at(&mut buffer[start..], offset)?;
+        Ok((buffer, Vec::new()))
+    }
+
+    async fn read_offloaded(&self, offset: u64, mut buffer: IoBuffer, start: usize) -> ReadResult {
+        let file = self.file.clone();
+        let buffer = tokio::task::spawn_blocking(move || {
+            file.read_exact_at(&mut buffer[start..], offset).map(|()| buffer)
+        })
+        .await??;
         Ok((buffer, Vec::new()))
     }
 

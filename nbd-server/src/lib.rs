@@ -17,6 +17,7 @@
 //! Not implemented: TLS (STARTTLS gets `ERR_UNSUP`), extended headers, RESIZE.
 
 pub mod buffer;
+pub mod bulk;
 pub mod device;
 pub mod file;
 pub mod handshake;

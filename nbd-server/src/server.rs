@@ -13,7 +13,6 @@ use std::io::{self, IoSlice};
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
@@ -25,6 +24,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::buffer::{BufferPool, IoBuffer};
+use crate::bulk::{BulkMember, BulkWay};
 use crate::device::{BlockDevice, Catalog, DeviceError, Errno, FileSlice};
 use crate::handshake::{Action, CloseReason, Handshake, HandshakeConfig, Negotiated};
 use crate::protocol::REQUEST_HEADER_LEN;
@@ -136,68 +136,7 @@ pub struct Server<C: Catalog> {
     bulk: Arc<BulkReads>,
 }
 
-/// Reads at least this long count as bulk reads (see [`BulkReads`]).
-pub const BULK_READ: u64 = 128 << 10;
-
-/// Bulk reads, server-wide: when each connection last started one.
-///
-/// Sending read data straight from the page cache (`sendfile(2)`, offered
-/// by [`BlockDevice::read_in_place`]) saves the server its copy, but the
-/// client then copies from cold page-cache pages instead of from the
-/// socket buffers the server's copy just warmed. While one connection reads
-/// in bulk the CPUs have room for that and sendfile wins; once two or more
-/// read at the same time they share the CPUs, and copying wins (figures in
-/// docs/nbd.md, "Large reads"). So a connection reads in place only when
-/// no other connection started a bulk read in the last
-/// [`BULK_READ_WINDOW`].
-#[derive(Debug)]
-pub struct BulkReads {
-    epoch: Instant,
-    /// Every connection's time of its last bulk read (microseconds since
-    /// `epoch`, plus one; 0: none yet).
-    members: parking_lot::Mutex<Vec<Arc<AtomicU64>>>,
-}
-
-/// How recent another connection's bulk read must be to share the CPUs.
-pub const BULK_READ_WINDOW: Duration = Duration::from_millis(20);
-
-impl Default for BulkReads {
-    fn default() -> BulkReads {
-        BulkReads { epoch: Instant::now(), members: parking_lot::Mutex::default() }
-    }
-}
-
-/// A connection's entry in [`BulkReads`], removed when it ends.
-struct BulkMember {
-    reads: Arc<BulkReads>,
-    last: Arc<AtomicU64>,
-}
-
-impl BulkMember {
-    fn new(reads: Arc<BulkReads>) -> BulkMember {
-        let last = Arc::new(AtomicU64::new(0));
-        reads.members.lock().push(last.clone());
-        BulkMember { reads, last }
-    }
-
-    /// Notes a bulk read starting now; whether no other connection started
-    /// one within the window.
-    fn alone(&self) -> bool {
-        let now = u64::try_from(self.reads.epoch.elapsed().as_micros()).unwrap_or(u64::MAX - 1) + 1;
-        self.last.store(now, Ordering::Relaxed);
-        let window = BULK_READ_WINDOW.as_micros() as u64;
-        self.reads.members.lock().iter().all(|member| {
-            let last = member.load(Ordering::Relaxed);
-            Arc::ptr_eq(member, &self.last) || last == 0 || now.saturating_sub(last) > window
-        })
-    }
-}
-
-impl Drop for BulkMember {
-    fn drop(&mut self) {
-        self.reads.members.lock().retain(|member| !Arc::ptr_eq(member, &self.last));
-    }
-}
+pub use crate::bulk::{BULK_READ, BULK_READ_WINDOW, BulkReads};
 
 impl<C: Catalog> std::fmt::Debug for Server<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -1039,11 +978,12 @@ impl<'a, D: BlockDevice> Transmission<'a, D> {
         match command {
             Command::Read { offset, length, df } => {
                 let length = length as usize;
+                // A lone bulk reader's way is measured; reads are copied on
+                // this thread while others read in bulk too (see BulkReads).
+                let way = (length as u64 >= BULK_READ).then(|| self.bulk.way(length as u64)).flatten();
                 // In place: the reply is ready now (the observer sees no
-                // device time; sending is the server's). Only while no
-                // other connection reads in bulk (see BulkReads).
-                let alone = length as u64 >= BULK_READ && self.bulk.alone();
-                if let Some(slices) = alone
+                // device time; sending is the server's).
+                if let Some(slices) = (way == Some(BulkWay::InPlace))
                     .then(|| device.read_in_place(offset, length as u64))
                     .flatten()
                     .map(|mut slices| {
@@ -1061,7 +1001,12 @@ impl<'a, D: BlockDevice> Transmission<'a, D> {
                 let future = async move {
                     let header = read_reply_header_len(structured);
                     let buffer = pool.take(header + length);
-                    let reply = match device.read(offset, buffer, header).await {
+                    let read = if way == Some(BulkWay::Offload) {
+                        device.read_offloaded(offset, buffer, header).await
+                    } else {
+                        device.read(offset, buffer, header).await
+                    };
+                    let reply = match read {
                         Ok((buffer, holes)) if structured && !df && !holes.is_empty() => {
                             let mut sparse = Vec::with_capacity(header + length);
                             encode_sparse_read(&mut sparse, cookie, offset, &buffer[header..], &holes);

@@ -7,10 +7,11 @@ use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use nbd_server::bulk::{BulkWay, WINDOW_BYTES};
 use nbd_server::device::ReadResult;
 use nbd_server::file::LARGE_READ;
 use nbd_server::{
@@ -281,6 +282,120 @@ fn large_reads_go_in_place_only_while_one_connection_reads_in_bulk() {
         }
         // Past the window before the next run.
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A file of [`REPEATED`] bytes served as a disk of `size` bytes (the
+/// file over and over), with one way of answering large reads made slow;
+/// records the way each large read took, in order.
+#[derive(Clone)]
+struct SlowWay {
+    file: Arc<File>,
+    slow: BulkWay,
+    ways: Arc<Mutex<Vec<BulkWay>>>,
+}
+
+const REPEATED: u64 = 64 << 20;
+
+/// How long the slow way takes per read: at 1 MiB, under 350 MiB/s, where
+/// either way unimpeded reads a cached file several times faster.
+const SLOW: Duration = Duration::from_millis(3);
+
+impl SlowWay {
+    fn took(&self, way: BulkWay) {
+        self.ways.lock().expect("ways").push(way);
+        if way == self.slow {
+            std::thread::sleep(SLOW);
+        }
+    }
+}
+
+impl BlockDevice for SlowWay {
+    fn read_in_place(&self, offset: u64, length: u64) -> Option<Vec<FileSlice>> {
+        let at = offset % REPEATED;
+        (length >= LARGE_READ as u64 && at + length <= REPEATED).then(|| {
+            self.took(BulkWay::InPlace);
+            vec![FileSlice { file: self.file.clone(), offset: at, length: length as usize }]
+        })
+    }
+
+    async fn read(&self, offset: u64, mut buffer: IoBuffer, start: usize) -> ReadResult {
+        self.file.read_exact_at(&mut buffer[start..], offset % REPEATED)?;
+        Ok((buffer, Vec::new()))
+    }
+
+    async fn read_offloaded(&self, offset: u64, mut buffer: IoBuffer, start: usize) -> ReadResult {
+        let device = self.clone();
+        tokio::task::spawn_blocking(move || {
+            device.took(BulkWay::Offload);
+            device.file.read_exact_at(&mut buffer[start..], offset % REPEATED).map(|()| (buffer, Vec::new()))
+        })
+        .await
+        .expect("join")
+        .map_err(DeviceError::from)
+    }
+
+    async fn write(&self, _offset: u64, _data: IoBuffer, _fua: bool) -> Result<(), DeviceError> {
+        Err(DeviceError::new(Errno::Perm, "read-only"))
+    }
+
+    async fn flush(&self) -> Result<(), DeviceError> {
+        Ok(())
+    }
+
+    async fn trim(&self, _offset: u64, _length: u64, _fua: bool) -> Result<(), DeviceError> {
+        Err(DeviceError::new(Errno::Perm, "read-only"))
+    }
+
+    async fn write_zeroes(&self, _offset: u64, _length: u64, _flags: ZeroFlags) -> Result<(), DeviceError> {
+        Err(DeviceError::new(Errno::Perm, "read-only"))
+    }
+
+    async fn block_status(&self, _offset: u64, length: u64) -> Result<Vec<Extent>, DeviceError> {
+        Ok(vec![Extent { length, hole: false, zero: false }])
+    }
+}
+
+/// A lone bulk reader's way is measured: whichever of sending in place and
+/// offloading the copy is made slow, the server tries both, then keeps the
+/// fast one, and every byte is right either way.
+#[test]
+fn a_lone_bulk_reader_gets_the_way_measured_faster() {
+    // Trials take four windows; ten windows leave six to keep the winner.
+    let windows = 10;
+    let size = windows * WINDOW_BYTES;
+    let reads = (size >> 20) as usize;
+    let dir = scratch();
+    let data = random_bytes(19, REPEATED as usize);
+    let path = write_file(dir.path(), "disk.raw", &data);
+    let file = Arc::new(File::open(&path).expect("open"));
+    for slow in [BulkWay::InPlace, BulkWay::Offload] {
+        let ways = Arc::new(Mutex::new(Vec::new()));
+        let device = SlowWay { file: file.clone(), slow, ways: ways.clone() };
+        let (addr, _stop) = serve(SingleExport { info: info(size, true), device });
+        let mut copy = Command::new("nbdcopy")
+            .args(["--connections=1", "--request-size=1048576", &uri(addr), "-"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("nbdcopy");
+        let mut out = copy.stdout.take().expect("stdout");
+        let mut chunk = vec![0u8; REPEATED as usize];
+        for index in 0..windows * WINDOW_BYTES / REPEATED {
+            std::io::Read::read_exact(&mut out, &mut chunk).expect("nbdcopy output");
+            assert!(chunk == data, "slow {slow:?}: bytes differ in copy {index} of the file");
+        }
+        assert!(copy.wait().expect("nbdcopy").success(), "nbdcopy failed");
+        let ways = ways.lock().expect("ways").clone();
+        assert_eq!(ways.len(), reads, "slow {slow:?}: every 1 MiB read took one way");
+        let slow_reads = ways.iter().filter(|&&way| way == slow).count();
+        assert!(
+            slow_reads >= (WINDOW_BYTES >> 20) as usize,
+            "slow {slow:?}: tried for a window ({slow_reads})"
+        );
+        // The last two windows' reads all went the fast way.
+        let tail = 2 * (WINDOW_BYTES >> 20) as usize;
+        let fast_tail = ways[reads - tail..].iter().filter(|&&way| way != slow).count();
+        assert_eq!(fast_tail, tail, "slow {slow:?}: kept the fast way ({slow_reads} slow reads in all)");
     }
 }
 
