@@ -58,6 +58,37 @@ fn serve_file(path: &Path) -> (SocketAddr, Arc<FileDevice>, tokio::sync::watch::
     (addr, device, stop)
 }
 
+/// The [`BlockDevice`] methods of a read-only test device of data only,
+/// besides its reads: writes refused, flushes trivial, every extent data.
+macro_rules! read_only_device {
+    () => {
+        async fn write(&self, _offset: u64, _data: IoBuffer, _fua: bool) -> Result<(), DeviceError> {
+            Err(DeviceError::new(Errno::Perm, "read-only"))
+        }
+
+        async fn flush(&self) -> Result<(), DeviceError> {
+            Ok(())
+        }
+
+        async fn trim(&self, _offset: u64, _length: u64, _fua: bool) -> Result<(), DeviceError> {
+            Err(DeviceError::new(Errno::Perm, "read-only"))
+        }
+
+        async fn write_zeroes(
+            &self,
+            _offset: u64,
+            _length: u64,
+            _flags: ZeroFlags,
+        ) -> Result<(), DeviceError> {
+            Err(DeviceError::new(Errno::Perm, "read-only"))
+        }
+
+        async fn block_status(&self, _offset: u64, length: u64) -> Result<Vec<Extent>, DeviceError> {
+            Ok(vec![Extent { length, hole: false, zero: false }])
+        }
+    };
+}
+
 /// A test device that offers every large read from its file in place,
 /// cached or not. Without `copied` it fails if the server asks it to read
 /// one instead: replies that carry the right bytes prove they came through
@@ -104,25 +135,7 @@ impl BlockDevice for InPlaceOnly {
         Ok((buffer, Vec::new()))
     }
 
-    async fn write(&self, _offset: u64, _data: IoBuffer, _fua: bool) -> Result<(), DeviceError> {
-        Err(DeviceError::new(Errno::Perm, "read-only"))
-    }
-
-    async fn flush(&self) -> Result<(), DeviceError> {
-        Ok(())
-    }
-
-    async fn trim(&self, _offset: u64, _length: u64, _fua: bool) -> Result<(), DeviceError> {
-        Err(DeviceError::new(Errno::Perm, "read-only"))
-    }
-
-    async fn write_zeroes(&self, _offset: u64, _length: u64, _flags: ZeroFlags) -> Result<(), DeviceError> {
-        Err(DeviceError::new(Errno::Perm, "read-only"))
-    }
-
-    async fn block_status(&self, _offset: u64, length: u64) -> Result<Vec<Extent>, DeviceError> {
-        Ok(vec![Extent { length, hole: false, zero: false }])
-    }
+    read_only_device!();
 }
 
 /// A directory on the file system the build uses (a disk here: tmpfs pages
@@ -335,25 +348,7 @@ impl BlockDevice for SlowWay {
         .map_err(DeviceError::from)
     }
 
-    async fn write(&self, _offset: u64, _data: IoBuffer, _fua: bool) -> Result<(), DeviceError> {
-        Err(DeviceError::new(Errno::Perm, "read-only"))
-    }
-
-    async fn flush(&self) -> Result<(), DeviceError> {
-        Ok(())
-    }
-
-    async fn trim(&self, _offset: u64, _length: u64, _fua: bool) -> Result<(), DeviceError> {
-        Err(DeviceError::new(Errno::Perm, "read-only"))
-    }
-
-    async fn write_zeroes(&self, _offset: u64, _length: u64, _flags: ZeroFlags) -> Result<(), DeviceError> {
-        Err(DeviceError::new(Errno::Perm, "read-only"))
-    }
-
-    async fn block_status(&self, _offset: u64, length: u64) -> Result<Vec<Extent>, DeviceError> {
-        Ok(vec![Extent { length, hole: false, zero: false }])
-    }
+    read_only_device!();
 }
 
 /// A lone bulk reader's way is measured: whichever of sending in place and
