@@ -18,7 +18,7 @@
 //!
 //! So the lone reader's way is measured, not assumed: [`BulkReads`] tries
 //! both ways on windows of [`WINDOW_BYTES`], keeps the faster for
-//! [`EXPLOIT_WINDOWS`] windows, then tries both again.
+//! [`KEEP_WINDOWS`] windows, then tries both again.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,7 +43,7 @@ pub const WINDOW_WARMUP: u64 = 32 << 20;
 pub const WINDOW_GAP: Duration = Duration::from_millis(20);
 
 /// Windows the faster way is kept for before both are tried again.
-pub const EXPLOIT_WINDOWS: u32 = 32;
+pub const KEEP_WINDOWS: u32 = 32;
 
 /// The order ways are tried in (ABBA, so a steady drift of the machine's
 /// speed favours neither).
@@ -175,7 +175,7 @@ impl WayChooser {
             "lone bulk reads measured both ways"
         );
         self.chosen = chosen;
-        self.keep_left = EXPLOIT_WINDOWS;
+        self.keep_left = KEEP_WINDOWS;
         self.measured = [(0, 0); 2];
     }
 }
@@ -277,13 +277,8 @@ mod tests {
             // fourth in place again; the read after them takes the winner.
             let counts = run(&mut chooser, &mut clock, 4 * WINDOW_READS, in_place, offload);
             assert_eq!(counts, [2 * WINDOW_READS, 2 * WINDOW_READS], "trials of {in_place} vs {offload}");
-            let kept =
-                run(&mut chooser, &mut clock, EXPLOIT_WINDOWS as usize * WINDOW_READS, in_place, offload);
-            assert_eq!(
-                kept[winner.index()],
-                EXPLOIT_WINDOWS as usize * WINDOW_READS,
-                "{in_place} vs {offload}"
-            );
+            let kept = run(&mut chooser, &mut clock, KEEP_WINDOWS as usize * WINDOW_READS, in_place, offload);
+            assert_eq!(kept[winner.index()], KEEP_WINDOWS as usize * WINDOW_READS, "{in_place} vs {offload}");
             assert_eq!(chooser.way(), winner);
             // Then both are tried again.
             let counts = run(&mut chooser, &mut clock, 4 * WINDOW_READS, in_place, offload);
@@ -309,7 +304,7 @@ mod tests {
         run(&mut chooser, &mut clock, 4 * WINDOW_READS + 1, 5, 6);
         assert_eq!(chooser.way(), BulkWay::Offload, "20% faster offloaded wins");
         // Kept now: in place 5% faster does not take it back, 20% does.
-        let round = (4 + EXPLOIT_WINDOWS as usize) * WINDOW_READS;
+        let round = (4 + KEEP_WINDOWS as usize) * WINDOW_READS;
         run(&mut chooser, &mut clock, round, 21, 20);
         assert_eq!(chooser.way(), BulkWay::Offload, "5% faster in place");
         run(&mut chooser, &mut clock, round, 6, 5);

@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::buffer::{BufferPool, IoBuffer};
-use crate::bulk::{BulkMember, BulkWay};
+use crate::bulk::{BULK_READ, BulkMember, BulkReads, BulkWay};
 use crate::device::{BlockDevice, Catalog, DeviceError, Errno, FileSlice};
 use crate::handshake::{Action, CloseReason, Handshake, HandshakeConfig, Negotiated};
 use crate::protocol::REQUEST_HEADER_LEN;
@@ -135,8 +135,6 @@ pub struct Server<C: Catalog> {
     pool: Arc<BufferPool>,
     bulk: Arc<BulkReads>,
 }
-
-pub use crate::bulk::{BULK_READ, BULK_READ_WINDOW, BulkReads};
 
 impl<C: Catalog> std::fmt::Debug for Server<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
