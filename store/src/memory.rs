@@ -163,6 +163,7 @@ struct FsState {
     crashed: bool,
     rng: Option<SimRng>,
     sync_delay: std::time::Duration,
+    read_delay: std::time::Duration,
 }
 
 /// The in-memory filesystem. Cheap to clone: clones share state.
@@ -333,6 +334,12 @@ impl MemoryFs {
     /// Makes every sync take this long (to test group commit).
     pub fn set_sync_delay(&self, delay: std::time::Duration) {
         self.state.lock().sync_delay = delay;
+    }
+
+    /// Makes every read of a file's bytes take at least `delay` (a slow
+    /// disk: tests of what may run while a long read is under way).
+    pub fn set_read_delay(&self, delay: std::time::Duration) {
+        self.state.lock().read_delay = delay;
     }
 
     /// Whether an injected crash happened.
@@ -572,6 +579,10 @@ impl StorageBackend for MemoryFile {
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let delay = self.state.lock().read_delay;
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
         let mut state = self.state.lock();
         state.fault(Op::Read)?;
         let file = state.file(self.id)?;

@@ -1560,8 +1560,11 @@ impl Volume {
     /// Reads back every record of the history and checks its crc32c (and
     /// blake3 where stored), then every folded record whose bytes are
     /// still base data in its journal segment (crc32c). Corruption is
-    /// reported, not fixed. Holds off folds and cleans while it reads the
-    /// base data.
+    /// reported, not fixed. Holds off folds and cleans while it reads one
+    /// segment's base data, and lets them run between segments: a
+    /// volume's base data can be hundreds of GiB, and retention, a delete
+    /// and a clean shutdown all wait for that lock. A record folded between
+    /// two segments may then be counted twice (as history, then as base).
     pub fn verify(&self) -> Result<VerifyReport, VerifyError> {
         let mut report = VerifyReport::default();
         let mut seq = self.index.read().base_seq() + 1;
@@ -1583,15 +1586,19 @@ impl Volume {
             seq += 1;
         }
         // Base data still in journal segments: every record a journal run
-        // of the base map points into, read whole. No fold or clean moves
-        // it meanwhile.
-        let _fold = self.fold_lock.lock();
-        let mut runs: Vec<BaseRun> =
-            self.index.read().base_map().iter().filter(|run| run.kind == BaseKind::Journal).collect();
-        runs.sort_unstable_by_key(|run| run.location);
-        for segment_runs in runs.chunk_by(|a, b| a.segment() == b.segment()) {
+        // of the base map points into, read whole, a segment at a time. No
+        // fold or clean moves a segment's runs while it is read; the runs
+        // are looked up again under the lock (a clean may have moved them
+        // out, a fold added some).
+        let numbers: BTreeSet<u64> =
+            self.index.read().base_map().iter().filter_map(|run| run.segment()).collect();
+        for number in numbers {
+            let fold = self.fold_lock.lock();
+            let mut runs: Vec<BaseRun> =
+                self.index.read().base_map().iter().filter(|run| run.segment() == Some(number)).collect();
+            runs.sort_unstable_by_key(|run| run.location);
             let unreached = self
-                .check_base_runs(segment_runs, |header, _, _, payload| {
+                .check_base_runs(&runs, |header, _, _, payload| {
                     match payload {
                         Some(payload) => {
                             report.base_records += 1;
@@ -1603,6 +1610,9 @@ impl Volume {
                 })
                 .map_err(VerifyError::Io)?;
             report.unreadable_base_bytes += unreached.iter().map(|run| run.end - run.start).sum::<u64>();
+            // A pass waiting for the lock gets it now (a plain unlock lets
+            // this loop take it straight back).
+            MutexGuard::unlock_fair(fold);
         }
         Ok(report)
     }
