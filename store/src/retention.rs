@@ -21,7 +21,7 @@ use std::time::Duration;
 use crate::backend::{Filesystem, StorageBackend};
 use crate::index::BaseState;
 use crate::journal::SegmentInfo;
-use crate::layout::{BaseMapFile, FoldIntent};
+use crate::layout::{self, BaseMapFile, FoldIntent};
 
 /// File name of the base image (a sparse raw image of the folded history).
 pub const BASE_FILE: &str = "base";
@@ -135,25 +135,52 @@ impl Wake {
     }
 }
 
-/// The smallest seq whose folding frees enough leading segments to bring
-/// the journal within `limit` bytes; `None` when it already is. Folding to
-/// the first seq of segment k+1 frees segments 0..=k.
-pub(crate) fn budget_seq(segments: &[SegmentInfo], limit: u64) -> Option<u64> {
-    let mut bytes: u64 = segments.iter().map(|segment| segment.bytes).sum();
+/// Bytes of record payload that a segment of `bytes` bytes holding
+/// `records` records carries at least: its size less its header and, per
+/// record, a header and the most alignment padding a record can have.
+fn payload_at_least(bytes: u64, records: u64) -> u64 {
+    let per_record = layout::RECORD_HEADER_LEN as u64 + layout::RECORD_ALIGN - 1;
+    bytes.saturating_sub(layout::SEGMENT_HEADER_LEN as u64).saturating_sub(records.saturating_mul(per_record))
+}
+
+/// The seq to fold to for the budget: the smallest one whose folding frees
+/// leading history segments while the segments after them still hold more
+/// than `limit` bytes of written data; `None` when no segment can go.
+/// Folding to the first seq of segment k+1 frees segments 0..=k and keeps
+/// every point from that seq on.
+///
+/// So the point before the last `limit` bytes of writes is always kept:
+/// with the default budget (the volume's size), the point before one
+/// complete overwrite of the disk (ransomware encrypting all of it)
+/// survives the overwrite. Counting segment bytes instead did not: the
+/// overwrite's record headers and the segment it starts in add to its
+/// size, and folds freed the segment holding that point. The history's
+/// bytes are therefore at most `limit` plus the headers of its records plus
+/// one segment (the oldest, which holds the point).
+///
+/// `next_seq`: the seq after the last record appended (the current
+/// segment's records end before it). A segment's data is counted from its
+/// bytes and its number of records, never more than it holds.
+pub(crate) fn budget_seq(segments: &[SegmentInfo], next_seq: u64, limit: u64) -> Option<u64> {
+    let payloads: Vec<u64> = segments
+        .iter()
+        .enumerate()
+        .map(|(i, segment)| {
+            let end = segments.get(i + 1).map_or(next_seq, |next| next.first_seq);
+            payload_at_least(segment.bytes, end.saturating_sub(segment.first_seq))
+        })
+        .collect();
+    // Data in the segments after the one that would be freed.
+    let mut after: u64 = payloads.iter().sum();
     let mut needed = None;
-    for pair in segments.windows(2) {
-        if bytes <= limit {
+    for (pair, payload) in segments.windows(2).zip(&payloads) {
+        after -= payload;
+        if after <= limit {
             break;
         }
-        bytes -= pair[0].bytes;
         needed = Some(pair[1].first_seq);
     }
-    match needed {
-        // Even folding all but the current segment is not enough: fold as
-        // far as the segments go.
-        None if bytes > limit => segments.last().map(|segment| segment.first_seq),
-        needed => needed,
-    }
+    needed
 }
 
 /// Replaces `dir/name` with `bytes`, atomically: write `name.tmp`, fsync
@@ -253,16 +280,37 @@ mod tests {
             .collect()
     }
 
-    /// The budget asks for the fewest leading segments that bring the
-    /// journal under it, and only whole segments count.
+    /// The budget frees the fewest leading segments that leave more than
+    /// its bytes of data after them, and only whole segments count. A
+    /// segment's data is its bytes less its header and its records'
+    /// headers and padding.
     #[test]
-    fn budget_frees_the_fewest_leading_segments() {
-        let journal = segments(&[(1, 100), (10, 100), (20, 100), (30, 50)]);
-        assert_eq!(budget_seq(&journal, 350), None);
-        assert_eq!(budget_seq(&journal, 349), Some(10));
-        assert_eq!(budget_seq(&journal, 250), Some(10));
-        assert_eq!(budget_seq(&journal, 249), Some(20));
-        assert_eq!(budget_seq(&journal, 0), Some(30));
+    fn budget_frees_leading_segments_while_more_than_it_stays() {
+        let overhead = |records: u64| {
+            layout::SEGMENT_HEADER_LEN as u64
+                + records * (layout::RECORD_HEADER_LEN as u64 + layout::RECORD_ALIGN - 1)
+        };
+        // Four segments of 9, 10, 10 and 5 records carrying 1000, 1000,
+        // 1000 and 500 bytes of data at least.
+        let journal = segments(&[
+            (1, 1000 + overhead(9)),
+            (10, 1000 + overhead(10)),
+            (20, 1000 + overhead(10)),
+            (30, 500 + overhead(5)),
+        ]);
+        let next_seq = 35;
+        // Freeing the first segment leaves 2500 bytes of data.
+        assert_eq!(budget_seq(&journal, next_seq, 2500), None);
+        assert_eq!(budget_seq(&journal, next_seq, 2499), Some(10));
+        assert_eq!(budget_seq(&journal, next_seq, 1500), Some(10));
+        assert_eq!(budget_seq(&journal, next_seq, 1499), Some(20));
+        assert_eq!(budget_seq(&journal, next_seq, 500), Some(20));
+        assert_eq!(budget_seq(&journal, next_seq, 499), Some(30));
+        assert_eq!(budget_seq(&journal, next_seq, 0), Some(30));
+        // More records in the current segment: less data in it.
+        assert_eq!(budget_seq(&journal, next_seq + 1, 499), Some(20));
+        // One segment alone never goes.
+        assert_eq!(budget_seq(&journal[..1], 10, 0), None);
     }
 
     /// Percent budgets scale with the size without overflowing, and the

@@ -1800,7 +1800,8 @@ impl Volume {
                 .collect()
         };
         let budget = policy.budget_bytes(self.size());
-        let needed_by_budget = budget.and_then(|limit| budget_seq(&history, limit));
+        let next_seq = self.journal.writer.lock().last_seq() + 1;
+        let needed_by_budget = budget.and_then(|limit| budget_seq(&history, next_seq, limit));
         if needed_by_budget.is_some_and(|needed| needed > self.durable_seq()) && self.poison().is_none() {
             // Only durable records are folded: over budget, do not wait for
             // a client's (or the commit thread's) flush.

@@ -246,6 +246,80 @@ fn budget_bounds_the_journal_and_recycles_segment_files() {
     assert_eq!(volume.stats().base_journal_bytes, stats.base_journal_bytes);
 }
 
+/// The default budget (the volume's size) keeps the point before one
+/// complete overwrite of the disk, whatever the size and order of its
+/// writes: ransomware encrypting every block must not push out the point
+/// before it. Counting segment bytes against the budget folded that point
+/// (the overwrite's record headers, and the segment it starts in, come on
+/// top of its data). Retention runs throughout, as the retention thread
+/// would, and folds the history before the point; the history stays
+/// within the budget, its records' headers and one segment.
+#[test]
+fn the_default_budget_keeps_the_point_before_a_complete_overwrite() {
+    let size: u64 = 16 << 20;
+    for (chunk, shuffled) in [(4096_u64, true), (256 << 10, false), (1 << 20, false), (96 << 10, true)] {
+        let fs = MemoryFs::new();
+        let clock = Arc::new(ManualClock::new(T0));
+        let options = StoreOptions {
+            clock: clock.clone(),
+            filesystem: Some(Arc::new(fs.clone())),
+            commit_interval: None,
+            retention: RetentionPolicy::default(),
+            retention_interval: None,
+            ..StoreOptions::default()
+        };
+        let store = open(&fs, &options);
+        let volume = store.create_volume("v", size).unwrap();
+        let mut rng = SimRng::new(chunk);
+        let mut offsets: Vec<u64> = (0..size / chunk).map(|i| i * chunk).collect();
+        let mut image = vec![0_u8; size as usize];
+        let mut overwrite = |image: &mut Vec<u8>, rng: &mut SimRng| {
+            if shuffled {
+                for i in (1..offsets.len()).rev() {
+                    offsets.swap(i, rng.below(i as u64 + 1) as usize);
+                }
+            }
+            let mut records = 0;
+            for (i, &offset) in offsets.iter().enumerate() {
+                let range = offset as usize..(offset + chunk) as usize;
+                rng.fill(&mut image[range.clone()]);
+                volume.write(offset, &image[range], false).unwrap();
+                records += chunk.div_ceil(4 << 20);
+                if i % 64 == 63 {
+                    volume.flush().unwrap();
+                    volume.enforce_retention(T0).unwrap();
+                }
+            }
+            volume.flush().unwrap();
+            volume.enforce_retention(T0).unwrap();
+            records
+        };
+        // Two complete writes of the disk, the point, the attack.
+        overwrite(&mut image, &mut rng);
+        overwrite(&mut image, &mut rng);
+        let before = volume.head_seq();
+        let good = image.clone();
+        let records = overwrite(&mut image, &mut rng);
+        let history = volume.history();
+        assert!(history.first_seq > 1, "{chunk}: nothing was folded: {history:?}");
+        assert!(
+            history.first_seq <= before,
+            "{chunk}: the point before the overwrite was folded: {history:?}"
+        );
+        let point = volume.open_point(before).unwrap();
+        let mut read = vec![0; size as usize];
+        point.read(0, &mut read).unwrap();
+        assert!(read == good, "{chunk}: the point before the overwrite reads other bytes");
+        let stats = volume.stats();
+        let segment = RetentionPolicy::default().segment_bytes(size, StoreOptions::default().segment_bytes);
+        let headers = records * 128;
+        assert!(stats.history_bytes <= size + headers + segment, "{chunk}: {stats:?}");
+        let mut head = vec![0; size as usize];
+        volume.read(0, &mut head).unwrap();
+        assert!(head == image, "{chunk}: the head reads other bytes");
+    }
+}
+
 /// On a full disk the journal gives up its spare segment files (kept only
 /// to save page allocations) before it refuses a write: a write is refused
 /// with ENOSPC only once no spare is left but the cleaner's reserve, and
@@ -265,9 +339,9 @@ fn full_disk_releases_spare_segments_before_refusing() {
     let volume = store.create_volume("v", 64 << 10).unwrap();
     let mut model = Model::new(64 << 10);
     let mut rng = SimRng::new(7);
-    // A journal of about 80 KiB folded at once to its 32 KiB budget: more
+    // A journal of about 100 KiB folded at once to its 32 KiB budget: more
     // segments are reclaimed than spares are kept.
-    for _ in 0..80 {
+    for _ in 0..100 {
         let (length, offset) = (rng.range(500, 1500) as usize, rng.below(60) * 1000);
         model.write(&volume, &mut rng, offset, length);
     }

@@ -884,15 +884,16 @@ fn volume_show_names_the_snapshot_that_keeps_the_journal_over_budget() {
     assert!(!text.contains("RETENTION"), "{text}");
     assert!(text.contains("history ") && text.contains("base data ") && text.contains("dead "), "{text}");
     // Folded in place: the history is back within its budget (plus the
-    // segment being written), the rest of the journal is base data and
-    // dead bytes, and the parts add up to the journal.
+    // segment holding its oldest point and its records' headers), the
+    // rest of the journal is base data and dead bytes, and the parts add
+    // up to the journal.
     let shown = rewind_json(&daemon, &["volume", "show", "vm"]);
     let (history, base, dead) = (
         bytes(&shown, "history_bytes"),
         bytes(&shown, "base_journal_bytes"),
         bytes(&shown, "dead_journal_bytes"),
     );
-    assert!(history <= 5 * MIB, "{shown}");
+    assert!(history <= 5 * MIB + 64 * 1024, "{shown}");
     assert!(base > 0, "{shown}");
     let journal = shown["volume"]["journal_bytes"].as_u64().unwrap();
     assert_eq!(history + base + dead, journal, "{shown}");
