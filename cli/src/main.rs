@@ -282,12 +282,18 @@ async fn run(cli: Cli, client: &Client) -> Result<(), Failure> {
             Ok(())
         }
         Command::Man { out } => man(out),
-        Command::Replicate(_)
+        unavailable @ (Command::Replicate(_)
         | Command::Replication(_)
         | Command::Identity(_)
         | Command::Peer(_)
-        | Command::Promote(_) => {
-            let name = std::env::args().skip(1).find(|arg| !arg.starts_with('-')).unwrap_or_default();
+        | Command::Promote(_)) => {
+            let name = match unavailable {
+                Command::Replicate(_) => "replicate",
+                Command::Replication(_) => "replication",
+                Command::Identity(_) => "identity",
+                Command::Peer(_) => "peer",
+                _ => "promote",
+            };
             Err(Failure::new(
                 format!("rewind {name} is not available yet: this rewindd has no replication or peers"),
                 Some("they come in a later release; rewind --help lists what works today".into()),
