@@ -112,7 +112,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     // umask. If the bind fails, the directories made for it go again.
     let mut made = missing_dirs(config.control.parent().unwrap_or(Path::new("")));
     made.extend(missing_dirs(&config.data_dir));
-    std::fs::create_dir_all(&config.data_dir)
+    store::create_private_dir(&config.data_dir)
         .map_err(|error| anyhow::anyhow!("cannot create data dir {}: {error}", config.data_dir.display()))
         .inspect_err(|_| remove_empty(&made))?;
     let control_socket = control::ControlSocket::bind(&config.control, &config.data_dir)

@@ -8,7 +8,7 @@
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -453,10 +453,21 @@ pub struct RealFs {
 /// `f_type` of ramfs (include/uapi/linux/magic.h; libc does not name it).
 const RAMFS_MAGIC: u32 = 0x8584_58f6;
 
+/// Mode of the files a store creates: its user's alone (the umask may take
+/// more away, never add).
+pub const PRIVATE_FILE_MODE: u32 = 0o600;
+
+/// Creates `path` and its missing parents with mode 0700 (before the
+/// umask): a store's directories are its user's alone. Directories that
+/// exist keep their mode.
+pub fn create_private_dir(path: &Path) -> io::Result<()> {
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(path)
+}
+
 impl RealFs {
     /// Uses `root` (created if missing) with the given engine.
     pub fn new(root: &Path, engine: Engine) -> io::Result<Self> {
-        fs::create_dir_all(root)?;
+        create_private_dir(root)?;
         let ring = match engine {
             Engine::File => None,
             Engine::Uring => Some(Arc::new(crate::uring::Ring::start(crate::uring::RING_DEPTH)?)),
@@ -484,7 +495,7 @@ impl Filesystem for RealFs {
     }
 
     fn create_dir_all(&self, path: &str) -> io::Result<()> {
-        fs::create_dir_all(self.path(path))
+        create_private_dir(&self.path(path))
     }
 
     fn list_dir(&self, path: &str) -> io::Result<Vec<String>> {
@@ -499,8 +510,15 @@ impl Filesystem for RealFs {
     }
 
     fn open_file(&self, path: &str, create: bool) -> io::Result<Arc<dyn StorageBackend>> {
-        let file =
-            OpenOptions::new().read(true).write(true).create(create).truncate(false).open(self.path(path))?;
+        // Volume data is the users' disks (patient records, say): created
+        // for the daemon's user alone, whatever the umask.
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .truncate(false)
+            .mode(PRIVATE_FILE_MODE)
+            .open(self.path(path))?;
         Ok(match &self.ring {
             None => Arc::new(FileBackend::new(file)),
             Some(ring) => Arc::new(crate::uring::UringBackend::new(file, ring.clone())),

@@ -42,7 +42,10 @@ pub mod store;
 pub mod uring;
 pub mod volume;
 
-pub use backend::{Engine, EngineChoice, FileBackend, Filesystem, RealFs, StorageBackend, pick_engine};
+pub use backend::{
+    Engine, EngineChoice, FileBackend, Filesystem, PRIVATE_FILE_MODE, RealFs, StorageBackend,
+    create_private_dir, pick_engine,
+};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{
     CloneError, CreateError, DeleteError, FlushError, History, OpenError, PointError, Poison, ReadError,

@@ -1,6 +1,7 @@
 //! The registry of volumes under a data dir: `DIR/volumes/NAME/`.
 
 use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -139,11 +140,12 @@ impl Store {
         let (fs, lock): (Arc<dyn Filesystem>, _) = match &options.filesystem {
             Some(fs) => (fs.clone(), None),
             None => {
-                std::fs::create_dir_all(dir).map_err(io_error(&display))?;
+                crate::backend::create_private_dir(dir).map_err(io_error(&display))?;
                 let lock = std::fs::OpenOptions::new()
                     .create(true)
                     .truncate(false)
                     .write(true)
+                    .mode(crate::backend::PRIVATE_FILE_MODE)
                     .open(dir.join("LOCK"))
                     .map_err(io_error(&display))?;
                 // The toolchain is 1.95 (workspace rust-version lags behind).

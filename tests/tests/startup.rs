@@ -11,7 +11,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use cli_support::{http, texts};
-use rewind_tests::{Daemon, binary, free_port, run};
+use rewind_tests::{Daemon, binary, free_port, run, run_ok};
 
 /// `rewindd ARGS` (a fresh replication port each time), to completion.
 fn rewindd(args: &[&str]) -> Output {
@@ -174,6 +174,36 @@ fn data_dir_errors_say_what_is_wrong_once() {
         )
     );
     assert_eq!(std::fs::read_dir(&locked).unwrap().count(), 0, "nothing was made in it");
+}
+
+/// Volume data is the users' disks: a data dir the daemon makes, and
+/// every directory and file it makes in it, are for its user alone
+/// (0700, 0600), whatever the umask (here 022, as a shell's). Others
+/// could read every disk image before.
+#[test]
+fn the_data_dir_and_volume_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data = dir.path().join("data");
+    let mut daemon = Daemon::start_wrapped(&data, &[], &["sh", "-c", "umask 022 && exec \"$0\" \"$@\""]);
+    run_ok(
+        Command::new("qemu-io").args(["-f", "raw", "-c", "write -P 0x55 0 1M", &daemon.uri("default")]),
+        Duration::from_secs(30),
+    );
+    assert!(daemon.stop().success());
+    let mut seen = 0;
+    let mut walk = vec![data.clone()];
+    while let Some(path) = walk.pop() {
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        let mode = meta.permissions().mode() & 0o777;
+        assert_eq!(mode & 0o077, 0, "{} is mode {mode:o}", path.display());
+        seen += 1;
+        if meta.is_dir() {
+            walk.extend(std::fs::read_dir(&path).unwrap().map(|entry| entry.unwrap().path()));
+        }
+    }
+    assert!(seen > 5, "only {seen} paths: the volume's files were not made");
 }
 
 #[test]
