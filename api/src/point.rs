@@ -212,7 +212,17 @@ pub fn validate_name(name: &str) -> Result<(), PointError> {
         && name.len() <= MAX_NAME_LENGTH
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
         && !name.starts_with(['.', '-']);
-    if ok { Ok(()) } else { Err(PointError::BadName(name.to_owned())) }
+    if ok { Ok(()) } else { Err(PointError::BadName(shown(name))) }
+}
+
+/// `text` for an error message: whole up to 80 characters, else its first
+/// 64 and its length (an export name may be 4096 bytes long).
+fn shown(text: &str) -> String {
+    if text.chars().count() <= 80 {
+        return text.to_owned();
+    }
+    let start: String = text.chars().take(64).collect();
+    format!("{start}... ({} bytes)", text.len())
 }
 
 /// Checks a volume name (same rules as [`validate_name`]).
@@ -242,6 +252,18 @@ pub fn parse_export_name(name: &str) -> Result<ExportName, PointError> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// A name too long to be valid is named by its start and length.
+    #[test]
+    fn long_bad_names_are_shown_shortened() {
+        let error = validate_name(&"a".repeat(4096)).unwrap_err().to_string();
+        assert!(
+            error.starts_with(&format!("`{}... (4096 bytes)` is not a valid name", "a".repeat(64))),
+            "{error}"
+        );
+        let error = validate_name("bad name").unwrap_err().to_string();
+        assert!(error.starts_with("`bad name` is not a valid name"), "{error}");
+    }
 
     #[test]
     fn parses_every_documented_form() {

@@ -464,13 +464,41 @@ impl Handshake {
         self.reply(option, reply::ACK, &[]);
     }
 
+    /// Queues an option reply. An error's message is cut to the spec's
+    /// string limit ([`MAX_MESSAGE`]): a message that echoes a 4096-byte
+    /// export name would pass it, and libnbd then shows its own "string
+    /// too long" instead of ours.
     fn reply(&mut self, option: u32, kind: u32, data: &[u8]) {
+        let (data, cut) = if kind & ERROR_BIT != 0 { cut_message(data) } else { (data, false) };
+        let ellipsis: &[u8] = if cut { b"..." } else { b"" };
         self.transmit.extend_from_slice(&OPTION_REPLY_MAGIC.to_be_bytes());
         self.transmit.extend_from_slice(&option.to_be_bytes());
         self.transmit.extend_from_slice(&kind.to_be_bytes());
-        self.transmit.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        self.transmit.extend_from_slice(&((data.len() + ellipsis.len()) as u32).to_be_bytes());
         self.transmit.extend_from_slice(data);
+        self.transmit.extend_from_slice(ellipsis);
     }
+}
+
+/// Option reply types with this bit set are errors.
+const ERROR_BIT: u32 = 1 << 31;
+
+/// The longest string the spec lets either side send (4096 bytes); an
+/// error message is cut to it.
+pub const MAX_MESSAGE: usize = 4096;
+
+/// `message`, or its start cut at a UTF-8 character boundary leaving room
+/// for "..." when it is longer than [`MAX_MESSAGE`] (then `true`).
+fn cut_message(message: &[u8]) -> (&[u8], bool) {
+    if message.len() <= MAX_MESSAGE {
+        return (message, false);
+    }
+    let mut end = MAX_MESSAGE - 3;
+    // Not inside a character: continuation bytes are 0b10xxxxxx.
+    while end > 0 && message[end] & 0xC0 == 0x80 {
+        end -= 1;
+    }
+    (&message[..end], true)
 }
 
 fn is_known(option: u32) -> bool {
@@ -586,6 +614,24 @@ mod tests {
             preferred_block: 4096,
             fast_zero: true,
         }
+    }
+
+    /// Error messages longer than the spec's string limit are cut to it,
+    /// with "...", never inside a UTF-8 character; shorter ones are whole.
+    #[test]
+    fn long_error_messages_are_cut_to_the_string_limit() {
+        let short = "no volume named x".as_bytes();
+        assert_eq!(cut_message(short), (short, false));
+        let exact = vec![b'a'; MAX_MESSAGE];
+        assert_eq!(cut_message(&exact), (&exact[..], false));
+        let long = vec![b'a'; MAX_MESSAGE + 1];
+        let (cut, was_cut) = cut_message(&long);
+        assert!(was_cut && cut.len() + 3 == MAX_MESSAGE);
+        // A 3-byte character straddling the cut goes whole.
+        let mut text = "a".repeat(MAX_MESSAGE - 4);
+        text.push_str(&"€".repeat(10));
+        let (cut, was_cut) = cut_message(text.as_bytes());
+        assert!(was_cut && std::str::from_utf8(cut).is_ok() && cut.len() == MAX_MESSAGE - 4, "{}", cut.len());
     }
 
     fn option_bytes(option: u32, data: &[u8]) -> Vec<u8> {

@@ -8,8 +8,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use rewind_tests::Daemon;
 use rewind_tests::raw::*;
+use rewind_tests::{Daemon, run};
 
 /// A daemon with a short handshake deadline and a small connection cap, so
 /// the slow-client cases finish quickly.
@@ -87,6 +87,18 @@ fn long_export_names_are_refused_safely() {
     let name = vec![b'a'; 4096];
     let reply = client.option(OPT_GO, &info_data(4096, &name, &[])).unwrap();
     assert_eq!(reply.last().unwrap().kind, REP_ERR_UNKNOWN, "4096-byte name is legal but unknown");
+    // Its message stays within the spec's 4096-byte string limit, so
+    // libnbd shows it (it refuses longer ones as "too long").
+    let message = &reply.last().unwrap().data;
+    let message = String::from_utf8_lossy(message);
+    assert!(message.len() <= 4096 && message.contains("(4096 bytes)` is not a valid name"), "{message}");
+    let output = run(
+        Command::new("nbdinfo").env("LIBNBD_DEBUG", "1").arg(daemon.uri(std::str::from_utf8(&name).unwrap())),
+        Duration::from_secs(30),
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && !stderr.contains("too long"), "{stderr}");
+    assert!(stderr.contains("server error message: `aaaa"), "{stderr}");
 
     let name = vec![b'a'; 5000];
     let reply = client.option(OPT_INFO, &info_data(5000, &name, &[])).unwrap();
