@@ -142,6 +142,11 @@ pub struct VolumeInfo {
     pub first: PointInfo,
     /// The newest point: the live head.
     pub head: PointInfo,
+    /// The newest record that changed the volume's bytes (write, zeroes,
+    /// trim; not a snapshot, resize or rollback). `None`: never written.
+    /// Past retention it is the base point (the write was at or before it).
+    #[serde(default)]
+    pub last_write: Option<PointInfo>,
     /// Newest seq known durable.
     pub durable_seq: u64,
     /// Points that can be opened (`head.seq - first.seq + 1`).

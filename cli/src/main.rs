@@ -577,10 +577,10 @@ fn human_status(status: &Status) -> String {
     )
 }
 
-/// The head's time, or `-` for a volume nothing was recorded in since it
-/// was created (its head is still #0).
+/// The time of the last write (zeroes and trims count; snapshots, resizes
+/// and rollbacks do not), or `-` for a volume never written.
 fn last_write(volume: &VolumeInfo) -> String {
-    if volume.head.seq == 0 { "-".into() } else { display_time(&volume.head.time) }
+    volume.last_write.as_ref().map_or_else(|| "-".into(), |point| display_time(&point.time))
 }
 
 /// `-`, `1 head`, `2 head, 1 point`.

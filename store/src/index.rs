@@ -323,6 +323,21 @@ impl Index {
         self.first_seq = self.first_seq.max(seq);
     }
 
+    /// The newest record at or before `head` that changed the image's
+    /// bytes (a write, zeroes or a trim; not a snapshot, resize or
+    /// rollback); else the base seq when something was folded (the last
+    /// change is at or before it); else `None`: nothing was ever written.
+    pub fn last_data_change(&self, head: u64) -> Option<u64> {
+        let mut seq = head.min(self.head);
+        while seq > self.base_seq {
+            if matches!(self.entry(seq).kind(), RecordKind::Write | RecordKind::Zeroes | RecordKind::Trim) {
+                return Some(seq);
+            }
+            seq -= 1;
+        }
+        (self.base_seq > 0).then_some(self.base_seq)
+    }
+
     fn entry(&self, seq: u64) -> &Entry {
         debug_assert!(seq > self.base_seq && seq <= self.head, "seq {seq} not indexed");
         let index = (seq - self.table_first) as usize;

@@ -1328,6 +1328,16 @@ impl Volume {
         }
     }
 
+    /// The seq and time of the newest record that changed the head's bytes
+    /// (write, zeroes, trim: [`Index::last_data_change`]); `None` when
+    /// nothing was ever written. Snapshots, resizes and rollbacks are not
+    /// writes: an investigator reading "last write" wants the disk's.
+    pub fn last_write(&self) -> Option<(u64, i64)> {
+        let index = self.index.read();
+        let seq = index.last_data_change(self.head_seq())?;
+        Some((seq, index.time(seq)))
+    }
+
     fn outside(&self, requested: String) -> PointError {
         PointError::OutsideHistory { requested, window: self.history() }
     }

@@ -719,6 +719,32 @@ fn completions_and_man_pages_come_from_the_clap_definitions() {
     );
 }
 
+/// "Last write" is the disk's last write: a snapshot, a resize or a
+/// snapshot deletion after it moves the head, not the last write (an
+/// investigator reads it as when the disk last changed).
+#[test]
+fn last_write_is_the_last_write_not_the_last_record() {
+    let daemon = Daemon::start();
+    rewind_ok(&daemon, &["volume", "create", "lw", "--size", "1MiB"]);
+    rewind_ok(&daemon, &["snapshot", "create", "lw", "s1"]);
+    let show = || rewind_json(&daemon, &["volume", "show", "lw"])["volume"].clone();
+    assert_eq!(show()["last_write"], serde_json::Value::Null, "a snapshot is not a write");
+    let text = rewind_ok(&daemon, &["volume", "show", "lw"]);
+    assert!(
+        text.lines().any(|line| line.split_whitespace().collect::<Vec<_>>() == ["last", "write", "-"]),
+        "{text}"
+    );
+    nbd_write(&daemon.uri("lw"), 0, 4096, 0x11);
+    let written = show()["last_write"].clone();
+    assert_eq!(written["seq"], 2, "{written}");
+    rewind_ok(&daemon, &["snapshot", "create", "lw", "s2"]);
+    rewind_ok(&daemon, &["volume", "resize", "lw", "--size", "2MiB"]);
+    rewind_ok(&daemon, &["snapshot", "delete", "lw", "s1"]);
+    let after = show();
+    assert_eq!(after["head"]["seq"], 5, "{after}");
+    assert_eq!(after["last_write"], written, "{after}");
+}
+
 #[test]
 fn later_commands_say_they_are_not_available_yet() {
     // Replication, peers, identity and promote come with their own issues:

@@ -285,6 +285,7 @@ fn volume_info(state: &ControlState, volume: &Arc<Volume>) -> VolumeInfo {
         size_bytes: volume.size(),
         first: PointInfo { seq: history.first_seq, time: rfc3339(history.first_time) },
         head: PointInfo { seq: history.head_seq, time: rfc3339(history.head_time) },
+        last_write: volume.last_write().map(|(seq, time)| PointInfo { seq, time: rfc3339(time) }),
         durable_seq: volume.durable_seq(),
         points: history.head_seq.saturating_sub(history.first_seq) + 1,
         snapshot_count: stats.snapshots,
