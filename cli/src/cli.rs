@@ -122,6 +122,10 @@ pub enum VolumeCommand {
         name: String,
     },
     /// Change a volume's size (shrinking is undoable with a rollback)
+    #[command(long_about = "Change a volume's size (shrinking is undoable with a rollback).\n\n\
+        A shrink is refused while NBD clients are connected to the head, unless --force: it cuts the \
+        disk under a running VM. Growing is not refused (clients keep the size they saw until they \
+        reconnect).")]
     Resize {
         /// The volume
         #[arg(value_parser = volume_name)]
@@ -129,6 +133,10 @@ pub enum VolumeCommand {
         /// New size with a unit: 30GiB, 512M
         #[arg(long, value_parser = size, allow_hyphen_values = true)]
         size: u64,
+        /// Shrink even if NBD clients are connected to the head (their reads and writes past the
+        /// new end fail)
+        #[arg(long)]
+        force: bool,
     },
     /// Reopen a volume that refuses writes after an IO error (ENOSPC, EIO), once the cause is fixed
     #[command(long_about = "Reopen a volume that refuses writes after an IO error (ENOSPC, EIO), once the \

@@ -368,9 +368,9 @@ async fn volume(command: VolumeCommand, client: &Client, json: bool) -> Result<(
                 with_progress(&format!("reading {name}"), progress, client.get(&volume_path(&name))).await?;
             print(json, &detail, human_volume);
         }
-        VolumeCommand::Resize { name, size } => {
+        VolumeCommand::Resize { name, size, force } => {
             let request = rewind_api::control::ResizeVolume { size: SizeArg::Bytes(size) };
-            let path = format!("{}/resize", volume_path(&name));
+            let path = format!("{}/resize{}", volume_path(&name), if force { "?force=true" } else { "" });
             let resized: Resized =
                 with_progress(&format!("resizing {name}"), progress, client.post(&path, &request)).await?;
             print(json, &resized, |resized| {

@@ -371,7 +371,7 @@ fn deleting_a_volume_a_clone_needs_is_refused_unless_forced() {
 #[test]
 fn rollback_delete_and_reopen_refuse_while_a_client_is_connected() {
     // A libnbd client holding the head open stands for a running VM: the
-    // volume shows the connection; rollback, reopen and delete are refused
+    // volume shows the connection; rollback, reopen, shrink and delete are refused
     // (exit 1, naming the count and saying to stop the VM); --force rolls
     // back anyway, and the client's next write lands on the rolled-back
     // image; once it disconnects, delete goes ahead. A client on a point
@@ -403,11 +403,20 @@ fn rollback_delete_and_reopen_refuse_while_a_client_is_connected() {
     let stderr = rewind_fails(&daemon, &["volume", "reopen", "emr"], 1);
     assert!(stderr.contains("1 NBD connection open (1 to its head, 0 to points)"), "{stderr}");
     assert!(stderr.contains("their reads and writes would fail until they reconnect"), "{stderr}");
+    // A shrink cuts the disk under the VM: refused too.
+    let stderr = rewind_fails(&daemon, &["volume", "resize", "emr", "--size", "512KiB"], 1);
+    assert!(stderr.contains("volume emr has 1 NBD connection open to its head: a shrink cuts"), "{stderr}");
+    assert!(stderr.contains("rewind volume resize emr --size 524288 --force"), "{stderr}");
     assert_eq!(
         rewind_json(&daemon, &["volume", "show", "emr"])["volume"]["head"]["seq"],
         3,
         "nothing changed"
     );
+    // Growing is not refused (the client keeps the size it saw); a forced
+    // shrink goes ahead.
+    rewind_ok(&daemon, &["volume", "resize", "emr", "--size", "2MiB"]);
+    rewind_ok(&daemon, &["volume", "resize", "emr", "--size", "1MiB", "--force"]);
+    assert_eq!(rewind_json(&daemon, &["volume", "show", "emr"])["volume"]["size_bytes"], MIB);
 
     let forced = rewind(&daemon, &["rollback", "emr", "--to", "clean", "--force"]);
     let (stdout, _) = texts(&forced);

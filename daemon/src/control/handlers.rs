@@ -567,9 +567,13 @@ pub async fn reopen_volume(
     }))
 }
 
+/// A shrink, like a rollback, changes the disk under a running VM (the
+/// tail it still uses is cut): refused while NBD clients are connected to
+/// the head, unless forced. Growing is not: clients keep the old size.
 pub async fn resize_volume(
     State(state): AppState,
     ApiPath(name): ApiPath<String>,
+    ApiQuery(query): ApiQuery<Force>,
     ApiJson(request): ApiJson<ResizeVolume>,
 ) -> ApiResult<Json<Resized>> {
     let volume = lookup(&state, &name)?;
@@ -579,7 +583,28 @@ pub async fn resize_volume(
         // Nothing to record: a resize record would only add a point.
         return Ok(Json(Resized { volume: name, old_size_bytes: old_size, new_size_bytes: size, seq: None }));
     }
-    let resized = blocking(move || volume.resize(size)).await?;
+    let exclusive = if size < old_size {
+        let exclusive = exclusive(&state, &name)?;
+        let head = connections(&state, &name).head;
+        if head > 0 && !query.force {
+            return Err(refuse_under_clients(
+                &name,
+                Open::Head(head),
+                "shrink it",
+                "a shrink cuts the disk under a running VM, whose reads and writes past the new end then \
+                 fail",
+                &format!("rewind volume resize {name} --size {size}"),
+            ));
+        }
+        Some(exclusive)
+    } else {
+        None
+    };
+    let resized = blocking(move || {
+        let _exclusive = exclusive;
+        volume.resize(size)
+    })
+    .await?;
     let seq = resized.map_err(|error| match error {
         error @ ResizeError::InvalidSize { .. } => ApiError::bad_request(error.to_string()),
         ResizeError::Write(error) => write_failure(&name, "resize", error),
