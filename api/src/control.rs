@@ -50,6 +50,9 @@ impl SizeArg {
             SizeArg::Bytes(bytes) if !bytes.is_multiple_of(512) => {
                 Err(crate::SizeError::Unaligned(bytes.to_string(), *bytes))
             }
+            SizeArg::Bytes(bytes) if *bytes > crate::size::MAX_SIZE => {
+                Err(crate::SizeError::TooLarge(bytes.to_string()))
+            }
             SizeArg::Bytes(bytes) => Ok(*bytes),
         }
     }

@@ -10,8 +10,8 @@ pub enum SizeError {
     /// Not a number with an optional unit.
     #[error("`{0}` is not a size: write e.g. 20GiB, 512M, 1T or a byte count")]
     Syntax(String),
-    /// Larger than 2^63 bytes.
-    #[error("`{0}` is too large")]
+    /// Larger than [`MAX_SIZE`], the largest volume.
+    #[error("`{0}` is too large: the largest size is 1EiB (1152921504606846976 bytes)")]
     TooLarge(String),
     /// Zero bytes.
     #[error("size must be greater than zero")]
@@ -23,6 +23,10 @@ pub enum SizeError {
     #[error("`{0}` is {1} bytes, not a multiple of 512")]
     Unaligned(String, u64),
 }
+
+/// The largest size: 1 EiB, the largest volume a store keeps (its index
+/// packs offsets into 60 bits).
+pub const MAX_SIZE: u64 = 1 << 60;
 
 /// Parses a size with an optional unit into bytes.
 pub fn parse_size(text: &str) -> Result<u64, SizeError> {
@@ -39,10 +43,13 @@ pub fn parse_size(text: &str) -> Result<u64, SizeError> {
         "g" | "gib" => 1 << 30,
         "t" | "tib" => 1 << 40,
         "p" | "pib" => 1 << 50,
+        "e" | "eib" => 1 << 60,
         "kb" => 1_000,
         "mb" => 1_000_000,
         "gb" => 1_000_000_000,
         "tb" => 1_000_000_000_000,
+        "pb" => 1_000_000_000_000_000,
+        "eb" => 1_000_000_000_000_000_000,
         _ => return Err(SizeError::Syntax(text.to_owned())),
     };
     if number.is_empty() || number.matches('.').count() > 1 || number == "." {
@@ -71,7 +78,7 @@ pub fn parse_size(text: &str) -> Result<u64, SizeError> {
             u64::try_from(total).map_err(|_| SizeError::TooLarge(text.to_owned()))?
         }
     };
-    if bytes > 1 << 63 {
+    if bytes > MAX_SIZE {
         return Err(SizeError::TooLarge(text.to_owned()));
     }
     if bytes == 0 {
@@ -85,7 +92,7 @@ pub fn parse_size(text: &str) -> Result<u64, SizeError> {
 
 /// Formats bytes for people: `1 GiB`, `512 MiB`, `1.5 GiB`, `4096 B`.
 pub fn format_size(bytes: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
     let mut value = bytes as f64;
     let mut unit = 0;
     while value >= 1024.0 && unit < UNITS.len() - 1 {
@@ -112,6 +119,7 @@ pub fn format_size_exact(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::control::SizeArg;
     use proptest::prelude::*;
 
     #[test]
@@ -145,6 +153,12 @@ mod tests {
         assert!(matches!(parse_size("0"), Err(SizeError::Zero)));
         assert!(matches!(parse_size("1000"), Err(SizeError::Unaligned(_, 1000))));
         assert!(matches!(parse_size("99999999999P"), Err(SizeError::TooLarge(_))));
+        // The largest volume is 1 EiB, and every message says so.
+        assert_eq!(parse_size("1EiB"), Ok(MAX_SIZE));
+        assert_eq!(parse_size("1024P"), Ok(MAX_SIZE));
+        assert!(parse_size("8000PiB").unwrap_err().to_string().contains("the largest size is 1EiB"));
+        assert!(matches!(parse_size("1025P"), Err(SizeError::TooLarge(_))));
+        assert!(matches!(SizeArg::Bytes(MAX_SIZE + 512).bytes(), Err(SizeError::TooLarge(_))));
         assert!(matches!(parse_size("-1G"), Err(SizeError::Negative(_))));
         assert!(parse_size("-5G").unwrap_err().to_string().contains("`-5G` is negative"));
     }

@@ -77,7 +77,7 @@ pub enum CreateError {
     #[error("volume {0} already exists")]
     Exists(String),
     /// Size is zero or above the largest supported size.
-    #[error("invalid size {size}: must be 1 byte to {max} bytes")]
+    #[error("invalid size {size}: must be more than 0 and at most {max} bytes (1EiB)")]
     InvalidSize { size: u64, max: u64 },
     /// The volume's files could not be created.
     #[error("cannot create volume files")]
@@ -301,7 +301,7 @@ pub enum RollbackError {
 #[derive(Debug, Error)]
 pub enum ResizeError {
     /// Zero or above the largest supported size.
-    #[error("invalid size {size}: must be 1 byte to {max} bytes")]
+    #[error("invalid size {size}: must be more than 0 and at most {max} bytes (1EiB)")]
     InvalidSize { size: u64, max: u64 },
     /// The journal record could not be written durably.
     #[error("cannot record the resize")]

@@ -118,6 +118,8 @@ fn bad_arguments_exit_2_with_a_one_line_reason() {
         (&["volume", "create", "db", "--size", "20XB"][..], "is not a size"),
         (&["volume", "create", "db", "--size", "1000"][..], "not a multiple of 512"),
         (&["volume", "create", "db", "--size", "0"][..], "greater than zero"),
+        (&["volume", "create", "db", "--size", "8000PiB"][..], "the largest size is 1EiB"),
+        (&["volume", "resize", "default", "--size", "1025P"][..], "the largest size is 1EiB"),
         (&["volume", "create", "db"][..], "--size"),
         (&["volume", "resize", "default", "--size", "lots"][..], "is not a size"),
         (&["volume", "create", "../etc", "--size", "1G"][..], "is not a valid name"),
