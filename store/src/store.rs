@@ -231,6 +231,14 @@ impl Store {
         self.shared.volumes.read().values().cloned().collect()
     }
 
+    /// Names of the live volumes that read through volume `id`: its
+    /// clones, and the clones of its deleted clones (kept, hidden, while
+    /// something reads through them), at any depth. Deleting it keeps its
+    /// data while any is left.
+    pub fn clones_reading(&self, id: u128) -> Vec<String> {
+        self.shared.clones_reading(id)
+    }
+
     /// The volume with this name.
     pub fn volume(&self, name: &str) -> Option<Arc<Volume>> {
         self.shared.volumes.read().get(name).cloned()
@@ -273,7 +281,7 @@ impl Store {
     pub fn delete_volume(&self, name: &str, force: bool) -> Result<(), DeleteError> {
         let _registry = self.shared.registry.lock();
         let volume = self.volume(name).ok_or_else(|| DeleteError::NotFound(name.to_owned()))?;
-        let clones = self.shared.dependents(volume.id());
+        let clones = self.shared.clones_reading(volume.id());
         if !clones.is_empty() && !force {
             return Err(DeleteError::HasClones { volume: name.to_owned(), clones });
         }
@@ -485,20 +493,21 @@ impl Shared {
         u128::from_le_bytes(id).max(1)
     }
 
-    /// Names of the live volumes that are clones of `id`, plus a marker for
-    /// hidden ones.
-    fn dependents(&self, id: u128) -> Vec<String> {
-        let mut names: Vec<String> = self
-            .volumes
-            .read()
-            .values()
-            .filter(|v| v.parent_id() == Some(id))
-            .map(|v| v.name().to_owned())
-            .collect();
-        let hidden = self.hidden.lock().values().filter(|v| v.parent_id() == Some(id)).count();
-        if hidden > 0 {
-            names.push(format!("{hidden} deleted clone(s) with clones"));
+    /// [`Store::clones_reading`].
+    fn clones_reading(&self, id: u128) -> Vec<String> {
+        let mut names = Vec::new();
+        let mut through = vec![id];
+        while let Some(id) = through.pop() {
+            names.extend(
+                self.volumes
+                    .read()
+                    .values()
+                    .filter(|v| v.parent_id() == Some(id))
+                    .map(|v| v.name().to_owned()),
+            );
+            through.extend(self.hidden.lock().values().filter(|v| v.parent_id() == Some(id)).map(|v| v.id()));
         }
+        names.sort();
         names
     }
 

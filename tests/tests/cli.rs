@@ -367,6 +367,23 @@ fn deleting_a_volume_a_clone_needs_is_refused_unless_forced() {
     let deleted = rewind_ok(&daemon, &["volume", "delete", "base", "--force"]);
     assert_eq!(deleted.trim(), "Deleted volume base and its history.");
     assert_eq!(nbd_digest(&daemon.uri("child"), 4 * MIB), expected, "the clone still reads the cloned point");
+
+    // A clone of a clone reads through both: once the middle one is
+    // deleted, the first still names it as a clone that reads through it,
+    // refuses a plain delete for it, and, forced, says its data is kept.
+    rewind_ok(&daemon, &["clone", "child", "--at", "#0", "--name", "grandchild"]);
+    rewind_ok(&daemon, &["volume", "create", "top", "--size", "4MiB"]);
+    rewind_ok(&daemon, &["clone", "top", "--at", "#0", "--name", "middle"]);
+    rewind_ok(&daemon, &["clone", "middle", "--at", "#0", "--name", "leaf"]);
+    rewind_ok(&daemon, &["volume", "delete", "middle", "--force"]);
+    let shown = rewind_json(&daemon, &["volume", "show", "top"]);
+    assert_eq!(shown["volume"]["clones"], serde_json::json!(["leaf"]), "{shown}");
+    let stderr = rewind_fails(&daemon, &["volume", "delete", "top"], 1);
+    assert!(stderr.contains("volume top has clones that read through it: leaf"), "{stderr}");
+    let forced = rewind_json(&daemon, &["volume", "delete", "top", "--force"]);
+    assert_eq!(forced["clones_kept"], serde_json::json!(["leaf"]), "{forced}");
+    rewind_ok(&daemon, &["volume", "delete", "leaf"]);
+    rewind_ok(&daemon, &["volume", "delete", "grandchild"]);
     rewind_ok(&daemon, &["volume", "delete", "child"]);
 }
 

@@ -272,9 +272,10 @@ fn clones_at(state: &ControlState, volume: &Volume) -> Vec<(String, u64)> {
         .collect()
 }
 
-/// The names of the live clones that read through `volume`.
+/// The names of the live clones that read through `volume`: its own, and
+/// those of its deleted clones ([`store::Store::clones_reading`]).
 fn clones_of(state: &ControlState, volume: &Volume) -> Vec<String> {
-    clones_at(state, volume).into_iter().map(|(name, _)| name).collect()
+    state.store.clones_reading(volume.id())
 }
 
 fn volume_info(state: &ControlState, volume: &Arc<Volume>) -> VolumeInfo {
