@@ -218,6 +218,11 @@ fn points_outside_history_name_the_retained_window() {
     assert_eq!(window.len(), 2, "two times with milliseconds: {stderr}");
     let stderr = rewind_fails(&daemon, &["export", "default", "--at", "2999-01-01T00:00:00Z"], 1);
     assert!(stderr.contains("2999-01-01T00:00:00Z is in the future"), "{stderr}");
+    // The hint's point is the latest one, and works as given.
+    assert!(stderr.contains("rewind export default --at -0s reads the latest point"), "{stderr}");
+    let latest = rewind_json(&daemon, &["export", "default", "--at", "-0s"]);
+    let head = rewind_json(&daemon, &["volume", "show", "default"])["volume"]["head"]["seq"].clone();
+    assert_eq!(latest["point"]["seq"], head, "{latest}");
 }
 
 /// The `YYYY-MM-DDTHH:MM:SS.mmmZ` times in `text`.

@@ -148,7 +148,7 @@ fn resolve(volume: &Volume, point: &Point, text: &str) -> ApiResult<u64> {
                     window.head_seq,
                     rfc3339(window.head_time)
                 ))
-                .hint(format!("rewind export {} --at -1s reads the latest point", volume.name()))
+                .hint(format!("rewind export {} --at -0s reads the latest point", volume.name()))
             }
             PointError::OutsideHistory { window, .. } => outside_history(volume, text, &window),
             PointError::UnknownSnapshot(name) => unknown_snapshot(volume, &name),
