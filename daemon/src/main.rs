@@ -131,8 +131,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let control_state = Arc::new(control::ControlState {
         store: store.clone(),
         metrics: metrics.clone(),
-        data_dir: config.data_dir.clone(),
-        control_path: config.control.clone(),
+        // Absolute, so that `rewind status` says where the data is whatever
+        // directory the daemon was started in.
+        data_dir: std::path::absolute(&config.data_dir).unwrap_or_else(|_| config.data_dir.clone()),
+        control_path: std::path::absolute(&config.control).unwrap_or_else(|_| config.control.clone()),
         nbd_listen,
         started: std::time::SystemTime::now(),
         open_exports: catalog.open_exports().clone(),

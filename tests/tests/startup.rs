@@ -206,6 +206,35 @@ fn the_data_dir_and_volume_files_are_private() {
     assert!(seen > 5, "only {seen} paths: the volume's files were not made");
 }
 
+/// Started with the default (relative) data dir, the daemon reports
+/// absolute paths in its status: `rewind status` says where the data is,
+/// whichever directory it is run from.
+#[test]
+fn status_names_the_data_dir_and_socket_by_absolute_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(binary("rewindd"))
+        .current_dir(dir.path())
+        .args(["--nbd-listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--replication-listen", &format!("127.0.0.1:{}", free_port())])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let socket = dir.path().join("rewind-data/control.sock");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !socket.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, body) = http(&socket, "GET", "/v1/status", None);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(status, 200, "{body}");
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let root = dir.path().canonicalize().unwrap();
+    assert_eq!(status["data_dir"], root.join("rewind-data").to_str().unwrap(), "{status}");
+    assert_eq!(status["control_socket"], root.join("rewind-data/control.sock").to_str().unwrap(), "{status}");
+}
+
 #[test]
 fn listen_addresses_may_be_host_names() {
     // `--nbd-listen localhost:PORT` serves NBD on loopback; status reports
