@@ -276,6 +276,10 @@ pub struct Flushed {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Verified {
     pub volume: String,
+    /// With `?at=POINT`: the point whose image was checked (its history
+    /// records up to it, and the base data). `None`: the whole history.
+    #[serde(default)]
+    pub at: Option<PointInfo>,
     /// History records checked.
     pub records: u64,
     /// Folded records still holding base data, checked.

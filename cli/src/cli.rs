@@ -253,12 +253,16 @@ pub struct ExportArgs {
                   folded record still holding base data, and names the damaged ones. It reads as much as the \
                   journal holds (about half a second per GiB when cached, disk speed otherwise) while the \
                   volume keeps serving. Exit 0: no damage; exit 1: damage found (or the check failed). \
-                  Comparing a replica with its primary (--peer) comes with replication."
+                  With --at POINT, only what that point's image is made of: the history up to it and the base \
+                  data. Comparing a replica with its primary (--peer) comes with replication."
 )]
 pub struct VerifyArgs {
     /// The volume
     #[arg(value_parser = volume_name)]
     pub volume: String,
+    /// Check only what the image at this point is made of: the history up to it and the base data
+    #[arg(long, allow_hyphen_values = true, value_parser = point, value_name = "POINT")]
+    pub at: Option<String>,
 }
 
 fn volume_name(text: &str) -> Result<String, String> {

@@ -210,7 +210,9 @@ async fn run(cli: Cli, client: &Client) -> Result<(), Failure> {
             Ok(())
         }
         Command::Verify(args) => {
-            let path = format!("{}/verify", volume_path(&args.volume));
+            let at =
+                args.at.as_ref().map(|at| format!("?at={}", percent_encode(at, &[]))).unwrap_or_default();
+            let path = format!("{}/verify{at}", volume_path(&args.volume));
             let message = format!("verifying {}", args.volume);
             let verified: Verified =
                 with_progress(&message, progress, client.post(&path, &serde_json::json!({}))).await?;
@@ -220,6 +222,12 @@ async fn run(cli: Cli, client: &Client) -> Result<(), Failure> {
                 plural(verified.base_records, "folded record"),
                 format_size(verified.bytes)
             );
+            let checked = match &verified.at {
+                Some(point) => {
+                    format!("{checked}, the image at #{} ({})", point.seq, display_time(&point.time))
+                }
+                None => checked,
+            };
             if verified.corrupt.is_empty() && verified.unreadable_base_bytes == 0 {
                 print(json, &verified, |verified| {
                     format!("{}: no damage ({checked} checked).\n", verified.volume)

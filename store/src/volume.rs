@@ -1576,9 +1576,16 @@ impl Volume {
     /// and a clean shutdown all wait for that lock. A record folded between
     /// two segments may then be counted twice (as history, then as base).
     pub fn verify(&self) -> Result<VerifyReport, VerifyError> {
+        self.verify_to(u64::MAX)
+    }
+
+    /// [`Self::verify`] of what the image at `seq` is made of: the history
+    /// records up to `seq` (not the later ones) and all base data.
+    pub fn verify_to(&self, seq: u64) -> Result<VerifyReport, VerifyError> {
+        let last = seq;
         let mut report = VerifyReport::default();
         let mut seq = self.index.read().base_seq() + 1;
-        while seq <= self.head_seq() {
+        while seq <= self.head_seq().min(last) {
             match self.read_record(seq) {
                 Ok(record) => {
                     report.records += 1;

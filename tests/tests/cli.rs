@@ -842,6 +842,18 @@ fn verify_reads_everything_back_and_names_records_the_disk_changed() {
     let (stdout, _) = texts(&output);
     let error: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert!(error["error"].as_str().unwrap().contains("(#2)"), "{error}");
+    // --at checks what one point's image is made of: the image before the
+    // rotted write is intact, the one after it is not.
+    let before = rewind_json(&daemon, &["verify", "default", "--at", "#1"]);
+    assert_eq!(before["records"], 1, "{before}");
+    assert_eq!(before["at"]["seq"], 1, "{before}");
+    assert_eq!(before["corrupt"], serde_json::json!([]), "{before}");
+    let said = rewind_ok(&daemon, &["verify", "default", "--at", "#1"]);
+    assert!(said.contains("no damage (1 history record") && said.contains("the image at #1"), "{said}");
+    let stderr = rewind_fails(&daemon, &["verify", "default", "--at", "#2"], 1);
+    assert!(stderr.contains("1 record fails its checksum (#2)"), "{stderr}");
+    let stderr = rewind_fails(&daemon, &["verify", "default", "--at", "#99"], 1);
+    assert!(stderr.contains("#99 is outside the history"), "{stderr}");
     let missing = rewind_fails(&daemon, &["verify", "nosuch"], 1);
     assert!(missing.contains("no volume named nosuch"), "{missing}");
 }

@@ -634,9 +634,18 @@ pub async fn flush_volume(
 pub async fn verify_volume(
     State(state): AppState,
     ApiPath(name): ApiPath<String>,
+    ApiQuery(query): ApiQuery<VerifyQuery>,
 ) -> ApiResult<Json<Verified>> {
     let volume = lookup(&state, &name)?;
-    let report = blocking(move || volume.verify())
+    let at = match &query.at {
+        Some(text) => {
+            let seq = resolve(&volume, &parse_point(text)?, text)?;
+            Some(point_info(&volume, seq))
+        }
+        None => None,
+    };
+    let last = at.as_ref().map_or(u64::MAX, |point| point.seq);
+    let report = blocking(move || volume.verify_to(last))
         .await?
         .map_err(|error| ApiError::internal(&format!("cannot verify {name}"), &error))?;
     if !report.corrupt.is_empty() || report.unreadable_base_bytes > 0 {
@@ -649,6 +658,7 @@ pub async fn verify_volume(
     }
     Ok(Json(Verified {
         volume: name,
+        at,
         records: report.records,
         base_records: report.base_records,
         bytes: report.bytes,
@@ -821,6 +831,12 @@ pub async fn clone_volume(
             uri,
         }),
     ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyQuery {
+    at: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
