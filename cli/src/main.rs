@@ -643,10 +643,16 @@ fn human_volume(detail: &VolumeDetail) -> String {
     line("base file", format!("{} of base image data", format_size(detail.base_bytes)));
     line("index", format!("{} in memory", format_size(detail.index_memory_bytes)));
     if let Some(blocker) = &detail.retention_blocked_by {
-        line(
-            "RETENTION",
-            format!("blocked by {blocker}: the journal grows past its budget until that point is deleted"),
-        );
+        // What ends it: deleting the snapshot or the clone; a rollback's
+        // branch point goes by itself once newer writes push it out.
+        let until = if blocker.starts_with("snapshot ") {
+            "until that snapshot is deleted"
+        } else if blocker.starts_with("the base of clone ") {
+            "until that clone is deleted"
+        } else {
+            "until newer writes push it out of the history"
+        };
+        line("RETENTION", format!("blocked by {blocker}: the journal grows past its budget {until}"));
     }
     if let Some(origin) = &volume.clone_of {
         line("clone of", format!("{}{} at #{}", origin.volume, deleted(origin), origin.seq));

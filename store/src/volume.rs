@@ -1928,12 +1928,15 @@ impl Volume {
         }
         state.warned = Some((seq, now));
         let index = self.index.read();
-        let reason = if index.snapshots().values().any(|&snapshot| snapshot == seq) {
-            "a named snapshot"
+        let (reason, until) = if index.snapshots().values().any(|&snapshot| snapshot == seq) {
+            ("a named snapshot", "until the snapshot is deleted")
         } else if state.pins.contains_key(&seq) {
-            "a clone's base"
+            ("a clone's base", "until the clone is deleted")
         } else {
-            "the target of a rollback still in the history"
+            (
+                "the target of a rollback still in the history",
+                "until newer writes push the rollback out of it",
+            )
         };
         tracing::warn!(
             volume = %self.name,
@@ -1942,7 +1945,7 @@ impl Volume {
             journal_bytes = self.journal.bytes(),
             budget_bytes = budget.unwrap_or(0),
             "journal is over its budget but protected point #{seq} ({reason}) cannot be folded: \
-             the journal keeps growing until it is deleted (the volume keeps serving)"
+             the journal keeps growing {until} (the volume keeps serving)"
         );
     }
 

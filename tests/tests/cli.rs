@@ -368,6 +368,9 @@ fn deleting_a_volume_a_clone_needs_is_refused_unless_forced() {
     let stderr = rewind_fails(&daemon, &["volume", "delete", "base"], 1);
     assert!(stderr.contains("volume base has named snapshots, deleted with it: keep-me"), "{stderr}");
     assert!(stderr.contains("rewind volume delete base --force"), "{stderr}");
+    // The hint says what --force would do for the reasons that apply only.
+    assert!(stderr.contains("its snapshots go with it"), "{stderr}");
+    assert!(!stderr.contains("connected clients") && !stderr.contains("clones keep"), "{stderr}");
     assert_eq!(rewind_json(&daemon, &["snapshot", "list", "base"])["snapshots"][0]["name"], "keep-me");
     let deleted = rewind_ok(&daemon, &["volume", "delete", "base", "--force"]);
     assert_eq!(deleted.trim(), "Deleted volume base and its history.");
@@ -947,7 +950,7 @@ fn volume_show_names_the_snapshot_that_keeps_the_journal_over_budget() {
     let shown = rewind_ok(&daemon, &["volume", "show", "vm"]);
     assert!(
         shown.contains("RETENTION    blocked by snapshot keep (#")
-            && shown.contains("the journal grows past its budget until that point is deleted"),
+            && shown.contains("the journal grows past its budget until that snapshot is deleted"),
         "{shown}"
     );
     let shown = rewind_json(&daemon, &["volume", "show", "vm"]);

@@ -473,7 +473,10 @@ pub async fn delete_volume(
         // would delete them too, so that takes --force as well.
         let mut reasons = Vec::new();
         let mut first = Vec::new();
+        // What --force would do, for the reasons that apply only.
+        let mut forced = Vec::new();
         if open_total > 0 {
+            forced.push("connected clients then get errors");
             reasons.push(format!(
                 "{} open ({} to its head, {} to points)",
                 plural(open_total, "NBD connection"),
@@ -485,17 +488,18 @@ pub async fn delete_volume(
         if !clones.is_empty() {
             reasons.push(format!("clones that read through it: {}", clones.join(", ")));
             first.push("delete the clones".to_owned());
+            forced.push("clones keep its data until the last one is deleted");
         }
         if !snapshots.is_empty() {
+            forced.push("its snapshots go with it");
             reasons.push(format!("named snapshots, deleted with it: {}", snapshots.join(", ")));
             first.push(format!("delete the snapshots you do not need (rewind snapshot delete {name} NAME)"));
         }
         return Err(ApiError::conflict(format!("volume {name} has {}", reasons.join(", and "))).hint(
             format!(
-                "{} first; or force it (rewind volume delete {name} --force; API: ?force=true): \
-                 connected clients then get errors, its snapshots go with it, and clones keep its data \
-                 until the last one is deleted",
-                first.join(" and ")
+                "{} first; or force it (rewind volume delete {name} --force; API: ?force=true): {}",
+                first.join(" and "),
+                forced.join(", and ")
             ),
         ));
     }
