@@ -236,6 +236,10 @@ pub struct Resized {
     /// Seq of the resize record; `None` when the volume already had that
     /// size (nothing was written).
     pub seq: Option<u64>,
+    /// Set when a grow takes the volume past the data dir's free space
+    /// (as [`VolumeCreated::warning`], for the bytes it adds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 /// `DELETE /v1/volumes/{volume}`.

@@ -381,6 +381,9 @@ async fn volume(command: VolumeCommand, client: &Client, json: bool) -> Result<(
             let path = format!("{}/resize{}", volume_path(&name), if force { "?force=true" } else { "" });
             let resized: Resized =
                 with_progress(&format!("resizing {name}"), progress, client.post(&path, &request)).await?;
+            if let Some(warning) = resized.warning.as_ref().filter(|_| !json) {
+                eprintln!("warning: {warning}");
+            }
             print(json, &resized, |resized| {
                 let Some(seq) = resized.seq else {
                     return format!(
@@ -628,7 +631,7 @@ fn human_volume(detail: &VolumeDetail) -> String {
     line("durable", format!("#{}", volume.durable_seq));
     let budget = detail
         .journal_budget_bytes
-        .map_or(String::new(), |budget| format!(" (budget {})", format_size(budget)));
+        .map_or(String::new(), |budget| format!(" (budget {} of written data)", format_size(budget)));
     line(
         "journal",
         format!(

@@ -400,24 +400,25 @@ pub async fn create_volume(
     })?;
     tracing::info!(volume = volume.name(), size, "created volume");
     let uri = nbd_uri(&client_address(state.nbd_listen), volume.name());
-    let warning = space_warning(&state.data_dir, size);
+    let warning = space_warning(&state.data_dir, size, "");
     if let Some(warning) = &warning {
         tracing::warn!(volume = volume.name(), "{warning}");
     }
     Ok((StatusCode::CREATED, Json(VolumeCreated { volume: volume_info(&state, &volume), uri, warning })))
 }
 
-/// The warning for a new volume of `size` bytes whose image plus a journal
-/// of one complete overwrite (the default budget: about 2.25 times its
-/// size; docs/journal.md, "The space bound") does not fit in the data
-/// dir's free space.
-fn space_warning(data_dir: &Path, size: u64) -> Option<String> {
+/// The warning for `size` bytes of new volume (a new volume, or what a
+/// grow adds: `more` is then " more") whose image plus a journal of one
+/// complete overwrite (the default budget: about 2.25 times its size;
+/// docs/journal.md, "The space bound") does not fit in the data dir's free
+/// space.
+fn space_warning(data_dir: &Path, size: u64, more: &str) -> Option<String> {
     let stat = rustix::fs::statvfs(data_dir).ok()?;
     let free = stat.f_bavail.saturating_mul(stat.f_frsize);
     let needs = size.saturating_mul(9) / 4;
     (needs > free).then(|| {
         format!(
-            "the data dir has {} free, and this volume can use up to {} (its image plus a journal of one \
+            "the data dir has {} free, and this volume can use up to {}{more} (its image plus a journal of one \
              complete overwrite); writes past the free space are refused (ENOSPC), never lost",
             rewind_api::format_size(free),
             rewind_api::format_size(needs)
@@ -586,7 +587,13 @@ pub async fn resize_volume(
     let old_size = volume.size();
     if size == old_size {
         // Nothing to record: a resize record would only add a point.
-        return Ok(Json(Resized { volume: name, old_size_bytes: old_size, new_size_bytes: size, seq: None }));
+        return Ok(Json(Resized {
+            volume: name,
+            old_size_bytes: old_size,
+            new_size_bytes: size,
+            seq: None,
+            warning: None,
+        }));
     }
     let exclusive = if size < old_size {
         let exclusive = exclusive(&state, &name)?;
@@ -615,7 +622,18 @@ pub async fn resize_volume(
         ResizeError::Write(error) => write_failure(&name, "resize", error),
     })?;
     tracing::info!(volume = name, old_size, size, seq, "resized volume");
-    Ok(Json(Resized { volume: name, old_size_bytes: old_size, new_size_bytes: size, seq: Some(seq) }))
+    let warning =
+        (size > old_size).then(|| space_warning(&state.data_dir, size - old_size, " more")).flatten();
+    if let Some(warning) = &warning {
+        tracing::warn!(volume = name, "{warning}");
+    }
+    Ok(Json(Resized {
+        volume: name,
+        old_size_bytes: old_size,
+        new_size_bytes: size,
+        seq: Some(seq),
+        warning,
+    }))
 }
 
 pub async fn flush_volume(
