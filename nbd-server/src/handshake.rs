@@ -68,6 +68,8 @@ pub enum CloseReason {
     UnknownExport(String),
     /// The client broke the protocol; the text says how.
     Protocol(&'static str),
+    /// A refusing handshake ([`Handshake::refusing`]) got EXPORT_NAME.
+    Refused,
 }
 
 /// The outcome of a successful negotiation.
@@ -114,6 +116,9 @@ pub struct Handshake {
     /// Export name and whether `base:allocation` was selected for it.
     meta: Option<(String, bool)>,
     options_seen: u32,
+    /// Set by [`Handshake::refusing`]: every option is answered with
+    /// `ERR_POLICY` and this message.
+    refusal: Option<String>,
 }
 
 impl Handshake {
@@ -134,7 +139,17 @@ impl Handshake {
             structured: false,
             meta: None,
             options_seen: 0,
+            refusal: None,
         }
+    }
+
+    /// A handshake that serves nothing: every option but ABORT is answered
+    /// with `ERR_POLICY` and `message` (EXPORT_NAME, which has no error
+    /// reply, closes the connection), so that a client the server cannot
+    /// take (at its connection limit) shows why instead of "server
+    /// disconnected". It never asks the driver for a lookup or a list.
+    pub fn refusing(config: HandshakeConfig, message: String) -> Handshake {
+        Handshake { refusal: Some(message), ..Handshake::new(config) }
     }
 
     /// Bytes to send to the client. The driver drains it.
@@ -347,6 +362,18 @@ impl Handshake {
         let length = length as usize;
         let data = input.get(..length)?;
         self.state = State::OptionHeader;
+        if let Some(message) = self.refusal.take() {
+            match option {
+                option::ABORT => {
+                    self.reply(option, reply::ACK, &[]);
+                    self.finish(Action::Close(CloseReason::Aborted));
+                }
+                option::EXPORT_NAME => self.finish(Action::Close(CloseReason::Refused)),
+                _ => self.reply(option, reply::ERR_POLICY, message.as_bytes()),
+            }
+            self.refusal = Some(message);
+            return Some(length);
+        }
         match option {
             option::EXPORT_NAME => match std::str::from_utf8(data) {
                 Ok(name) => {
@@ -819,6 +846,41 @@ mod tests {
         assert_eq!(sent[0].2, [0, 0, 0, 1, b'a']);
         assert_eq!(sent[1].2, [0, 0, 0, 2, b'b', b'b']);
         assert_eq!(sent[2].1, reply::ACK);
+    }
+
+    #[test]
+    fn a_refusing_handshake_answers_every_option_with_its_message() {
+        // A connection over the server's limit: STRUCTURED_REPLY, LIST, GO
+        // and INFO all get ERR_POLICY and the message, no lookup or list is
+        // asked of the driver, and ABORT is still acknowledged.
+        let mut machine = Handshake::refusing(HandshakeConfig::default(), "at the limit".into());
+        assert_eq!(machine.transmit().len(), 18, "the usual greeting");
+        machine.transmit().clear();
+        assert_eq!(machine.receive(&3u32.to_be_bytes()), 4);
+        let mut input = option_bytes(option::STRUCTURED_REPLY, &[]);
+        input.extend(option_bytes(option::LIST, &[]));
+        input.extend(option_bytes(option::GO, &info_request("a", &[])));
+        input.extend(option_bytes(option::INFO, &info_request("a", &[])));
+        input.extend(option_bytes(option::ABORT, &[]));
+        let actions = drive(&mut machine, &input, &["a"]);
+        assert_eq!(actions, [Action::Close(CloseReason::Aborted)]);
+        let sent = replies(machine.transmit());
+        let options: Vec<u32> = sent.iter().map(|r| r.0).collect();
+        assert_eq!(
+            options,
+            [option::STRUCTURED_REPLY, option::LIST, option::GO, option::INFO, option::ABORT]
+        );
+        for (_, kind, data) in &sent[..4] {
+            assert_eq!((*kind, data.as_slice()), (reply::ERR_POLICY, b"at the limit".as_slice()));
+        }
+        assert_eq!(sent[4].1, reply::ACK);
+        // EXPORT_NAME has no error reply: the connection is closed.
+        let mut machine = Handshake::refusing(HandshakeConfig::default(), "at the limit".into());
+        machine.transmit().clear();
+        machine.receive(&3u32.to_be_bytes());
+        let actions = drive(&mut machine, &option_bytes(option::EXPORT_NAME, b"a"), &["a"]);
+        assert_eq!(actions, [Action::Close(CloseReason::Refused)]);
+        assert!(machine.transmit().is_empty());
     }
 
     #[test]

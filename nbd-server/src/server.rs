@@ -38,7 +38,9 @@ use crate::transmission::{
 /// by one of these.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
-    /// Connections served at once; more are accepted and closed at once.
+    /// Connections served at once. A few more are told so in the handshake
+    /// (every option gets `ERR_POLICY` saying the limit is reached, for at
+    /// most [`REFUSAL_DEADLINE`]); beyond those, they are closed at once.
     pub max_connections: usize,
     /// A client must finish the handshake within this time (qemu
     /// CVE-2024-7409: idle clients must not hold the server).
@@ -167,14 +169,20 @@ impl<C: Catalog> Server<C> {
     /// lets every connection finish its in-flight requests, and returns.
     pub async fn serve(self, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
         let mut connections = JoinSet::new();
+        let mut refusals = JoinSet::new();
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         if connections.len() >= self.config.max_connections {
-                            tracing::warn!(%peer, limit = self.config.max_connections,
-                                "connection limit reached; closing new connection");
-                            drop(stream);
+                            let limit = self.config.max_connections;
+                            if refusals.len() < MAX_REFUSALS {
+                                tracing::warn!(%peer, limit, "connection limit reached; refusing new connection");
+                                refusals.spawn(refuse(stream, self.config.clone(), self.catalog.clone()));
+                            } else {
+                                tracing::warn!(%peer, limit, "connection limit reached; closing new connection");
+                                drop(stream);
+                            }
                             continue;
                         }
                         match self.spawn_connection(stream, peer, shutdown.clone()) {
@@ -193,6 +201,7 @@ impl<C: Catalog> Server<C> {
                     }
                 },
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                Some(_) = refusals.join_next(), if !refusals.is_empty() => {}
                 changed = shutdown.changed() => {
                     if changed.is_err() || *shutdown.borrow() {
                         break;
@@ -201,8 +210,36 @@ impl<C: Catalog> Server<C> {
             }
         }
         drop(listener);
+        refusals.abort_all();
         while connections.join_next().await.is_some() {}
     }
+}
+
+/// Connections over the limit that are told so at once; more are closed
+/// without a word. Each is held at most [`REFUSAL_DEADLINE`], so they add
+/// at most this many sockets for that long (qemu CVE-2024-7409).
+pub const MAX_REFUSALS: usize = 8;
+
+/// How long a connection over the limit may take to hear why.
+pub const REFUSAL_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Tells a connection over the limit why it cannot be served: a handshake
+/// that answers every option with `ERR_POLICY` and the limit, so qemu shows
+/// that (libnbd logs it with `LIBNBD_DEBUG=1`) instead of "server disconnected".
+async fn refuse<C: Catalog>(stream: TcpStream, config: Arc<ServerConfig>, catalog: Arc<C>) {
+    let message = format!(
+        "the server is at its connection limit ({} at once); try again when a connection closes",
+        config.max_connections
+    );
+    let machine = Handshake::refusing(config.handshake.clone(), message);
+    let _ = stream.set_nodelay(true);
+    let (mut reader, mut writer) = stream.into_split();
+    let mut input = InputBuffer::new(4 << 10);
+    let deadline = config.handshake_timeout.min(REFUSAL_DEADLINE);
+    // The refusing machine never asks for a lookup or a list, so the
+    // catalog is not consulted.
+    let talk = handshake(&mut reader, &mut writer, &mut input, machine, &*catalog);
+    let _ = tokio::time::timeout(deadline, talk).await;
 }
 
 impl<C: Catalog> Server<C> {
@@ -303,7 +340,7 @@ pub async fn serve_connection<C: Catalog>(
     let mut input = InputBuffer::new(64 << 10);
     let negotiated = tokio::time::timeout(
         config.handshake_timeout,
-        handshake(&mut reader, &mut writer, &mut input, &*catalog, &config),
+        handshake(&mut reader, &mut writer, &mut input, Handshake::new(config.handshake.clone()), &*catalog),
     )
     .await
     .map_err(|_| ConnectionError::HandshakeTimeout(config.handshake_timeout))??;
@@ -333,10 +370,9 @@ async fn handshake<C: Catalog>(
     reader: &mut OwnedReadHalf,
     writer: &mut OwnedWriteHalf,
     input: &mut InputBuffer,
+    mut machine: Handshake,
     catalog: &C,
-    config: &ServerConfig,
 ) -> Result<Option<(Negotiated, C::Device)>, ConnectionError> {
-    let mut machine = Handshake::new(config.handshake.clone());
     let mut device: Option<C::Device> = None;
     loop {
         if !machine.transmit().is_empty() {

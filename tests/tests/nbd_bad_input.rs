@@ -48,9 +48,9 @@ fn info_data(name_length_field: u32, name: &[u8], requests: &[u16]) -> Vec<u8> {
 fn silent_and_idle_clients_are_dropped_at_the_handshake_deadline() {
     // qemu CVE-2024-7409: clients that connect and send nothing (or stall
     // mid-handshake) must not hold the server. With a 1 s deadline and a cap
-    // of 16 connections, 16 stalled clients fill the server, a 17th is
-    // refused at once, all are dropped after the deadline, and a real client
-    // is served again.
+    // of 16 connections, 16 stalled clients fill the server, the next ones
+    // are told the limit (8 at most; more are closed at once), all are
+    // dropped after the deadline, and a real client is served again.
     let dir = tempfile::tempdir().unwrap();
     let mut daemon = hardened_daemon(dir.path());
     // Let the start-up readiness probe's connection close first.
@@ -60,10 +60,30 @@ fn silent_and_idle_clients_are_dropped_at_the_handshake_deadline() {
     // A client stalled after sending part of an option.
     let mut stalled = RawClient::connect(daemon.nbd).unwrap();
     stalled.send_option(OPT_GO, 100, &[0, 0, 0, 7]).unwrap();
-    // The server is full: one more connection is closed at once.
-    let mut over = RawClient::connect_bare(daemon.nbd).unwrap();
-    assert!(over.is_closed(), "connection over the cap was kept");
+    // The server is full. A client over the cap is told why: its options
+    // get ERR_POLICY naming the limit, and qemu shows that.
+    let mut over = RawClient::connect(daemon.nbd).unwrap();
+    let replies = over.option(OPT_GO, &RawClient::go_data(b"default")).unwrap();
+    assert_eq!(replies.len(), 1);
+    assert_eq!(replies[0].kind, REP_ERR_POLICY);
+    let message = String::from_utf8_lossy(&replies[0].data).into_owned();
+    assert!(message.contains("connection limit (16 at once)"), "{message}");
+    let info = Command::new("qemu-img").args(["info", &daemon.uri("default")]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&info.stderr);
+    assert!(!info.status.success() && stderr.contains("connection limit (16 at once)"), "qemu-img: {stderr}");
+    over.option(OPT_ABORT, &[]).unwrap();
+    drop(over);
+    // At most 8 are told at once; past them a connection is closed at once.
+    std::thread::sleep(Duration::from_millis(200));
+    let mut told: Vec<RawClient> = (0..8).map(|_| RawClient::connect_bare(daemon.nbd).unwrap()).collect();
+    let mut closed = RawClient::connect_bare(daemon.nbd).unwrap();
+    assert!(closed.is_closed(), "connection over the cap was kept");
     assert!(started.elapsed() < Duration::from_millis(900), "over-cap client was not refused at once");
+    for client in &mut told {
+        // The greeting, then EOF at the refusal's (here the handshake's) deadline.
+        assert_eq!(&client.read_bytes(18).unwrap()[..8], b"NBDMAGIC");
+        assert!(client.is_closed(), "a connection over the cap was held");
+    }
     for client in silent.iter_mut().chain(std::iter::once(&mut stalled)) {
         // Greeting (if sent at all), then EOF once the deadline passes.
         let _ = client.read_bytes(18);
