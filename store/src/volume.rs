@@ -1579,10 +1579,9 @@ impl Volume {
         self.verify_to(u64::MAX)
     }
 
-    /// [`Self::verify`] of what the image at `seq` is made of: the history
-    /// records up to `seq` (not the later ones) and all base data.
-    pub fn verify_to(&self, seq: u64) -> Result<VerifyReport, VerifyError> {
-        let last = seq;
+    /// [`Self::verify`] of what the image at seq `last` is made of: the
+    /// history records up to `last` (not the later ones) and all base data.
+    pub fn verify_to(&self, last: u64) -> Result<VerifyReport, VerifyError> {
         let mut report = VerifyReport::default();
         let mut seq = self.index.read().base_seq() + 1;
         while seq <= self.head_seq().min(last) {
