@@ -516,8 +516,11 @@ impl InputBuffer {
 
 /// One piece of the reply stream.
 enum Chunk {
-    /// Reply bytes; `counted` if they count against the in-flight budget
-    /// (read data), not if they are small replies and headers.
+    /// Reply bytes. Read data counts against the in-flight budget at once
+    /// (`counted`); a buffer of small replies and headers is open for
+    /// more (`counted` false) until a chunk is queued after it, and then
+    /// counts too, so a client that never reads its replies cannot queue
+    /// small ones without bound either.
     Bytes { buffer: IoBuffer, counted: bool },
     /// Read data sent from a file with sendfile (after its header, which
     /// is in the `Bytes` chunk before it).
@@ -547,7 +550,9 @@ struct Outgoing {
     queue: VecDeque<Chunk>,
     /// Bytes of the front chunk already written.
     front_written: usize,
-    /// Payload bytes queued (counted against the in-flight budget).
+    /// Bytes queued that count against the in-flight budget: read data,
+    /// and small replies but for the open buffer (at most
+    /// [`COALESCE_LIMIT`] and one reply).
     bytes: usize,
 }
 
@@ -572,6 +577,7 @@ impl Outgoing {
         let reuse = matches!(self.queue.back(), Some(Chunk::Bytes { buffer, counted: false }) if buffer.len() < COALESCE_LIMIT)
             && !(self.queue.len() == 1 && self.front_written > 0);
         if !reuse {
+            self.seal_small();
             let buffer = IoBuffer::unpooled(Vec::with_capacity(4096));
             self.queue.push_back(Chunk::Bytes { buffer, counted: false });
         }
@@ -581,7 +587,19 @@ impl Outgoing {
         }
     }
 
+    /// Closes the open small-reply buffer at the back, if any: no more
+    /// replies go into it, and its bytes count against the budget.
+    fn seal_small(&mut self) {
+        if let Some(Chunk::Bytes { buffer, counted }) = self.queue.back_mut()
+            && !*counted
+        {
+            *counted = true;
+            self.bytes += buffer.len();
+        }
+    }
+
     fn push(&mut self, buffer: IoBuffer) {
+        self.seal_small();
         self.bytes += buffer.len();
         self.queue.push_back(Chunk::Bytes { buffer, counted: true });
     }
@@ -590,6 +608,7 @@ impl Outgoing {
     /// budget like a buffer's, so a client that does not read its replies
     /// cannot queue reads without bound.
     fn push_file(&mut self, slice: FileSlice) {
+        self.seal_small();
         self.bytes += slice.length;
         self.queue.push_back(Chunk::File(slice));
     }

@@ -37,6 +37,14 @@ fn info(size: u64, read_only: bool) -> ExportInfo {
 /// Serves `catalog` on a loopback port, on its own runtime thread; it stops
 /// when the returned sender is dropped.
 fn serve<C: Catalog>(catalog: C) -> (SocketAddr, tokio::sync::watch::Sender<bool>) {
+    serve_with(catalog, ServerConfig::default())
+}
+
+/// [`serve`] with limits of the test's choosing.
+fn serve_with<C: Catalog>(
+    catalog: C,
+    config: ServerConfig,
+) -> (SocketAddr, tokio::sync::watch::Sender<bool>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.set_nonblocking(true).expect("nonblocking");
     let addr = listener.local_addr().expect("addr");
@@ -45,7 +53,7 @@ fn serve<C: Catalog>(catalog: C) -> (SocketAddr, tokio::sync::watch::Sender<bool
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build();
         runtime.expect("runtime").block_on(async move {
             let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-            Server::new(Arc::new(catalog), ServerConfig::default()).serve(listener, stopped).await;
+            Server::new(Arc::new(catalog), config).serve(listener, stopped).await;
         });
     });
     (addr, stop)
@@ -422,6 +430,44 @@ fn a_file_shorter_than_its_reply_closes_that_connection_and_no_other() {
         &uri(addr),
     );
     assert_eq!(out.trim(), "ok");
+}
+
+/// A client that sends requests and never reads a reply: the server stops
+/// reading once its queued replies reach the in-flight budget, small ones
+/// (a 1000-byte read's simple reply, 1,016 bytes, goes into the shared
+/// buffer of small replies) as well as read data. Before, small replies
+/// were not counted: such a client made the server queue 36 bytes for each
+/// 28 it sent, without bound (found by a review; 300 MiB in 2 s).
+#[test]
+fn a_client_that_never_reads_replies_cannot_queue_small_ones_without_bound() {
+    use rewind_tests::raw::{CMD_READ, RawClient};
+    use std::io::Write;
+    let dir = scratch();
+    let path = write_file(dir.path(), "disk.raw", &vec![7u8; 1 << 20]);
+    let file = OpenOptions::new().read(true).write(true).open(&path).expect("open file");
+    let device = Arc::new(FileDevice::new(file).expect("file device"));
+    let config = ServerConfig { max_inflight_bytes: 4 << 20, ..ServerConfig::default() };
+    let (addr, _stop) = serve_with(SingleExport { info: info(device.size(), false), device }, config);
+    let mut client = RawClient::connect(addr).expect("connect");
+    client.go("file").expect("go");
+    let batch: Vec<u8> = (0..1000u64).flat_map(|cookie| request_header(CMD_READ, cookie, 0, 1000)).collect();
+    client.stream.set_write_timeout(Some(Duration::from_secs(2))).expect("timeout");
+    // 32 MiB of requests would queue 1.2 GB of replies. With the 4 MiB
+    // budget the server stops reading after about 110 KiB of them, so the
+    // client blocks once the sockets' buffers (a few MiB) are full.
+    let limit = 32usize << 20;
+    let mut sent = 0;
+    let blocked = loop {
+        if sent >= limit {
+            break false;
+        }
+        if client.stream.write_all(&batch).is_err() {
+            break true;
+        }
+        sent += batch.len();
+    };
+    assert!(blocked, "the server kept reading: {} MiB of requests taken", sent >> 20);
+    assert!(sent < 16 << 20, "{} MiB of requests taken before the server stopped reading", sent >> 20);
 }
 
 /// Encodes a request header the way clients do.
