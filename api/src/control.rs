@@ -409,6 +409,21 @@ pub struct Status {
     pub nbd_connections: u64,
     pub volumes: u64,
     pub journal_bytes: u64,
+    /// Directories in the data dir's volumes directory that were not
+    /// opened as volumes at start-up (their files are kept).
+    pub not_served: Vec<NotServed>,
+}
+
+/// A directory of the volumes directory that is not served, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotServed {
+    /// The directory's name (a volume of that name cannot be created).
+    pub name: String,
+    /// Its path.
+    pub dir: String,
+    /// Why it was not opened, e.g. "it has journal records but no valid
+    /// superblock (damaged)".
+    pub reason: String,
 }
 
 /// Percent-encodes `text` for a URI path segment or query value: keeps

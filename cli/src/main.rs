@@ -574,7 +574,7 @@ fn human_timeline(timeline: &Timeline) -> String {
 }
 
 fn human_status(status: &Status) -> String {
-    format!(
+    let mut out = format!(
         "rewindd {} (pid {}), up {}\n  data dir   {}\n  control    {}\n  NBD        {} ({})\n  volumes    {} ({} of journal)\n",
         status.version,
         status.pid,
@@ -585,7 +585,11 @@ fn human_status(status: &Status) -> String {
         plural(status.nbd_connections, "connection"),
         status.volumes,
         format_size(status.journal_bytes)
-    )
+    );
+    for dir in &status.not_served {
+        out.push_str(&format!("  NOT SERVED {}: {} (files kept; the daemon's log has more)\n", dir.dir, dir.reason));
+    }
+    out
 }
 
 /// The time of the last write (zeroes and trims count; snapshots, resizes

@@ -76,6 +76,10 @@ pub enum CreateError {
     /// A volume with this name exists.
     #[error("volume {0} already exists")]
     Exists(String),
+    /// The volume's directory exists but is not a served volume (damage, a
+    /// renamed directory, foreign files): kept, not replaced.
+    #[error("{dir} exists and is not a volume the daemon serves: {why}")]
+    NotAVolume { dir: String, why: String },
     /// Size is zero or above the largest supported size.
     #[error("invalid size {size}: must be more than 0 and at most {max} bytes (1EiB)")]
     InvalidSize { size: u64, max: u64 },

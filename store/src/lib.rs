@@ -53,7 +53,7 @@ pub use error::{
 };
 pub use memory::{MemoryBackend, MemoryFs};
 pub use retention::{JournalBudget, RetentionPolicy};
-pub use store::{Store, StoreOptions, valid_volume_name};
+pub use store::{Store, StoreOptions, VOLUMES_DIR, valid_volume_name};
 pub use uring::UringBackend;
 pub use volume::{
     Bucket, Extent, FoldReport, JournalRecord, Lent, PointView, RecoveryStats, RollbackOutcome, SegmentUsage,

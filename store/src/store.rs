@@ -98,6 +98,10 @@ struct Shared {
     volumes: RwLock<BTreeMap<String, Arc<Volume>>>,
     /// Force-deleted volumes that clones still read through, by id.
     hidden: Mutex<HashMap<u128, Arc<Volume>>>,
+    /// Directories in the volumes directory that were not opened as
+    /// volumes, by name, with why (kept as they are for an admin to look
+    /// at; a create or clone of that name is refused).
+    unopened: Mutex<BTreeMap<String, String>>,
     /// Serializes create, clone and delete.
     registry: Mutex<()>,
     counter: std::sync::atomic::AtomicU64,
@@ -167,6 +171,7 @@ impl Store {
             options,
             volumes: RwLock::new(BTreeMap::new()),
             hidden: Mutex::new(HashMap::new()),
+            unopened: Mutex::new(BTreeMap::new()),
             registry: Mutex::new(()),
             counter: std::sync::atomic::AtomicU64::new(0),
             wake: Arc::new(Wake::default()),
@@ -237,6 +242,14 @@ impl Store {
     /// data while any is left.
     pub fn clones_reading(&self, id: u128) -> Vec<String> {
         self.shared.clones_reading(id)
+    }
+
+    /// Directories of the volumes directory not served as volumes (a
+    /// damaged superblock, a renamed directory, a clone whose parent is
+    /// missing, files rewind did not make), by name, with why. Their files
+    /// are kept; a volume of that name cannot be created or cloned.
+    pub fn unopened(&self) -> Vec<(String, String)> {
+        self.shared.unopened.lock().iter().map(|(name, why)| (name.clone(), why.clone())).collect()
     }
 
     /// The volume with this name.
@@ -557,9 +570,14 @@ impl Shared {
         let dir = format!("{VOLUMES_DIR}/{name}");
         let fs = &self.fs;
         if fs.exists(&dir) {
-            // A half-created volume from a crash (its superblock never
-            // became valid, or load_all would have registered it).
-            fs.remove_dir_all(&dir).map_err(CreateError::Io)?;
+            // Not a half-created volume from a crash: opening the store
+            // removed those. Something the store did not open (damage, a
+            // renamed directory) or that an admin put there: keep it.
+            let why = self.unopened.lock().get(name).cloned();
+            return Err(CreateError::NotAVolume {
+                dir,
+                why: why.unwrap_or_else(|| "it is not a volume rewind made".to_owned()),
+            });
         }
         let superblock = Superblock {
             volume_id: self.new_id(name),
@@ -573,13 +591,24 @@ impl Shared {
         // Crash cases: before the superblock is synced the directory is
         // ignored (and removed) at the next open; after it, the volume exists.
         fs.create_dir_all(&dir).map_err(CreateError::Io)?;
-        let file = fs.open_file(&format!("{dir}/{SUPERBLOCK_FILE}"), true).map_err(CreateError::Io)?;
-        file.write_at(&superblock.encode(), 0)
-            .and_then(|()| file.sync())
-            .and_then(|()| fs.sync_dir(&dir))
-            .and_then(|()| fs.sync_dir(VOLUMES_DIR))
-            .map_err(CreateError::Io)?;
-        let volume = self.open_volume(&dir, &superblock, parent).map_err(CreateError::Io)?;
+        let made = (|| {
+            let file = fs.open_file(&format!("{dir}/{SUPERBLOCK_FILE}"), true)?;
+            file.write_at(&superblock.encode(), 0)
+                .and_then(|()| file.sync())
+                .and_then(|()| fs.sync_dir(&dir))
+                .and_then(|()| fs.sync_dir(VOLUMES_DIR))?;
+            self.open_volume(&dir, &superblock, parent)
+        })();
+        let volume = match made {
+            Ok(volume) => volume,
+            Err(error) => {
+                // Nothing was written into it: a later create may retry.
+                if let Err(error) = fs.remove_dir_all(&dir) {
+                    tracing::warn!(%error, dir, "cannot remove a volume whose creation failed");
+                }
+                return Err(CreateError::Io(error));
+            }
+        };
         self.volumes.write().insert(name.to_owned(), volume.clone());
         Ok(volume)
     }
@@ -640,6 +669,16 @@ impl Shared {
         Superblock::decode(&bytes)
     }
 
+    /// Logs why the volume directory `dir` is not served and remembers it
+    /// for [`Store::unopened`].
+    fn not_serving(&self, dir: &str, why: String) {
+        tracing::error!(dir, "{why}; not serving it (its files are kept)");
+        let name = dir.rsplit('/').next().unwrap_or(dir);
+        if !name.starts_with(HIDDEN_PREFIX) {
+            self.unopened.lock().insert(name.to_owned(), why);
+        }
+    }
+
     fn load_all(&self) -> Result<(), OpenError> {
         let names = self.fs.list_dir(VOLUMES_DIR).map_err(io_error(VOLUMES_DIR))?;
         let mut pending: Vec<(String, Superblock)> = Vec::new();
@@ -654,11 +693,10 @@ impl Shared {
                 Some(superblock) if superblock.name == name || name.starts_with(HIDDEN_PREFIX) => {
                     pending.push((dir, superblock))
                 }
-                Some(superblock) => tracing::error!(
-                    dir,
-                    name = superblock.name,
-                    "volume directory and superblock names differ; not serving it"
-                ),
+                Some(superblock) => self.not_serving(&dir, format!(
+                    "its superblock names volume {:?}: the directory was renamed or copied",
+                    superblock.name
+                )),
                 None => {
                     // Creation syncs the superblock before the first record
                     // can exist; a directory with records but no superblock
@@ -671,11 +709,13 @@ impl Shared {
                                 .and_then(|file| file.len())
                                 .is_ok_and(|len| len > SEGMENT_HEADER_LEN as u64)
                     });
+                    // Anything but a superblock and segment files: not a
+                    // volume rewind began to create.
+                    let foreign = entries.iter().any(|entry| entry != SUPERBLOCK_FILE && !entry.starts_with("seg-"));
                     if has_records {
-                        tracing::error!(
-                            dir,
-                            "volume has journal records but no valid superblock; not serving it"
-                        );
+                        self.not_serving(&dir, "it has journal records but no valid superblock (damaged)".into());
+                    } else if foreign {
+                        self.not_serving(&dir, "it has no valid superblock and holds files rewind did not make".into());
                     } else {
                         tracing::warn!(dir, "removing a volume whose creation never completed");
                         self.fs.remove_dir_all(&dir).map_err(io_error(&dir))?;
@@ -705,10 +745,9 @@ impl Shared {
                 {
                     // Retention never folds past a clone's base; if it did,
                     // the clone's base is gone.
-                    tracing::error!(
-                        dir,
-                        seq,
-                        "clone's base point is outside its parent's history; not serving it"
+                    self.not_serving(
+                        &dir,
+                        format!("it is a clone whose base point #{seq} is outside its parent's history"),
                     );
                     continue;
                 }
@@ -720,11 +759,7 @@ impl Shared {
             }
         }
         for (dir, superblock) in pending {
-            tracing::error!(
-                dir,
-                parent = superblock.parent_name,
-                "clone's parent volume is missing; not serving it"
-            );
+            self.not_serving(&dir, format!("it is a clone of volume {:?}, which is missing", superblock.parent_name));
         }
         for volume in loaded.values() {
             let dir_name = volume.dir().rsplit('/').next().unwrap_or_default();

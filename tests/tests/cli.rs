@@ -986,3 +986,56 @@ fn volume_show_names_the_snapshot_that_keeps_the_journal_over_budget() {
     let journal = shown["volume"]["journal_bytes"].as_u64().unwrap();
     assert_eq!(history + base + dead, journal, "{shown}");
 }
+
+#[test]
+fn directories_not_served_are_kept_listed_and_never_replaced() {
+    // A volume directory the daemon does not open at start-up (here one an
+    // admin renamed, and one holding files rewind did not make) keeps its
+    // files: `status` lists it with why, `volume show` says so, and creating
+    // or cloning a volume of that name is refused instead of removing it
+    // (it removed the renamed volume's journal before).
+    let mut daemon = Daemon::start();
+    rewind_ok(&daemon, &["volume", "create", "vm", "--size", "4MiB"]);
+    nbd_write(&daemon.uri("vm"), 0, 1 << 20, 0x5a);
+    daemon.stop();
+    let volumes = daemon.data_dir.join("volumes");
+    std::fs::rename(volumes.join("vm"), volumes.join("vm-old")).unwrap();
+    std::fs::create_dir(volumes.join("junk")).unwrap();
+    std::fs::write(volumes.join("junk/precious.txt"), "precious").unwrap();
+    let files = |dir: &str| -> Vec<(String, u64)> {
+        let mut files: Vec<(String, u64)> = std::fs::read_dir(volumes.join(dir))
+            .unwrap()
+            .map(|entry| {
+                let entry = entry.unwrap();
+                (entry.file_name().to_string_lossy().into_owned(), entry.metadata().unwrap().len())
+            })
+            .collect();
+        files.sort();
+        files
+    };
+    let renamed = files("vm-old");
+    assert!(renamed.iter().any(|(name, len)| name.starts_with("seg-") && *len > 1 << 20), "{renamed:?}");
+    daemon.restart();
+    let status = rewind_ok(&daemon, &["status"]);
+    assert!(status.contains("NOT SERVED") && status.contains("vm-old") && status.contains("renamed"), "{status}");
+    let json = rewind_json(&daemon, &["status"]);
+    let not_served: Vec<&str> =
+        json["not_served"].as_array().unwrap().iter().map(|dir| dir["name"].as_str().unwrap()).collect();
+    assert_eq!(not_served, ["junk", "vm-old"]);
+    let shown = rewind_fails(&daemon, &["volume", "show", "vm-old"], 1);
+    assert!(shown.contains("vm-old is not served") && shown.contains("renamed"), "{shown}");
+    let created = rewind_fails(&daemon, &["volume", "create", "vm-old", "--size", "4MiB"], 1);
+    assert!(created.contains("exists and is not a volume the daemon serves"), "{created}");
+    assert!(created.contains("is kept as it is"), "{created}");
+    rewind_ok(&daemon, &["volume", "create", "src", "--size", "1MiB"]);
+    let cloned = rewind_fails(&daemon, &["clone", "src", "--at", "-0s", "--name", "junk"], 1);
+    assert!(cloned.contains("holds files rewind did not make"), "{cloned}");
+    // Nothing was touched, and a restart keeps both directories too.
+    daemon.stop();
+    assert_eq!(files("vm-old"), renamed);
+    assert_eq!(std::fs::read_to_string(volumes.join("junk/precious.txt")).unwrap(), "precious");
+    daemon.restart();
+    assert_eq!(files("vm-old"), renamed);
+    assert!(volumes.join("junk/precious.txt").exists());
+    rewind_ok(&daemon, &["volume", "create", "vm", "--size", "4MiB"]);
+}

@@ -25,7 +25,7 @@ use axum::response::IntoResponse;
 use rewind_api::control::{
     CloneOrigin, CloneVolume, Cloned, CreateSnapshot, CreateVolume, Deleted, Exported, Flushed, Force,
     NbdConnections, PointInfo, RecoveryInfo, Reopened, ResizeVolume, Resized, Rollback, RolledBack,
-    SnapshotCreated, SnapshotDeleted, SnapshotInfo, SnapshotList, Status, Timeline, TimelineBucket, Verified,
+    SnapshotCreated, SnapshotDeleted, SnapshotInfo, SnapshotList, NotServed, Status, Timeline, TimelineBucket, Verified,
     VolumeCreated, VolumeDetail, VolumeInfo, VolumeList, nbd_uri,
 };
 use rewind_api::{Point, format_time};
@@ -99,6 +99,13 @@ fn lookup(state: &ControlState, name: &str) -> ApiResult<Arc<Volume>> {
 
 /// 404 naming the volumes that do exist (a typo is the usual cause).
 fn unknown_volume(state: &ControlState, name: &str) -> ApiError {
+    if let Some((_, why)) = state.store.unopened().into_iter().find(|(dir, _)| dir == name) {
+        return ApiError::not_found(format!(
+            "volume {name} is not served: its directory {} was kept unopened at start-up, as {why}",
+            state.data_dir.join(store::VOLUMES_DIR).join(name).display()
+        ))
+        .hint("the daemon's log has the details; rewind status lists every directory not served");
+    }
     let names: Vec<String> = state.store.volumes().iter().map(|v| v.name().to_owned()).collect();
     if names.is_empty() {
         return ApiError::not_found(format!("no volume named {name} (there are none)"))
@@ -106,6 +113,19 @@ fn unknown_volume(state: &ControlState, name: &str) -> ApiError {
     }
     ApiError::not_found(format!("no volume named {name} (volumes: {})", names.join(", ")))
         .hint("rewind volume list shows each volume; pass one of their names")
+}
+
+/// 409 for a name whose directory exists but is not a served volume: its
+/// files are kept (they may be a damaged or renamed volume).
+fn not_a_volume(state: &ControlState, error: CreateError) -> ApiError {
+    let CreateError::NotAVolume { dir, why } = error else {
+        return ApiError::internal("cannot create the volume", &error);
+    };
+    ApiError::conflict(format!(
+        "{} exists and is not a volume the daemon serves ({why}); it is kept as it is",
+        state.data_dir.join(dir).display()
+    ))
+    .hint("pick another name, or move that directory away once you have looked at it (the daemon's log says why it was not opened)")
 }
 
 fn parse_point(text: &str) -> ApiResult<Point> {
@@ -351,6 +371,16 @@ pub async fn status(State(state): AppState) -> Json<Status> {
         nbd_connections: state.metrics.connections_open(),
         volumes: volumes.len() as u64,
         journal_bytes,
+        not_served: state
+            .store
+            .unopened()
+            .into_iter()
+            .map(|(name, reason)| NotServed {
+                dir: state.data_dir.join(store::VOLUMES_DIR).join(&name).display().to_string(),
+                name,
+                reason,
+            })
+            .collect(),
     })
 }
 
@@ -391,6 +421,7 @@ pub async fn create_volume(
     let volume = created.map_err(|error| match error {
         CreateError::Exists(name) => ApiError::conflict(format!("volume {name} already exists"))
             .hint("pick another name, or delete the existing volume first"),
+        error @ CreateError::NotAVolume { .. } => not_a_volume(&state, error),
         error @ (CreateError::InvalidName(_) | CreateError::InvalidSize { .. }) => {
             ApiError::bad_request(error.to_string())
         }
@@ -835,6 +866,7 @@ pub async fn clone_volume(
             ApiError::conflict(format!("volume {taken} already exists"))
                 .hint("pick another name for the clone")
         }
+        CloneError::Create(error @ CreateError::NotAVolume { .. }) => not_a_volume(&state, error),
         CloneError::Create(error @ (CreateError::InvalidName(_) | CreateError::InvalidSize { .. })) => {
             ApiError::bad_request(error.to_string())
         }
