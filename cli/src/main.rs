@@ -587,7 +587,10 @@ fn human_status(status: &Status) -> String {
         format_size(status.journal_bytes)
     );
     for dir in &status.not_served {
-        out.push_str(&format!("  NOT SERVED {}: {} (files kept; the daemon's log has more)\n", dir.dir, dir.reason));
+        out.push_str(&format!(
+            "  NOT SERVED {}: {} (files kept; the daemon's log has more)\n",
+            dir.dir, dir.reason
+        ));
     }
     out
 }

@@ -50,6 +50,26 @@ fn spare_name(number: u64) -> String {
     format!("spare-{number:010}.log")
 }
 
+/// The segment number of a segment set aside by recovery
+/// (`seg-N.log.cut-SEQ`, perhaps with a further `.K`): new segments are
+/// numbered past it, so a later recovery never sets aside a file of the
+/// same name over it.
+fn parse_aside_name(name: &str) -> Option<u64> {
+    let (segment, _) = name.split_once(".cut-")?;
+    parse_segment_name(segment)
+}
+
+/// A name for segment file `path` set aside at `next_seq` that no file has
+/// (a name can repeat only if the numbers were reused, as they were before
+/// set-aside files counted: never replace what an earlier recovery kept).
+fn aside_path(fs: &dyn Filesystem, path: &str, next_seq: u64) -> String {
+    let aside = format!("{path}.cut-{next_seq}");
+    (1u64..)
+        .map(|k| if k == 1 { aside.clone() } else { format!("{aside}.{k}") })
+        .find(|candidate| !fs.exists(candidate))
+        .expect("a free name")
+}
+
 fn parse_spare_name(name: &str) -> Option<u64> {
     name.strip_prefix("spare-")?
         .strip_suffix(".log")?
@@ -1835,7 +1855,8 @@ pub fn recover(
     // not continue the journal, e.g. one whose header was torn before
     // anything was synced, is set aside below).
     let spare_numbers = spares.iter().filter_map(|name| parse_spare_name(name));
-    writer.highest_number = numbers.iter().copied().chain(spare_numbers).max();
+    let aside_numbers = names.iter().filter_map(|name| parse_aside_name(name));
+    writer.highest_number = numbers.iter().copied().chain(spare_numbers).chain(aside_numbers).max();
     if ends_before_base {
         // Nothing to continue from: the next record starts a new segment,
         // which recovery will then start from.
@@ -1901,7 +1922,7 @@ pub fn recover(
             // Normally only unacknowledged records live here. But if the
             // journal ended early because a synced record rotted, these
             // would be acknowledged history: keep them aside, never delete.
-            let aside = format!("{path}.cut-{next_seq}");
+            let aside = aside_path(fs.as_ref(), &path, next_seq);
             tracing::warn!(dir, segment = number, len, aside, "segment past the journal's end set aside");
             fs.rename(&path, &aside)?;
         }

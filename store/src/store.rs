@@ -693,10 +693,13 @@ impl Shared {
                 Some(superblock) if superblock.name == name || name.starts_with(HIDDEN_PREFIX) => {
                     pending.push((dir, superblock))
                 }
-                Some(superblock) => self.not_serving(&dir, format!(
-                    "its superblock names volume {:?}: the directory was renamed or copied",
-                    superblock.name
-                )),
+                Some(superblock) => self.not_serving(
+                    &dir,
+                    format!(
+                        "its superblock names volume {:?}: the directory was renamed or copied",
+                        superblock.name
+                    ),
+                ),
                 None => {
                     // Creation syncs the superblock before the first record
                     // can exist; a directory with records but no superblock
@@ -711,11 +714,18 @@ impl Shared {
                     });
                     // Anything but a superblock and segment files: not a
                     // volume rewind began to create.
-                    let foreign = entries.iter().any(|entry| entry != SUPERBLOCK_FILE && !entry.starts_with("seg-"));
+                    let foreign =
+                        entries.iter().any(|entry| entry != SUPERBLOCK_FILE && !entry.starts_with("seg-"));
                     if has_records {
-                        self.not_serving(&dir, "it has journal records but no valid superblock (damaged)".into());
+                        self.not_serving(
+                            &dir,
+                            "it has journal records but no valid superblock (damaged)".into(),
+                        );
                     } else if foreign {
-                        self.not_serving(&dir, "it has no valid superblock and holds files rewind did not make".into());
+                        self.not_serving(
+                            &dir,
+                            "it has no valid superblock and holds files rewind did not make".into(),
+                        );
                     } else {
                         tracing::warn!(dir, "removing a volume whose creation never completed");
                         self.fs.remove_dir_all(&dir).map_err(io_error(&dir))?;
@@ -759,7 +769,10 @@ impl Shared {
             }
         }
         for (dir, superblock) in pending {
-            self.not_serving(&dir, format!("it is a clone of volume {:?}, which is missing", superblock.parent_name));
+            self.not_serving(
+                &dir,
+                format!("it is a clone of volume {:?}, which is missing", superblock.parent_name),
+            );
         }
         for volume in loaded.values() {
             let dir_name = volume.dir().rsplit('/').next().unwrap_or_default();

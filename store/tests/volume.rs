@@ -973,14 +973,21 @@ fn seqs_run_out_with_a_clear_error() {
 
 /// A synced record that rots in the middle of the journal ends recovery
 /// there (the rotten record is never served), and the segments after it are
-/// set aside as `*.cut-N` files, not deleted, so nothing is destroyed.
+/// set aside as `*.cut-N` files, not deleted, so nothing is destroyed: not
+/// by a later recovery that ends at the same seq either (it reused their
+/// segment numbers and renamed a new segment over them; found by a review).
 #[test]
 fn rotten_record_ends_recovery_and_later_segments_are_kept_aside() {
     use store::Filesystem;
     let fs = MemoryFs::new();
     let clock = Arc::new(ManualClock::new(T0));
-    let options =
-        StoreOptions { segment_bytes: 4096, checkpoint_records: 1 << 20, ..memory_options(&fs, &clock) };
+    // Records of 1000 bytes skip a 2 KiB buffer: written at once, unsynced.
+    let options = StoreOptions {
+        segment_bytes: 4096,
+        buffer_bytes: 2048,
+        checkpoint_records: 1 << 20,
+        ..memory_options(&fs, &clock)
+    };
     let store = Store::open("/unused".as_ref(), options.clone()).unwrap();
     let volume = store.create_volume("v", 1 << 20).unwrap();
     for i in 0..40u64 {
@@ -995,14 +1002,46 @@ fn rotten_record_ends_recovery_and_later_segments_are_kept_aside() {
     segment.read_at(&mut byte, 64 + 96 + 10).unwrap();
     segment.write_at(&[byte[0] ^ 0xFF], 64 + 96 + 10).unwrap();
     segment.sync().unwrap();
-    let store = Store::open("/unused".as_ref(), options).unwrap();
+    let store = Store::open("/unused".as_ref(), options.clone()).unwrap();
     let volume = store.volume("v").unwrap();
     let head = volume.head_seq();
     assert!((6..40).contains(&head), "head {head}");
     assert_eq!(read(&volume, (head - 1) * 1000, 1000), vec![head as u8; 1000]);
     assert_eq!(read(&volume, head * 1000, 1000), vec![0; 1000], "rotten record not served");
     let names = fs.list_dir("volumes/v").unwrap();
-    assert!(names.iter().any(|name| name.starts_with("seg-0000000003.log.cut-")), "{names:?}");
+    let aside = format!("volumes/v/seg-0000000003.log.cut-{}", head + 1);
+    assert!(fs.exists(&aside), "{names:?}");
+    let read_file = |path: &str| {
+        let file = fs.open_file(path, false).unwrap();
+        let mut bytes = vec![0; file.len().unwrap() as usize];
+        file.read_at(&mut bytes, 0).unwrap();
+        bytes
+    };
+    let kept = read_file(&aside);
+    let set_aside = |names: &[String]| names.iter().filter(|name| name.contains(".cut-")).count();
+    let aside_before = set_aside(&names);
+    let end_len = fs.open_file("volumes/v/seg-0000000002.log", false).unwrap().len().unwrap();
+    drop((volume, store));
+    // Unflushed writes fill segment 2 and roll to a new segment; then a
+    // power loss takes segment 2's appends but not the new segment's bytes,
+    // so the next recovery ends at the same seq and sets that segment aside.
+    let store = Store::open("/unused".as_ref(), options.clone()).unwrap();
+    let volume = store.volume("v").unwrap();
+    for i in 0..6u64 {
+        volume.write(500_000 + i * 1000, &[0xEE; 1000], false).unwrap();
+    }
+    drop((volume, store));
+    let names = fs.list_dir("volumes/v").unwrap();
+    assert!(
+        !names.contains(&"seg-0000000003.log".to_owned()),
+        "a set-aside segment's number reused: {names:?}"
+    );
+    fs.open_file("volumes/v/seg-0000000002.log", false).unwrap().set_len(end_len).unwrap();
+    let store = Store::open("/unused".as_ref(), options).unwrap();
+    assert_eq!(store.volume("v").unwrap().head_seq(), head);
+    assert_eq!(read_file(&aside), kept, "the history set aside after the rot was replaced");
+    let names = fs.list_dir("volumes/v").unwrap();
+    assert_eq!(set_aside(&names), aside_before + 1, "the new segment is set aside too: {names:?}");
 }
 
 /// Opening a store removes a volume directory whose creation never
@@ -1024,6 +1063,13 @@ fn open_tidies_half_created_volumes_and_keeps_damaged_ones() {
     assert!(fs.exists("volumes/damaged/seg-0000000000.log"));
     assert!(fs.exists("volumes/stray.img"));
     store.create_volume("half", 4096).unwrap();
+    // The kept one is listed with why, and its name cannot be created.
+    let unopened = store.unopened();
+    assert_eq!(unopened.len(), 1);
+    assert_eq!(unopened[0].0, "damaged");
+    assert!(unopened[0].1.contains("no valid superblock"), "{unopened:?}");
+    assert!(matches!(store.create_volume("damaged", 4096), Err(CreateError::NotAVolume { .. })));
+    assert!(fs.exists("volumes/damaged/seg-0000000000.log"));
 }
 
 /// Large records are written outside the writer lock by concurrent

@@ -1017,7 +1017,10 @@ fn directories_not_served_are_kept_listed_and_never_replaced() {
     assert!(renamed.iter().any(|(name, len)| name.starts_with("seg-") && *len > 1 << 20), "{renamed:?}");
     daemon.restart();
     let status = rewind_ok(&daemon, &["status"]);
-    assert!(status.contains("NOT SERVED") && status.contains("vm-old") && status.contains("renamed"), "{status}");
+    assert!(
+        status.contains("NOT SERVED") && status.contains("vm-old") && status.contains("renamed"),
+        "{status}"
+    );
     let json = rewind_json(&daemon, &["status"]);
     let not_served: Vec<&str> =
         json["not_served"].as_array().unwrap().iter().map(|dir| dir["name"].as_str().unwrap()).collect();

@@ -24,9 +24,9 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use rewind_api::control::{
     CloneOrigin, CloneVolume, Cloned, CreateSnapshot, CreateVolume, Deleted, Exported, Flushed, Force,
-    NbdConnections, PointInfo, RecoveryInfo, Reopened, ResizeVolume, Resized, Rollback, RolledBack,
-    SnapshotCreated, SnapshotDeleted, SnapshotInfo, SnapshotList, NotServed, Status, Timeline, TimelineBucket, Verified,
-    VolumeCreated, VolumeDetail, VolumeInfo, VolumeList, nbd_uri,
+    NbdConnections, NotServed, PointInfo, RecoveryInfo, Reopened, ResizeVolume, Resized, Rollback,
+    RolledBack, SnapshotCreated, SnapshotDeleted, SnapshotInfo, SnapshotList, Status, Timeline,
+    TimelineBucket, Verified, VolumeCreated, VolumeDetail, VolumeInfo, VolumeList, nbd_uri,
 };
 use rewind_api::{Point, format_time};
 use serde::Deserialize;
