@@ -1200,6 +1200,49 @@ impl Volume {
         }
     }
 
+    /// Reads `target`, at `offset` in this clone's image, from its parent's
+    /// image at the clone's seq (zeros past the parent's size at that seq;
+    /// with `zeros`, the ranges served as zeros at `at` onwards). A reopen of
+    /// the parent (`Store::reopen_volume`) points this clone at the new
+    /// object before it retires the old one, so a read that met the old one
+    /// retired reads again from the new one.
+    fn read_parent(
+        &self,
+        parent: &mut (Arc<Volume>, u64),
+        offset: u64,
+        target: &mut [u8],
+        at: usize,
+        zeros: &mut Option<&mut Vec<(usize, usize)>>,
+    ) -> Result<(), ReadError> {
+        loop {
+            let (volume, seq) = (parent.0.clone(), parent.1);
+            let size = volume.index.read().size_at(seq);
+            let inside = size.saturating_sub(offset).min(target.len() as u64) as usize;
+            let (from_parent, beyond) = target.split_at_mut(inside);
+            let mut nested = Vec::new();
+            let read = if from_parent.is_empty() {
+                Ok(())
+            } else {
+                volume.read_image(seq, size, offset, from_parent, zeros.is_some().then_some(&mut nested))
+            };
+            match read {
+                Err(ReadError::Replaced) => match self.parent() {
+                    Some(newer) if !Arc::ptr_eq(&newer.0, &volume) => *parent = newer,
+                    _ => return Err(ReadError::Replaced),
+                },
+                Err(error) => return Err(error),
+                Ok(()) => {
+                    for (start, length) in nested {
+                        push_zeros(zeros, at + start, length);
+                    }
+                    beyond.fill(0);
+                    push_zeros(zeros, at + inside, beyond.len());
+                    return Ok(());
+                }
+            }
+        }
+    }
+
     /// Reads the image at `seq` into `buf`; with `zeros`, also appends the
     /// ranges of `buf` served as zeros without IO (relative, merged).
     pub(crate) fn read_image(
@@ -1212,7 +1255,7 @@ impl Volume {
     ) -> Result<(), ReadError> {
         let _gate = self.gate.read();
         let pieces = self.plan(seq, size, offset, buf.len() as u64)?;
-        let parent = if self.parent.read().is_some() { self.parent() } else { None };
+        let mut parent = self.parent();
         for &piece in &pieces {
             let at = (piece.offset - offset) as usize;
             let target = &mut buf[at..at + piece.length as usize];
@@ -1226,42 +1269,12 @@ impl Volume {
                     let file = self.base_file.get().ok_or_else(|| ReadError::Io(missing_base()))?;
                     file.read_at(target, piece.offset).map_err(ReadError::Io)?;
                 }
-                Source::Base => match &parent {
+                Source::Base => match parent.as_mut() {
                     None => {
                         target.fill(0);
                         push_zeros(&mut zeros, at, target.len());
                     }
-                    Some((parent, parent_seq)) => {
-                        let parent_size = parent.index.read().size_at(*parent_seq);
-                        let inside = parent_size.saturating_sub(piece.offset).min(piece.length) as usize;
-                        let (from_parent, beyond) = target.split_at_mut(inside);
-                        if !from_parent.is_empty() {
-                            match zeros.as_deref_mut() {
-                                None => parent.read_image(
-                                    *parent_seq,
-                                    parent_size,
-                                    piece.offset,
-                                    from_parent,
-                                    None,
-                                )?,
-                                Some(zeros) => {
-                                    let mut nested = Vec::new();
-                                    parent.read_image(
-                                        *parent_seq,
-                                        parent_size,
-                                        piece.offset,
-                                        from_parent,
-                                        Some(&mut nested),
-                                    )?;
-                                    for (start, length) in nested {
-                                        push_zeros(&mut Some(&mut *zeros), at + start, length);
-                                    }
-                                }
-                            }
-                        }
-                        beyond.fill(0);
-                        push_zeros(&mut zeros, at + inside, beyond.len());
-                    }
+                    Some(parent) => self.read_parent(parent, piece.offset, target, at, &mut zeros)?,
                 },
             }
         }
@@ -1278,7 +1291,7 @@ impl Volume {
     ) -> Result<Vec<Extent>, ReadError> {
         let _gate = self.gate.read();
         let pieces = self.plan(seq, size, offset, length)?;
-        let parent = self.parent();
+        let mut parent = self.parent();
         let mut extents: Vec<Extent> = Vec::new();
         let mut push = |extent: Extent| match extents.last_mut() {
             Some(last) if last.hole == extent.hole && last.zero == extent.zero => {
@@ -1292,22 +1305,32 @@ impl Volume {
                     push(Extent { length: piece.length, hole: false, zero: false })
                 }
                 Source::Zero { hole } => push(Extent { length: piece.length, hole, zero: true }),
-                Source::Base => match &parent {
+                Source::Base => match parent.as_mut() {
                     None => push(Extent { length: piece.length, hole: true, zero: true }),
-                    Some((parent, parent_seq)) => {
-                        let parent_size = parent.index.read().size_at(*parent_seq);
-                        let inside = parent_size.saturating_sub(piece.offset).min(piece.length);
-                        if inside > 0 {
-                            for extent in
-                                parent.image_extents(*parent_seq, parent_size, piece.offset, inside)?
-                            {
-                                push(extent);
+                    // As in `read_parent`: a reopened parent is asked again.
+                    Some(parent) => loop {
+                        let (volume, seq) = (parent.0.clone(), parent.1);
+                        let size = volume.index.read().size_at(seq);
+                        let inside = size.saturating_sub(piece.offset).min(piece.length);
+                        let found = match inside {
+                            0 => Ok(Vec::new()),
+                            _ => volume.image_extents(seq, size, piece.offset, inside),
+                        };
+                        match found {
+                            Err(ReadError::Replaced) => match self.parent() {
+                                Some(newer) if !Arc::ptr_eq(&newer.0, &volume) => *parent = newer,
+                                _ => return Err(ReadError::Replaced),
+                            },
+                            Err(error) => return Err(error),
+                            Ok(found) => {
+                                found.into_iter().for_each(&mut push);
+                                if piece.length > inside {
+                                    push(Extent { length: piece.length - inside, hole: true, zero: true });
+                                }
+                                break;
                             }
                         }
-                        if piece.length > inside {
-                            push(Extent { length: piece.length - inside, hole: true, zero: true });
-                        }
-                    }
+                    },
                 },
             }
         }
