@@ -35,7 +35,7 @@ const MAX_INFLIGHT_REQUESTS_RANGE: std::ops::RangeInclusive<usize> = 1..=65_536;
     long_about = "Serve rewind volumes over NBD, with a control API (the rewind CLI) on a Unix socket.\n\n\
         An empty data dir gets one volume, default, 1 GiB: nbdinfo nbd://127.0.0.1/default works right \
         after the first start. SIGTERM or SIGINT: finish in-flight requests, make acknowledged writes \
-        durable, exit 0."
+        durable, exit 0. SIGHUP is ignored (logged)."
 )]
 pub struct Args {
     /// Where volumes, journals and the daemon's identity live [default: ./rewind-data]

@@ -103,6 +103,16 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let _file_size_signal =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(libc::SIGXFSZ))
             .context("cannot install SIGXFSZ handler")?;
+    // A daemon started from a shell that goes away (an SSH session closed)
+    // gets SIGHUP, whose default is to die without a clean shutdown: keep
+    // serving, and say so.
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot install SIGHUP handler")?;
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            tracing::warn!("SIGHUP ignored: rewindd keeps serving (SIGTERM or SIGINT stops it)");
+        }
+    });
     check_data_dir(&config.data_dir)?;
     // Nothing on disk yet: a port in use leaves nothing behind.
     let listener = bind_nbd(&config).await?;

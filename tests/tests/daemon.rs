@@ -9,13 +9,20 @@ use rewind_tests::{Daemon, binary, nbd_python, run};
 #[test]
 fn restart_serves_the_same_data() {
     // Data written and flushed before a SIGTERM is served after a restart on
-    // the same data dir, and SIGTERM exits 0.
+    // the same data dir, and SIGTERM exits 0. SIGHUP (the shell that
+    // started it went away) is logged and ignored: it used to kill the
+    // daemon without a clean shutdown.
     let mut daemon = Daemon::start();
     let uri = daemon.uri("default");
     nbd_python(
         "import sys, nbd\nh = nbd.NBD(); h.connect_uri(sys.argv[1])\nh.pwrite(b'rewind' * 1000, 12345)\nh.flush(); h.shutdown()",
         &uri,
     );
+    let pid = daemon.child.as_ref().unwrap().id().to_string();
+    run(Command::new("kill").args(["-HUP", &pid]), Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(daemon.is_running(), "SIGHUP stopped the daemon");
+    assert!(daemon.log_text().contains("SIGHUP ignored"), "{}", daemon.log_text());
     let status = daemon.stop();
     assert!(status.success(), "SIGTERM exit status {status}");
     daemon.restart();
