@@ -295,6 +295,11 @@ pub struct Verified {
     /// Bytes of base data that lie in no readable record (a damaged
     /// record header ends the walk of its segment).
     pub unreadable_base_bytes: u64,
+    /// For a clone: what its image reads through, checked as `?at=` checks
+    /// a point: its parent at the clone's base point, then that parent's
+    /// parent, and so on (each with `through` empty).
+    #[serde(default)]
+    pub through: Vec<Verified>,
 }
 
 /// A named snapshot.

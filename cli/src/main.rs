@@ -216,45 +216,65 @@ async fn run(cli: Cli, client: &Client) -> Result<(), Failure> {
             let message = format!("verifying {}", args.volume);
             let verified: Verified =
                 with_progress(&message, progress, client.post(&path, &serde_json::json!({}))).await?;
-            let checked = format!(
-                "{} and {} of base data, {}",
-                plural(verified.records, "history record"),
-                plural(verified.base_records, "folded record"),
-                format_size(verified.bytes)
-            );
-            let checked = match &verified.at {
-                Some(point) => {
-                    format!("{checked}, the image at #{} ({})", point.seq, display_time(&point.time))
+            // The volume's own report, then what a clone reads through.
+            let mut checked = Vec::new();
+            let mut damage = Vec::new();
+            for (index, report) in std::iter::once(&verified).chain(&verified.through).enumerate() {
+                let counts = format!(
+                    "{} and {} of base data, {}",
+                    plural(report.records, "history record"),
+                    plural(report.base_records, "folded record"),
+                    format_size(report.bytes)
+                );
+                let whose = match (index, &report.at) {
+                    (0, Some(point)) => {
+                        format!("{counts}, the image at #{} ({})", point.seq, display_time(&point.time))
+                    }
+                    (0, None) => counts,
+                    (_, point) => format!(
+                        "{counts} of {} at #{} (a clone base)",
+                        report.volume,
+                        point.as_ref().map_or(0, |point| point.seq)
+                    ),
+                };
+                checked.push(whose);
+                let mut what = Vec::new();
+                if !report.corrupt.is_empty() {
+                    let seqs: Vec<String> =
+                        report.corrupt.iter().take(20).map(|seq| format!("#{seq}")).collect();
+                    let more = if report.corrupt.len() > seqs.len() { ", ..." } else { "" };
+                    let fail =
+                        if report.corrupt.len() == 1 { "fails its checksum" } else { "fail their checksums" };
+                    what.push(format!(
+                        "{} {fail} ({}{more})",
+                        plural(report.corrupt.len() as u64, "record"),
+                        seqs.join(", ")
+                    ));
                 }
-                None => checked,
-            };
-            if verified.corrupt.is_empty() && verified.unreadable_base_bytes == 0 {
+                if report.unreadable_base_bytes > 0 {
+                    what.push(format!(
+                        "{} of base data lie in no readable record",
+                        format_size(report.unreadable_base_bytes)
+                    ));
+                }
+                if !what.is_empty() {
+                    let prefix = if index == 0 {
+                        String::new()
+                    } else {
+                        format!("in {}, which it is cloned from, ", report.volume)
+                    };
+                    damage.push(format!("{prefix}{}", what.join("; ")));
+                }
+            }
+            let checked = checked.join("; ");
+            if damage.is_empty() {
                 print(json, &verified, |verified| {
                     format!("{}: no damage ({checked} checked).\n", verified.volume)
                 });
                 return Ok(());
             }
-            let mut what = Vec::new();
-            if !verified.corrupt.is_empty() {
-                let seqs: Vec<String> =
-                    verified.corrupt.iter().take(20).map(|seq| format!("#{seq}")).collect();
-                let more = if verified.corrupt.len() > seqs.len() { ", ..." } else { "" };
-                let fail =
-                    if verified.corrupt.len() == 1 { "fails its checksum" } else { "fail their checksums" };
-                what.push(format!(
-                    "{} {fail} ({}{more})",
-                    plural(verified.corrupt.len() as u64, "record"),
-                    seqs.join(", ")
-                ));
-            }
-            if verified.unreadable_base_bytes > 0 {
-                what.push(format!(
-                    "{} of base data lie in no readable record",
-                    format_size(verified.unreadable_base_bytes)
-                ));
-            }
             Err(Failure::new(
-                format!("{} is damaged: {}; intact: {checked}", verified.volume, what.join("; ")),
+                format!("{} is damaged: {}; intact: {checked}", verified.volume, damage.join("; ")),
                 Some(
                     "the disk changed bytes after they were synced; check it (SMART, dmesg), then restore the \
                      affected ranges from a replica or a copy"

@@ -643,6 +643,12 @@ impl Volume {
         self.parent.read().clone()
     }
 
+    /// For a clone: the volume it reads through and the seq of its base
+    /// point there (a force-deleted parent is still this, hidden).
+    pub fn clone_base(&self) -> Option<(Arc<Volume>, u64)> {
+        self.parent()
+    }
+
     /// Points this clone at a reopened parent (same volume, new object).
     pub(crate) fn set_parent(&self, parent: Arc<Volume>) {
         if let Some((old, _)) = self.parent.write().as_mut() {

@@ -828,6 +828,11 @@ fn verify_reads_everything_back_and_names_records_the_disk_changed() {
     assert_eq!(clean["corrupt"], serde_json::json!([]));
     let said = rewind_ok(&daemon, &["verify", "default"]);
     assert!(said.starts_with("default: no damage (3 history records"), "{said}");
+    // Clones read through their parent's records: before and after the
+    // write about to rot, and a clone of the latter.
+    rewind_ok(&daemon, &["clone", "default", "--at", "#1", "--name", "c1"]);
+    rewind_ok(&daemon, &["clone", "default", "--at", "#2", "--name", "c2"]);
+    rewind_ok(&daemon, &["clone", "c2", "--at", "-0s", "--name", "c2b"]);
     // Rot one byte of the second write's data in its segment file.
     let segments: Vec<_> = std::fs::read_dir(daemon.data_dir.join("volumes/default"))
         .unwrap()
@@ -866,6 +871,24 @@ fn verify_reads_everything_back_and_names_records_the_disk_changed() {
     assert!(stderr.contains("1 record fails its checksum (#2)"), "{stderr}");
     let stderr = rewind_fails(&daemon, &["verify", "default", "--at", "#99"], 1);
     assert!(stderr.contains("#99 is outside the history"), "{stderr}");
+    // A clone's verify checks what it reads through (it checked nothing
+    // but its own empty history, and said "no damage").
+    let c1 = rewind_json(&daemon, &["verify", "c1"]);
+    assert_eq!(c1["records"], 0, "{c1}");
+    assert_eq!(c1["through"][0]["volume"], "default", "{c1}");
+    assert_eq!(c1["through"][0]["at"]["seq"], 1, "{c1}");
+    assert_eq!(c1["through"][0]["records"], 1, "{c1}");
+    let said = rewind_ok(&daemon, &["verify", "c1"]);
+    assert!(said.contains("no damage") && said.contains("of default at #1 (a clone base)"), "{said}");
+    let stderr = rewind_fails(&daemon, &["verify", "c2"], 1);
+    assert!(
+        stderr
+            .contains("c2 is damaged: in default, which it is cloned from, 1 record fails its checksum (#2)"),
+        "{stderr}"
+    );
+    let stderr = rewind_fails(&daemon, &["verify", "c2b"], 1);
+    assert!(stderr.contains("in default, which it is cloned from, 1 record fails"), "{stderr}");
+    assert!(stderr.contains("of c2 at #0 (a clone base)"), "{stderr}");
     let missing = rewind_fails(&daemon, &["verify", "nosuch"], 1);
     assert!(missing.contains("no volume named nosuch"), "{missing}");
 }

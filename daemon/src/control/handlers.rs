@@ -698,26 +698,52 @@ pub async fn verify_volume(
         None => None,
     };
     let last = at.as_ref().map_or(u64::MAX, |point| point.seq);
-    let report = blocking(move || volume.verify_to(last))
-        .await?
-        .map_err(|error| ApiError::internal(&format!("cannot verify {name}"), &error))?;
-    if !report.corrupt.is_empty() || report.unreadable_base_bytes > 0 {
-        tracing::error!(
-            volume = name,
-            corrupt = ?report.corrupt,
-            unreadable_base_bytes = report.unreadable_base_bytes,
-            "verify found damaged records"
-        );
+    // A clone's image is also its parent's at the clone's base point (and
+    // so on up): check what it reads through as well.
+    let mut bases = Vec::new();
+    let mut next = volume.clone_base();
+    while let Some((parent, seq)) = next {
+        next = parent.clone_base();
+        bases.push((parent, seq));
     }
-    Ok(Json(Verified {
-        volume: name,
-        at,
-        records: report.records,
-        base_records: report.base_records,
-        bytes: report.bytes,
-        corrupt: report.corrupt,
-        unreadable_base_bytes: report.unreadable_base_bytes,
-    }))
+    let checked = blocking(move || {
+        let report = volume.verify_to(last)?;
+        let through = bases
+            .into_iter()
+            .map(|(parent, seq)| Ok((parent.verify_to(seq)?, parent, seq)))
+            .collect::<Result<Vec<_>, store::VerifyError>>()?;
+        Ok::<_, store::VerifyError>((report, through))
+    })
+    .await?
+    .map_err(|error| ApiError::internal(&format!("cannot verify {name}"), &error))?;
+    let (report, through) = checked;
+    let verified = |volume: String, at: Option<PointInfo>, report: store::VerifyReport| {
+        if !report.corrupt.is_empty() || report.unreadable_base_bytes > 0 {
+            tracing::error!(
+                volume,
+                corrupt = ?report.corrupt,
+                unreadable_base_bytes = report.unreadable_base_bytes,
+                "verify found damaged records"
+            );
+        }
+        Verified {
+            volume,
+            at,
+            records: report.records,
+            base_records: report.base_records,
+            bytes: report.bytes,
+            corrupt: report.corrupt,
+            unreadable_base_bytes: report.unreadable_base_bytes,
+            through: Vec::new(),
+        }
+    };
+    let through = through
+        .into_iter()
+        .map(|(report, parent, seq)| {
+            verified(parent.name().to_owned(), Some(point_info(&parent, seq)), report)
+        })
+        .collect();
+    Ok(Json(Verified { through, ..verified(name, at, report) }))
 }
 
 // ---- snapshots ----------------------------------------------------------
