@@ -181,6 +181,14 @@ pub struct RecoveryInfo {
     pub replayed_records: u64,
     pub replayed_bytes: u64,
     pub cut_bytes: u64,
+    /// Segment files a recovery (this one or an earlier) set aside past
+    /// the journal end it found (`seg-N.log.cut-SEQ` in the volume's
+    /// directory; never deleted): after a damaged record they may hold
+    /// acknowledged writes no longer served.
+    #[serde(default)]
+    pub set_aside_files: u64,
+    #[serde(default)]
+    pub set_aside_bytes: u64,
 }
 
 /// `POST /v1/volumes`.
@@ -300,6 +308,10 @@ pub struct Verified {
     /// parent, and so on (each with `through` empty).
     #[serde(default)]
     pub through: Vec<Verified>,
+    /// Segment files a recovery set aside (`RecoveryInfo.set_aside_files`):
+    /// not checked, not served, never deleted.
+    #[serde(default)]
+    pub set_aside_files: u64,
 }
 
 /// A named snapshot.

@@ -267,6 +267,15 @@ async fn run(cli: Cli, client: &Client) -> Result<(), Failure> {
                 }
             }
             let checked = checked.join("; ");
+            if verified.set_aside_files > 0 && !json {
+                eprintln!(
+                    "note: {} set aside by a recovery (seg-*.log.cut-*) {} not checked or served; after a damaged \
+                     record they may hold acknowledged writes (rewind volume show {} says more)",
+                    plural(verified.set_aside_files, "segment file"),
+                    if verified.set_aside_files == 1 { "is" } else { "are" },
+                    verified.volume
+                );
+            }
             if damage.is_empty() {
                 print(json, &verified, |verified| {
                     format!("{}: no damage ({checked} checked).\n", verified.volume)
@@ -672,6 +681,18 @@ fn human_volume(detail: &VolumeDetail) -> String {
     );
     line("base file", format!("{} of base image data", format_size(detail.base_bytes)));
     line("index", format!("{} in memory", format_size(detail.index_memory_bytes)));
+    if detail.recovery.set_aside_files > 0 {
+        line(
+            "SET ASIDE",
+            format!(
+                "{} ({}) past a journal end a recovery found: seg-*.log.cut-* in the volume's directory, \
+                 never deleted; after a damaged record they may hold acknowledged writes no longer served \
+                 (docs/journal.md, \"Recovery\"; the daemon's log names the record)",
+                plural(detail.recovery.set_aside_files, "segment file"),
+                format_size(detail.recovery.set_aside_bytes)
+            ),
+        );
+    }
     if let Some(blocker) = &detail.retention_blocked_by {
         // What ends it: deleting the snapshot or the clone; a rollback's
         // branch point goes by itself once newer writes push it out.

@@ -70,6 +70,20 @@ fn aside_path(fs: &dyn Filesystem, path: &str, next_seq: u64) -> String {
         .expect("a free name")
 }
 
+/// Copies the first `len` bytes of `from` into a new file `to`, synced.
+fn copy_file(fs: &dyn Filesystem, from: &dyn StorageBackend, to: &str, len: u64) -> io::Result<()> {
+    let target = fs.open_file(to, true)?;
+    let mut buffer = vec![0; len.min(1 << 20) as usize];
+    let mut at = 0;
+    while at < len {
+        let step = (len - at).min(buffer.len() as u64) as usize;
+        from.read_at(&mut buffer[..step], at)?;
+        target.write_at(&buffer[..step], at)?;
+        at += step as u64;
+    }
+    target.sync()
+}
+
 fn parse_spare_name(name: &str) -> Option<u64> {
     name.strip_prefix("spare-")?
         .strip_suffix(".log")?
@@ -1725,6 +1739,9 @@ pub fn recover(
         return Err(invalid("index checkpoint names a missing segment"));
     }
     let mut first_segment = true;
+    // The journal ended at a record whose payload fails its checksum while
+    // the record after it is intact: damage, not a torn write at the end.
+    let mut damaged_end = false;
     while cursor < numbers.len() {
         let number = numbers[cursor];
         let mut reader = SegmentReader::new(segments[&number].clone())?;
@@ -1764,6 +1781,11 @@ pub fn recover(
                 break;
             };
             if crc32c::crc32c(payload) != header.payload_crc {
+                let after = position + layout::record_span(header.payload_length as usize);
+                damaged_end = reader
+                    .get(after, RECORD_HEADER_LEN)?
+                    .and_then(|next| RecordHeader::decode(next).ok())
+                    .is_some_and(|(next, _)| next.seq == next_seq + 1 && next.chain == crc);
                 break;
             }
             let span = layout::record_span(header.payload_length as usize);
@@ -1826,6 +1848,21 @@ pub fn recover(
     for &(number, position) in tails.iter().chain(&cut) {
         let file = segments[&number].clone();
         let len = file.len()?;
+        if damaged_end && cut == Some((number, position)) {
+            // The records after the damaged one may have been acknowledged:
+            // keep the whole segment aside before cutting it.
+            let path = format!("{dir}/{}", segment_name(number));
+            let aside = aside_path(fs.as_ref(), &path, next_seq);
+            tracing::error!(
+                dir,
+                seq = next_seq,
+                segment = number,
+                aside,
+                "a record fails its checksum and intact records follow it (damage after it was written): \
+                 the journal ends before it; the whole segment is kept aside"
+            );
+            copy_file(fs.as_ref(), file.as_ref(), &aside, len)?;
+        }
         if len != position {
             // Cut a torn tail, a reservation's zeros or a reused file's
             // stale bytes, or restore the missing padding of the last

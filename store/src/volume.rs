@@ -619,6 +619,30 @@ impl Volume {
         &self.dir
     }
 
+    /// Segment files a recovery set aside (`seg-N.log.cut-SEQ`: past a
+    /// journal end it found, which a damaged record can cause as well as a
+    /// torn one, so they may hold acknowledged writes), with their sizes.
+    /// They are never deleted by rewind.
+    pub fn set_aside(&self) -> Vec<(String, u64)> {
+        let mut files: Vec<(String, u64)> = self
+            .fs
+            .list_dir(&self.dir)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|name| name.starts_with("seg-") && name.contains(".cut-"))
+            .map(|name| {
+                let len = self
+                    .fs
+                    .open_file(&format!("{}/{name}", self.dir), false)
+                    .and_then(|file| file.len())
+                    .unwrap_or(0);
+                (name, len)
+            })
+            .collect();
+        files.sort();
+        files
+    }
+
     /// Current size of the head in bytes.
     pub fn size(&self) -> u64 {
         self.size.load(Ordering::Acquire)

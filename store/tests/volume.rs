@@ -973,8 +973,9 @@ fn seqs_run_out_with_a_clear_error() {
 
 /// A synced record that rots in the middle of the journal ends recovery
 /// there (the rotten record is never served), and the segments after it are
-/// set aside as `*.cut-N` files, not deleted, so nothing is destroyed: not
-/// by a later recovery that ends at the same seq either (it reused their
+/// set aside as `*.cut-N` files, not deleted, and so is the damaged segment
+/// before it is cut (intact records follow the damaged one), so nothing is
+/// destroyed: not by a later recovery that ends at the same seq either (it reused their
 /// segment numbers and renamed a new segment over them; found by a review).
 #[test]
 fn rotten_record_ends_recovery_and_later_segments_are_kept_aside() {
@@ -1002,6 +1003,8 @@ fn rotten_record_ends_recovery_and_later_segments_are_kept_aside() {
     segment.read_at(&mut byte, 64 + 96 + 10).unwrap();
     segment.write_at(&[byte[0] ^ 0xFF], 64 + 96 + 10).unwrap();
     segment.sync().unwrap();
+    let mut damaged = vec![0; segment.len().unwrap() as usize];
+    segment.read_at(&mut damaged, 0).unwrap();
     let store = Store::open("/unused".as_ref(), options.clone()).unwrap();
     let volume = store.volume("v").unwrap();
     let head = volume.head_seq();
@@ -1018,6 +1021,10 @@ fn rotten_record_ends_recovery_and_later_segments_are_kept_aside() {
         bytes
     };
     let kept = read_file(&aside);
+    // The damaged segment is cut after the last good record, but it is kept
+    // whole aside first: intact records follow the damaged one in it.
+    let damaged_aside = format!("volumes/v/seg-0000000002.log.cut-{}", head + 1);
+    assert_eq!(read_file(&damaged_aside), damaged, "{names:?}");
     let set_aside = |names: &[String]| names.iter().filter(|name| name.contains(".cut-")).count();
     let aside_before = set_aside(&names);
     let end_len = fs.open_file("volumes/v/seg-0000000002.log", false).unwrap().len().unwrap();

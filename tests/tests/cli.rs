@@ -1065,3 +1065,51 @@ fn directories_not_served_are_kept_listed_and_never_replaced() {
     assert!(volumes.join("junk/precious.txt").exists());
     rewind_ok(&daemon, &["volume", "create", "vm", "--size", "4MiB"]);
 }
+
+#[test]
+fn a_record_damaged_on_disk_ends_the_journal_and_the_rest_is_kept_aside_and_shown() {
+    // A synced record the disk changed, found by recovery after a crash:
+    // the journal ends before it (the later writes are no longer served),
+    // but the segment is kept whole aside, and `volume show` and `verify`
+    // say so. Before, nothing visible did, and the intact records after
+    // the damaged one in its segment were cut away (found by a new-user
+    // trial).
+    let mut daemon = Daemon::start();
+    rewind_ok(&daemon, &["volume", "create", "rot", "--size", "4MiB"]);
+    for (index, fill) in [0x11u8, 0x22, 0x33, 0x44].into_iter().enumerate() {
+        // Small enough to share a segment.
+        nbd_write(&daemon.uri("rot"), index as u64 * MIB, 65536, fill);
+    }
+    daemon.kill9();
+    let dir = daemon.data_dir.join("volumes/rot");
+    let mut rotted = false;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap();
+        if let Some(at) = bytes.windows(4096).position(|window| window.iter().all(|&byte| byte == 0x22)) {
+            let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            std::os::unix::fs::FileExt::write_all_at(&file, &[0; 4], (at + 5000) as u64).unwrap();
+            rotted = true;
+        }
+    }
+    assert!(rotted, "the second write is in a segment file");
+    daemon.restart();
+    let shown = rewind_json(&daemon, &["volume", "show", "rot"]);
+    assert_eq!(shown["volume"]["head"]["seq"], 1, "{shown}");
+    assert!(shown["recovery"]["set_aside_files"].as_u64().unwrap() >= 1, "{shown}");
+    let text = rewind_ok(&daemon, &["volume", "show", "rot"]);
+    assert!(text.contains("SET ASIDE") && text.contains("acknowledged writes"), "{text}");
+    let aside: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.contains(".cut-"))
+        .collect();
+    let kept: Vec<u8> = aside.iter().flat_map(|name| std::fs::read(dir.join(name)).unwrap()).collect();
+    for fill in [0x33u8, 0x44] {
+        assert!(kept.windows(4096).any(|window| window.iter().all(|&byte| byte == fill)), "{aside:?}");
+    }
+    let output = rewind(&daemon, &["verify", "rot"]);
+    let (stdout, stderr) = texts(&output);
+    assert!(output.status.success(), "{stdout}{stderr}");
+    assert!(stderr.contains("note: ") && stderr.contains("set aside by a recovery"), "{stderr}");
+}

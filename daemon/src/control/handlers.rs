@@ -466,6 +466,7 @@ pub async fn show_volume(
     blocking(move || {
         let recovery = volume.recovery_stats();
         let stats = volume.stats();
+        let set_aside = volume.set_aside();
         Json(VolumeDetail {
             volume: volume_info(&state, &volume),
             snapshots: volume.snapshots().into_iter().map(snapshot_info).collect(),
@@ -482,6 +483,8 @@ pub async fn show_volume(
                 replayed_records: recovery.replayed,
                 replayed_bytes: recovery.replayed_bytes,
                 cut_bytes: recovery.cut_bytes,
+                set_aside_files: set_aside.len() as u64,
+                set_aside_bytes: set_aside.iter().map(|(_, len)| len).sum(),
             },
             uri: nbd_uri(&client_address(state.nbd_listen), volume.name()),
         })
@@ -706,6 +709,7 @@ pub async fn verify_volume(
         next = parent.clone_base();
         bases.push((parent, seq));
     }
+    let set_aside = volume.set_aside().len();
     let checked = blocking(move || {
         let report = volume.verify_to(last)?;
         let through = bases
@@ -735,6 +739,7 @@ pub async fn verify_volume(
             corrupt: report.corrupt,
             unreadable_base_bytes: report.unreadable_base_bytes,
             through: Vec::new(),
+            set_aside_files: 0,
         }
     };
     let through = through
@@ -743,7 +748,8 @@ pub async fn verify_volume(
             verified(parent.name().to_owned(), Some(point_info(&parent, seq)), report)
         })
         .collect();
-    Ok(Json(Verified { through, ..verified(name, at, report) }))
+    let set_aside_files = set_aside as u64;
+    Ok(Json(Verified { through, set_aside_files, ..verified(name, at, report) }))
 }
 
 // ---- snapshots ----------------------------------------------------------
