@@ -361,6 +361,13 @@ pub struct RolledBack {
     /// NBD connections that were open to the head (only with force): their
     /// clients now read the rolled-back image under their feet.
     pub nbd_connections: u64,
+    /// The head's size now: the target's (a rollback takes the size the
+    /// image had at the target).
+    #[serde(default)]
+    pub size_bytes: u64,
+    /// The head's size before the rollback.
+    #[serde(default)]
+    pub previous_size_bytes: u64,
 }
 
 /// `POST /v1/volumes/{volume}/clone`.

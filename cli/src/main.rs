@@ -180,6 +180,14 @@ async fn run(cli: Cli, client: &Client) -> Result<(), Failure> {
                     previous_time = display_time(&done.previous_head.time),
                     undo = shell_word(&done.undo_to),
                 );
+                if done.size_bytes != done.previous_size_bytes {
+                    text.push_str(&format!(
+                        "The size went with it: {} before, {} now (the image's size at #{}).\n",
+                        format_size_exact(done.previous_size_bytes),
+                        format_size_exact(done.size_bytes),
+                        done.target.seq
+                    ));
+                }
                 if done.nbd_connections > 0 {
                     text.push_str(&format!(
                         "Warning: {} to the head saw the image change under it; restart what uses it (a VM: \

@@ -641,6 +641,19 @@ fn rollback_makes_the_head_the_point_and_the_printed_command_undoes_it() {
     assert_eq!(json["undo_to"], "#6");
     let abandoned = rewind_ok(&daemon, &["export", "vm", "--at", "#4"]);
     assert_eq!(nbd_digest(abandoned.trim(), 4 * MIB), before_rollback);
+    assert!(!printed.contains("The size went with it"), "{printed}");
+    // A rollback past a resize takes the size the image had: it says so.
+    rewind_ok(&daemon, &["volume", "resize", "vm", "--size", "8MiB"]);
+    let printed = rewind_ok(&daemon, &["rollback", "vm", "--to", "#7"]);
+    assert!(
+        printed.contains("The size went with it: 8 MiB before, 4 MiB now (the image's size at #7)"),
+        "{printed}"
+    );
+    let json = rewind_json(&daemon, &["rollback", "vm", "--to", "#8"]);
+    assert_eq!(
+        (json["previous_size_bytes"].as_u64(), json["size_bytes"].as_u64()),
+        (Some(4 * MIB), Some(8 * MIB))
+    );
 }
 
 #[test]

@@ -846,6 +846,7 @@ pub async fn rollback(
         ));
     }
     let rolling = volume.clone();
+    let previous_size_bytes = volume.size();
     let outcome = blocking(move || {
         let _exclusive = exclusive;
         rolling.rollback(target)
@@ -873,6 +874,8 @@ pub async fn rollback(
         previous_head: point_info(&volume, outcome.previous_head_seq),
         undo_to: format!("#{}", outcome.previous_head_seq),
         nbd_connections: head,
+        size_bytes: volume.size(),
+        previous_size_bytes,
     }))
 }
 
