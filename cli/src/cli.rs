@@ -263,6 +263,9 @@ pub struct VerifyArgs {
     /// Check only what the image at this point is made of: the history up to it and the base data
     #[arg(long, allow_hyphen_values = true, value_parser = point, value_name = "POINT")]
     pub at: Option<String>,
+    /// [not available yet] Compare with the replica on this peer
+    #[arg(long, value_name = "PEER")]
+    pub peer: Option<String>,
 }
 
 fn volume_name(text: &str) -> Result<String, String> {

@@ -78,7 +78,24 @@ fn usage_error(error: clap::Error) -> ExitCode {
     let body = rendered.split("\n\nUsage:").next().unwrap_or(&rendered);
     let body = body.split("\n\nFor more information").next().unwrap_or(body);
     let line = body.split_whitespace().collect::<Vec<_>>().join(" ");
-    let line = line.strip_prefix("error: ").unwrap_or(&line).to_owned();
+    let mut line = line.strip_prefix("error: ").unwrap_or(&line).to_owned();
+    if error.kind() == ErrorKind::InvalidValue
+        && std::env::var_os("REWIND_CONTROL").is_some_and(|value| value.is_empty())
+        && !std::env::args().any(|arg| arg == "--control" || arg.starts_with("--control="))
+    {
+        line = "$REWIND_CONTROL is set but empty: unset it, or set it to the daemon's control socket".into();
+    }
+    if matches!(
+        error.kind(),
+        ErrorKind::MissingSubcommand | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        // clap renders the command's help, whose first line is its about.
+        let (path, command) = resolve_command(std::env::args().skip(1));
+        let names: Vec<&str> =
+            command.get_subcommands().map(|sub| sub.get_name()).filter(|name| *name != "help").collect();
+        let path = path.strip_prefix("rewind ").unwrap_or(&path);
+        line = format!("{path} needs a subcommand: {}", names.join(", "));
+    }
     // One line, as PRODUCT.md promises; `--help` is where the usage is,
     // and the hint (shown with --json, where it costs no extra line) says so.
     let hint = format!("{} --help shows the usage", command_path(std::env::args().skip(1)));
@@ -94,6 +111,11 @@ fn usage_error(error: clap::Error) -> ExitCode {
 /// The (sub)command the words name, as far as they name one:
 /// `volume create db --size x` → `rewind volume create`.
 fn command_path(words: impl Iterator<Item = String>) -> String {
+    resolve_command(words).0
+}
+
+/// [`command_path`] and the clap command it names.
+fn resolve_command(words: impl Iterator<Item = String>) -> (String, clap::Command) {
     let mut command = Cli::command();
     let mut path = String::from("rewind");
     for word in words.filter(|word| !word.starts_with('-')) {
@@ -102,7 +124,7 @@ fn command_path(words: impl Iterator<Item = String>) -> String {
         path.push_str(sub.get_name());
         command = sub;
     }
-    path
+    (path, command)
 }
 
 fn report(failure: &Failure, json: bool) {
@@ -217,6 +239,10 @@ async fn run(cli: Cli, client: &Client) -> Result<(), Failure> {
             });
             Ok(())
         }
+        Command::Verify(args) if args.peer.is_some() => Err(Failure::new(
+            "rewind verify --peer is not available yet: this rewindd has no replication or peers".to_owned(),
+            Some(format!("rewind verify {} checks the local volume today", args.volume)),
+        )),
         Command::Verify(args) => {
             let at =
                 args.at.as_ref().map(|at| format!("?at={}", percent_encode(at, &[]))).unwrap_or_default();

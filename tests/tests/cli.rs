@@ -145,6 +145,8 @@ fn bad_arguments_exit_2_with_a_one_line_reason() {
         (&["rollback", "default", "--to", "+5m"][..], "is in the future"),
         (&["export", "default", "--at", "2026-11-28T17:12:00"][..], "add Z for UTC (2026-11-28T17:12:00Z)"),
         (&["export", "default", "--at", "812"][..], "write #812"),
+        (&["volume"][..], "volume needs a subcommand: create, list, show, resize, reopen, delete"),
+        (&["snapshot"][..], "snapshot needs a subcommand: create, list, delete"),
     ] {
         let stderr = rewind_fails(&daemon, args, 2);
         assert_eq!(stderr.lines().count(), 1, "rewind {args:?}: one line, got:\n{stderr}");
@@ -158,6 +160,15 @@ fn bad_arguments_exit_2_with_a_one_line_reason() {
     let error: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON error");
     assert!(error["error"].as_str().unwrap().contains("is not a size"), "{error}");
     assert_eq!(error["hint"], "rewind volume create --help shows the usage", "same keys as every error");
+    // An empty $REWIND_CONTROL is named as such (not as a --control flag).
+    let binary = rewind_tests::binary("rewind");
+    let output = run(
+        std::process::Command::new(binary).arg("status").env("REWIND_CONTROL", ""),
+        Duration::from_secs(30),
+    );
+    let (_, stderr) = texts(&output);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("$REWIND_CONTROL is set but empty"), "{stderr}");
     // Help and version are not errors.
     assert!(rewind_ok(&daemon, &["--help"]).contains("rollback"));
     assert!(rewind_ok(&daemon, &["--version"]).starts_with("rewind "));
@@ -823,6 +834,8 @@ fn later_commands_say_they_are_not_available_yet() {
             "rewind {args:?}: {stderr}"
         );
     }
+    let stderr = rewind_fails(&daemon, &["verify", "default", "--peer", "site-b"], 1);
+    assert!(stderr.contains("rewind verify --peer is not available yet"), "{stderr}");
 }
 
 #[test]
