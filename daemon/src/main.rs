@@ -129,12 +129,20 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .inspect_err(|_| remove_empty(&made))?;
     let store = open_store(&config)?;
     let catalog = Arc::new(VolumeCatalog::new(store.clone(), config.nbd.handshake_timeout)?);
+    // Suggest a volume that exists: default if it does. (The catalog made
+    // default if there was none.)
+    let volumes = store.volumes();
+    let suggestion = match volumes.iter().find(|volume| volume.name() == "default").or(volumes.first()) {
+        Some(volume) => {
+            format!("try: nbdinfo nbd://{}/{}", control::client_address(nbd_listen), volume.name())
+        }
+        None => "no volumes yet: rewind volume create NAME --size 20GiB".to_owned(),
+    };
     tracing::info!(
         data_dir = %config.data_dir.display(),
         nbd = %nbd_listen,
         control = %control_socket.path().display(),
-        "rewindd serving; try: nbdinfo nbd://{}/default",
-        control::client_address(nbd_listen)
+        "rewindd serving; {suggestion}"
     );
     let (stop, stopped) = watch::channel(false);
     let metrics = Arc::new(metrics::Metrics::new());

@@ -1441,14 +1441,17 @@ impl Volume {
         Ok(Snapshot { name: name.to_owned(), seq, time: self.index.read().time(seq) })
     }
 
-    /// Every snapshot, by name.
+    /// Every snapshot, oldest first.
     pub fn snapshots(&self) -> Vec<Snapshot> {
         let index = self.index.read();
-        index
+        let mut snapshots: Vec<Snapshot> = index
             .snapshots()
             .iter()
             .map(|(name, &seq)| Snapshot { name: name.clone(), seq, time: index.time(seq) })
-            .collect()
+            .collect();
+        // A timeline of bookmarks: oldest first (names break ties).
+        snapshots.sort_by_key(|snapshot| snapshot.seq);
+        snapshots
     }
 
     /// The snapshot with this name.

@@ -594,6 +594,13 @@ fn snapshots_are_created_listed_exported_and_deleted() {
     assert_eq!(uri.trim(), daemon.uri("default@before-upgrade"), "stdout is the URI alone");
     assert_eq!(nbd_digest(uri.trim(), MIB), at_snapshot);
 
+    // Listed oldest first, not by name.
+    rewind_ok(&daemon, &["snapshot", "create", "default", "after-upgrade"]);
+    let list = rewind_json(&daemon, &["snapshot", "list", "default"]);
+    let names: Vec<&str> =
+        list["snapshots"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["before-upgrade", "after-upgrade"], "{list}");
+    rewind_ok(&daemon, &["snapshot", "delete", "default", "after-upgrade"]);
     let duplicate = rewind_fails(&daemon, &["snapshot", "create", "default", "before-upgrade"], 1);
     assert!(duplicate.contains("snapshot before-upgrade already exists on default"), "{duplicate}");
     let bad = rewind_fails(&daemon, &["snapshot", "create", "default", "2026"], 2);
@@ -1138,4 +1145,22 @@ fn a_record_damaged_on_disk_ends_the_journal_and_the_rest_is_kept_aside_and_show
     let (stdout, stderr) = texts(&output);
     assert!(output.status.success(), "{stdout}{stderr}");
     assert!(stderr.contains("note: ") && stderr.contains("set aside by a recovery"), "{stderr}");
+}
+
+#[test]
+fn the_start_up_line_suggests_a_volume_that_exists() {
+    // The log's "try: nbdinfo ..." names default while it exists, and
+    // another volume once it is deleted (it named default regardless).
+    let mut daemon = Daemon::start();
+    let last_serving_line = |daemon: &Daemon| {
+        let log = daemon.log_text();
+        log.lines().rfind(|line| line.contains("rewindd serving")).unwrap_or_default().to_owned()
+    };
+    assert!(last_serving_line(&daemon).contains(&format!("try: nbdinfo nbd://{}/default", daemon.nbd)));
+    rewind_ok(&daemon, &["volume", "create", "vm", "--size", "1MiB"]);
+    rewind_ok(&daemon, &["volume", "delete", "default"]);
+    daemon.stop();
+    daemon.restart();
+    let line = last_serving_line(&daemon);
+    assert!(line.contains(&format!("try: nbdinfo nbd://{}/vm", daemon.nbd)), "{line}");
 }
