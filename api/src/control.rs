@@ -198,8 +198,8 @@ pub struct VolumeCreated {
     /// Where the volume's head is served, read-write.
     pub uri: String,
     /// Set when the volume can grow past the data dir's free space: its
-    /// image plus a journal of one complete overwrite (about 2.25 times
-    /// its size) does not fit. Writes past the free space are refused
+    /// image plus a journal at its budget and cleaning's allowance (about
+    /// 2.25 times its size with the default budget) does not fit. Writes past the free space are refused
     /// (ENOSPC), never lost.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warning: Option<String>,

@@ -116,6 +116,17 @@ fn volume_create_list_show_resize_delete() {
     let output = rewind(&daemon, &["volume", "resize", "default", "--size", "2GiB"]);
     let (_, stderr) = texts(&output);
     assert!(output.status.success() && !stderr.contains("warning"), "{stderr}");
+    // The warning counts the configured budget, not the default's.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("rewindd.toml");
+    std::fs::write(&config, "[store]\njournal_budget = \"20%\"\n").unwrap();
+    let daemon = Daemon::start_in(&dir.path().join("data"), &["--config", config.to_str().unwrap()]);
+    let output = rewind(&daemon, &["volume", "create", "h", "--size", "1P"]);
+    let (_, stderr) = texts(&output);
+    assert!(
+        stderr.contains("can use up to 1.25 PiB (its image plus a journal at its budget of 204.80 TiB"),
+        "{stderr}"
+    );
 }
 
 #[test]

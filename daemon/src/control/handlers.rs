@@ -431,26 +431,40 @@ pub async fn create_volume(
     })?;
     tracing::info!(volume = volume.name(), size, "created volume");
     let uri = nbd_uri(&client_address(state.nbd_listen), volume.name());
-    let warning = space_warning(&state.data_dir, size, "");
+    let warning = space_warning(&state.data_dir, &volume, 0, size);
     if let Some(warning) = &warning {
         tracing::warn!(volume = volume.name(), "{warning}");
     }
     Ok((StatusCode::CREATED, Json(VolumeCreated { volume: volume_info(&state, &volume), uri, warning })))
 }
 
-/// The warning for `size` bytes of new volume (a new volume, or what a
-/// grow adds: `more` is then " more") whose image plus a journal of one
-/// complete overwrite (the default budget: about 2.25 times its size;
-/// docs/journal.md, "The space bound") does not fit in the data dir's free
-/// space.
-fn space_warning(data_dir: &Path, size: u64, more: &str) -> Option<String> {
+/// The warning for a volume of `size` bytes (created, `from` 0, or grown
+/// from `from`) whose use of the data dir can grow past its free space by
+/// what this adds: its image plus a journal at the volume's budget and the
+/// dead bytes cleaning allows (a quarter of it: about 2.25 times the size
+/// with the default budget; docs/journal.md, "The space bound"). Without a
+/// budget only the image is counted.
+fn space_warning(data_dir: &Path, volume: &Volume, from: u64, size: u64) -> Option<String> {
     let stat = rustix::fs::statvfs(data_dir).ok()?;
     let free = stat.f_bavail.saturating_mul(stat.f_frsize);
-    let needs = size.saturating_mul(9) / 4;
+    let policy = volume.retention_policy();
+    let needs_at = |size: u64| {
+        let journal = policy.budget_bytes(size).unwrap_or(0);
+        size.saturating_add(journal.saturating_add(journal / 4))
+    };
+    let needs = needs_at(size).saturating_sub(needs_at(from));
+    let more = if from > 0 { " more" } else { "" };
+    let what = match policy.budget_bytes(size) {
+        Some(budget) => format!(
+            "its image plus a journal at its budget of {} of written data",
+            rewind_api::format_size(budget)
+        ),
+        None => "its image; its journal has no budget and grows with the writes the window keeps".to_owned(),
+    };
     (needs > free).then(|| {
         format!(
-            "the data dir has {} free, and this volume can use up to {}{more} (its image plus a journal of one \
-             complete overwrite); writes past the free space are refused (ENOSPC), never lost",
+            "the data dir has {} free, and this volume can use up to {}{more} ({what}); writes past the free \
+             space are refused (ENOSPC), never lost",
             rewind_api::format_size(free),
             rewind_api::format_size(needs)
         )
@@ -646,9 +660,10 @@ pub async fn resize_volume(
     } else {
         None
     };
+    let resizing = volume.clone();
     let resized = blocking(move || {
         let _exclusive = exclusive;
-        volume.resize(size)
+        resizing.resize(size)
     })
     .await?;
     let seq = resized.map_err(|error| match error {
@@ -657,7 +672,7 @@ pub async fn resize_volume(
     })?;
     tracing::info!(volume = name, old_size, size, seq, "resized volume");
     let warning =
-        (size > old_size).then(|| space_warning(&state.data_dir, size - old_size, " more")).flatten();
+        (size > old_size).then(|| space_warning(&state.data_dir, &volume, old_size, size)).flatten();
     if let Some(warning) = &warning {
         tracing::warn!(volume = name, "{warning}");
     }
