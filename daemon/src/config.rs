@@ -289,8 +289,23 @@ impl Config {
             }
             None => FileConfig::default(),
         };
-        let data_dir = args.data_dir.clone().or(file.data_dir).unwrap_or_else(|| DEFAULT_DATA_DIR.into());
-        let control = args.control.clone().or(file.control).unwrap_or_else(|| data_dir.join("control.sock"));
+        // A relative path in the file is relative to the file (as in
+        // systemd units and most daemons' configs), not to wherever the
+        // daemon happens to start; flags stay relative to the working dir.
+        let beside_file = |path: PathBuf| match args.config.as_deref().and_then(Path::parent) {
+            Some(dir) if path.is_relative() => dir.join(path),
+            _ => path,
+        };
+        let data_dir = args
+            .data_dir
+            .clone()
+            .or(file.data_dir.map(beside_file))
+            .unwrap_or_else(|| DEFAULT_DATA_DIR.into());
+        let control = args
+            .control
+            .clone()
+            .or(file.control.map(beside_file))
+            .unwrap_or_else(|| data_dir.join("control.sock"));
         let file_origin = |key: &str| match &args.config {
             Some(path) => format!("{key} in {}:", path.display()),
             None => format!("{key}:"),
@@ -412,6 +427,24 @@ mod tests {
             assert!(error.starts_with(&format!("--nbd-listen {bad}: ")), "{error}");
             assert!(error.contains("write HOST:PORT") && !error.contains('\n'), "{error}");
         }
+    }
+
+    #[test]
+    fn relative_paths_in_the_file_are_relative_to_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rewindd.toml");
+        std::fs::write(&path, "data_dir = \"d2\"\ncontrol = \"run/d2.sock\"\n").unwrap();
+        let config = Config::load(&args(&["--config", path.to_str().unwrap()])).unwrap();
+        assert_eq!(config.data_dir, dir.path().join("d2"));
+        assert_eq!(config.control, dir.path().join("run/d2.sock"));
+        // Absolute ones are kept; flags stay relative to the working dir.
+        std::fs::write(&path, "data_dir = \"/srv/rewind\"\n").unwrap();
+        let config = Config::load(&args(&["--config", path.to_str().unwrap()])).unwrap();
+        assert_eq!(config.data_dir, Path::new("/srv/rewind"));
+        assert_eq!(config.control, Path::new("/srv/rewind/control.sock"));
+        let config =
+            Config::load(&args(&["--config", path.to_str().unwrap(), "--data-dir", "here"])).unwrap();
+        assert_eq!(config.data_dir, Path::new("here"));
     }
 
     #[test]
