@@ -734,6 +734,8 @@ fn human_volume(detail: &VolumeDetail) -> String {
             "until that snapshot is deleted"
         } else if blocker.starts_with("the base of clone ") {
             "until that clone is deleted"
+        } else if blocker.starts_with("an open NBD connection") {
+            "until that connection closes"
         } else {
             "until newer writes push it out of the history"
         };

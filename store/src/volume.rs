@@ -269,6 +269,9 @@ struct RetentionState {
     /// Clone bases: seq → number of clones whose base is this volume's
     /// image at seq. Protected like snapshots.
     pins: BTreeMap<u64, usize>,
+    /// Of `pins`: those held by open point views (an NBD connection to a
+    /// point), seq → count.
+    views: BTreeMap<u64, usize>,
     /// The protected point last warned about, and when (unix nanoseconds).
     warned: Option<(u64, i64)>,
     blocked_at: Option<u64>,
@@ -1404,7 +1407,20 @@ impl Volume {
             drop(index);
             return Err(self.outside(format!("#{seq}")));
         }
-        Ok(PointView { volume: self.clone(), seq, size: index.size_at(seq), time: index.time(seq) })
+        let (size, time) = (index.size_at(seq), index.time(seq));
+        drop(index);
+        // Retention must not fold past a point while it is read (a restore
+        // copying it out would fail half-way): the view pins it.
+        self.pin(seq)?;
+        self.retention.lock().views.entry(seq).and_modify(|count| *count += 1).or_insert(1);
+        let pin = Arc::new(ViewPin { volume: self.clone(), seq });
+        Ok(PointView { volume: self.clone(), seq, size, time, _pin: pin })
+    }
+
+    /// Whether an open point view (an NBD connection to the point) holds
+    /// `seq` against retention.
+    pub fn point_in_use(&self, seq: u64) -> bool {
+        self.retention.lock().views.contains_key(&seq)
     }
 
     /// The last seq at or before `unix_nanos`. Times before the oldest
@@ -2514,13 +2530,36 @@ impl std::os::fd::AsRawFd for Lent {
     }
 }
 
-/// A read-only image of a volume at one seq.
+/// A read-only image of a volume at one seq. Retention does not fold past
+/// it while it (or a clone of it) lives.
 #[derive(Debug, Clone)]
 pub struct PointView {
     volume: Arc<Volume>,
     seq: u64,
     size: u64,
     time: i64,
+    _pin: Arc<ViewPin>,
+}
+
+/// The pin of a point view's seq; dropped with the last clone of the view.
+#[derive(Debug)]
+struct ViewPin {
+    volume: Arc<Volume>,
+    seq: u64,
+}
+
+impl Drop for ViewPin {
+    fn drop(&mut self) {
+        let mut state = self.volume.retention.lock();
+        if let Some(count) = state.views.get_mut(&self.seq) {
+            *count -= 1;
+            if *count == 0 {
+                state.views.remove(&self.seq);
+            }
+        }
+        drop(state);
+        self.volume.unpin(self.seq);
+    }
 }
 
 impl PointView {

@@ -7,9 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use store::memory::{Loss, MemoryFs, SimRng};
-use store::{
-    Clock, JournalBudget, ManualClock, PointError, ReadError, RetentionPolicy, Store, StoreOptions, Volume,
-};
+use store::{Clock, JournalBudget, ManualClock, PointError, RetentionPolicy, Store, StoreOptions, Volume};
 
 const T0: i64 = 1_800_000_000_000_000_000;
 const SECOND: i64 = 1_000_000_000;
@@ -590,11 +588,12 @@ fn clone_bases_are_protected_until_the_clone_is_deleted() {
     assert!(store.clone_volume("parent", base, "late").is_err());
 }
 
-/// A point opened before retention retired it fails its reads with
-/// `Retired` (never other bytes), a rollback to it is refused, and a point
-/// still retained keeps reading its image.
+/// An open point view holds retention at its seq (a restore reading it
+/// must not fail half-way); once it is dropped, retention folds past it, a
+/// rollback to it is refused, and a point still retained keeps reading its
+/// image.
 #[test]
-fn retired_points_fail_instead_of_reading_other_bytes() {
+fn open_points_hold_retention_until_dropped() {
     let fs = MemoryFs::new();
     let clock = Arc::new(ManualClock::new(T0));
     let store = open(&fs, &budget_options(&fs, &clock, 0, 16 << 10));
@@ -606,16 +605,24 @@ fn retired_points_fail_instead_of_reading_other_bytes() {
         model.write(&volume, &mut rng, offset, 4096);
     }
     let old = volume.open_point(3).unwrap();
+    let copy = old.clone();
     let new = volume.open_point(volume.head_seq()).unwrap();
     volume.flush().unwrap();
     volume.enforce_retention(0).unwrap();
+    assert!(volume.history().first_seq <= 3, "the open point held retention");
+    assert!(volume.point_in_use(3));
+    assert_eq!(volume.stats().retention_blocked_at, Some(3));
+    let mut buf = vec![0; 64 << 10];
+    old.read(0, &mut buf).unwrap();
+    assert!(buf == model.images[3]);
+    drop(old);
+    assert!(volume.point_in_use(3), "a clone of the view holds it too");
+    drop(copy);
+    assert!(!volume.point_in_use(3));
+    volume.enforce_retention(0).unwrap();
     let first = volume.history().first_seq;
     assert!(first > 3);
-    let mut buf = vec![0; 64 << 10];
-    assert!(
-        matches!(old.read(0, &mut buf), Err(ReadError::Retired { seq: 3, first_seq }) if first_seq == first)
-    );
-    assert!(old.extents(0, 4096).is_err());
+    assert!(matches!(volume.open_point(3), Err(PointError::OutsideHistory { .. })));
     new.read(0, &mut buf).unwrap();
     assert!(buf == *model.images.last().unwrap());
     assert!(volume.rollback(3).is_err());
@@ -643,6 +650,7 @@ fn read_sparse_reports_the_ranges_served_as_zeros() {
     let point = volume.open_point(1).unwrap();
     let mut buf = vec![0xEE; 8192];
     assert_eq!(point.read_sparse(2048, &mut buf).unwrap(), vec![(0, 2048), (6144, 2048)]);
+    drop(point);
     // After folding everything, the same ranges come from the base.
     volume.write(50_000, &[3; 10], true).unwrap();
     volume.enforce_retention(0).unwrap();

@@ -1175,3 +1175,42 @@ fn the_start_up_line_suggests_a_volume_that_exists() {
     let line = last_serving_line(&daemon);
     assert!(line.contains(&format!("try: nbdinfo nbd://{}/vm", daemon.nbd)), "{line}");
 }
+
+#[test]
+fn an_open_connection_to_a_point_holds_retention_until_it_closes() {
+    // A restore copying a point out must not fail half-way because the
+    // volume's writes pushed the point out of the budget (it got ESHUTDOWN;
+    // found by a new-user trial): the connection holds the point, `volume
+    // show` names it, and retention folds past it once it closes.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("rewindd.toml");
+    std::fs::write(&config, "[store]\njournal_budget = \"4MiB\"\nretention_interval = \"1s\"\n").unwrap();
+    let daemon = Daemon::start_in(&dir.path().join("data"), &["--config", config.to_str().unwrap()]);
+    rewind_ok(&daemon, &["volume", "create", "vm", "--size", "16MiB"]);
+    nbd_write(&daemon.uri("vm"), 0, MIB as usize, 0x11);
+    let mut restore = HeldConnection::open(&daemon.uri("vm@%231"));
+    for round in 0..8u64 {
+        nbd_write(&daemon.uri("vm"), round * MIB, MIB as usize, 0x20 + round as u8);
+    }
+    let blocked_by = || rewind_json(&daemon, &["volume", "show", "vm"])["retention_blocked_by"].clone();
+    let wait_for = |want: &dyn Fn(&serde_json::Value) -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let value = blocked_by();
+            if want(&value) {
+                return value;
+            }
+            assert!(std::time::Instant::now() < deadline, "retention_blocked_by stayed {value}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let value = wait_for(&|value| value.is_string());
+    assert_eq!(value, "an open NBD connection to point #1");
+    let shown = rewind_ok(&daemon, &["volume", "show", "vm"]);
+    assert!(shown.contains("until that connection closes"), "{shown}");
+    assert_eq!(restore.read(), "read [17]", "the point still reads as it was");
+    restore.close();
+    wait_for(&|value| value.is_null());
+    let first = rewind_json(&daemon, &["volume", "show", "vm"])["volume"]["first"]["seq"].as_u64().unwrap();
+    assert!(first > 1, "retention folded past the point once it was closed: first #{first}");
+}

@@ -277,6 +277,9 @@ fn blocker(state: &ControlState, volume: &Arc<Volume>, seq: u64) -> String {
     if !clones.is_empty() {
         return format!("the base of clone {} (#{seq})", clones.join(", "));
     }
+    if volume.point_in_use(seq) {
+        return format!("an open NBD connection to point #{seq}");
+    }
     format!("point #{seq} (a rollback's branch point or a deletion not yet durable)")
 }
 

@@ -178,6 +178,9 @@ impl HeldConnection {
                       for line in sys.stdin:\n    \
                       if line.startswith('write'):\n        \
                       try:\n            h.pwrite(b'w' * 4096, 0); h.flush(); print('written', flush=True)\n        \
+                      except nbd.Error as e:\n            print('failed', e.errno, flush=True)\n    \
+                      if line.startswith('read'):\n        \
+                      try:\n            print('read', sorted(set(h.pread(1 << 20, 0))), flush=True)\n        \
                       except nbd.Error as e:\n            print('failed', e.errno, flush=True)\n\
                       h.shutdown()";
         let mut child = Command::new(rewind_tests::SYSTEM_PYTHON)
@@ -198,6 +201,17 @@ impl HeldConnection {
         use std::io::BufRead;
         let stdin = self.child.stdin.as_mut().expect("piped");
         stdin.write_all(b"write\n").and_then(|()| stdin.flush()).expect("send to client");
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("client output");
+        line.trim().to_owned()
+    }
+
+    /// Reads the first MiB: "read [BYTES...]" (the distinct byte values,
+    /// sorted) or "failed ERRNO".
+    pub fn read(&mut self) -> String {
+        use std::io::BufRead;
+        let stdin = self.child.stdin.as_mut().expect("piped");
+        stdin.write_all(b"read\n").and_then(|()| stdin.flush()).expect("send to client");
         let mut line = String::new();
         self.stdout.read_line(&mut line).expect("client output");
         line.trim().to_owned()
