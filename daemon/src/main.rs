@@ -177,6 +177,20 @@ async fn run(config: Config) -> anyhow::Result<()> {
 /// A data dir that exists must be a directory (a typo pointing at a file
 /// would otherwise fail later with a less direct message).
 fn check_data_dir(dir: &Path) -> anyhow::Result<()> {
+    // Inside another daemon's data dir (its volumes/, say), a daemon would
+    // show up there as volumes and be removed with them.
+    let absolute = std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned());
+    if let Some(outer) = absolute
+        .ancestors()
+        .skip(1)
+        .find(|ancestor| ancestor.join("LOCK").is_file() && ancestor.join(store::VOLUMES_DIR).is_dir())
+    {
+        anyhow::bail!(
+            "data dir {} is inside the data dir {} of another rewindd; pass a --data-dir outside it",
+            dir.display(),
+            outer.display()
+        );
+    }
     match std::fs::metadata(dir) {
         Ok(metadata) if !metadata.is_dir() => {
             anyhow::bail!("data dir {} is not a directory; pass --data-dir DIR", dir.display())

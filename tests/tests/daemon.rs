@@ -97,6 +97,25 @@ fn a_taken_port_is_one_clear_line_and_exit_1() {
 }
 
 #[test]
+fn a_data_dir_inside_another_daemons_is_refused() {
+    // A second daemon nested in a running one's data dir (its volumes/)
+    // would appear there as a volume and be removed with it: refused.
+    let daemon = Daemon::start();
+    let output = run(
+        Command::new(binary("rewindd"))
+            .arg("--data-dir")
+            .arg(daemon.data_dir.join("volumes"))
+            .arg("--nbd-listen")
+            .arg(format!("127.0.0.1:{}", rewind_tests::free_port())),
+        Duration::from_secs(20),
+    );
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("is inside the data dir") && stderr.contains("of another rewindd"), "{stderr}");
+    assert!(!daemon.data_dir.join("volumes/LOCK").exists(), "nothing made");
+}
+
+#[test]
 fn an_unwritable_data_dir_is_one_clear_line_and_exit_1() {
     // A data dir under a regular file cannot be created: say which and stop.
     let dir = tempfile::tempdir().unwrap();
