@@ -276,12 +276,28 @@ impl Config {
                 toml::from_str::<FileConfig>(&text).map_err(|error| {
                     // toml's message spans lines (a snippet of the file):
                     // one line here, as for every other start-up error.
-                    let reason = error.message().trim().to_owned();
+                    // Rust's type names mean nothing to an admin.
+                    let mut reason = error.message().trim().to_owned();
+                    for (rust, words) in [
+                        ("expected usize", "expected a whole number, 0 or more"),
+                        ("expected u64", "expected a whole number, 0 or more"),
+                        ("expected u32", "expected a whole number, 0 or more"),
+                        ("expected u16", "expected a whole number, 0 or more"),
+                    ] {
+                        reason = reason.replace(rust, words);
+                    }
                     let at = error
                         .span()
                         .map(|span| {
-                            let line = text[..span.start.min(text.len())].lines().count().max(1);
-                            format!(" (line {line})")
+                            let start = span.start.min(text.len());
+                            let line = text[..start].lines().count().max(1);
+                            // The whole line, so the key is named too.
+                            let begin = text[..start].rfind('\n').map_or(0, |at| at + 1);
+                            let end = text[start..].find('\n').map_or(text.len(), |at| start + at);
+                            match text[begin..end].trim() {
+                                "" => format!(" (line {line})"),
+                                shown => format!(" (line {line}: `{shown}`)"),
+                            }
                         })
                         .unwrap_or_default();
                     anyhow::anyhow!("config file {} is not valid{at}: {reason}", path.display())
@@ -470,7 +486,13 @@ mod tests {
             assert!(error.contains(key) && error.contains("out of range: use"), "{text}: {error}");
         }
         let error = format!("{:#}", load_file("[nbd]\nmax_connections = -1\n").unwrap_err());
-        assert!(error.contains("is not valid (line 2)") && !error.contains('\n'), "{error}");
+        assert!(
+            error.contains("is not valid (line 2: `max_connections = -1`)") && !error.contains('\n'),
+            "{error}"
+        );
+        assert!(error.contains("expected a whole number, 0 or more") && !error.contains("usize"), "{error}");
+        let error = format!("{:#}", load_file("[store]\nretention_window = 2\n").unwrap_err());
+        assert!(error.contains("(line 2: `retention_window = 2`): invalid type"), "{error}");
         let config = load_file("[nbd]\nmax_connections = 8\nhandshake_timeout_ms = 500\n").unwrap();
         assert_eq!(config.nbd.max_connections, 8);
         assert_eq!(config.nbd.handshake_timeout, Duration::from_millis(500));

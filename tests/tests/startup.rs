@@ -71,7 +71,7 @@ fn bad_flags_and_config_values_are_one_line_and_exit_2() {
         ),
         (vec!["--config", config_text], Some("[nbd]\nmax_inflight_requests = 0\n"), "out of range: use 1 to"),
         (vec!["--config", config_text], Some("nbd_listen = \"nowhere\"\n"), "nbd_listen in"),
-        (vec!["--config", config_text], Some("colour = 1\n"), "is not valid (line 1)"),
+        (vec!["--config", config_text], Some("colour = 1\n"), "is not valid (line 1: `colour = 1`)"),
     ] {
         if let Some(text) = file {
             std::fs::write(&config, text).unwrap();
