@@ -263,3 +263,37 @@ print("ok")
 "#;
     assert_eq!(nbd_python(script, &daemon.uri("default")).trim(), "ok");
 }
+
+#[test]
+fn block_status_answers_at_most_a_gibibyte_and_clients_ask_for_the_rest() {
+    // A 28-byte request may ask about 4 GiB: the daemon describes at most
+    // 1 GiB per reply (the spec allows less than asked), so one request
+    // cannot make it plan a million pieces; nbdinfo --map still covers the
+    // whole volume by asking again.
+    let daemon = Daemon::start();
+    let control = daemon.data_dir.join("control.sock");
+    run_ok(
+        Command::new(rewind_tests::binary("rewind"))
+            .arg("--control")
+            .arg(&control)
+            .args(["volume", "create", "big", "--size", "3GiB"]),
+        MINUTE,
+    );
+    let script = r#"
+import nbd, sys
+h = nbd.NBD()
+h.add_meta_context("base:allocation")
+h.connect_uri(sys.argv[1])
+seen = []
+def cb(metacontext, offset, entries, err):
+    seen.append(sum(entries[0::2]))
+    return 0
+h.block_status(3 << 30, 0, cb)
+print(seen[0])
+"#;
+    assert_eq!(nbd_python(script, &daemon.uri("big")).trim(), (1u64 << 30).to_string());
+    let map = run_ok(Command::new("nbdinfo").arg("--map").arg(daemon.uri("big")), MINUTE);
+    let covered: u64 =
+        map.lines().map(|line| line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap()).sum();
+    assert_eq!(covered, 3 << 30, "{map}");
+}
