@@ -42,6 +42,11 @@ pub struct Cli {
     /// Print the result as JSON (errors too: {"error", "hint"} on stdout)
     #[arg(long, global = true)]
     pub json: bool,
+    /// Give up when the daemon has not answered in this many seconds (a
+    /// stopped or stuck daemon); 0 waits forever. verify waits forever
+    /// unless given
+    #[arg(long, global = true, value_name = "SECONDS")]
+    pub timeout: Option<u64>,
     #[command(subcommand)]
     pub command: Command,
 }

@@ -43,16 +43,27 @@ impl Failure {
     }
 }
 
+/// How long a request waits for the daemon's answer unless told
+/// (`--timeout`): a stopped or stuck daemon must not hang a script.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Talks to one daemon.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Client {
     socket: PathBuf,
     source: SocketSource,
+    /// None: wait forever.
+    timeout: Option<Duration>,
 }
 
 impl Client {
-    pub fn new(socket: PathBuf, source: SocketSource) -> Client {
-        Client { socket, source }
+    pub fn new(socket: PathBuf, source: SocketSource, timeout: Option<Duration>) -> Client {
+        Client { socket, source, timeout }
+    }
+
+    /// This client waiting `timeout` (None: forever) for answers.
+    pub fn with_timeout(&self, timeout: Option<Duration>) -> Client {
+        Client { timeout, ..self.clone() }
     }
 
     pub fn socket(&self) -> &Path {
@@ -79,6 +90,26 @@ impl Client {
     }
 
     async fn send<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<T, Failure> {
+        let Some(limit) = self.timeout else { return self.exchange(method, path, body).await };
+        match tokio::time::timeout(limit, self.exchange(method, path, body)).await {
+            Ok(result) => result,
+            Err(_) => Err(Failure::new(
+                format!(
+                    "rewindd did not answer within {} s on {} (stopped, or stuck: its log says which)",
+                    limit.as_secs(),
+                    self.socket.display()
+                ),
+                Some("--timeout SECONDS waits longer; 0 waits forever".into()),
+            )),
+        }
+    }
+
+    async fn exchange<T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,

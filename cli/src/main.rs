@@ -48,7 +48,12 @@ fn main() -> ExitCode {
         _ => SocketSource::Default,
     };
     let socket = cli.control.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
-    let client = Client::new(socket, source);
+    let timeout = match cli.timeout {
+        Some(0) => None,
+        Some(seconds) => Some(std::time::Duration::from_secs(seconds)),
+        None => Some(client::DEFAULT_TIMEOUT),
+    };
+    let client = Client::new(socket, source, timeout);
     let json = cli.json;
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -155,6 +160,7 @@ fn volume_path(name: &str) -> String {
 
 async fn run(cli: Cli, client: &Client) -> Result<(), Failure> {
     let json = cli.json;
+    let cli_timeout = cli.timeout;
     let progress = !json;
     match cli.command {
         Command::Volume(command) => volume(command, client, json).await,
@@ -248,6 +254,15 @@ async fn run(cli: Cli, client: &Client) -> Result<(), Failure> {
                 args.at.as_ref().map(|at| format!("?at={}", percent_encode(at, &[]))).unwrap_or_default();
             let path = format!("{}/verify{at}", volume_path(&args.volume));
             let message = format!("verifying {}", args.volume);
+            // Reading a volume back can take long: no limit unless asked.
+            let patient;
+            let client = match cli_timeout {
+                Some(_) => client,
+                None => {
+                    patient = client.with_timeout(None);
+                    &patient
+                }
+            };
             let verified: Verified =
                 with_progress(&message, progress, client.post(&path, &serde_json::json!({}))).await?;
             // The volume's own report, then what a clone reads through.

@@ -994,6 +994,30 @@ fn slow_answers_show_a_spinner_on_a_terminal_only() {
 }
 
 #[test]
+fn a_daemon_that_does_not_answer_is_given_up_on() {
+    // A stopped or stuck daemon (here, one that answers after 3 s) must
+    // not hang a script forever: --timeout gives up with exit 1 and says
+    // what to do; 0 waits.
+    let dir = tempfile::tempdir().unwrap();
+    let slow = slow_daemon(dir.path(), Duration::from_millis(3000));
+    let socket = slow.to_str().unwrap();
+    let started = std::time::Instant::now();
+    let output = run(
+        &mut rewind_command(&["--control", socket, "--timeout", "1", "timeline", "v"]),
+        Duration::from_secs(60),
+    );
+    let (_, stderr) = texts(&output);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("rewindd did not answer within 1 s"), "{stderr}");
+    assert!(started.elapsed() < Duration::from_millis(2900), "it waited for the answer");
+    let output = run(
+        &mut rewind_command(&["--control", socket, "--timeout", "0", "timeline", "v"]),
+        Duration::from_secs(60),
+    );
+    assert!(output.status.success(), "{:?}", texts(&output));
+}
+
+#[test]
 fn volume_show_names_the_snapshot_that_keeps_the_journal_over_budget() {
     // A 4 MiB budget, retention every second: a snapshot under 8 MiB of
     // later writes keeps the journal over budget. `volume show` names it
