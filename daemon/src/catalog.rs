@@ -222,7 +222,7 @@ impl VolumeCatalog {
     /// exclusive operation runs on it or it is no longer the catalog's
     /// volume of that name (reopened or deleted since it was looked up).
     fn hold(&self, volume: &Arc<Volume>, head: bool) -> Option<Arc<crate::device::ExportGuard>> {
-        let guard = self.open.hold(volume.name(), head)?;
+        let guard = self.open.hold(volume.name(), volume.id(), head)?;
         let current = self.store.volume(volume.name()).is_some_and(|current| Arc::ptr_eq(&current, volume));
         current.then_some(guard)
     }
@@ -253,7 +253,8 @@ mod tests {
         };
         let releasing = async {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            assert_eq!(open.count("db"), (0, 0), "connected during the operation");
+            let id = catalog.store.volume("db").unwrap().id();
+            assert_eq!(open.count("db", id), (0, 0), "connected during the operation");
             drop(exclusive);
             Instant::now()
         };

@@ -47,8 +47,10 @@ pub struct OpenExports {
 
 #[derive(Debug, Default)]
 struct Registry {
-    /// Volume name → (head connections, point connections).
-    counts: HashMap<String, (usize, usize)>,
+    /// (volume name, volume id) → (head connections, point connections).
+    /// The id too: connections to a force-deleted volume must not count
+    /// against a new volume that takes its name.
+    counts: HashMap<(String, u128), (usize, usize)>,
     /// Volumes under an exclusive operation ([`OpenExports::exclusive`]).
     busy: HashSet<String>,
 }
@@ -57,7 +59,7 @@ struct Registry {
 #[derive(Debug)]
 pub struct ExportGuard {
     registry: Arc<OpenExports>,
-    volume: String,
+    key: (String, u128),
     head: bool,
 }
 
@@ -79,20 +81,22 @@ impl OpenExports {
         self.registry.lock().unwrap_or_else(|poison| poison.into_inner())
     }
 
-    /// Counts a connection to `volume`'s head (`head`) or one of its
-    /// points; `None` while an exclusive operation runs on it (try again).
-    pub fn hold(self: &Arc<Self>, volume: &str, head: bool) -> Option<Arc<ExportGuard>> {
+    /// Counts a connection to the head (`head`) or one of the points of
+    /// volume `volume` (whose id is `id`); `None` while an exclusive
+    /// operation runs on that name (try again).
+    pub fn hold(self: &Arc<Self>, volume: &str, id: u128, head: bool) -> Option<Arc<ExportGuard>> {
         let mut registry = self.lock();
         if registry.busy.contains(volume) {
             return None;
         }
-        let entry = registry.counts.entry(volume.to_owned()).or_default();
+        let key = (volume.to_owned(), id);
+        let entry = registry.counts.entry(key.clone()).or_default();
         if head {
             entry.0 += 1;
         } else {
             entry.1 += 1;
         }
-        Some(Arc::new(ExportGuard { registry: self.clone(), volume: volume.to_owned(), head }))
+        Some(Arc::new(ExportGuard { registry: self.clone(), key, head }))
     }
 
     /// Starts an exclusive operation on `volume`, or says another one runs.
@@ -108,23 +112,24 @@ impl OpenExports {
         self.lock().busy.contains(volume)
     }
 
-    /// (connections to the head, connections to points) of `volume`.
-    pub fn count(&self, volume: &str) -> (usize, usize) {
-        self.lock().counts.get(volume).copied().unwrap_or_default()
+    /// (connections to the head, connections to points) of volume
+    /// `volume` whose id is `id`.
+    pub fn count(&self, volume: &str, id: u128) -> (usize, usize) {
+        self.lock().counts.get(&(volume.to_owned(), id)).copied().unwrap_or_default()
     }
 }
 
 impl Drop for ExportGuard {
     fn drop(&mut self) {
         let mut registry = self.registry.lock();
-        if let Some(entry) = registry.counts.get_mut(&self.volume) {
+        if let Some(entry) = registry.counts.get_mut(&self.key) {
             if self.head {
                 entry.0 = entry.0.saturating_sub(1);
             } else {
                 entry.1 = entry.1.saturating_sub(1);
             }
             if *entry == (0, 0) {
-                registry.counts.remove(&self.volume);
+                registry.counts.remove(&self.key);
             }
         }
     }
@@ -361,24 +366,24 @@ mod tests {
     #[test]
     fn an_exclusive_operation_keeps_new_connections_out_until_it_ends() {
         let open = Arc::new(OpenExports::default());
-        let head = open.hold("db", true).unwrap();
-        let point = open.hold("db", false).unwrap();
-        assert_eq!(open.count("db"), (1, 1));
+        let head = open.hold("db", 1, true).unwrap();
+        let point = open.hold("db", 1, false).unwrap();
+        assert_eq!(open.count("db", 1), (1, 1));
         let exclusive = open.exclusive("db").unwrap();
         // The count it checks can only fall meanwhile.
-        assert!(open.hold("db", true).is_none());
-        assert!(open.hold("db", false).is_none());
+        assert!(open.hold("db", 1, true).is_none());
+        assert!(open.hold("db", 1, false).is_none());
         assert_eq!(open.exclusive("db").unwrap_err(), Busy);
         // Other volumes are not held up.
-        let other = open.hold("web", true).unwrap();
+        let other = open.hold("web", 1, true).unwrap();
         assert!(open.exclusive("web").is_ok());
         drop(point);
-        assert_eq!(open.count("db"), (1, 0));
+        assert_eq!(open.count("db", 1), (1, 0));
         drop(exclusive);
-        let again = open.hold("db", true).unwrap();
-        assert_eq!(open.count("db"), (2, 0));
+        let again = open.hold("db", 1, true).unwrap();
+        assert_eq!(open.count("db", 1), (2, 0));
         drop((head, again, other));
-        assert_eq!(open.count("db"), (0, 0));
+        assert_eq!(open.count("db", 1), (0, 0));
         assert!(open.exclusive("db").is_ok());
     }
 }

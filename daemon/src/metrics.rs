@@ -435,7 +435,7 @@ fn render_volumes(out: &mut String, store: &Store, open: &OpenExports) {
         "NBD connections open to the volume, by export: the live head or points of its history.",
     );
     for (label, volume, _) in &rows {
-        let (head, points) = open.count(volume.name());
+        let (head, points) = open.count(volume.name(), volume.id());
         let _ = writeln!(out, "rewind_volume_nbd_connections{{volume=\"{label}\",export=\"head\"}} {head}");
         let _ =
             writeln!(out, "rewind_volume_nbd_connections{{volume=\"{label}\",export=\"points\"}} {points}");
@@ -484,7 +484,7 @@ mod tests {
         let volume = store.create_volume("db", 1 << 20).unwrap();
         volume.write(0, &[1; 4096], true).unwrap();
         let open = std::sync::Arc::new(OpenExports::default());
-        let _hold = open.hold("db", true).unwrap();
+        let _hold = open.hold("db", volume.id(), true).unwrap();
         let text = metrics.render(&store, &open);
         assert!(text.contains("rewind_nbd_requests_total{kind=\"read\",result=\"ok\"} 2\n"), "{text}");
         assert!(text.contains("rewind_nbd_requests_total{kind=\"read\",result=\"error\"} 1\n"));

@@ -501,6 +501,15 @@ fn rollback_delete_and_reopen_refuse_while_a_client_is_connected() {
         ),
         "{deleted}"
     );
+    // A new volume that takes the name does not inherit the deleted one's
+    // connections (they counted against it, and refused its rollback).
+    rewind_ok(&daemon, &["volume", "create", "emr", "--size", "4MiB"]);
+    assert_eq!(
+        rewind_json(&daemon, &["volume", "show", "emr"])["volume"]["nbd_connections"],
+        serde_json::json!({"head": 0, "points": 0})
+    );
+    rewind_ok(&daemon, &["rollback", "emr", "--to", "#0"]);
+    rewind_ok(&daemon, &["volume", "delete", "emr"]);
     reader.close();
     let list = rewind_json(&daemon, &["volume", "list"]);
     assert_eq!(list["volumes"].as_array().unwrap().len(), 1, "{list}");

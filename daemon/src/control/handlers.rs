@@ -219,9 +219,9 @@ fn exclusive(state: &ControlState, name: &str) -> ApiResult<crate::device::Exclu
     })
 }
 
-/// NBD connections open to volume `name`, to its head and to its points.
-fn connections(state: &ControlState, name: &str) -> NbdConnections {
-    let (head, points) = state.open_exports.count(name);
+/// NBD connections open to `volume`, to its head and to its points.
+fn connections(state: &ControlState, volume: &Volume) -> NbdConnections {
+    let (head, points) = state.open_exports.count(volume.name(), volume.id());
     NbdConnections { head: head as u64, points: points as u64 }
 }
 
@@ -321,7 +321,7 @@ fn volume_info(state: &ControlState, volume: &Arc<Volume>) -> VolumeInfo {
         }),
         clones: clones_of(state, volume),
         write_error: volume.poison().map(|poison| poison.to_string()),
-        nbd_connections: connections(state, volume.name()),
+        nbd_connections: connections(state, volume),
     }
 }
 
@@ -518,7 +518,7 @@ pub async fn delete_volume(
     let target = lookup(&state, &name)?;
     let clones = clones_of(&state, &target);
     let snapshots: Vec<String> = target.snapshots().into_iter().map(|snapshot| snapshot.name).collect();
-    let open = connections(&state, &name);
+    let open = connections(&state, &target);
     let open_total = open.head + open.points;
     if (open_total > 0 || !snapshots.is_empty()) && !query.force {
         // Named snapshots are kept until deleted: deleting the volume
@@ -588,7 +588,7 @@ pub async fn reopen_volume(
     // Connections hold the old volume object: after a reopen their writes
     // keep failing, and their reads fail too (the new object owns the
     // journal files and may reuse them), until the client reconnects.
-    let open = connections(&state, &name);
+    let open = connections(&state, &volume);
     let open_total = open.head + open.points;
     if open_total > 0 && !query.force {
         return Err(refuse_under_clients(
@@ -648,7 +648,7 @@ pub async fn resize_volume(
     }
     let exclusive = if size < old_size {
         let exclusive = exclusive(&state, &name)?;
-        let head = connections(&state, &name).head;
+        let head = connections(&state, &volume).head;
         if head > 0 && !query.force {
             return Err(refuse_under_clients(
                 &name,
@@ -853,7 +853,7 @@ pub async fn rollback(
     let exclusive = exclusive(&state, &name)?;
     let volume = lookup(&state, &name)?;
     let target = resolve(&volume, &point, &request.to)?;
-    let head = connections(&state, &name).head;
+    let head = connections(&state, &volume).head;
     if head > 0 && !query.force {
         return Err(refuse_under_clients(
             &name,
