@@ -91,7 +91,8 @@ pub struct VerifyReport {
     /// Payload bytes checked.
     pub bytes: u64,
     /// Seqs whose record failed its crc32c or blake3 (history records),
-    /// or its crc32c (folded records still holding base data).
+    /// or its crc32c (folded records still holding base data), or lies
+    /// past the end of a segment file cut short.
     pub corrupt: Vec<u64>,
     /// Folded records checked that still hold base data in their
     /// journal segment.
@@ -1663,6 +1664,11 @@ impl Volume {
                     report.bytes += record.payload.len() as u64;
                 }
                 Err(ReadError::Corrupt { .. }) => report.corrupt.push(seq),
+                // A segment file cut short under the record: damage to
+                // name, not a reason to stop checking the rest.
+                Err(ReadError::Io(error)) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    report.corrupt.push(seq)
+                }
                 Err(ReadError::Io(error)) => return Err(VerifyError::Io(error)),
                 Err(ReadError::OutOfBounds { .. }) => break,
                 // Folded meanwhile: continue after the new base.

@@ -1209,6 +1209,11 @@ fn journal_reads_through_mappings_and_a_segment_cut_short_is_an_error() {
         // Again: the mapping is not used twice after a fault.
         assert!(matches!(volume.read(4096, &mut buf[..4096]), Err(store::ReadError::Io(_))), "{dir:?}");
         assert_eq!(read(&volume, 11 << 20, 256 << 10), pattern(11), "{dir:?}: a later segment");
+        // verify names the records the cut took (it stopped at the first
+        // with "failed to fill whole buffer") and checks the rest.
+        let report = volume.verify().unwrap();
+        assert_eq!(report.corrupt.first(), Some(&1), "{dir:?}: {report:?}");
+        assert!(!report.corrupt.contains(&12) && report.records > 0, "{dir:?}: {report:?}");
     }
 }
 
