@@ -94,10 +94,12 @@ pub fn resolve_point(volume: &Volume, point: &Point, typed: &str) -> Result<u64,
 }
 
 impl VolumeCatalog {
-    /// Serves the volumes of `store`, creating `default` if there are none;
-    /// `handshake_timeout` is the NBD server's handshake deadline.
+    /// Serves the volumes of `store`, creating `default` if there are none
+    /// (and no volume directory went unopened: those are for an admin to
+    /// look at, and one may be `default`); `handshake_timeout` is the NBD
+    /// server's handshake deadline.
     pub fn new(store: Arc<Store>, handshake_timeout: std::time::Duration) -> anyhow::Result<VolumeCatalog> {
-        if store.volumes().is_empty() {
+        if store.volumes().is_empty() && store.unopened().is_empty() {
             store.create_volume(DEFAULT_VOLUME, DEFAULT_VOLUME_SIZE)?;
             tracing::info!(name = DEFAULT_VOLUME, size = DEFAULT_VOLUME_SIZE, "created volume");
         }

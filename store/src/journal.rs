@@ -1861,7 +1861,19 @@ pub fn recover(
                 "a record fails its checksum and intact records follow it (damage after it was written): \
                  the journal ends before it; the whole segment is kept aside"
             );
-            copy_file(fs.as_ref(), file.as_ref(), &aside, len)?;
+            if let Err(error) =
+                copy_file(fs.as_ref(), file.as_ref(), &aside, len).and_then(|()| fs.sync_dir(dir))
+            {
+                // Nothing cut: the volume is not opened (and not changed)
+                // until there is room for the copy.
+                let _ = fs.remove_file(&aside);
+                return Err(io::Error::new(
+                    error.kind(),
+                    format!(
+                        "cannot keep segment {number}, which holds a damaged record, aside as {aside}: {error}"
+                    ),
+                ));
+            }
         }
         if len != position {
             // Cut a torn tail, a reservation's zeros or a reused file's

@@ -600,7 +600,12 @@ impl Shared {
             self.open_volume(&dir, &superblock, parent)
         })();
         let volume = match made {
-            Ok(volume) => volume,
+            Ok(volume) => {
+                // A directory of this name not opened at start-up has been
+                // moved away since.
+                self.unopened.lock().remove(name);
+                volume
+            }
             Err(error) => {
                 // Nothing was written into it: a later create may retry.
                 if let Err(error) = fs.remove_dir_all(&dir) {
@@ -749,7 +754,16 @@ impl Shared {
                         }
                     },
                 };
-                let volume = self.open_volume(&dir, &superblock, parent).map_err(io_error(&dir))?;
+                // One volume that cannot be opened (a full disk under the
+                // copy recovery keeps of a damaged segment, an IO error) is
+                // not served and said so; the others are.
+                let volume = match self.open_volume(&dir, &superblock, parent) {
+                    Ok(volume) => volume,
+                    Err(error) => {
+                        self.not_serving(&dir, format!("opening it failed: {error}"));
+                        continue;
+                    }
+                };
                 if let Some((parent, seq)) = volume.parent()
                     && parent.pin(seq).is_err()
                 {

@@ -2007,6 +2007,8 @@ impl Volume {
         let index = self.index.read();
         let (reason, until) = if index.snapshots().values().any(|&snapshot| snapshot == seq) {
             ("a named snapshot", "until the snapshot is deleted")
+        } else if state.views.contains_key(&seq) {
+            ("an open point (an NBD connection to it)", "until it is closed")
         } else if state.pins.contains_key(&seq) {
             ("a clone's base", "until the clone is deleted")
         } else {

@@ -1274,3 +1274,58 @@ fn reopening_a_parent_never_fails_reads_of_its_clones() {
     assert!(failures.is_empty(), "{} of {reads} reads failed, e.g. {:?}", failures.len(), failures.first());
     assert!(reads > 300, "{reads} reads");
 }
+
+/// Keeping a damaged segment aside needs room for its copy. On a full disk
+/// the volume is not opened (nothing is cut or left behind) and the others
+/// are; once there is room, it opens with the copy made. (Before, the whole
+/// store failed to open and every retry left a partial copy; found by a
+/// review.)
+#[test]
+fn a_damaged_segment_on_a_full_disk_leaves_its_volume_unopened_until_there_is_room() {
+    use store::Filesystem;
+    let fs = MemoryFs::new();
+    let clock = Arc::new(ManualClock::new(T0));
+    let options = StoreOptions {
+        segment_bytes: 4096,
+        buffer_bytes: 2048,
+        checkpoint_records: 1 << 20,
+        ..memory_options(&fs, &clock)
+    };
+    let store = Store::open("/unused".as_ref(), options.clone()).unwrap();
+    let volume = store.create_volume("v", 1 << 20).unwrap();
+    store.create_volume("other", 1 << 20).unwrap().write(0, &[9; 4096], true).unwrap();
+    for i in 0..40u64 {
+        volume.write(i * 1000, &[i as u8 + 1; 1000], true).unwrap();
+    }
+    drop((volume, store));
+    // Rot a payload byte of the first record of segment 2; intact records
+    // follow it there.
+    let segment = fs.open_file("volumes/v/seg-0000000002.log", false).unwrap();
+    let mut byte = [0u8];
+    segment.read_at(&mut byte, 64 + 96 + 10).unwrap();
+    segment.write_at(&[byte[0] ^ 0xFF], 64 + 96 + 10).unwrap();
+    segment.sync().unwrap();
+    let files = || fs.list_dir("volumes/v").unwrap();
+    let before = files();
+    let damaged_len = segment.len().unwrap();
+    fs.set_capacity(Some(fs.used_bytes()));
+    for _ in 0..3 {
+        let store = Store::open("/unused".as_ref(), options.clone()).unwrap();
+        assert!(store.volume("v").is_none());
+        assert!(store.volume("other").is_some(), "the other volume is served");
+        let unopened = store.unopened();
+        assert_eq!(unopened.len(), 1, "{unopened:?}");
+        assert!(
+            unopened[0].1.contains("opening it failed") && unopened[0].1.contains("aside"),
+            "{unopened:?}"
+        );
+        drop(store);
+        assert_eq!(files(), before, "nothing cut or left behind");
+        assert_eq!(segment.len().unwrap(), damaged_len);
+    }
+    fs.set_capacity(None);
+    let store = Store::open("/unused".as_ref(), options).unwrap();
+    assert!(store.volume("v").is_some());
+    assert!(store.unopened().is_empty());
+    assert!(files().iter().any(|name| name.starts_with("seg-0000000002.log.cut-")), "{:?}", files());
+}

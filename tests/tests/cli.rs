@@ -1247,3 +1247,23 @@ fn an_open_connection_to_a_point_holds_retention_until_it_closes() {
     let first = rewind_json(&daemon, &["volume", "show", "vm"])["volume"]["first"]["seq"].as_u64().unwrap();
     assert!(first > 1, "retention folded past the point once it was closed: first #{first}");
 }
+
+#[test]
+fn a_damaged_default_volume_is_not_replaced_and_the_daemon_still_starts() {
+    // The only volume, default, has a damaged superblock: the daemon starts
+    // (it failed: its start-up creation of default was refused), serves
+    // nothing, creates no new default over it, and says why.
+    let mut daemon = Daemon::start();
+    nbd_write(&daemon.uri("default"), 0, 65536, 0x5a);
+    daemon.stop();
+    let superblock = daemon.data_dir.join("volumes/default/volume");
+    let mut bytes = std::fs::read(&superblock).unwrap();
+    bytes[20] ^= 0xff;
+    std::fs::write(&superblock, &bytes).unwrap();
+    daemon.restart();
+    let status = rewind_json(&daemon, &["status"]);
+    assert_eq!(status["volumes"], 0, "{status}");
+    assert_eq!(status["not_served"][0]["name"], "default", "{status}");
+    assert!(status["not_served"][0]["reason"].as_str().unwrap().contains("no valid superblock"), "{status}");
+    assert_eq!(std::fs::read(&superblock).unwrap(), bytes, "left as it was");
+}
