@@ -70,6 +70,33 @@ fn aside_path(fs: &dyn Filesystem, path: &str, next_seq: u64) -> String {
         .expect("a free name")
 }
 
+/// Whether a record of a later seq than `next_seq` (by at most 65,536)
+/// starts in the MiB after `position` in `file` (which is `len` long): then
+/// the record recovery stopped at was damaged, intact ones follow it, and
+/// it is not the torn end of the journal. (A reused file's stale records
+/// have earlier seqs; a reservation holds zeros.)
+fn intact_record_after(
+    file: &dyn StorageBackend,
+    position: u64,
+    len: u64,
+    next_seq: u64,
+) -> io::Result<bool> {
+    let end = len.min(position.saturating_add((1 << 20) + RECORD_HEADER_LEN as u64));
+    let mut bytes = vec![0; end.saturating_sub(position) as usize];
+    file.read_at(&mut bytes, position)?;
+    let mut at = layout::RECORD_ALIGN as usize;
+    while at + RECORD_HEADER_LEN <= bytes.len() {
+        if let Ok((header, _)) = RecordHeader::decode(&bytes[at..])
+            && header.seq > next_seq
+            && header.seq - next_seq <= 1 << 16
+        {
+            return Ok(true);
+        }
+        at += layout::RECORD_ALIGN as usize;
+    }
+    Ok(false)
+}
+
 /// Copies the first `len` bytes of `from` into a new file `to`, synced.
 fn copy_file(fs: &dyn Filesystem, from: &dyn StorageBackend, to: &str, len: u64) -> io::Result<()> {
     let target = fs.open_file(to, true)?;
@@ -1848,6 +1875,11 @@ pub fn recover(
     for &(number, position) in tails.iter().chain(&cut) {
         let file = segments[&number].clone();
         let len = file.len()?;
+        if !damaged_end && cut == Some((number, position)) && len > position {
+            // A damaged header (or several damaged records) hides where the
+            // next record starts: look for one just after.
+            damaged_end = intact_record_after(file.as_ref(), position, len, next_seq)?;
+        }
         if damaged_end && cut == Some((number, position)) {
             // The records after the damaged one may have been acknowledged:
             // keep the whole segment aside before cutting it.

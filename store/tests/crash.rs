@@ -429,7 +429,19 @@ fn run_case(seed: u64) -> Result<Coverage, String> {
                 let Ok(store) = open(&fs, &options) else {
                     break;
                 };
-                let volume = store.volume("v").ok_or("volume lost on clean reopen")?;
+                let Some(volume) = store.volume("v") else {
+                    // The fault met the volume's recovery: it is not opened
+                    // (the store is, and says why).
+                    ensure!(
+                        store
+                            .unopened()
+                            .iter()
+                            .any(|(name, why)| name == "v" && why.contains("opening it failed")),
+                        "volume lost on clean reopen: {:?}",
+                        store.unopened()
+                    );
+                    break;
+                };
                 if let Some((image, snapshots)) = model.maybe.take()
                     && volume.head_seq() == model.head() + 1
                 {
@@ -552,13 +564,14 @@ fn run_case(seed: u64) -> Result<Coverage, String> {
     if let Some((image, snapshots)) = model.maybe.take() {
         // Only acceptable as the very next seq after the last known one.
         let store = open(&image_fs.crash_image(Loss::KeepAll, 0), &options)?;
-        let head = store.volume("v").ok_or("volume lost")?.head_seq();
+        let head =
+            store.volume("v").ok_or_else(|| format!("volume lost: {:?}", store.unopened()))?.head_seq();
         if head == model.head() + 1 {
             model.push(image, snapshots);
         }
     }
     let store = open(&image_fs, &options)?;
-    let volume = store.volume("v").ok_or("volume lost")?;
+    let volume = store.volume("v").ok_or_else(|| format!("volume lost: {:?}", store.unopened()))?;
     let stats = volume.stats();
     coverage.recovered_base = u64::from(stats.base_seq > 0);
     coverage.recovered_pending = u64::from(stats.first_seq > stats.base_seq);
@@ -575,7 +588,7 @@ fn run_case(seed: u64) -> Result<Coverage, String> {
         drop(volume);
         drop(store);
         let store = open(&again_fs, &options)?;
-        let volume = store.volume("v").ok_or("volume lost")?;
+        let volume = store.volume("v").ok_or_else(|| format!("volume lost: {:?}", store.unopened()))?;
         ensure!(volume.head_seq() == head + 1, "second recovery head {} != {}", volume.head_seq(), head + 1);
         let first = volume.history().first_seq;
         let mut truncated = Model {

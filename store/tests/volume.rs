@@ -1329,3 +1329,39 @@ fn a_damaged_segment_on_a_full_disk_leaves_its_volume_unopened_until_there_is_ro
     assert!(store.unopened().is_empty());
     assert!(files().iter().any(|name| name.starts_with("seg-0000000002.log.cut-")), "{:?}", files());
 }
+
+/// A damaged record *header* hides where the next record starts; recovery
+/// still finds that intact records follow it and keeps the segment whole
+/// aside before cutting it (it cut them away; found by a review).
+#[test]
+fn a_damaged_record_header_keeps_its_segment_aside_too() {
+    use store::Filesystem;
+    let fs = MemoryFs::new();
+    let clock = Arc::new(ManualClock::new(T0));
+    let options = StoreOptions {
+        segment_bytes: 4096,
+        buffer_bytes: 2048,
+        checkpoint_records: 1 << 20,
+        ..memory_options(&fs, &clock)
+    };
+    let store = Store::open("/unused".as_ref(), options.clone()).unwrap();
+    let volume = store.create_volume("v", 1 << 20).unwrap();
+    for i in 0..40u64 {
+        volume.write(i * 1000, &[i as u8 + 1; 1000], true).unwrap();
+    }
+    drop((volume, store));
+    let segment = fs.open_file("volumes/v/seg-0000000002.log", false).unwrap();
+    let mut byte = [0u8];
+    segment.read_at(&mut byte, 64 + 8).unwrap();
+    segment.write_at(&[byte[0] ^ 0xFF], 64 + 8).unwrap();
+    segment.sync().unwrap();
+    let mut damaged = vec![0; segment.len().unwrap() as usize];
+    segment.read_at(&mut damaged, 0).unwrap();
+    let store = Store::open("/unused".as_ref(), options.clone()).unwrap();
+    let head = store.volume("v").unwrap().head_seq();
+    let aside = format!("volumes/v/seg-0000000002.log.cut-{}", head + 1);
+    let file = fs.open_file(&aside, false).unwrap();
+    let mut kept = vec![0; file.len().unwrap() as usize];
+    file.read_at(&mut kept, 0).unwrap();
+    assert_eq!(kept, damaged);
+}
