@@ -971,6 +971,40 @@ fn seqs_run_out_with_a_clear_error() {
     assert!(volume.create_snapshot("late").is_err());
 }
 
+/// Options for the damaged-record tests: 4 KiB segments (three records of
+/// 1000 bytes each), records that skip a 2 KiB buffer (written at once,
+/// unsynced), no checkpoint.
+fn small_segment_options(fs: &MemoryFs, clock: &Arc<ManualClock>) -> StoreOptions {
+    StoreOptions {
+        segment_bytes: 4096,
+        buffer_bytes: 2048,
+        checkpoint_records: 1 << 20,
+        ..memory_options(fs, clock)
+    }
+}
+
+/// 40 records of 1000 bytes with FUA into volume `v` (seq i + 1 fills
+/// `i + 1`, at `i * 1000`): segments 0 to 13.
+fn forty_records(volume: &store::Volume) {
+    for i in 0..40u64 {
+        volume.write(i * 1000, &[i as u8 + 1; 1000], true).unwrap();
+    }
+}
+
+/// Flips the byte at `at` of segment 2 of volume `v` (synced) and returns
+/// the segment's bytes after it.
+fn rot_segment_2(fs: &MemoryFs, at: u64) -> Vec<u8> {
+    use store::Filesystem;
+    let segment = fs.open_file("volumes/v/seg-0000000002.log", false).unwrap();
+    let mut byte = [0u8];
+    segment.read_at(&mut byte, at).unwrap();
+    segment.write_at(&[byte[0] ^ 0xFF], at).unwrap();
+    segment.sync().unwrap();
+    let mut bytes = vec![0; segment.len().unwrap() as usize];
+    segment.read_at(&mut bytes, 0).unwrap();
+    bytes
+}
+
 /// A synced record that rots in the middle of the journal ends recovery
 /// there (the rotten record is never served), and the segments after it are
 /// set aside as `*.cut-N` files, not deleted, and so is the damaged segment
@@ -982,29 +1016,14 @@ fn rotten_record_ends_recovery_and_later_segments_are_kept_aside() {
     use store::Filesystem;
     let fs = MemoryFs::new();
     let clock = Arc::new(ManualClock::new(T0));
-    // Records of 1000 bytes skip a 2 KiB buffer: written at once, unsynced.
-    let options = StoreOptions {
-        segment_bytes: 4096,
-        buffer_bytes: 2048,
-        checkpoint_records: 1 << 20,
-        ..memory_options(&fs, &clock)
-    };
+    let options = small_segment_options(&fs, &clock);
     let store = Store::open("/unused".as_ref(), options.clone()).unwrap();
-    let volume = store.create_volume("v", 1 << 20).unwrap();
-    for i in 0..40u64 {
-        volume.write(i * 1000, &[i as u8 + 1; 1000], true).unwrap();
-    }
-    drop((volume, store));
+    forty_records(&store.create_volume("v", 1 << 20).unwrap());
+    drop(store);
     let names = fs.list_dir("volumes/v").unwrap();
     assert!(names.contains(&"seg-0000000005.log".to_owned()), "{names:?}");
     // Flip a payload byte of the first record of segment 2.
-    let segment = fs.open_file("volumes/v/seg-0000000002.log", false).unwrap();
-    let mut byte = [0u8];
-    segment.read_at(&mut byte, 64 + 96 + 10).unwrap();
-    segment.write_at(&[byte[0] ^ 0xFF], 64 + 96 + 10).unwrap();
-    segment.sync().unwrap();
-    let mut damaged = vec![0; segment.len().unwrap() as usize];
-    segment.read_at(&mut damaged, 0).unwrap();
+    let damaged = rot_segment_2(&fs, 64 + 96 + 10);
     let store = Store::open("/unused".as_ref(), options.clone()).unwrap();
     let volume = store.volume("v").unwrap();
     let head = volume.head_seq();
@@ -1285,29 +1304,18 @@ fn a_damaged_segment_on_a_full_disk_leaves_its_volume_unopened_until_there_is_ro
     use store::Filesystem;
     let fs = MemoryFs::new();
     let clock = Arc::new(ManualClock::new(T0));
-    let options = StoreOptions {
-        segment_bytes: 4096,
-        buffer_bytes: 2048,
-        checkpoint_records: 1 << 20,
-        ..memory_options(&fs, &clock)
-    };
+    let options = small_segment_options(&fs, &clock);
     let store = Store::open("/unused".as_ref(), options.clone()).unwrap();
-    let volume = store.create_volume("v", 1 << 20).unwrap();
+    forty_records(&store.create_volume("v", 1 << 20).unwrap());
     store.create_volume("other", 1 << 20).unwrap().write(0, &[9; 4096], true).unwrap();
-    for i in 0..40u64 {
-        volume.write(i * 1000, &[i as u8 + 1; 1000], true).unwrap();
-    }
-    drop((volume, store));
+    drop(store);
     // Rot a payload byte of the first record of segment 2; intact records
     // follow it there.
+    let damaged = rot_segment_2(&fs, 64 + 96 + 10);
     let segment = fs.open_file("volumes/v/seg-0000000002.log", false).unwrap();
-    let mut byte = [0u8];
-    segment.read_at(&mut byte, 64 + 96 + 10).unwrap();
-    segment.write_at(&[byte[0] ^ 0xFF], 64 + 96 + 10).unwrap();
-    segment.sync().unwrap();
     let files = || fs.list_dir("volumes/v").unwrap();
     let before = files();
-    let damaged_len = segment.len().unwrap();
+    let damaged_len = damaged.len() as u64;
     fs.set_capacity(Some(fs.used_bytes()));
     for _ in 0..3 {
         let store = Store::open("/unused".as_ref(), options.clone()).unwrap();
@@ -1338,25 +1346,11 @@ fn a_damaged_record_header_keeps_its_segment_aside_too() {
     use store::Filesystem;
     let fs = MemoryFs::new();
     let clock = Arc::new(ManualClock::new(T0));
-    let options = StoreOptions {
-        segment_bytes: 4096,
-        buffer_bytes: 2048,
-        checkpoint_records: 1 << 20,
-        ..memory_options(&fs, &clock)
-    };
+    let options = small_segment_options(&fs, &clock);
     let store = Store::open("/unused".as_ref(), options.clone()).unwrap();
-    let volume = store.create_volume("v", 1 << 20).unwrap();
-    for i in 0..40u64 {
-        volume.write(i * 1000, &[i as u8 + 1; 1000], true).unwrap();
-    }
-    drop((volume, store));
-    let segment = fs.open_file("volumes/v/seg-0000000002.log", false).unwrap();
-    let mut byte = [0u8];
-    segment.read_at(&mut byte, 64 + 8).unwrap();
-    segment.write_at(&[byte[0] ^ 0xFF], 64 + 8).unwrap();
-    segment.sync().unwrap();
-    let mut damaged = vec![0; segment.len().unwrap() as usize];
-    segment.read_at(&mut damaged, 0).unwrap();
+    forty_records(&store.create_volume("v", 1 << 20).unwrap());
+    drop(store);
+    let damaged = rot_segment_2(&fs, 64 + 8);
     let store = Store::open("/unused".as_ref(), options.clone()).unwrap();
     let head = store.volume("v").unwrap().head_seq();
     let aside = format!("volumes/v/seg-0000000002.log.cut-{}", head + 1);

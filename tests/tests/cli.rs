@@ -1026,6 +1026,24 @@ fn a_daemon_that_does_not_answer_is_given_up_on() {
     assert!(output.status.success(), "{:?}", texts(&output));
 }
 
+/// Waits (at most 20 s: retention runs every second in these tests) until
+/// `volume show VOLUME`'s `retention_blocked_by` satisfies `want`; returns it.
+fn wait_for_blocked_by(
+    daemon: &Daemon,
+    volume: &str,
+    want: &dyn Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let value = rewind_json(daemon, &["volume", "show", volume])["retention_blocked_by"].clone();
+        if want(&value) {
+            return value;
+        }
+        assert!(std::time::Instant::now() < deadline, "retention_blocked_by stayed {value}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 #[test]
 fn volume_show_names_the_snapshot_that_keeps_the_journal_over_budget() {
     // A 4 MiB budget, retention every second: a snapshot under 8 MiB of
@@ -1043,18 +1061,7 @@ fn volume_show_names_the_snapshot_that_keeps_the_journal_over_budget() {
     for round in 0..8u64 {
         nbd_write(&daemon.uri("vm"), round * MIB, MIB as usize, 0x20 + round as u8);
     }
-    let wait_for = |want: &dyn Fn(&serde_json::Value) -> bool| {
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let value = blocked_by();
-            if want(&value) {
-                return value;
-            }
-            assert!(std::time::Instant::now() < deadline, "retention_blocked_by stayed {value}");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    };
-    let value = wait_for(&|value| value.is_string());
+    let value = wait_for_blocked_by(&daemon, "vm", &|value| value.is_string());
     assert!(value.as_str().unwrap().starts_with("snapshot keep (#"), "{value}");
     let shown = rewind_ok(&daemon, &["volume", "show", "vm"]);
     assert!(
@@ -1067,7 +1074,7 @@ fn volume_show_names_the_snapshot_that_keeps_the_journal_over_budget() {
     assert!(bytes(&shown, "history_bytes") > 4 * MIB, "the history is past its budget: {shown}");
 
     rewind_ok(&daemon, &["snapshot", "delete", "vm", "keep"]);
-    wait_for(&|value| value.is_null());
+    wait_for_blocked_by(&daemon, "vm", &|value| value.is_null());
     let text = rewind_ok(&daemon, &["volume", "show", "vm"]);
     assert!(!text.contains("RETENTION"), "{text}");
     assert!(text.contains("history ") && text.contains("base data ") && text.contains("dead "), "{text}");
@@ -1225,25 +1232,13 @@ fn an_open_connection_to_a_point_holds_retention_until_it_closes() {
     for round in 0..8u64 {
         nbd_write(&daemon.uri("vm"), round * MIB, MIB as usize, 0x20 + round as u8);
     }
-    let blocked_by = || rewind_json(&daemon, &["volume", "show", "vm"])["retention_blocked_by"].clone();
-    let wait_for = |want: &dyn Fn(&serde_json::Value) -> bool| {
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let value = blocked_by();
-            if want(&value) {
-                return value;
-            }
-            assert!(std::time::Instant::now() < deadline, "retention_blocked_by stayed {value}");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    };
-    let value = wait_for(&|value| value.is_string());
+    let value = wait_for_blocked_by(&daemon, "vm", &|value| value.is_string());
     assert_eq!(value, "an open NBD connection to point #1");
     let shown = rewind_ok(&daemon, &["volume", "show", "vm"]);
     assert!(shown.contains("until that connection closes"), "{shown}");
     assert_eq!(restore.read(), "read [17]", "the point still reads as it was");
     restore.close();
-    wait_for(&|value| value.is_null());
+    wait_for_blocked_by(&daemon, "vm", &|value| value.is_null());
     let first = rewind_json(&daemon, &["volume", "show", "vm"])["volume"]["first"]["seq"].as_u64().unwrap();
     assert!(first > 1, "retention folded past the point once it was closed: first #{first}");
 }

@@ -198,20 +198,23 @@ impl HeldConnection {
 
     /// Writes 4 KiB at offset 0 and flushes; "written" or "failed ERRNO".
     pub fn write(&mut self) -> String {
-        use std::io::BufRead;
-        let stdin = self.child.stdin.as_mut().expect("piped");
-        stdin.write_all(b"write\n").and_then(|()| stdin.flush()).expect("send to client");
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).expect("client output");
-        line.trim().to_owned()
+        self.ask("write")
     }
 
     /// Reads the first MiB: "read [BYTES...]" (the distinct byte values,
     /// sorted) or "failed ERRNO".
     pub fn read(&mut self) -> String {
+        self.ask("read")
+    }
+
+    /// Sends the client script one command; returns its answer line.
+    fn ask(&mut self, command: &str) -> String {
         use std::io::BufRead;
         let stdin = self.child.stdin.as_mut().expect("piped");
-        stdin.write_all(b"read\n").and_then(|()| stdin.flush()).expect("send to client");
+        stdin
+            .write_all(format!("{command}\n").as_bytes())
+            .and_then(|()| stdin.flush())
+            .expect("send to client");
         let mut line = String::new();
         self.stdout.read_line(&mut line).expect("client output");
         line.trim().to_owned()
