@@ -183,7 +183,7 @@ pub struct RecoveryInfo {
     pub cut_bytes: u64,
     /// Segment files a recovery (this one or an earlier) set aside past
     /// the journal end it found (`seg-N.log.cut-SEQ` in the volume's
-    /// directory; never deleted): after a damaged record they may hold
+    /// directory; a volume delete takes force while they are there): after a damaged record they may hold
     /// acknowledged writes no longer served.
     #[serde(default)]
     pub set_aside_files: u64,
@@ -309,7 +309,7 @@ pub struct Verified {
     #[serde(default)]
     pub through: Vec<Verified>,
     /// Segment files a recovery set aside (`RecoveryInfo.set_aside_files`):
-    /// not checked, not served, never deleted.
+    /// not checked, not served, deleted only with the volume (forced).
     #[serde(default)]
     pub set_aside_files: u64,
 }

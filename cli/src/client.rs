@@ -100,7 +100,8 @@ impl Client {
             Ok(result) => result,
             Err(_) => Err(Failure::new(
                 format!(
-                    "rewindd did not answer within {} s on {} (stopped, or stuck: its log says which)",
+                    "rewindd did not answer within {} s on {} (stopped, or stuck: its log says which); the \
+                     request may still take effect when it answers",
                     limit.as_secs(),
                     self.socket.display()
                 ),

@@ -735,8 +735,9 @@ fn human_volume(detail: &VolumeDetail) -> String {
             "SET ASIDE",
             format!(
                 "{} ({}) past a journal end a recovery found: seg-*.log.cut-* in the volume's directory, \
-                 never deleted; after a damaged record they may hold acknowledged writes no longer served \
-                 (docs/journal.md, \"Recovery\"; the daemon's log names the record)",
+                 kept (deleting the volume takes --force while they are there); after a damaged record \
+                 they may hold acknowledged writes no longer served (docs/journal.md, \"Recovery\"; the \
+                 daemon's log names the record)",
                 plural(detail.recovery.set_aside_files, "segment file"),
                 format_size(detail.recovery.set_aside_bytes)
             ),

@@ -101,7 +101,7 @@ struct Shared {
     /// Directories in the volumes directory that were not opened as
     /// volumes, by name, with why (kept as they are for an admin to look
     /// at; a create or clone of that name is refused).
-    unopened: Mutex<BTreeMap<String, String>>,
+    unopened: Mutex<BTreeMap<String, Unopened>>,
     /// Serializes create, clone and delete.
     registry: Mutex<()>,
     counter: std::sync::atomic::AtomicU64,
@@ -112,6 +112,15 @@ struct Shared {
     /// Every volume's spare files, for a journal out of space to free.
     spare_pool: Arc<SparePool>,
     _lock: Option<std::fs::File>,
+}
+
+/// A volume directory not opened at start-up.
+#[derive(Debug, Clone)]
+struct Unopened {
+    why: String,
+    /// Its superblock's clone parent (0: none or unknown): a clone that is
+    /// not served still reads through its parent, which must be kept.
+    parent: u128,
 }
 
 /// The volumes of one data dir. Open once per process.
@@ -249,7 +258,7 @@ impl Store {
     /// missing, files rewind did not make), by name, with why. Their files
     /// are kept; a volume of that name cannot be created or cloned.
     pub fn unopened(&self) -> Vec<(String, String)> {
-        self.shared.unopened.lock().iter().map(|(name, why)| (name.clone(), why.clone())).collect()
+        self.shared.unopened.lock().iter().map(|(name, dir)| (name.clone(), dir.why.clone())).collect()
     }
 
     /// The volume with this name.
@@ -518,6 +527,13 @@ impl Shared {
                     .filter(|v| v.parent_id() == Some(id))
                     .map(|v| v.name().to_owned()),
             );
+            names.extend(
+                self.unopened
+                    .lock()
+                    .iter()
+                    .filter(|(_, dir)| dir.parent == id)
+                    .map(|(name, _)| format!("{name} (not served)")),
+            );
             through.extend(self.hidden.lock().values().filter(|v| v.parent_id() == Some(id)).map(|v| v.id()));
         }
         names.sort();
@@ -535,6 +551,7 @@ impl Shared {
                         let id = v.id();
                         !self.volumes.read().values().any(|c| c.parent_id() == Some(id))
                             && !hidden.values().any(|c| c.parent_id() == Some(id))
+                            && !self.unopened.lock().values().any(|dir| dir.parent == id)
                     })
                     .cloned()
                     .collect()
@@ -573,7 +590,7 @@ impl Shared {
             // Not a half-created volume from a crash: opening the store
             // removed those. Something the store did not open (damage, a
             // renamed directory) or that an admin put there: keep it.
-            let why = self.unopened.lock().get(name).cloned();
+            let why = self.unopened.lock().get(name).map(|dir| dir.why.clone());
             return Err(CreateError::NotAVolume {
                 dir,
                 why: why.unwrap_or_else(|| "it is not a volume rewind made".to_owned()),
@@ -676,11 +693,13 @@ impl Shared {
 
     /// Logs why the volume directory `dir` is not served and remembers it
     /// for [`Store::unopened`].
-    fn not_serving(&self, dir: &str, why: String) {
+    /// `parent` is the clone parent its superblock names, if known (0 if
+    /// none): that volume is kept while this directory is.
+    fn not_serving(&self, dir: &str, why: String, parent: u128) {
         tracing::error!(dir, "{why}; not serving it (its files are kept)");
         let name = dir.rsplit('/').next().unwrap_or(dir);
         if !name.starts_with(HIDDEN_PREFIX) {
-            self.unopened.lock().insert(name.to_owned(), why);
+            self.unopened.lock().insert(name.to_owned(), Unopened { why, parent });
         }
     }
 
@@ -701,9 +720,11 @@ impl Shared {
                 Some(superblock) => self.not_serving(
                     &dir,
                     format!(
-                        "its superblock names volume {:?}: the directory was renamed or copied",
+                        "its superblock names volume {:?}: the directory was renamed or copied (rename it back \
+                         to serve it)",
                         superblock.name
                     ),
+                    superblock.parent_id,
                 ),
                 None => {
                     // Creation syncs the superblock before the first record
@@ -725,11 +746,13 @@ impl Shared {
                         self.not_serving(
                             &dir,
                             "it has journal records but no valid superblock (damaged)".into(),
+                            0,
                         );
                     } else if foreign {
                         self.not_serving(
                             &dir,
                             "it has no valid superblock and holds files rewind did not make".into(),
+                            0,
                         );
                     } else {
                         tracing::warn!(dir, "removing a volume whose creation never completed");
@@ -757,10 +780,15 @@ impl Shared {
                 // One volume that cannot be opened (a full disk under the
                 // copy recovery keeps of a damaged segment, an IO error) is
                 // not served and said so; the others are.
-                let volume = match self.open_volume(&dir, &superblock, parent) {
+                let volume = match self.open_volume(&dir, &superblock, parent.clone()) {
                     Ok(volume) => volume,
                     Err(error) => {
-                        self.not_serving(&dir, format!("opening it failed: {error}"));
+                        // A clone that is not opened still needs its base
+                        // point: retention must not fold past it.
+                        if let Some((parent, seq)) = parent {
+                            let _ = parent.pin(seq);
+                        }
+                        self.not_serving(&dir, format!("opening it failed: {error}"), superblock.parent_id);
                         continue;
                     }
                 };
@@ -771,7 +799,13 @@ impl Shared {
                     // the clone's base is gone.
                     self.not_serving(
                         &dir,
-                        format!("it is a clone whose base point #{seq} is outside its parent's history"),
+                        format!(
+                            "it is a clone whose base point #{seq} is outside its parent's history (a recovery \
+                             that cut the parent's journal at a damaged record does this: see SET ASIDE in \
+                             rewind volume show {})",
+                            parent.name()
+                        ),
+                        superblock.parent_id,
                     );
                     continue;
                 }
@@ -786,6 +820,7 @@ impl Shared {
             self.not_serving(
                 &dir,
                 format!("it is a clone of volume {:?}, which is missing", superblock.parent_name),
+                superblock.parent_id,
             );
         }
         for volume in loaded.values() {

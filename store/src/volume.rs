@@ -626,7 +626,7 @@ impl Volume {
     /// Segment files a recovery set aside (`seg-N.log.cut-SEQ`: past a
     /// journal end it found, which a damaged record can cause as well as a
     /// torn one, so they may hold acknowledged writes), with their sizes.
-    /// They are never deleted by rewind.
+    /// Only a forced delete of the volume removes them.
     pub fn set_aside(&self) -> Vec<(String, u64)> {
         let mut files: Vec<(String, u64)> = self
             .fs

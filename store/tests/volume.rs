@@ -1359,3 +1359,33 @@ fn a_damaged_record_header_keeps_its_segment_aside_too() {
     file.read_at(&mut kept, 0).unwrap();
     assert_eq!(kept, damaged);
 }
+
+/// A clone that is not served (here its directory was renamed) still reads
+/// through its parent: deleting the parent is refused as for any clone, and
+/// a forced delete keeps the parent's files (hidden) while the clone's
+/// directory is there (a delete removed them; found by a new-user trial).
+#[test]
+fn a_clone_not_served_keeps_its_parent() {
+    use store::Filesystem;
+    let fs = MemoryFs::new();
+    let clock = Arc::new(ManualClock::new(T0));
+    let options = memory_options(&fs, &clock);
+    let store = Store::open("/unused".as_ref(), options.clone()).unwrap();
+    let parent = store.create_volume("p", 1 << 20).unwrap();
+    parent.write(0, &[7; 4096], true).unwrap();
+    store.clone_volume("p", parent.head_seq(), "c").unwrap();
+    drop((parent, store));
+    fs.rename("volumes/c", "volumes/c-renamed").unwrap();
+    let store = Store::open("/unused".as_ref(), options.clone()).unwrap();
+    let id = store.volume("p").unwrap().id();
+    assert_eq!(store.clones_reading(id), ["c-renamed (not served)"]);
+    assert!(matches!(store.delete_volume("p", false), Err(DeleteError::HasClones { .. })));
+    store.delete_volume("p", true).unwrap();
+    let hidden = format!("volumes/.deleted-{id:032x}");
+    assert!(fs.exists(&hidden), "{:?}", fs.list_dir("volumes").unwrap());
+    drop(store);
+    // Renamed back, the clone is served again and reads its parent's data.
+    fs.rename("volumes/c-renamed", "volumes/c").unwrap();
+    let store = Store::open("/unused".as_ref(), options).unwrap();
+    assert_eq!(read(&store.volume("c").unwrap(), 0, 4096), vec![7; 4096]);
+}

@@ -1196,6 +1196,15 @@ fn a_record_damaged_on_disk_ends_the_journal_and_the_rest_is_kept_aside_and_show
     let (stdout, stderr) = texts(&output);
     assert!(output.status.success(), "{stdout}{stderr}");
     assert!(stderr.contains("note: ") && stderr.contains("set aside by a recovery"), "{stderr}");
+    // Deleting the volume would delete them: refused unless forced.
+    let refused = rewind_fails(&daemon, &["volume", "delete", "rot"], 1);
+    assert!(
+        refused.contains("a recovery set aside") && refused.contains("seg-*.log.cut-* somewhere safe"),
+        "{refused}"
+    );
+    assert!(dir.join(&aside[0]).exists());
+    rewind_ok(&daemon, &["volume", "delete", "rot", "--force"]);
+    assert!(!dir.exists());
 }
 
 #[test]

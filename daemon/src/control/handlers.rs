@@ -520,7 +520,8 @@ pub async fn delete_volume(
     let snapshots: Vec<String> = target.snapshots().into_iter().map(|snapshot| snapshot.name).collect();
     let open = connections(&state, &target);
     let open_total = open.head + open.points;
-    if (open_total > 0 || !snapshots.is_empty()) && !query.force {
+    let set_aside = target.set_aside();
+    if (open_total > 0 || !snapshots.is_empty() || !set_aside.is_empty()) && !query.force {
         // Named snapshots are kept until deleted: deleting the volume
         // would delete them too, so that takes --force as well.
         let mut reasons = Vec::new();
@@ -541,6 +542,16 @@ pub async fn delete_volume(
             reasons.push(format!("clones that read through it: {}", clones.join(", ")));
             first.push("delete the clones".to_owned());
             forced.push("clones keep its data until the last one is deleted");
+        }
+        if !set_aside.is_empty() {
+            let dir = state.data_dir.join(store::VOLUMES_DIR).join(&name);
+            reasons.push(format!(
+                "{} a recovery set aside ({}), which may hold acknowledged writes no longer served",
+                plural(set_aside.len() as u64, "segment file"),
+                rewind_api::format_size(set_aside.iter().map(|(_, len)| len).sum())
+            ));
+            first.push(format!("move {}/seg-*.log.cut-* somewhere safe", dir.display()));
+            forced.push("the set-aside files are deleted with it");
         }
         if !snapshots.is_empty() {
             forced.push("its snapshots go with it");
