@@ -728,30 +728,38 @@ impl Shared {
                 ),
                 None => {
                     // Creation syncs the superblock before the first record
-                    // can exist; a directory with records but no superblock
-                    // is damage, not a half-created volume: keep it.
+                    // can exist: only a directory holding nothing but a
+                    // superblock and empty segments is a create that never
+                    // completed. Records, an index, base data: damage, keep
+                    // it; files a volume never holds: not ours, keep it.
                     let has_records = entries.iter().any(|entry| {
-                        entry.starts_with("seg-")
-                            && self
-                                .fs
-                                .open_file(&format!("{dir}/{entry}"), false)
-                                .and_then(|file| file.len())
-                                .is_ok_and(|len| len > SEGMENT_HEADER_LEN as u64)
+                        entry != SUPERBLOCK_FILE
+                            && (!entry.starts_with("seg-")
+                                || self
+                                    .fs
+                                    .open_file(&format!("{dir}/{entry}"), false)
+                                    .and_then(|file| file.len())
+                                    .map_or(true, |len| len > SEGMENT_HEADER_LEN as u64))
                     });
-                    // Anything but a superblock and segment files: not a
-                    // volume rewind began to create.
-                    let foreign =
-                        entries.iter().any(|entry| entry != SUPERBLOCK_FILE && !entry.starts_with("seg-"));
-                    if has_records {
-                        self.not_serving(
-                            &dir,
-                            "it has journal records but no valid superblock (damaged)".into(),
-                            0,
-                        );
-                    } else if foreign {
+                    let ours = |entry: &str| {
+                        entry == SUPERBLOCK_FILE
+                            || entry.starts_with("seg-")
+                            || entry.starts_with("spare-")
+                            || entry.starts_with(crate::journal::INDEX_FILE)
+                            || entry.starts_with(crate::retention::BASE_FILE)
+                            || entry == crate::retention::FOLD_FILE
+                    };
+                    let foreign = entries.iter().any(|entry| !ours(entry));
+                    if foreign {
                         self.not_serving(
                             &dir,
                             "it has no valid superblock and holds files rewind did not make".into(),
+                            0,
+                        );
+                    } else if has_records {
+                        self.not_serving(
+                            &dir,
+                            "it has journal records or base data but no valid superblock (damaged)".into(),
                             0,
                         );
                     } else {

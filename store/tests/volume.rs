@@ -1083,6 +1083,12 @@ fn open_tidies_half_created_volumes_and_keeps_damaged_ones() {
     fs.create_dir_all("volumes/damaged").unwrap();
     fs.open_file("volumes/damaged/seg-0000000000.log", true).unwrap().write_at(&[1; 500], 0).unwrap();
     fs.open_file("volumes/stray.img", true).unwrap();
+    // Base data and an index but no valid superblock: a volume whose
+    // history was folded, damaged; kept (a create never writes these).
+    fs.create_dir_all("volumes/folded").unwrap();
+    fs.open_file("volumes/folded/volume", true).unwrap().write_at(b"torn", 0).unwrap();
+    fs.open_file("volumes/folded/base", true).unwrap().write_at(&[5; 4096], 0).unwrap();
+    fs.open_file("volumes/folded/index", true).unwrap();
     let store = Store::open("/unused".as_ref(), memory_options(&fs, &clock)).unwrap();
     assert!(store.volumes().is_empty());
     assert!(!fs.exists("volumes/half"));
@@ -1091,9 +1097,12 @@ fn open_tidies_half_created_volumes_and_keeps_damaged_ones() {
     store.create_volume("half", 4096).unwrap();
     // The kept one is listed with why, and its name cannot be created.
     let unopened = store.unopened();
-    assert_eq!(unopened.len(), 1);
+    assert_eq!(unopened.len(), 2);
     assert_eq!(unopened[0].0, "damaged");
     assert!(unopened[0].1.contains("no valid superblock"), "{unopened:?}");
+    assert_eq!(unopened[1].0, "folded");
+    assert!(unopened[1].1.contains("(damaged)"), "{unopened:?}");
+    assert!(fs.exists("volumes/folded/base"));
     assert!(matches!(store.create_volume("damaged", 4096), Err(CreateError::NotAVolume { .. })));
     assert!(fs.exists("volumes/damaged/seg-0000000000.log"));
 }
