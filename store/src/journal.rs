@@ -54,7 +54,7 @@ fn spare_name(number: u64) -> String {
 /// (`seg-N.log.cut-SEQ`, perhaps with a further `.K`): new segments are
 /// numbered past it, so a later recovery never sets aside a file of the
 /// same name over it.
-fn parse_aside_name(name: &str) -> Option<u64> {
+pub(crate) fn parse_aside_name(name: &str) -> Option<u64> {
     let (segment, _) = name.split_once(".cut-")?;
     parse_segment_name(segment)
 }

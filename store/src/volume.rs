@@ -633,7 +633,7 @@ impl Volume {
             .list_dir(&self.dir)
             .unwrap_or_default()
             .into_iter()
-            .filter(|name| name.starts_with("seg-") && name.contains(".cut-"))
+            .filter(|name| crate::journal::parse_aside_name(name).is_some())
             .map(|name| {
                 let len = self
                     .fs
@@ -667,14 +667,10 @@ impl Volume {
         self.parent.read().as_ref().map(|(parent, seq)| (parent.name.clone(), *seq))
     }
 
-    pub(crate) fn parent(&self) -> Option<(Arc<Volume>, u64)> {
-        self.parent.read().clone()
-    }
-
     /// For a clone: the volume it reads through and the seq of its base
     /// point there (a force-deleted parent is still this, hidden).
-    pub fn clone_base(&self) -> Option<(Arc<Volume>, u64)> {
-        self.parent()
+    pub fn parent(&self) -> Option<(Arc<Volume>, u64)> {
+        self.parent.read().clone()
     }
 
     /// Points this clone at a reopened parent (same volume, new object).
@@ -1234,12 +1230,31 @@ impl Volume {
         }
     }
 
+    /// Runs `ask` on this clone's parent at its base seq (`parent`, as this
+    /// read loaded it). A reopen of the parent (`Store::reopen_volume`)
+    /// points this clone at the new object before it retires the old one,
+    /// so an answer of `Replaced` from the old one is asked again of the
+    /// new one (and `parent` updated for the rest of the read).
+    fn through_parent<T>(
+        &self,
+        parent: &mut (Arc<Volume>, u64),
+        mut ask: impl FnMut(&Volume, u64) -> Result<T, ReadError>,
+    ) -> Result<T, ReadError> {
+        loop {
+            let volume = parent.0.clone();
+            match ask(&volume, parent.1) {
+                Err(ReadError::Replaced) => match self.parent() {
+                    Some(newer) if !Arc::ptr_eq(&newer.0, &volume) => *parent = newer,
+                    _ => return Err(ReadError::Replaced),
+                },
+                answer => return answer,
+            }
+        }
+    }
+
     /// Reads `target`, at `offset` in this clone's image, from its parent's
     /// image at the clone's seq (zeros past the parent's size at that seq;
-    /// with `zeros`, the ranges served as zeros at `at` onwards). A reopen of
-    /// the parent (`Store::reopen_volume`) points this clone at the new
-    /// object before it retires the old one, so a read that met the old one
-    /// retired reads again from the new one.
+    /// with `zeros`, the ranges served as zeros at `at` onwards).
     fn read_parent(
         &self,
         parent: &mut (Arc<Volume>, u64),
@@ -1248,33 +1263,28 @@ impl Volume {
         at: usize,
         zeros: &mut Option<&mut Vec<(usize, usize)>>,
     ) -> Result<(), ReadError> {
-        loop {
-            let (volume, seq) = (parent.0.clone(), parent.1);
+        let want_zeros = zeros.is_some();
+        let (inside, nested) = self.through_parent(parent, |volume, seq| {
             let size = volume.index.read().size_at(seq);
             let inside = size.saturating_sub(offset).min(target.len() as u64) as usize;
-            let (from_parent, beyond) = target.split_at_mut(inside);
             let mut nested = Vec::new();
-            let read = if from_parent.is_empty() {
-                Ok(())
-            } else {
-                volume.read_image(seq, size, offset, from_parent, zeros.is_some().then_some(&mut nested))
-            };
-            match read {
-                Err(ReadError::Replaced) => match self.parent() {
-                    Some(newer) if !Arc::ptr_eq(&newer.0, &volume) => *parent = newer,
-                    _ => return Err(ReadError::Replaced),
-                },
-                Err(error) => return Err(error),
-                Ok(()) => {
-                    for (start, length) in nested {
-                        push_zeros(zeros, at + start, length);
-                    }
-                    beyond.fill(0);
-                    push_zeros(zeros, at + inside, beyond.len());
-                    return Ok(());
-                }
+            if inside > 0 {
+                volume.read_image(
+                    seq,
+                    size,
+                    offset,
+                    &mut target[..inside],
+                    want_zeros.then_some(&mut nested),
+                )?;
             }
+            Ok((inside, nested))
+        })?;
+        for (start, length) in nested {
+            push_zeros(zeros, at + start, length);
         }
+        target[inside..].fill(0);
+        push_zeros(zeros, at + inside, target.len() - inside);
+        Ok(())
     }
 
     /// Reads the image at `seq` into `buf`; with `zeros`, also appends the
@@ -1341,30 +1351,21 @@ impl Volume {
                 Source::Zero { hole } => push(Extent { length: piece.length, hole, zero: true }),
                 Source::Base => match parent.as_mut() {
                     None => push(Extent { length: piece.length, hole: true, zero: true }),
-                    // As in `read_parent`: a reopened parent is asked again.
-                    Some(parent) => loop {
-                        let (volume, seq) = (parent.0.clone(), parent.1);
-                        let size = volume.index.read().size_at(seq);
-                        let inside = size.saturating_sub(piece.offset).min(piece.length);
-                        let found = match inside {
-                            0 => Ok(Vec::new()),
-                            _ => volume.image_extents(seq, size, piece.offset, inside),
-                        };
-                        match found {
-                            Err(ReadError::Replaced) => match self.parent() {
-                                Some(newer) if !Arc::ptr_eq(&newer.0, &volume) => *parent = newer,
-                                _ => return Err(ReadError::Replaced),
-                            },
-                            Err(error) => return Err(error),
-                            Ok(found) => {
-                                found.into_iter().for_each(&mut push);
-                                if piece.length > inside {
-                                    push(Extent { length: piece.length - inside, hole: true, zero: true });
-                                }
-                                break;
-                            }
+                    Some(parent) => {
+                        let (inside, found) = self.through_parent(parent, |volume, seq| {
+                            let size = volume.index.read().size_at(seq);
+                            let inside = size.saturating_sub(piece.offset).min(piece.length);
+                            let found = match inside {
+                                0 => Vec::new(),
+                                _ => volume.image_extents(seq, size, piece.offset, inside)?,
+                            };
+                            Ok((inside, found))
+                        })?;
+                        found.into_iter().for_each(&mut push);
+                        if piece.length > inside {
+                            push(Extent { length: piece.length - inside, hole: true, zero: true });
                         }
-                    },
+                    }
                 },
             }
         }

@@ -971,24 +971,26 @@ fn seqs_run_out_with_a_clear_error() {
     assert!(volume.create_snapshot("late").is_err());
 }
 
-/// Options for the damaged-record tests: 4 KiB segments (three records of
-/// 1000 bytes each), records that skip a 2 KiB buffer (written at once,
-/// unsynced), no checkpoint.
-fn small_segment_options(fs: &MemoryFs, clock: &Arc<ManualClock>) -> StoreOptions {
-    StoreOptions {
+/// A volume `v` in memory for the damaged-record tests, its store closed:
+/// 4 KiB segments (three records of 1000 bytes each), records that skip a
+/// 2 KiB buffer (written at once, unsynced), no checkpoint; 40 records of
+/// 1000 bytes with FUA (seq i + 1 fills `i + 1`, at `i * 1000`) in
+/// segments 0 to 13. Returns the filesystem and the options to reopen it.
+fn forty_records_in_small_segments() -> (MemoryFs, StoreOptions) {
+    let fs = MemoryFs::new();
+    let clock = Arc::new(ManualClock::new(T0));
+    let options = StoreOptions {
         segment_bytes: 4096,
         buffer_bytes: 2048,
         checkpoint_records: 1 << 20,
-        ..memory_options(fs, clock)
-    }
-}
-
-/// 40 records of 1000 bytes with FUA into volume `v` (seq i + 1 fills
-/// `i + 1`, at `i * 1000`): segments 0 to 13.
-fn forty_records(volume: &store::Volume) {
+        ..memory_options(&fs, &clock)
+    };
+    let store = Store::open("/unused".as_ref(), options.clone()).unwrap();
+    let volume = store.create_volume("v", 1 << 20).unwrap();
     for i in 0..40u64 {
         volume.write(i * 1000, &[i as u8 + 1; 1000], true).unwrap();
     }
+    (fs, options)
 }
 
 /// Flips the byte at `at` of segment 2 of volume `v` (synced) and returns
@@ -1014,12 +1016,7 @@ fn rot_segment_2(fs: &MemoryFs, at: u64) -> Vec<u8> {
 #[test]
 fn rotten_record_ends_recovery_and_later_segments_are_kept_aside() {
     use store::Filesystem;
-    let fs = MemoryFs::new();
-    let clock = Arc::new(ManualClock::new(T0));
-    let options = small_segment_options(&fs, &clock);
-    let store = Store::open("/unused".as_ref(), options.clone()).unwrap();
-    forty_records(&store.create_volume("v", 1 << 20).unwrap());
-    drop(store);
+    let (fs, options) = forty_records_in_small_segments();
     let names = fs.list_dir("volumes/v").unwrap();
     assert!(names.contains(&"seg-0000000005.log".to_owned()), "{names:?}");
     // Flip a payload byte of the first record of segment 2.
@@ -1311,11 +1308,8 @@ fn reopening_a_parent_never_fails_reads_of_its_clones() {
 #[test]
 fn a_damaged_segment_on_a_full_disk_leaves_its_volume_unopened_until_there_is_room() {
     use store::Filesystem;
-    let fs = MemoryFs::new();
-    let clock = Arc::new(ManualClock::new(T0));
-    let options = small_segment_options(&fs, &clock);
+    let (fs, options) = forty_records_in_small_segments();
     let store = Store::open("/unused".as_ref(), options.clone()).unwrap();
-    forty_records(&store.create_volume("v", 1 << 20).unwrap());
     store.create_volume("other", 1 << 20).unwrap().write(0, &[9; 4096], true).unwrap();
     drop(store);
     // Rot a payload byte of the first record of segment 2; intact records
@@ -1353,12 +1347,7 @@ fn a_damaged_segment_on_a_full_disk_leaves_its_volume_unopened_until_there_is_ro
 #[test]
 fn a_damaged_record_header_keeps_its_segment_aside_too() {
     use store::Filesystem;
-    let fs = MemoryFs::new();
-    let clock = Arc::new(ManualClock::new(T0));
-    let options = small_segment_options(&fs, &clock);
-    let store = Store::open("/unused".as_ref(), options.clone()).unwrap();
-    forty_records(&store.create_volume("v", 1 << 20).unwrap());
-    drop(store);
+    let (fs, options) = forty_records_in_small_segments();
     let damaged = rot_segment_2(&fs, 64 + 8);
     let store = Store::open("/unused".as_ref(), options.clone()).unwrap();
     let head = store.volume("v").unwrap().head_seq();

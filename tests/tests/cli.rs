@@ -1026,6 +1026,19 @@ fn a_daemon_that_does_not_answer_is_given_up_on() {
     assert!(output.status.success(), "{:?}", texts(&output));
 }
 
+/// A daemon with a 4 MiB journal budget and retention every second, and a
+/// 16 MiB volume `vm` whose first MiB is written (0x11, seq 1). Keep the
+/// directory while the daemon runs.
+fn small_budget_daemon() -> (tempfile::TempDir, Daemon) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("rewindd.toml");
+    std::fs::write(&config, "[store]\njournal_budget = \"4MiB\"\nretention_interval = \"1s\"\n").unwrap();
+    let daemon = Daemon::start_in(&dir.path().join("data"), &["--config", config.to_str().unwrap()]);
+    rewind_ok(&daemon, &["volume", "create", "vm", "--size", "16MiB"]);
+    nbd_write(&daemon.uri("vm"), 0, MIB as usize, 0x11);
+    (dir, daemon)
+}
+
 /// Waits (at most 20 s: retention runs every second in these tests) until
 /// `volume show VOLUME`'s `retention_blocked_by` satisfies `want`; returns it.
 fn wait_for_blocked_by(
@@ -1049,12 +1062,7 @@ fn volume_show_names_the_snapshot_that_keeps_the_journal_over_budget() {
     // A 4 MiB budget, retention every second: a snapshot under 8 MiB of
     // later writes keeps the journal over budget. `volume show` names it
     // (human and JSON) until it is deleted, then says nothing.
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("rewindd.toml");
-    std::fs::write(&config, "[store]\njournal_budget = \"4MiB\"\nretention_interval = \"1s\"\n").unwrap();
-    let daemon = Daemon::start_in(&dir.path().join("data"), &["--config", config.to_str().unwrap()]);
-    rewind_ok(&daemon, &["volume", "create", "vm", "--size", "16MiB"]);
-    nbd_write(&daemon.uri("vm"), 0, MIB as usize, 0x11);
+    let (_dir, daemon) = small_budget_daemon();
     rewind_ok(&daemon, &["snapshot", "create", "vm", "keep"]);
     let blocked_by = || rewind_json(&daemon, &["volume", "show", "vm"])["retention_blocked_by"].clone();
     assert_eq!(blocked_by(), serde_json::Value::Null, "nothing over budget yet");
@@ -1231,12 +1239,7 @@ fn an_open_connection_to_a_point_holds_retention_until_it_closes() {
     // volume's writes pushed the point out of the budget (it got ESHUTDOWN;
     // found by a new-user trial): the connection holds the point, `volume
     // show` names it, and retention folds past it once it closes.
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("rewindd.toml");
-    std::fs::write(&config, "[store]\njournal_budget = \"4MiB\"\nretention_interval = \"1s\"\n").unwrap();
-    let daemon = Daemon::start_in(&dir.path().join("data"), &["--config", config.to_str().unwrap()]);
-    rewind_ok(&daemon, &["volume", "create", "vm", "--size", "16MiB"]);
-    nbd_write(&daemon.uri("vm"), 0, MIB as usize, 0x11);
+    let (_dir, daemon) = small_budget_daemon();
     let mut restore = HeldConnection::open(&daemon.uri("vm@%231"));
     for round in 0..8u64 {
         nbd_write(&daemon.uri("vm"), round * MIB, MIB as usize, 0x20 + round as u8);

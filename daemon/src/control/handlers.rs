@@ -733,9 +733,9 @@ pub async fn verify_volume(
     // A clone's image is also its parent's at the clone's base point (and
     // so on up): check what it reads through as well.
     let mut bases = Vec::new();
-    let mut next = volume.clone_base();
+    let mut next = volume.parent();
     while let Some((parent, seq)) = next {
-        next = parent.clone_base();
+        next = parent.parent();
         bases.push((parent, seq));
     }
     let set_aside = volume.set_aside().len();
